@@ -1,3 +1,66 @@
-//! Test harness: real, ephemeral NATS JetStream and Postgres servers for every test (or the ones
-//! named by `NATS_URL` / `DATABASE_URL` when adequate), isolated per test by database and
-//! `CROUPIER_NATS_PREFIX`. A dev-dependency only; never linked into the product.
+//! Test harness: real NATS JetStream and Postgres servers for every test, never mocks.
+//!
+//! - [`nats`] gives a test the server named by `NATS_URL` when it is adequate (≥ 2.10 with
+//!   JetStream, read from the server's INFO), otherwise one ephemeral `nats-server -js` per test
+//!   process, started from the pinned binary that `just deps` installs in `.tools/venv`.
+//! - [`postgres`] gives a test a fresh database, created from a template that is prepared once
+//!   per server (e.g. migrated); the server is the one named by `DATABASE_URL`, otherwise one
+//!   ephemeral cluster per test process (run as the `postgres` user when we are root).
+//! - Tests that stop, restart or pause a server take a private one: [`NatsServer::start`],
+//!   [`PgServer::start`].
+//!
+//! Every server runs under a tiny supervisor shell that kills it when our end of its stdin pipe
+//! closes, so servers go away when their owner is dropped and also when the test process dies,
+//! without `unsafe` and without relying on destructors of statics.
+//!
+//! A dev-dependency only: nothing in the product links it. It depends on no crate of ours.
+
+mod error;
+mod nats;
+mod postgres;
+mod process;
+
+pub use error::HarnessError;
+pub use nats::{NatsInfo, NatsServer, TestNats, check_nats_adequate, nats, nats_server_binary};
+pub use postgres::{PgServer, PgServerOptions, TestDb, postgres};
+
+use std::path::PathBuf;
+
+/// The workspace root (where `Cargo.toml`, `.tools/` and `migrations/` live).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .and_then(|crates| crates.parent())
+        .map(PathBuf::from)
+        .unwrap_or(manifest)
+}
+
+/// A unique, subject-safe namespace for one test: `CROUPIER_NATS_PREFIX` for its streams,
+/// subjects, consumers and buckets, so tests share one server without seeing each other.
+pub fn unique_prefix() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Turns on log output for a test when `TEST_LOG` is set (its value is an `EnvFilter`, e.g.
+/// `TEST_LOG=debug` or `TEST_LOG=gs=trace`); silent otherwise. Safe to call from every test.
+pub fn init_logging() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Reserves a free TCP port on loopback by binding port 0 and releasing it. A server started on
+/// it right away almost always gets it; callers retry on the rare race.
+pub(crate) fn free_port() -> Result<u16, HarnessError> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(HarnessError::io("bind a free port"))?;
+    let port = listener
+        .local_addr()
+        .map_err(HarnessError::io("read a free port"))?
+        .port();
+    Ok(port)
+}

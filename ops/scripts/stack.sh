@@ -1,0 +1,326 @@
+#!/usr/bin/env bash
+# The development stack behind `just up`, `just down`, `just clean`, `just pg-stop|pg-start`
+# and `just nats-stop|nats-start` (DESIGN §9).
+#
+#   up          start NATS and Postgres under .data/ (unless NATS_URL / DATABASE_URL name
+#               adequate ones), write .data/endpoints.env, start the services, and stay in the
+#               foreground with every log prefixed by its service; Ctrl-C (or `down`) stops it all.
+#   down        stop what `up` started, and nothing else.
+#   pg-stop|pg-start|nats-stop|nats-start
+#               stop or start one server of a running stack (drills of degraded mode).
+#   clean       remove .data/ (NATS and Postgres data together); refuses while the stack runs.
+#
+# Servers run detached with their pids in .data/run/, so `down` finds them even if `up` died.
+# The standard ports are often taken by other servers: `up` keeps the ports it chose the first
+# time (.data/run/*.port) and picks the next free one when the default is busy.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
+data="$root/.data"
+run="$data/run"
+logs="$data/log"
+venv_bin="$root/.tools/venv/bin"
+endpoints="$data/endpoints.env"
+
+say() { printf '[up] %s\n' "$*"; }
+die() { printf '[up] error: %s\n' "$*" >&2; exit 1; }
+
+pg_bin() {
+  if [[ -n ${CROUPIER_PG_BIN:-} ]]; then echo "$CROUPIER_PG_BIN"; return; fi
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [[ -n $dir ]] || die "no PostgreSQL binaries: run 'just deps'"
+  echo "$dir"
+}
+
+as_postgres() {
+  if [[ $(id -u) -eq 0 ]]; then
+    setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"
+  else
+    "$@"
+  fi
+}
+
+alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
+pid_of() { [[ -f $run/$1.pid ]] && cat "$run/$1.pid" || true; }
+
+# A port is free when nothing accepts a connection on it.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pick_port() { # name default
+  local file="$run/$1.port" port
+  if [[ -f $file ]]; then
+    port=$(cat "$file")
+    port_free "$port" && { echo "$port"; return; }
+  fi
+  for port in $(seq "$2" $(($2 + 100))); do
+    if port_free "$port"; then echo "$port" >"$file"; echo "$port"; return; fi
+  done
+  die "no free port from $2"
+}
+
+# Starts a command detached (its own session, stdin closed), logging to .data/log/<name>.log.
+start_detached() { # name stop-signal command...
+  local name=$1 sig=$2; shift 2
+  setsid "$@" </dev/null >>"$logs/$name.log" 2>&1 &
+  echo $! >"$run/$name.pid"
+  echo "$sig" >"$run/$name.signal"
+}
+
+stop_one() { # name
+  local name=$1 pid sig
+  pid=$(pid_of "$name")
+  sig=$(cat "$run/$name.signal" 2>/dev/null || echo TERM)
+  if alive "$pid"; then
+    kill -s CONT "$pid" 2>/dev/null || true
+    kill -s "$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 1 150); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then kill -s KILL "$pid" 2>/dev/null || true; fi
+  fi
+  rm -f "$run/$name.pid" "$run/$name.signal"
+}
+
+# ---- NATS -----------------------------------------------------------------------------------
+
+nats_info() { # host port -> the INFO line
+  local line
+  exec 3<>"/dev/tcp/$1/$2" || return 1
+  IFS= read -r -t 3 line <&3 || true
+  exec 3<&-
+  echo "$line"
+}
+
+check_nats_url() {
+  local hostport=${NATS_URL#*://}
+  hostport=${hostport##*@}; hostport=${hostport%%,*}; hostport=${hostport%/}
+  local host=${hostport%:*} port=${hostport##*:}
+  local info version
+  info=$(nats_info "$host" "$port") || die "NATS_URL=$NATS_URL does not answer"
+  version=$(sed -n 's/.*"version":"\([0-9.]*\).*/\1/p' <<<"$info")
+  [[ -n $version ]] || die "NATS_URL=$NATS_URL did not greet like nats-server"
+  if [[ $(printf '%s\n2.10.0\n' "$version" | sort -V | head -n 1) != 2.10.0 ]]; then
+    die "NATS_URL=$NATS_URL runs nats-server $version; Croupier needs >= 2.10 (unset NATS_URL to use our own)"
+  fi
+  grep -q '"jetstream":true' <<<"$info" || die "NATS_URL=$NATS_URL runs without JetStream"
+}
+
+start_nats() {
+  local port=$1
+  [[ -x $venv_bin/nats-server ]] || die "nats-server missing: run 'just deps'"
+  mkdir -p "$data/nats"
+  start_detached nats TERM "$venv_bin/nats-server" -c "$root/ops/nats/nats.conf" \
+    -a 127.0.0.1 -p "$port"
+  for _ in $(seq 1 100); do
+    nats_info 127.0.0.1 "$port" >/dev/null 2>&1 && return 0
+    alive "$(pid_of nats)" || break
+    sleep 0.1
+  done
+  tail -n 20 "$logs/nats.log" >&2
+  die "nats-server did not start (log: $logs/nats.log)"
+}
+
+# ---- Postgres -------------------------------------------------------------------------------
+
+# The cluster lives in .data/pg. Postgres refuses to run as root, so as root it runs as the
+# `postgres` user, which must be able to reach the directory; when the checkout sits below a
+# directory that user cannot enter (e.g. /root), the cluster goes to /var/tmp and .data/pg is a
+# link to it, so it still persists and is still removed by `just clean`.
+pg_dir() {
+  local dir="$data/pg"
+  if [[ $(id -u) -eq 0 && ! -e $dir ]]; then
+    mkdir -p "$data"
+    if ! setpriv --reuid=postgres --regid=postgres --init-groups -- test -x "$data"; then
+      local elsewhere
+      elsewhere="/var/tmp/croupier-pg-$(printf '%s' "$root" | sha256sum | cut -c1-12)"
+      mkdir -p "$elsewhere"
+      ln -s "$elsewhere" "$dir"
+    fi
+  fi
+  mkdir -p "$dir"
+  [[ $(id -u) -eq 0 ]] && chown postgres:postgres "$dir/" && chmod 0700 "$dir/"
+  echo "$dir"
+}
+
+start_pg() {
+  local port=$1 bin dir
+  bin=$(pg_bin)
+  dir=$(pg_dir)
+  if [[ ! -f $dir/PG_VERSION ]]; then
+    say "initialising a Postgres cluster in .data/pg"
+    as_postgres "$bin/initdb" -D "$dir" -U postgres -A trust -E UTF8 --locale=C >>"$logs/postgres.log" 2>&1 \
+      || { tail -n 20 "$logs/postgres.log" >&2; die "initdb failed"; }
+  fi
+  local sock="$dir/sock"
+  as_postgres mkdir -p "$sock"
+  local cmd=("$bin/postgres" -D "$dir" -p "$port" -k "$sock" -c listen_addresses=127.0.0.1 -c max_connections=300)
+  if [[ $(id -u) -eq 0 ]]; then
+    cmd=(setpriv --reuid=postgres --regid=postgres --init-groups -- "${cmd[@]}")
+  fi
+  # SIGINT is Postgres's fast shutdown: it does not wait for clients to disconnect.
+  start_detached postgres INT "${cmd[@]}"
+  for _ in $(seq 1 300); do
+    "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres && break
+    alive "$(pid_of postgres)" || { tail -n 20 "$logs/postgres.log" >&2; die "postgres did not start"; }
+    sleep 0.1
+  done
+  "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAq \
+    -c "SELECT 1 FROM pg_database WHERE datname = 'croupier'" | grep -q 1 \
+    || "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -q -c "CREATE DATABASE croupier" >/dev/null
+}
+
+# ---- services -------------------------------------------------------------------------------
+
+croupier_bin() {
+  local profile=${CROUPIER_PROFILE:-debug}
+  echo "$root/target/$profile/croupier"
+}
+
+start_services() {
+  # The CLI grows `migrate` and `run` with the walking skeleton (issue 5); until the binary has
+  # them there is nothing to run, and `up` serves NATS and Postgres alone.
+  local bin
+  bin=$(croupier_bin)
+  if "$bin" help run >/dev/null 2>&1; then
+    "$bin" migrate >>"$logs/croupier.log" 2>&1 || { tail -n 20 "$logs/croupier.log" >&2; die "migrations failed"; }
+    start_detached croupier INT "$bin" run all
+  fi
+}
+
+write_endpoints() {
+  local secret=${CROUPIER_JWT_SECRET:-}
+  if [[ -z $secret && -f $endpoints ]]; then
+    # Keep the secret of the previous run, so dev tokens stay valid across restarts.
+    secret=$(sed -n "s/^CROUPIER_JWT_SECRET='\(.*\)'$/\1/p" "$endpoints")
+  fi
+  if [[ -z $secret ]]; then
+    secret=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+    say "generated a CROUPIER_JWT_SECRET (kept in .data/endpoints.env)"
+  fi
+  local tmp="$endpoints.tmp"
+  (
+    umask 077
+    {
+      echo "# Written by 'just up' on $(date -u +%Y-%m-%dT%H:%M:%SZ); source it from a POSIX shell."
+      printf "NATS_URL='%s'\n" "$NATS_URL"
+      printf "DATABASE_URL='%s'\n" "$DATABASE_URL"
+      printf "CROUPIER_HTTP_ADDR='%s'\n" "${CROUPIER_HTTP_ADDR:-127.0.0.1:8080}"
+      printf "CROUPIER_JWT_SECRET='%s'\n" "$secret"
+    } >"$tmp"
+  )
+  mv "$tmp" "$endpoints"
+  export CROUPIER_JWT_SECRET=$secret
+}
+
+# ---- commands -------------------------------------------------------------------------------
+
+stop_all() {
+  stop_one croupier
+  stop_one nats
+  stop_one postgres
+  rm -f "$run/up.pid" "$run"/*.stopped
+}
+
+cmd_up() {
+  mkdir -p "$run" "$logs"
+  local up_pid
+  up_pid=$(pid_of up)
+  if alive "$up_pid"; then die "the stack already runs (pid $up_pid): 'just down' first"; fi
+  echo $$ >"$run/up.pid"
+  # The log relays (tail | sed) are this shell's own children: end them with the stack.
+  trap 'stop_all; pkill -P $$ 2>/dev/null || true; say "stopped"' EXIT
+  # Ctrl-C and `just down` are the normal ways to stop: a clean stop exits 0.
+  trap 'exit 0' INT TERM
+
+  if [[ -n ${NATS_URL:-} ]]; then
+    check_nats_url
+    say "using NATS at $NATS_URL"
+  else
+    local nats_port
+    nats_port=$(pick_port nats 4222)
+    start_nats "$nats_port"
+    export NATS_URL="nats://127.0.0.1:$nats_port"
+    say "NATS on $NATS_URL (data in .data/nats)"
+  fi
+  if [[ -n ${DATABASE_URL:-} ]]; then
+    "$(pg_bin)/psql" "$DATABASE_URL" -tAqc 'SELECT 1' >/dev/null || die "DATABASE_URL does not answer"
+    say "using Postgres at $DATABASE_URL"
+  else
+    local pg_port
+    pg_port=$(pick_port postgres 5432)
+    start_pg "$pg_port"
+    export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/croupier"
+    say "Postgres on $DATABASE_URL (data in .data/pg)"
+  fi
+  write_endpoints
+  start_services
+  say "ready; endpoints in .data/endpoints.env; Ctrl-C or 'just down' stops everything"
+
+  # Relay every log with its service's name until told to stop.
+  local tails=()
+  for name in nats postgres croupier; do
+    [[ -f $run/$name.pid ]] || continue
+    tail -n 0 -F "$logs/$name.log" 2>/dev/null | sed -u "s/^/[$name] /" &
+    tails+=($!)
+  done
+  while true; do
+    for name in nats postgres croupier; do
+      local pid
+      pid=$(pid_of "$name")
+      [[ -f $run/$name.pid ]] || continue
+      if ! alive "$pid" && [[ ! -f $run/$name.stopped ]]; then
+        say "$name exited unexpectedly; stopping the stack (log: .data/log/$name.log)"
+        exit 1
+      fi
+    done
+    sleep 1
+  done
+}
+
+cmd_down() {
+  local up_pid
+  up_pid=$(pid_of up)
+  if alive "$up_pid"; then
+    kill -s TERM "$up_pid"
+    for _ in $(seq 1 300); do alive "$up_pid" || break; sleep 0.1; done
+  fi
+  # Whatever `up` could not stop (it was killed, say) is still recorded here.
+  [[ -d $run ]] && stop_all
+  echo "[down] stopped"
+}
+
+cmd_stop_server() { # name
+  alive "$(pid_of up)" || die "the stack is not running"
+  touch "$run/$1.stopped"
+  stop_one "$1"
+  echo "[$1] stopped (the stack keeps running; 'just $2-start' starts it again)"
+}
+
+cmd_start_server() { # name
+  alive "$(pid_of up)" || die "the stack is not running"
+  alive "$(pid_of "$1")" && { echo "[$1] already running"; return; }
+  case $1 in
+    nats) start_nats "$(cat "$run/nats.port")" ;;
+    postgres) start_pg "$(cat "$run/postgres.port")" ;;
+  esac
+  rm -f "$run/$1.stopped"
+  echo "[$1] started"
+}
+
+cmd_clean() {
+  alive "$(pid_of up)" && die "the stack runs: 'just down' first"
+  if [[ -L $data/pg ]]; then rm -rf "$(readlink "$data/pg")"; fi
+  rm -rf "$data"
+  echo "[clean] removed .data/"
+}
+
+case ${1:-} in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  pg-stop) cmd_stop_server postgres pg ;;
+  pg-start) cmd_start_server postgres ;;
+  nats-stop) cmd_stop_server nats nats ;;
+  nats-start) cmd_start_server nats ;;
+  clean) cmd_clean ;;
+  *) echo "usage: $0 up|down|pg-stop|pg-start|nats-stop|nats-start|clean" >&2; exit 2 ;;
+esac
