@@ -3,3 +3,5 @@
 //! out through bounded per-connection queues; forwards bets to GS; serves the demo page.
 //!
 //! Depends on `domain`, `protocol` and the `bus` port; never on another service or an adapter.
+
+pub mod auth;

@@ -1,0 +1,243 @@
+//! Timestamps: instants in UTC with microsecond precision (DESIGN §4).
+//!
+//! Every encoding writes the same text, RFC 3339 with exactly six fractional digits and `Z`
+//! (`2026-11-25T22:17:00.123456Z`), because Postgres `timestamptz` keeps microseconds: a value
+//! that went through the store must compare equal to the one that went onto the bus. Input in any
+//! RFC 3339 offset is accepted and normalised. The domain never reads a clock; callers pass `now`.
+
+use std::fmt;
+use std::time::Duration;
+
+use ::time::format_description::well_known::Rfc3339;
+use ::time::{OffsetDateTime, UtcOffset};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a value is not a valid timestamp.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimestampError {
+    #[error("not an RFC 3339 timestamp: {0}")]
+    Syntax(String),
+    #[error("timestamp is outside years 0000 to 9999 in UTC")]
+    OutOfRange,
+}
+
+/// An instant in UTC, truncated to whole microseconds, within years 0000..=9999 (the years
+/// RFC 3339 can write).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(OffsetDateTime);
+
+impl Timestamp {
+    /// Converts to UTC and drops sub-microsecond digits.
+    pub fn from_offset_datetime(at: OffsetDateTime) -> Result<Self, TimestampError> {
+        let utc = at
+            .checked_to_offset(UtcOffset::UTC)
+            .ok_or(TimestampError::OutOfRange)?;
+        if !(0..=9999).contains(&utc.year()) {
+            return Err(TimestampError::OutOfRange);
+        }
+        let micros_only = utc.nanosecond() / 1_000 * 1_000;
+        utc.replace_nanosecond(micros_only)
+            .map(Self)
+            .map_err(|_| TimestampError::OutOfRange)
+    }
+
+    pub fn from_unix_micros(micros: i64) -> Result<Self, TimestampError> {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+            .map_err(|_| TimestampError::OutOfRange)?;
+        Self::from_offset_datetime(at)
+    }
+
+    /// Parses RFC 3339 with any offset.
+    pub fn parse(s: &str) -> Result<Self, TimestampError> {
+        let at = OffsetDateTime::parse(s, &Rfc3339)
+            .map_err(|e| TimestampError::Syntax(format!("{s:?}: {e}")))?;
+        Self::from_offset_datetime(at)
+    }
+
+    pub fn unix_micros(self) -> i64 {
+        // Years 0..=9999 are about ±2.5e17 µs from the epoch, far inside i64.
+        self.0.unix_timestamp() * 1_000_000 + i64::from(self.0.microsecond())
+    }
+
+    pub fn as_offset_datetime(&self) -> OffsetDateTime {
+        self.0
+    }
+
+    /// `None` if the result would leave the representable years; sub-microsecond parts of the
+    /// duration are dropped.
+    pub fn checked_add(self, duration: Duration) -> Option<Self> {
+        let duration = ::time::Duration::try_from(duration).ok()?;
+        let at = self.0.checked_add(duration)?;
+        Self::from_offset_datetime(at).ok()
+    }
+
+    /// `None` if the result would leave the representable years.
+    pub fn checked_sub(self, duration: Duration) -> Option<Self> {
+        let duration = ::time::Duration::try_from(duration).ok()?;
+        let at = self.0.checked_sub(duration)?;
+        Self::from_offset_datetime(at).ok()
+    }
+
+    /// How long after `earlier` this instant is; `None` if it is before `earlier`.
+    pub fn duration_since(self, earlier: Timestamp) -> Option<Duration> {
+        Duration::try_from(self.0 - earlier.0).ok()
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Written by hand rather than with a format description: it cannot fail, and the fixed
+        // shape (four-digit year, six fractional digits, `Z`) is the contract.
+        let at = self.0;
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second(),
+            at.microsecond()
+        )
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Timestamp({self})")
+    }
+}
+
+impl std::str::FromStr for Timestamp {
+    type Err = TimestampError;
+
+    fn from_str(s: &str) -> Result<Self, TimestampError> {
+        Self::parse(s)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Timestamp;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an RFC 3339 timestamp string")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Timestamp, E> {
+                Timestamp::parse(s).map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        Timestamp::parse(s).expect("valid timestamp")
+    }
+
+    #[test]
+    fn timestamps_are_written_with_six_fractional_digits_and_z() {
+        assert_eq!(
+            ts("2026-11-25T22:17:00.123456Z").to_string(),
+            "2026-11-25T22:17:00.123456Z"
+        );
+        assert_eq!(
+            ts("2026-11-25T22:17:00Z").to_string(),
+            "2026-11-25T22:17:00.000000Z"
+        );
+        assert_eq!(
+            ts("0001-01-01T00:00:00Z").to_string(),
+            "0001-01-01T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn any_offset_is_normalised_to_utc_and_nanoseconds_are_truncated() {
+        assert_eq!(
+            ts("2026-11-25T23:17:00.123456789+01:00").to_string(),
+            "2026-11-25T22:17:00.123456Z"
+        );
+        assert_eq!(
+            ts("2026-11-25T18:17:00.5-04:00").to_string(),
+            "2026-11-25T22:17:00.500000Z"
+        );
+    }
+
+    #[test]
+    fn unix_microseconds_round_trip() {
+        let at = Timestamp::from_unix_micros(1_795_645_020_123_456).expect("valid");
+        assert_eq!(at.to_string(), "2026-11-25T22:17:00.123456Z");
+        assert_eq!(at.unix_micros(), 1_795_645_020_123_456);
+        let before_epoch = Timestamp::from_unix_micros(-1).expect("valid");
+        assert_eq!(before_epoch.to_string(), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(before_epoch.unix_micros(), -1);
+    }
+
+    #[test]
+    fn years_outside_rfc_3339_are_refused() {
+        assert_eq!(
+            Timestamp::parse("9999-12-31T23:30:00-01:00"),
+            Err(TimestampError::OutOfRange)
+        );
+        assert_eq!(
+            Timestamp::from_unix_micros(i64::MAX),
+            Err(TimestampError::OutOfRange)
+        );
+        assert!(matches!(
+            Timestamp::parse("yesterday"),
+            Err(TimestampError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn adding_a_duration_moves_forward_and_stays_in_range() {
+        let at = ts("2026-11-25T22:17:00.123456Z");
+        let later = at
+            .checked_add(Duration::from_millis(1_500))
+            .expect("in range");
+        assert_eq!(later.to_string(), "2026-11-25T22:17:01.623456Z");
+        assert_eq!(later.duration_since(at), Some(Duration::from_millis(1_500)));
+        assert_eq!(at.duration_since(later), None);
+        assert_eq!(later.checked_sub(Duration::from_millis(1_500)), Some(at));
+        assert_eq!(
+            ts("9999-12-31T23:59:59Z").checked_add(Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(at.checked_add(Duration::MAX), None);
+    }
+
+    #[test]
+    fn timestamps_are_the_same_string_in_json_and_messagepack() {
+        let at = ts("2026-11-25T22:17:00.123456Z");
+        assert_eq!(
+            serde_json::to_string(&at).expect("serialize"),
+            "\"2026-11-25T22:17:00.123456Z\""
+        );
+        let packed = rmp_serde::to_vec_named(&at).expect("serialize");
+        assert_eq!(
+            packed,
+            rmp_serde::to_vec_named("2026-11-25T22:17:00.123456Z").expect("serialize")
+        );
+        let back: Timestamp = rmp_serde::from_slice(&packed).expect("deserialize");
+        assert_eq!(back, at);
+        let shifted: Timestamp =
+            serde_json::from_str("\"2026-11-26T00:17:00.123456+02:00\"").expect("deserialize");
+        assert_eq!(shifted, at);
+    }
+}
