@@ -17,7 +17,8 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
-data="$root/.data"
+# CROUPIER_DATA_DIR moves the stack's data (tests use a temporary one); default .data/.
+data="${CROUPIER_DATA_DIR:-$root/.data}"
 run="$data/run"
 logs="$data/log"
 venv_bin="$root/.tools/venv/bin"
@@ -132,7 +133,7 @@ pg_dir() {
     mkdir -p "$data"
     if ! setpriv --reuid=postgres --regid=postgres --init-groups -- test -x "$data"; then
       local elsewhere
-      elsewhere="/var/tmp/croupier-pg-$(printf '%s' "$root" | sha256sum | cut -c1-12)"
+      elsewhere="/var/tmp/croupier-pg-$(printf '%s' "$data" | sha256sum | cut -c1-12)"
       mkdir -p "$elsewhere"
       ln -s "$elsewhere" "$dir"
     fi
@@ -181,9 +182,16 @@ start_services() {
   # them there is nothing to run, and `up` serves NATS and Postgres alone.
   local bin
   bin=$(croupier_bin)
+  # The CLI reads .data/endpoints.env only from the working directory up; say where it is.
+  export CROUPIER_ENDPOINTS_FILE="$endpoints"
   if "$bin" help run >/dev/null 2>&1; then
     "$bin" migrate >>"$logs/croupier.log" 2>&1 || { tail -n 20 "$logs/croupier.log" >&2; die "migrations failed"; }
     start_detached croupier INT "$bin" run all
+    # Demo balances, idempotent by deposit id: credited once per data directory.
+    for player in alice bob; do
+      "$bin" wallet deposit --player "$player" --amount 100000 --deposit-id "demo-$player" \
+        >>"$logs/croupier.log" 2>&1 || say "demo deposit for $player failed (see .data/log/croupier.log)"
+    done
   fi
 }
 
@@ -210,6 +218,16 @@ write_endpoints() {
   )
   mv "$tmp" "$endpoints"
   export CROUPIER_JWT_SECRET=$secret
+  # GMS derives round seeds from this master secret (ADR 0007). It lives with the data, so a
+  # restarted stack completes rounds in progress, and `just clean` drops it with the round
+  # history (a restarted round count under the same secret would repeat seeds).
+  if [[ -z ${CROUPIER_SEED_SECRET:-} ]]; then
+    if [[ ! -s $data/seed.secret ]]; then
+      (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$data/seed.secret")
+    fi
+    CROUPIER_SEED_SECRET=$(cat "$data/seed.secret")
+    export CROUPIER_SEED_SECRET
+  fi
 }
 
 # ---- commands -------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ pub enum TimestampError {
 pub struct Timestamp(OffsetDateTime);
 
 impl Timestamp {
+    /// 1970-01-01T00:00:00.000000Z.
+    pub const UNIX_EPOCH: Timestamp = Timestamp(OffsetDateTime::UNIX_EPOCH);
+
     /// Converts to UTC and drops sub-microsecond digits.
     pub fn from_offset_datetime(at: OffsetDateTime) -> Result<Self, TimestampError> {
         let utc = at

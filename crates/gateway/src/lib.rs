@@ -3,5 +3,130 @@
 //! out through bounded per-connection queues; forwards bets to GS; serves the demo page.
 //!
 //! Depends on `domain`, `protocol` and the `bus` port; never on another service or an adapter.
+//!
+//! A service is a library: [`Gateway::build`] binds and validates, [`Gateway::run`] serves until
+//! its shutdown token fires, then closes every WebSocket with 1001 and drains within a deadline.
 
 pub mod auth;
+mod http;
+mod hub;
+mod session;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::Bus;
+use protocol::Betting;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::JwtSecret;
+
+/// Renders the node's metrics in the Prometheus text format (the binary owns the recorder).
+pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// The gateway's settings.
+#[derive(Clone)]
+pub struct GatewayConfig {
+    pub http_addr: SocketAddr,
+    pub jwt_secret: JwtSecret,
+    /// How long a bet waits for GS before the client gets `TIMEOUT`.
+    pub bet_timeout: Duration,
+    /// How long shutdown waits for connections to finish after Close 1001.
+    pub drain_timeout: Duration,
+    pub metrics: Option<MetricsRenderer>,
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("http_addr", &self.http_addr)
+            .field("bet_timeout", &self.bet_timeout)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every connection of the node shares.
+pub(crate) struct Shared<B> {
+    pub bus: B,
+    pub config: GatewayConfig,
+    pub hub: hub::Hub<B>,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+impl<B> Shared<B> {
+    /// Betting status for `welcome`. The status bucket is watched from issue 8 on; until then
+    /// the gateway reports betting enabled and GS answers for itself.
+    pub fn betting(&self) -> Betting {
+        Betting::Enabled
+    }
+}
+
+/// A bound, not yet serving gateway.
+pub struct Gateway<B> {
+    listener: TcpListener,
+    shared: Arc<Shared<B>>,
+}
+
+impl<B> std::fmt::Debug for Gateway<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("addr", &self.listener.local_addr().ok()).finish()
+    }
+}
+
+impl<B: Bus> Gateway<B> {
+    /// Binds the HTTP listener.
+    pub async fn build(config: GatewayConfig, bus: B, shutdown: CancellationToken) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.http_addr).await?;
+        let tasks = TaskTracker::new();
+        let shared = Arc::new(Shared {
+            hub: hub::Hub::new(bus.clone(), tasks.clone(), shutdown.clone()),
+            bus,
+            config,
+            tasks,
+            shutdown,
+        });
+        Ok(Self { listener, shared })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the shutdown token fires, then closes every connection and waits for them
+    /// (at most `drain_timeout`).
+    pub async fn run(self) {
+        let Self { listener, shared } = self;
+        tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
+        loop {
+            let accepted = tokio::select! {
+                () = shared.shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let shared_for_conn = shared.clone();
+                    shared.tasks.spawn(http::serve_connection(stream, peer, shared_for_conn));
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        drop(listener);
+        shared.tasks.close();
+        if tokio::time::timeout(shared.config.drain_timeout, shared.tasks.wait()).await.is_err() {
+            tracing::warn!("connections still open after the drain deadline; dropping them");
+        }
+        tracing::info!("gateway stopped");
+    }
+}

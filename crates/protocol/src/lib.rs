@@ -2,3 +2,40 @@
 //! DESIGN §7, with their JSON and MessagePack codecs.
 //!
 //! May depend on `domain` only (plus encoding crates); never on an adapter or a service.
+//!
+//! - [`event`]: the events GMS and GS publish (`{kind, id, v, at, table, round, ...}`).
+//! - [`ws`]: WebSocket messages, both directions, and channels.
+//! - [`bus_rpc`]: the `bets.place.<t>` request and reply.
+//! - [`status`]: the betting status (KV bucket `status`, `welcome`, `status` messages).
+//! - [`subject`]: NATS subjects, streams, buckets and the `CROUPIER_NATS_PREFIX` namespacing.
+//! - [`codec`]: JSON and MessagePack, the size limit, typed encode and decode errors.
+//! - [`error_code`]: the error codes clients see.
+//! - [`schema`]: JSON Schemas generated from these types (checked in under `schemas/`).
+
+pub mod bus_rpc;
+pub mod codec;
+pub mod error_code;
+pub mod event;
+pub mod schema;
+mod serde_util;
+pub mod status;
+pub mod subject;
+pub mod ws;
+
+pub use bus_rpc::{BetAccepted, BetRejected, BetStatus, PlaceBetReply, PlaceBetRequest};
+pub use codec::{
+    DecodeError, EncodeError, Encoding, MAX_MESSAGE_BYTES, decode_event, encode_event,
+    salvage_request_id,
+};
+pub use error_code::ErrorCode;
+pub use event::{
+    BetPlaced, BetRefunded, BetSettled, BettingClosed, DepositId, EVENT_VERSION, Event, EventBody,
+    EventKind, FundsDeposited, OutcomeDeclared, Producer, RoundOpened, RoundSettled, RoundVoided,
+};
+pub use status::{Betting, BettingStatus};
+pub use subject::{Namespace, gms_msg_id, subject_for};
+pub use ws::{
+    BetResult, Channel, ChannelError, ChannelState, ClientMessage, ErrorMessage, EventMessage,
+    PlaceBet, PlayerState, ServerMessage, StatusMessage, Subscribe, Subscribed, TableState,
+    Unsubscribe, Welcome, encode_event_message,
+};

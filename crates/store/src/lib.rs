@@ -1,5 +1,36 @@
-//! The event store port and its Postgres adapter (tokio-postgres, deadpool-postgres): the
-//! append-only, hash-chained `events` table of DESIGN §6, migrations, and the read models
-//! (`rounds`, `bets`, `accounts`) updated in the same transaction as their events.
+//! The Postgres event store (DESIGN §6): the append-only, hash-chained `events` table with
+//! gapless global positions, its migrations (which also create the read-model tables GS
+//! fills), appends, reads, tailing, chain verification, and a pool whose every call has a
+//! timeout.
 //!
-//! May depend on `domain` and `protocol`; services depend on the port, never on this adapter.
+//! Payloads are opaque bytes here: this crate must not depend on `domain` or `protocol` (the
+//! events' shapes belong there), nor on any service. Services reach it through a port of
+//! their own; only the `croupier` binary picks this adapter.
+//!
+//! - [`migrate`] / [`migrate_url`] / [`MIGRATIONS`] / [`migrations_fingerprint`]: the schema.
+//! - [`append`]: one batch in the caller's transaction, head row locked last.
+//! - [`read_stream`], [`read_from`], [`last_position`], [`tail()`]: reading.
+//! - [`chain_hash`], [`verify_chain`]: the hash chain, for writers and auditors alike.
+//! - [`PoolConfig`], [`Store`]: pooled connections with keepalives and timeouts.
+
+mod append;
+mod error;
+mod hash;
+mod migrations;
+mod pool;
+mod read;
+mod tail;
+mod verify;
+
+pub use append::{Appended, EVENTS_CHANNEL, NewEvent, append};
+pub use error::{Conflict, MigrationError, StoreError, Unavailable};
+pub use hash::{GENESIS_HASH, chain_hash};
+pub use migrations::{
+    MIGRATIONS, Migration, MigrationReport, migrate, migrate_url, migrations_fingerprint,
+};
+pub use pool::{PoolConfig, Store};
+pub use read::{StoredEvent, head, last_position, read_from, read_stream};
+pub use tail::{TailOptions, tail};
+pub use verify::{
+    ChainError, ChainFault, ChainProgress, ChainReport, VERIFY_PAGE, VerifyError, verify_chain,
+};

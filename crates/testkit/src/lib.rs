@@ -8,6 +8,7 @@
 //!   ephemeral cluster per test process (run as the `postgres` user when we are root).
 //! - Tests that stop, restart or pause a server take a private one: [`NatsServer::start`],
 //!   [`PgServer::start`].
+//! - [`WsClient`]: a WebSocket client that is not our server's code, speaking raw JSON.
 //!
 //! Every server runs under a tiny supervisor shell that kills it when our end of its stdin pipe
 //! closes, so servers go away when their owner is dropped and also when the test process dies,
@@ -19,10 +20,12 @@ mod error;
 mod nats;
 mod postgres;
 mod process;
+pub mod ws;
 
 pub use error::HarnessError;
 pub use nats::{NatsInfo, NatsServer, TestNats, check_nats_adequate, nats, nats_server_binary};
 pub use postgres::{PgServer, PgServerOptions, TestDb, postgres};
+pub use ws::{WsClient, WsEnd};
 
 use std::path::PathBuf;
 

@@ -1,0 +1,710 @@
+//! The `nats` adapter: the [`Bus`] port on async-nats JetStream (streams, ordered and durable
+//! pull consumers, KV) and core NATS (request/reply with queue groups).
+//!
+//! Everything the server sees is namespaced by the prefix (see `names`); everything handed back
+//! is logical. Reconnects are automatic and unbounded; a publish that times out or loses its
+//! connection is retried with the same `Nats-Msg-Id` (stream dedup makes that safe) with
+//! exponential backoff until [`NatsOptions::publish_deadline`]; replays re-establish themselves
+//! from the next sequence they owe. Only the composition root and tests name this type.
+
+mod kv;
+mod names;
+mod tasks;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, ErrorCode, consumer, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use self::kv::NatsKv;
+use self::names::Names;
+use crate::definitions::{BucketDef, ConsumerDef, Definitions, Storage, StreamDef};
+use crate::error::{BusError, PublishError, RequestError};
+use crate::port::{
+    Bus, Deliveries, Feed, Publish, Published, Replier, Request, Requests, StoredMessage,
+    StreamState, Subscription,
+};
+use crate::subject::{check_filter, check_name, check_subject, matches};
+
+/// Messages a replay or durable-consumer task may hold for a reader that is busy. Enough for a
+/// burst of round and wallet events; beyond it the task simply stops pulling until the reader
+/// catches up (the server keeps the rest).
+pub(crate) const FEED_CAPACITY: usize = 256;
+/// Messages a durable consumer asks the server for in one pull: small, because every one of them
+/// is in flight (and its `ack_wait` running) until the reader gets to it.
+const CONSUME_BATCH: usize = 64;
+/// Requests the client buffers per `serve` subscription before the server counts it as a slow
+/// consumer and drops requests (their senders then time out and retry).
+const SUBSCRIPTION_CAPACITY: usize = 1024;
+/// Pull-request expiry of ordered and durable consumers, and the idle heartbeat within it: short,
+/// so that a consumer lost in a server restart is noticed in seconds, not minutes.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Tuning of the nats adapter; the defaults suit production and tests alike.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Shown by the server in its connection list.
+    pub connection_name: Option<String>,
+    /// How long one JetStream API call or publish acknowledgement may take.
+    pub request_timeout: Duration,
+    /// How long a publish keeps retrying (same msg id) before [`PublishError::Timeout`].
+    pub publish_deadline: Duration,
+    /// First pause between publish retries; it doubles up to `retry_backoff_max`.
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+    /// Longest pause between two reconnect attempts.
+    pub reconnect_delay_max: Duration,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        Self {
+            connection_name: None,
+            request_timeout: Duration::from_secs(5),
+            publish_deadline: Duration::from_secs(30),
+            retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(2),
+            reconnect_delay_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The bus on a NATS server (or cluster). Cheap to clone: clones share one connection.
+#[derive(Debug, Clone)]
+pub struct NatsBus {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    names: Names,
+    options: NatsOptions,
+    /// Durable consumers declared by `setup`, by (logical stream, logical name).
+    consumers: RwLock<HashMap<(String, String), ConsumerDef>>,
+    /// Streams declared by `setup`, by logical name: which stream captures a subject.
+    streams: RwLock<HashMap<String, StreamDef>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl NatsBus {
+    /// Connects to `url` (a comma-separated list for a cluster) with `prefix` as the namespace
+    /// (`CROUPIER_NATS_PREFIX`, may be empty). Fails at once when no server answers; once
+    /// connected, reconnects forever.
+    pub async fn connect(url: &str, prefix: &str, options: NatsOptions) -> Result<Self, BusError> {
+        let names = Names::new(prefix)?;
+        let event_prefix = names.prefix().to_string();
+        let delay_max = options.reconnect_delay_max;
+        let mut connect = async_nats::ConnectOptions::new()
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .max_reconnects(None::<usize>)
+            .request_timeout(Some(options.request_timeout))
+            .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, delay_max))
+            .event_callback(move |event| {
+                let prefix = event_prefix.clone();
+                async move { log_connection_event(&prefix, &event) }
+            });
+        if let Some(name) = &options.connection_name {
+            connect = connect.name(name);
+        }
+        let client = connect
+            .connect(url)
+            .await
+            .map_err(|e| BusError::Connect(e.to_string()))?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(options.request_timeout);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                js,
+                names,
+                options,
+                consumers: RwLock::new(HashMap::new()),
+                streams: RwLock::new(HashMap::new()),
+                tasks: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The namespace prefix (`CROUPIER_NATS_PREFIX`).
+    pub fn prefix(&self) -> &str {
+        self.inner.names.prefix()
+    }
+
+    /// The underlying connection, for health checks and tools at the edge.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    /// Stops every replay and consumer task of this bus (and its clones), waits for them, and
+    /// flushes what was published.
+    pub async fn close(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        let _ = self.inner.client.flush().await;
+    }
+
+    fn stream_config(&self, def: &StreamDef) -> stream::Config {
+        let names = &self.inner.names;
+        stream::Config {
+            name: names.name(&def.name),
+            subjects: def.subjects.iter().map(|s| names.subject(s)).collect(),
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            storage: storage_type(def.storage),
+            max_age: def.max_age,
+            max_messages: def.max_msgs,
+            max_bytes: def.max_bytes,
+            duplicate_window: def.duplicate_window,
+            num_replicas: def.replicas,
+            ..Default::default()
+        }
+    }
+
+    fn bucket_config(&self, def: &BucketDef) -> jetstream::kv::Config {
+        jetstream::kv::Config {
+            bucket: self.inner.names.name(&def.name),
+            history: def.history,
+            max_age: def.max_age,
+            storage: storage_type(def.storage),
+            num_replicas: def.replicas,
+            ..Default::default()
+        }
+    }
+
+    fn consumer_config(&self, def: &ConsumerDef, filter_subject: &str) -> consumer::pull::Config {
+        let name = self.inner.names.name(&def.name);
+        consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            name: Some(name),
+            // An empty filter means the whole stream: it must stay empty, not become "p.".
+            filter_subject: if filter_subject.is_empty() {
+                String::new()
+            } else {
+                self.inner.names.subject(filter_subject)
+            },
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: def.ack_wait,
+            max_deliver: def.max_deliver,
+            max_ack_pending: def.max_ack_pending,
+            ..Default::default()
+        }
+    }
+
+    async fn get_stream(&self, stream: &str) -> Result<jetstream::stream::Stream, BusError> {
+        check_name("stream name", stream)?;
+        self.inner
+            .js
+            .get_stream(self.inner.names.name(stream))
+            .await
+            .map_err(|e| match e.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    BusError::StreamNotFound(stream.to_string())
+                }
+                _ => other("read stream", e),
+            })
+    }
+
+    /// Creates an ordered consumer delivering `filter` from `from_seq` on.
+    async fn ordered(
+        &self,
+        stream: &str,
+        filter: &str,
+        from_seq: u64,
+    ) -> Result<consumer::pull::Ordered, BusError> {
+        let handle = self.get_stream(stream).await?;
+        let consumer = handle
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.inner.names.subject(filter),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from_seq.max(1),
+                },
+                max_expires: PULL_EXPIRES,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| consumer_error(stream, e))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| other("start ordered consumer", e))
+    }
+
+    /// Starts the pull of a durable consumer.
+    async fn durable(
+        &self,
+        stream: &str,
+        durable: &str,
+        filter: &str,
+    ) -> Result<consumer::pull::Stream, BusError> {
+        let def = self
+            .inner
+            .consumers
+            .read()
+            .map_err(|_| BusError::Other("consumer registry poisoned".into()))?
+            .get(&(stream.to_string(), durable.to_string()))
+            .cloned()
+            .unwrap_or_else(|| ConsumerDef::new(stream, durable));
+        let handle = self.get_stream(stream).await?;
+        let consumer = handle
+            .create_consumer(self.consumer_config(&def, filter))
+            .await
+            .map_err(|e| consumer_error(stream, e))?;
+        consumer
+            .stream()
+            .max_messages_per_batch(CONSUME_BATCH)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
+            .messages()
+            .await
+            .map_err(|e| other("start durable consumer", e))
+    }
+
+    fn stored(&self, message: &async_nats::Message, seq: u64) -> StoredMessage {
+        StoredMessage {
+            subject: self.inner.names.logical_subject(message.subject.as_str()),
+            seq,
+            payload: message.payload.clone(),
+            msg_id: message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.as_str().to_string()),
+        }
+    }
+
+    /// One publish attempt: the acknowledgement, or what went wrong.
+    async fn publish_once(
+        &self,
+        subject: &str,
+        publish: &Publish,
+        msg_id: &str,
+    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        let mut message = PublishMessage::build()
+            .payload(publish.payload.clone())
+            .message_id(msg_id);
+        if let Some(seq) = publish.expected_last_subject_seq {
+            message = message.expected_last_subject_sequence(seq);
+        }
+        self.inner
+            .js
+            .send_publish(subject.to_string(), message)
+            .await?
+            .await
+    }
+}
+
+impl Bus for NatsBus {
+    type Kv = NatsKv;
+
+    async fn setup(&self, definitions: &Definitions) -> Result<(), BusError> {
+        definitions.validate()?;
+        let js = &self.inner.js;
+        for def in &definitions.streams {
+            js.create_or_update_stream(self.stream_config(def))
+                .await
+                .map_err(|e| other(&format!("create or update stream {}", def.name), e))?;
+            self.inner
+                .streams
+                .write()
+                .map_err(|_| BusError::Other("stream registry poisoned".into()))?
+                .insert(def.name.clone(), def.clone());
+        }
+        for def in &definitions.buckets {
+            js.create_or_update_key_value(self.bucket_config(def))
+                .await
+                .map_err(|e| other(&format!("create or update bucket {}", def.name), e))?;
+        }
+        for def in &definitions.consumers {
+            let handle = self.get_stream(&def.stream).await?;
+            handle
+                .create_consumer(self.consumer_config(def, &def.filter_subject))
+                .await
+                .map_err(|e| consumer_error(&def.stream, e))?;
+            self.inner
+                .consumers
+                .write()
+                .map_err(|_| BusError::Other("consumer registry poisoned".into()))?
+                .insert((def.stream.clone(), def.name.clone()), def.clone());
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, publish: Publish) -> Result<Published, PublishError> {
+        let outcome = self.publish_with_retries(&publish).await;
+        metrics::counter!("bus_publish_total", "outcome" => outcome_label(&outcome)).increment(1);
+        outcome
+    }
+
+    async fn last_message(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<Option<StoredMessage>, BusError> {
+        check_name("stream name", stream)?;
+        check_subject(subject)?;
+        let handle = self
+            .inner
+            .js
+            .get_stream_no_info(self.inner.names.name(stream))
+            .await
+            .map_err(|e| other("read stream", e))?;
+        match handle
+            .get_last_raw_message_by_subject(&self.inner.names.subject(subject))
+            .await
+        {
+            Ok(message) => Ok(Some(StoredMessage {
+                subject: self.inner.names.logical_subject(message.subject.as_str()),
+                seq: message.sequence,
+                payload: message.payload,
+                msg_id: message
+                    .headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .map(|v| v.as_str().to_string()),
+            })),
+            Err(e) => match e.kind() {
+                jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                jetstream::stream::LastRawMessageErrorKind::JetStream(js)
+                    if js.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Err(BusError::StreamNotFound(stream.to_string()))
+                }
+                _ => Err(other("read last message", e)),
+            },
+        }
+    }
+
+    async fn stream_state(&self, stream: &str) -> Result<StreamState, BusError> {
+        let handle = self.get_stream(stream).await?;
+        let info = handle.cached_info();
+        Ok(StreamState {
+            first_seq: info.state.first_sequence,
+            last_seq: info.state.last_sequence,
+            epoch: info.created.unix_timestamp_nanos().to_string(),
+        })
+    }
+
+    async fn replay(
+        &self,
+        stream: &str,
+        filter_subject: &str,
+        from_seq: u64,
+    ) -> Result<Subscription, BusError> {
+        check_filter(filter_subject)?;
+        let from_seq = from_seq.max(1);
+        let ordered = self.ordered(stream, filter_subject, from_seq).await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(FEED_CAPACITY);
+        let cancel = self.inner.shutdown.child_token();
+        let guard = cancel.clone().drop_guard();
+        self.inner.tasks.spawn(tasks::replay(
+            self.clone(),
+            tasks::ReplaySpec {
+                stream: stream.to_string(),
+                filter: filter_subject.to_string(),
+                next_seq: from_seq,
+            },
+            ordered,
+            sender,
+            cancel,
+        ));
+        Ok(Feed::from_receiver(receiver, Some(guard)))
+    }
+
+    async fn consume(
+        &self,
+        stream: &str,
+        durable: &str,
+        filter_subject: &str,
+    ) -> Result<Deliveries, BusError> {
+        check_name("consumer name", durable)?;
+        check_filter(filter_subject)?;
+        let pull = self.durable(stream, durable, filter_subject).await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(FEED_CAPACITY);
+        let cancel = self.inner.shutdown.child_token();
+        let guard = cancel.clone().drop_guard();
+        self.inner.tasks.spawn(tasks::consume(
+            self.clone(),
+            tasks::ConsumeSpec {
+                stream: stream.to_string(),
+                durable: durable.to_string(),
+                filter: filter_subject.to_string(),
+            },
+            pull,
+            sender,
+            cancel,
+        ));
+        Ok(Feed::from_receiver(receiver, Some(guard)))
+    }
+
+    async fn request(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, RequestError> {
+        check_subject(subject).map_err(|e| RequestError::Other(e.to_string()))?;
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(timeout));
+        match self
+            .inner
+            .client
+            .send_request(self.inner.names.subject(subject), request)
+            .await
+        {
+            Ok(message) => Ok(message.payload),
+            Err(e) => Err(match e.kind() {
+                async_nats::RequestErrorKind::TimedOut => RequestError::Timeout,
+                async_nats::RequestErrorKind::NoResponders => RequestError::NoResponders,
+                _ => RequestError::Other(e.to_string()),
+            }),
+        }
+    }
+
+    async fn serve(&self, subject: &str, queue_group: &str) -> Result<Requests, BusError> {
+        check_filter(subject)?;
+        let real = self.inner.names.subject(subject);
+        let client = &self.inner.client;
+        let subscriber = if queue_group.is_empty() {
+            client.subscribe(real).await
+        } else {
+            check_name("queue group", queue_group)?;
+            client.queue_subscribe(real, queue_group.to_string()).await
+        }
+        .map_err(|e| other("subscribe", e))?;
+        // The subscription is registered on the server once the flush returns, so a request
+        // sent after `serve` returns finds this member.
+        client.flush().await.map_err(|e| other("flush", e))?;
+        let bus = self.clone();
+        let requests = subscriber.map(move |message| Request {
+            subject: bus.inner.names.logical_subject(message.subject.as_str()),
+            payload: message.payload,
+            replier: Replier::Nats {
+                client: bus.inner.client.clone(),
+                reply: message.reply,
+            },
+        });
+        Ok(Feed::from_stream(requests, None))
+    }
+
+    async fn kv(&self, bucket: &str) -> Result<NatsKv, BusError> {
+        check_name("bucket name", bucket)?;
+        let store = self
+            .inner
+            .js
+            .get_key_value(self.inner.names.name(bucket))
+            .await
+            .map_err(|e| {
+                if is_stream_not_found(&e) {
+                    BusError::BucketNotFound(bucket.to_string())
+                } else {
+                    other("open bucket", e)
+                }
+            })?;
+        Ok(NatsKv::new(
+            store,
+            self.inner.tasks.clone(),
+            &self.inner.shutdown,
+        ))
+    }
+
+    fn is_connected(&self) -> bool {
+        self.inner.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+impl NatsBus {
+    async fn publish_with_retries(&self, publish: &Publish) -> Result<Published, PublishError> {
+        check_subject(&publish.subject).map_err(|e| PublishError::Other(e.to_string()))?;
+        let subject = self.inner.names.subject(&publish.subject);
+        // Without a msg id a retry could store the message twice; with one, dedup makes every
+        // retry safe.
+        let msg_id = publish
+            .msg_id
+            .clone()
+            .unwrap_or_else(|| format!("bus-{}", crate::unique_id()));
+        let options = &self.inner.options;
+        let deadline = Instant::now() + options.publish_deadline;
+        let mut backoff = options.retry_backoff;
+        // A server that just came back may answer "no stream" until JetStream has recovered;
+        // after a transient failure that answer is retried too.
+        let mut interrupted = false;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt =
+                tokio::time::timeout(remaining, self.publish_once(&subject, publish, &msg_id))
+                    .await;
+            let reason = match attempt {
+                Ok(Ok(ack)) => {
+                    return Ok(Published {
+                        stream: self.inner.names.logical_name(&ack.stream),
+                        seq: ack.sequence,
+                        duplicate: ack.duplicate,
+                    });
+                }
+                Err(_elapsed) => return Err(PublishError::Timeout),
+                Ok(Err(e)) => match e.kind() {
+                    PublishErrorKind::WrongLastSequence => {
+                        // The server checks the expected sequence before dedup: the retry of
+                        // a publish that was stored (its ack lost) lands here. If the subject's
+                        // last message is this very msg id, the publish has succeeded.
+                        if let Some(published) = self.stored_as_last(publish, &msg_id).await {
+                            return Ok(published);
+                        }
+                        return Err(PublishError::WrongLastSequence {
+                            expected: publish.expected_last_subject_seq.unwrap_or_default(),
+                            subject: publish.subject.clone(),
+                        });
+                    }
+                    PublishErrorKind::StreamNotFound if !interrupted => {
+                        return Err(PublishError::NoStream);
+                    }
+                    PublishErrorKind::TimedOut
+                    | PublishErrorKind::BrokenPipe
+                    | PublishErrorKind::MaxAckPending
+                    | PublishErrorKind::StreamNotFound => {
+                        interrupted = true;
+                        e.to_string()
+                    }
+                    _ => return Err(PublishError::Other(e.to_string())),
+                },
+            };
+            if Instant::now() + backoff >= deadline {
+                return Err(PublishError::Timeout);
+            }
+            metrics::counter!("bus_publish_retries_total").increment(1);
+            tracing::debug!(subject = %publish.subject, %msg_id, %reason, ?backoff, "publish retried");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(options.retry_backoff_max);
+        }
+    }
+}
+
+impl NatsBus {
+    /// The publish, if the last message on its subject carries its msg id.
+    async fn stored_as_last(&self, publish: &Publish, msg_id: &str) -> Option<Published> {
+        let stream = self.stream_capturing(&publish.subject).await?;
+        let last = self.last_message(&stream, &publish.subject).await.ok()??;
+        (last.msg_id.as_deref() == Some(msg_id)).then_some(Published {
+            stream,
+            seq: last.seq,
+            duplicate: true,
+        })
+    }
+
+    /// The logical name of the stream capturing `subject`: from the definitions set up, else
+    /// asked of the server.
+    async fn stream_capturing(&self, subject: &str) -> Option<String> {
+        let declared = self.inner.streams.read().ok().and_then(|streams| {
+            streams
+                .values()
+                .find(|def| def.subjects.iter().any(|pattern| matches(pattern, subject)))
+                .map(|def| def.name.clone())
+        });
+        if declared.is_some() {
+            return declared;
+        }
+        self.inner
+            .js
+            .stream_by_subject(self.inner.names.subject(subject))
+            .await
+            .ok()
+            .map(|real| self.inner.names.logical_name(&real))
+    }
+}
+
+fn outcome_label(outcome: &Result<Published, PublishError>) -> &'static str {
+    match outcome {
+        Ok(published) if published.duplicate => "duplicate",
+        Ok(_) => "stored",
+        Err(PublishError::WrongLastSequence { .. }) => "wrong_last_sequence",
+        Err(PublishError::Timeout) => "timeout",
+        Err(PublishError::NoStream) => "no_stream",
+        Err(PublishError::Other(_)) => "error",
+    }
+}
+
+fn storage_type(storage: Storage) -> StorageType {
+    match storage {
+        Storage::File => StorageType::File,
+        Storage::Memory => StorageType::Memory,
+    }
+}
+
+fn reconnect_delay(attempts: usize, max: Duration) -> Duration {
+    let exponent = u32::try_from(attempts.min(8)).unwrap_or(8);
+    (Duration::from_millis(50) * 2u32.pow(exponent)).min(max)
+}
+
+fn log_connection_event(prefix: &str, event: &async_nats::Event) {
+    let span = tracing::info_span!("nats_connection", prefix);
+    let _entered = span.enter();
+    match event {
+        async_nats::Event::Connected => tracing::info!("connected to NATS"),
+        async_nats::Event::Disconnected => {
+            metrics::counter!("bus_disconnects_total").increment(1);
+            tracing::warn!("disconnected from NATS; reconnecting");
+        }
+        async_nats::Event::SlowConsumer(sid) => {
+            tracing::warn!(
+                sid,
+                "slow consumer: the server dropped messages for a subscription"
+            );
+        }
+        other => tracing::info!(event = %other, "NATS connection event"),
+    }
+}
+
+fn consumer_error(stream: &str, e: jetstream::stream::ConsumerError) -> BusError {
+    match e.kind() {
+        jetstream::stream::ConsumerErrorKind::JetStream(js)
+            if js.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+        {
+            BusError::StreamNotFound(stream.to_string())
+        }
+        jetstream::stream::ConsumerErrorKind::TimedOut => BusError::Timeout,
+        _ => other("create consumer", e),
+    }
+}
+
+/// Whether a JetStream error (or one of its causes) says "stream not found" (10059).
+fn is_stream_not_found(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(js) = error.downcast_ref::<jetstream::Error>() {
+            if js.error_code() == ErrorCode::STREAM_NOT_FOUND {
+                return true;
+            }
+        }
+        if let Some(get) = error.downcast_ref::<jetstream::context::GetStreamError>() {
+            if let jetstream::context::GetStreamErrorKind::JetStream(js) = get.kind() {
+                if js.error_code() == ErrorCode::STREAM_NOT_FOUND {
+                    return true;
+                }
+            }
+        }
+        current = error.source();
+    }
+    false
+}
+
+fn other(context: &str, error: impl std::fmt::Display) -> BusError {
+    BusError::Other(format!("{context}: {error}"))
+}

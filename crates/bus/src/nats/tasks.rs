@@ -1,0 +1,175 @@
+//! The background tasks behind the nats adapter's replays and durable consumers. Each one feeds
+//! a bounded channel, re-establishes its consumer when the server loses it (restart, failover),
+//! and ends when its feed is dropped or the bus is closed.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::NatsBus;
+use crate::error::BusError;
+use crate::port::{AckMessage, Acker, StoredMessage};
+
+/// Pauses between attempts to re-establish a consumer while the server is away.
+const RESUBSCRIBE_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const RESUBSCRIBE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub(super) struct ReplaySpec {
+    pub stream: String,
+    pub filter: String,
+    /// The first sequence not yet handed to the reader: the replay resumes from here and skips
+    /// anything below it, so a re-established consumer causes no duplicate and no gap.
+    pub next_seq: u64,
+}
+
+pub(super) struct ConsumeSpec {
+    pub stream: String,
+    pub durable: String,
+    pub filter: String,
+}
+
+/// Feeds an ordered replay. The ordered consumer already recreates itself on sequence gaps and
+/// missed heartbeats; this loop covers what it gives up on.
+pub(super) async fn replay(
+    bus: NatsBus,
+    mut spec: ReplaySpec,
+    mut ordered: consumer::pull::Ordered,
+    sender: mpsc::Sender<Result<StoredMessage, BusError>>,
+    cancel: CancellationToken,
+) {
+    let span = tracing::info_span!("bus_replay", stream = %spec.stream, filter = %spec.filter);
+    async move {
+        loop {
+            loop {
+                let item = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    item = ordered.next() => item,
+                };
+                let message = match item {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, next_seq = spec.next_seq, "replay interrupted");
+                        break;
+                    }
+                    None => break,
+                };
+                let seq = match message.info() {
+                    Ok(info) => info.stream_sequence,
+                    Err(error) => {
+                        tracing::warn!(%error, "message without JetStream metadata");
+                        break;
+                    }
+                };
+                if seq < spec.next_seq {
+                    continue;
+                }
+                let stored = bus.stored(&message.message, seq);
+                spec.next_seq = seq + 1;
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    sent = sender.send(Ok(stored)) => if sent.is_err() { return },
+                }
+            }
+            let mut delay = RESUBSCRIBE_BACKOFF_MIN;
+            ordered = loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                match bus.ordered(&spec.stream, &spec.filter, spec.next_seq).await {
+                    Ok(ordered) => {
+                        tracing::info!(next_seq = spec.next_seq, "replay re-established");
+                        break ordered;
+                    }
+                    Err(error @ BusError::StreamNotFound(_)) => {
+                        // The stream is gone: resuming in a new one would mix epochs.
+                        let _ = sender.send(Err(error)).await;
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "replay not re-established yet");
+                        delay = (delay * 2).min(RESUBSCRIBE_BACKOFF_MAX);
+                    }
+                }
+            };
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Feeds a durable consumer's deliveries. Messages pulled but lost with a connection are simply
+/// redelivered by the server after `ack_wait`.
+pub(super) async fn consume(
+    bus: NatsBus,
+    spec: ConsumeSpec,
+    mut pull: consumer::pull::Stream,
+    sender: mpsc::Sender<Result<AckMessage, BusError>>,
+    cancel: CancellationToken,
+) {
+    let span = tracing::info_span!("bus_consume", stream = %spec.stream, durable = %spec.durable);
+    async move {
+        loop {
+            loop {
+                let item = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    item = pull.next() => item,
+                };
+                let message = match item {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "durable consumer interrupted");
+                        break;
+                    }
+                    None => break,
+                };
+                let (seq, delivered) = match message.info() {
+                    Ok(info) => (
+                        info.stream_sequence,
+                        u64::try_from(info.delivered).unwrap_or(1),
+                    ),
+                    Err(error) => {
+                        tracing::warn!(%error, "message without JetStream metadata");
+                        continue;
+                    }
+                };
+                let delivery = AckMessage {
+                    msg: bus.stored(&message.message, seq),
+                    delivered,
+                    acker: Acker::Nats(Box::new(message)),
+                };
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    sent = sender.send(Ok(delivery)) => if sent.is_err() { return },
+                }
+            }
+            let mut delay = RESUBSCRIBE_BACKOFF_MIN;
+            pull = loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                match bus.durable(&spec.stream, &spec.durable, &spec.filter).await {
+                    Ok(pull) => {
+                        tracing::info!("durable consumer re-established");
+                        break pull;
+                    }
+                    Err(error @ BusError::StreamNotFound(_)) => {
+                        let _ = sender.send(Err(error)).await;
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "durable consumer not re-established yet");
+                        delay = (delay * 2).min(RESUBSCRIBE_BACKOFF_MAX);
+                    }
+                }
+            };
+        }
+    }
+    .instrument(span)
+    .await
+}

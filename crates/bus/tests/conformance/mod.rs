@@ -1,0 +1,722 @@
+//! The conformance suite: what every `Bus` adapter must do, written once, generic over the
+//! adapter, and instantiated for `nats` and `local` by `tests/bus.rs`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bus::{
+    BucketDef, Bus, BusError, ConsumerDef, Definitions, Kv, KvError, KvEvent, Publish,
+    PublishError, RequestError, StoredMessage, StreamDef,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::support::{WAIT, assert_quiet, next, within};
+
+async fn publish<B: Bus>(bus: &B, subject: &str, payload: &str) -> u64 {
+    bus.publish(Publish::new(subject, payload.to_string()).msg_id(format!("{subject}:{payload}")))
+        .await
+        .unwrap_or_else(|e| panic!("publish {payload} on {subject}: {e}"))
+        .seq
+}
+
+fn summary(message: &StoredMessage) -> (u64, String, String) {
+    (
+        message.seq,
+        message.subject.clone(),
+        String::from_utf8_lossy(&message.payload).into_owned(),
+    )
+}
+
+pub async fn publish_assigns_sequences_per_stream_and_remembers_the_last_message_per_subject<
+    B: Bus,
+>(
+    bus: B,
+) {
+    let first = bus
+        .publish(Publish::new("table.a.round", "a1").msg_id("a:1"))
+        .await
+        .expect("publish a1");
+    assert_eq!(first.stream, "TABLES");
+    assert_eq!(first.seq, 1);
+    assert!(!first.duplicate);
+    assert_eq!(publish(&bus, "table.b.round", "b1").await, 2);
+    assert_eq!(
+        bus.publish(Publish::new("table.a.round", "a2").msg_id("a:2"))
+            .await
+            .expect("publish a2")
+            .seq,
+        3
+    );
+    let wallet = bus
+        .publish(Publish::new("player.alice.wallet", "w1"))
+        .await
+        .expect("publish to PLAYERS");
+    assert_eq!((wallet.stream.as_str(), wallet.seq), ("PLAYERS", 1));
+
+    let last = bus
+        .last_message("TABLES", "table.a.round")
+        .await
+        .expect("read the last message");
+    assert_eq!(
+        last,
+        Some(StoredMessage {
+            subject: "table.a.round".into(),
+            seq: 3,
+            payload: Bytes::from_static(b"a2"),
+            msg_id: Some("a:2".into()),
+        })
+    );
+    assert_eq!(
+        bus.last_message("TABLES", "table.c.round")
+            .await
+            .expect("read a subject without messages"),
+        None
+    );
+
+    let state = bus.stream_state("TABLES").await.expect("stream state");
+    assert_eq!((state.first_seq, state.last_seq), (1, 3));
+    assert!(!state.epoch.is_empty());
+    let again = bus
+        .stream_state("TABLES")
+        .await
+        .expect("stream state again");
+    assert_eq!(again.epoch, state.epoch, "the epoch is stable");
+}
+
+pub async fn unknown_streams_and_buckets_are_reported_as_not_found<B: Bus>(bus: B) {
+    assert_eq!(
+        bus.stream_state("NOPE").await,
+        Err(BusError::StreamNotFound("NOPE".into()))
+    );
+    assert_eq!(
+        bus.last_message("NOPE", "table.a.round").await,
+        Err(BusError::StreamNotFound("NOPE".into()))
+    );
+    assert!(matches!(
+        bus.replay("NOPE", "table.>", 1).await,
+        Err(BusError::StreamNotFound(_))
+    ));
+    assert!(matches!(
+        bus.kv("nope").await,
+        Err(BusError::BucketNotFound(_))
+    ));
+}
+
+pub async fn publish_to_a_subject_no_stream_captures_is_refused<B: Bus>(bus: B) {
+    assert_eq!(
+        bus.publish(Publish::new("nowhere.at.all", "x")).await,
+        Err(PublishError::NoStream)
+    );
+    assert!(matches!(
+        bus.publish(Publish::new("table.*.round", "x")).await,
+        Err(PublishError::Other(_))
+    ));
+}
+
+pub async fn duplicate_msg_id_within_the_window_is_reported_and_stored_once<B: Bus>(bus: B) {
+    let first = bus
+        .publish(Publish::new("table.a.round", "first").msg_id("roulette-1:1:round_opened"))
+        .await
+        .expect("publish");
+    let again = bus
+        .publish(Publish::new("table.a.round", "second").msg_id("roulette-1:1:round_opened"))
+        .await
+        .expect("publish the same msg id again");
+    assert!(again.duplicate);
+    assert_eq!(again.seq, first.seq);
+    let state = bus.stream_state("TABLES").await.expect("stream state");
+    assert_eq!(state.last_seq, first.seq, "the duplicate is not stored");
+    let last = bus
+        .last_message("TABLES", "table.a.round")
+        .await
+        .expect("last message")
+        .expect("a message is stored");
+    assert_eq!(last.payload, Bytes::from_static(b"first"));
+}
+
+pub async fn msg_id_is_forgotten_after_the_duplicate_window<B: Bus>(bus: B) {
+    let mut stream = StreamDef::new("SHORT_DEDUP", &["dedup.>"]);
+    stream.duplicate_window = Duration::from_secs(1);
+    bus.setup(&Definitions::default().stream(stream))
+        .await
+        .expect("set up a stream with a short duplicate window");
+    let first = bus
+        .publish(Publish::new("dedup.x", "1").msg_id("same"))
+        .await
+        .expect("publish");
+    let stored_again = within("the msg id to be forgotten", async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let again = bus
+                .publish(Publish::new("dedup.x", "2").msg_id("same"))
+                .await
+                .expect("publish again");
+            if !again.duplicate {
+                break again;
+            }
+            assert_eq!(again.seq, first.seq);
+        }
+    })
+    .await;
+    assert_eq!(stored_again.seq, first.seq + 1);
+}
+
+pub async fn publish_with_a_stale_expected_subject_sequence_is_a_conflict<B: Bus>(bus: B) {
+    let opened = bus
+        .publish(
+            Publish::new("table.a.round", "open")
+                .msg_id("a:1:open")
+                .expected_last_subject_seq(0),
+        )
+        .await
+        .expect("the first message of a subject expects 0");
+    let rival = bus
+        .publish(
+            Publish::new("table.a.round", "rival")
+                .msg_id("a:1:rival")
+                .expected_last_subject_seq(0),
+        )
+        .await;
+    assert_eq!(
+        rival,
+        Err(PublishError::WrongLastSequence {
+            expected: 0,
+            subject: "table.a.round".into()
+        })
+    );
+    // Sequences are per subject: another table is not affected.
+    bus.publish(
+        Publish::new("table.b.round", "open")
+            .msg_id("b:1:open")
+            .expected_last_subject_seq(0),
+    )
+    .await
+    .expect("another subject has its own last sequence");
+    let closed = bus
+        .publish(
+            Publish::new("table.a.round", "close")
+                .msg_id("a:1:close")
+                .expected_last_subject_seq(opened.seq),
+        )
+        .await
+        .expect("the right expected sequence is accepted");
+    let late = bus
+        .publish(
+            Publish::new("table.a.round", "late")
+                .msg_id("a:1:late")
+                .expected_last_subject_seq(opened.seq),
+        )
+        .await;
+    assert!(matches!(
+        late,
+        Err(PublishError::WrongLastSequence { expected, .. }) if expected == opened.seq
+    ));
+    let state = bus.stream_state("TABLES").await.expect("stream state");
+    assert_eq!(
+        state.last_seq, closed.seq,
+        "refused messages are not stored"
+    );
+}
+
+pub async fn retried_publish_with_the_same_msg_id_is_a_duplicate_not_a_conflict<B: Bus>(bus: B) {
+    let publish = Publish::new("table.a.round", "open")
+        .msg_id("roulette-1:7:round_opened")
+        .expected_last_subject_seq(0);
+    let first = bus.publish(publish.clone()).await.expect("publish");
+    // The retry of a publish whose acknowledgement was lost: its expected sequence is now
+    // stale, but dedup recognises it, so the writer learns it already succeeded.
+    let retry = bus
+        .publish(publish.clone())
+        .await
+        .expect("the retry is answered");
+    assert!(retry.duplicate);
+    assert_eq!(retry.seq, first.seq);
+    // Once another message follows it, the same retry is a conflict: someone else advanced.
+    bus.publish(
+        Publish::new("table.a.round", "rival")
+            .msg_id("rival")
+            .expected_last_subject_seq(first.seq),
+    )
+    .await
+    .expect("another writer advances the subject");
+    assert!(matches!(
+        bus.publish(publish).await,
+        Err(PublishError::WrongLastSequence { expected: 0, .. })
+    ));
+    assert_eq!(
+        bus.stream_state("TABLES").await.expect("state").last_seq,
+        first.seq + 1
+    );
+}
+
+pub async fn filtered_replay_from_a_sequence_then_live_has_no_gap_or_duplicate<B: Bus>(bus: B) {
+    publish(&bus, "table.a.round", "a1").await;
+    publish(&bus, "table.b.round", "b1").await;
+    let a2 = publish(&bus, "table.a.result", "a2").await;
+    publish(&bus, "table.b.round", "b2").await;
+    let a3 = publish(&bus, "table.a.round", "a3").await;
+
+    let mut replay = bus
+        .replay("TABLES", "table.a.>", a2)
+        .await
+        .expect("start a replay");
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let message = next(&mut replay, "a stored message")
+            .await
+            .expect("replayed");
+        seen.push(summary(&message));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (a2, "table.a.result".into(), "a2".into()),
+            (a3, "table.a.round".into(), "a3".into()),
+        ]
+    );
+
+    publish(&bus, "table.b.round", "b3").await;
+    let a4 = publish(&bus, "table.a.round", "a4").await;
+    let a5 = publish(&bus, "table.a.result", "a5").await;
+    let mut live = Vec::new();
+    for _ in 0..2 {
+        let message = next(&mut replay, "a live message").await.expect("live");
+        live.push(summary(&message));
+    }
+    assert_eq!(
+        live,
+        vec![
+            (a4, "table.a.round".into(), "a4".into()),
+            (a5, "table.a.result".into(), "a5".into()),
+        ]
+    );
+
+    // From past the end: only what comes next.
+    let state = bus.stream_state("TABLES").await.expect("stream state");
+    let mut tail = bus
+        .replay("TABLES", "table.a.>", state.last_seq + 1)
+        .await
+        .expect("start a replay at the end");
+    let a6 = publish(&bus, "table.a.round", "a6").await;
+    let message = next(&mut tail, "the next message").await.expect("live");
+    assert_eq!(summary(&message), (a6, "table.a.round".into(), "a6".into()));
+}
+
+pub async fn replay_keeps_order_while_messages_arrive_during_it<B: Bus>(bus: B) {
+    const COUNT: u64 = 150;
+    for i in 1..=COUNT / 2 {
+        publish(&bus, "table.busy.round", &i.to_string()).await;
+    }
+    let mut replay = bus
+        .replay("TABLES", "table.busy.>", 1)
+        .await
+        .expect("start a replay");
+    let publisher = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            for i in COUNT / 2 + 1..=COUNT {
+                publish(&bus, "table.busy.round", &i.to_string()).await;
+            }
+        })
+    };
+    for expected in 1..=COUNT {
+        let message = next(&mut replay, "the next message in order")
+            .await
+            .expect("replayed");
+        assert_eq!(message.seq, expected, "no gap, no duplicate, in order");
+        assert_eq!(message.payload, Bytes::from(expected.to_string()));
+    }
+    within("the publisher", publisher)
+        .await
+        .expect("the publisher finished");
+}
+
+pub async fn unacked_message_is_redelivered_after_ack_wait<B: Bus>(bus: B) {
+    let mut worker = ConsumerDef::new("TABLES", "worker");
+    worker.ack_wait = Duration::from_secs(1);
+    bus.setup(&Definitions::default().consumer(worker))
+        .await
+        .expect("set up a consumer with a short ack_wait");
+    let seq = publish(&bus, "table.a.round", "m1").await;
+    let mut deliveries = bus
+        .consume("TABLES", "worker", "table.>")
+        .await
+        .expect("consume");
+    let first = next(&mut deliveries, "the first delivery")
+        .await
+        .expect("delivered");
+    assert_eq!((first.msg.seq, first.delivered), (seq, 1));
+    // Not acked: it comes back.
+    let second = next(&mut deliveries, "the redelivery")
+        .await
+        .expect("redelivered");
+    assert_eq!((second.msg.seq, second.delivered), (seq, 2));
+    assert_eq!(second.msg.payload, Bytes::from_static(b"m1"));
+    second.ack().await.expect("ack");
+
+    let seq2 = publish(&bus, "table.a.round", "m2").await;
+    let third = next(&mut deliveries, "the next message")
+        .await
+        .expect("delivered");
+    assert_eq!((third.msg.seq, third.delivered), (seq2, 1));
+    third.ack().await.expect("ack");
+    assert_quiet(
+        &mut deliveries,
+        Duration::from_secs(3),
+        "no redelivery of acked messages",
+    )
+    .await;
+}
+
+pub async fn durable_consumer_resumes_after_its_last_acked_message<B: Bus>(bus: B) {
+    let mut resumer = ConsumerDef::new("TABLES", "resumer");
+    resumer.ack_wait = Duration::from_secs(1);
+    bus.setup(&Definitions::default().consumer(resumer))
+        .await
+        .expect("set up a consumer");
+    publish(&bus, "table.a.round", "m1").await;
+    publish(&bus, "table.a.round", "m2").await;
+    {
+        let mut deliveries = bus
+            .consume("TABLES", "resumer", "table.>")
+            .await
+            .expect("consume");
+        for expected in ["m1", "m2"] {
+            let delivery = next(&mut deliveries, expected).await.expect("delivered");
+            assert_eq!(delivery.msg.payload, Bytes::from(expected));
+            delivery.ack().await.expect("ack");
+        }
+    }
+    let seq3 = publish(&bus, "table.a.round", "m3").await;
+    let mut deliveries = bus
+        .consume("TABLES", "resumer", "table.>")
+        .await
+        .expect("consume again");
+    let delivery = next(&mut deliveries, "m3").await.expect("delivered");
+    assert_eq!(
+        delivery.msg.seq, seq3,
+        "acked messages are not delivered again"
+    );
+    assert_eq!(delivery.msg.payload, Bytes::from_static(b"m3"));
+}
+
+pub async fn queue_group_spreads_requests_and_each_reaches_one_member<B: Bus>(bus: B) {
+    const REQUESTS: usize = 40;
+    let handled = Arc::new(AtomicUsize::new(0));
+    let mut members = Vec::new();
+    for member in ["gs-1", "gs-2"] {
+        let mut requests = bus.serve("bets.place.*", "gs").await.expect("serve");
+        let handled = handled.clone();
+        members.push(tokio::spawn(async move {
+            while let Some(request) = requests.next().await {
+                handled.fetch_add(1, Ordering::SeqCst);
+                let answer = format!(
+                    "{member}|{}|{}",
+                    request.subject,
+                    String::from_utf8_lossy(&request.payload)
+                );
+                request.respond(Bytes::from(answer)).await.expect("respond");
+            }
+        }));
+    }
+    let mut by_member: HashMap<String, usize> = HashMap::new();
+    for i in 0..REQUESTS {
+        let answer = bus
+            .request("bets.place.roulette-1", Bytes::from(i.to_string()), WAIT)
+            .await
+            .expect("an answer");
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let mut parts = answer.split('|');
+        let member = parts.next().expect("member").to_string();
+        assert_eq!(
+            parts.next(),
+            Some("bets.place.roulette-1"),
+            "logical subject"
+        );
+        assert_eq!(
+            parts.next(),
+            Some(i.to_string().as_str()),
+            "the answer to this request"
+        );
+        *by_member.entry(member).or_default() += 1;
+    }
+    assert_eq!(by_member.len(), 2, "both members served: {by_member:?}");
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        REQUESTS,
+        "each request reached exactly one member"
+    );
+    for member in members {
+        member.abort();
+    }
+}
+
+pub async fn request_without_responders_fails_and_unanswered_request_times_out<B: Bus>(bus: B) {
+    assert_eq!(
+        bus.request("bets.place.nobody", Bytes::from_static(b"x"), WAIT)
+            .await,
+        Err(RequestError::NoResponders)
+    );
+    let mut requests = bus.serve("bets.place.silent", "gs").await.expect("serve");
+    let swallower = tokio::spawn(async move {
+        // Receives requests and never answers.
+        let mut kept = Vec::new();
+        while let Some(request) = requests.next().await {
+            kept.push(request);
+        }
+    });
+    assert_eq!(
+        bus.request(
+            "bets.place.silent",
+            Bytes::from_static(b"x"),
+            Duration::from_millis(500)
+        )
+        .await,
+        Err(RequestError::Timeout)
+    );
+    swallower.abort();
+}
+
+pub async fn kv_create_has_exactly_one_winner_among_racers<B: Bus>(bus: B) {
+    let kv = bus.kv("gms_leases").await.expect("open gms_leases");
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let kv = kv.clone();
+            tokio::spawn(async move {
+                (
+                    i,
+                    kv.create("roulette-1", Bytes::from(format!("gms-{i}")))
+                        .await,
+                )
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for racer in racers {
+        let (i, outcome) = within("a racer", racer).await.expect("racer finished");
+        match outcome {
+            Ok(revision) => winners.push((i, revision)),
+            Err(KvError::AlreadyExists) => {}
+            Err(other) => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one winner: {winners:?}");
+    let (winner, revision) = winners[0];
+    let entry = kv
+        .get("roulette-1")
+        .await
+        .expect("get")
+        .expect("the lease is held");
+    assert_eq!(entry.value, Bytes::from(format!("gms-{winner}")));
+    assert_eq!(entry.revision, revision);
+}
+
+pub async fn kv_compare_and_set_has_exactly_one_winner_among_racers<B: Bus>(bus: B) {
+    let kv = bus.kv("gms_leases").await.expect("open gms_leases");
+    let base = kv
+        .put("roulette-1", Bytes::from_static(b"gms-0"))
+        .await
+        .expect("put");
+    let racers: Vec<_> = (1..=8)
+        .map(|i| {
+            let kv = kv.clone();
+            tokio::spawn(async move {
+                (
+                    i,
+                    kv.update("roulette-1", Bytes::from(format!("gms-{i}")), base)
+                        .await,
+                )
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for racer in racers {
+        let (i, outcome) = within("a racer", racer).await.expect("racer finished");
+        match outcome {
+            Ok(revision) => winners.push((i, revision)),
+            Err(KvError::WrongRevision) => {}
+            Err(other) => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one winner: {winners:?}");
+    let (winner, revision) = winners[0];
+    assert!(revision > base);
+    let entry = kv.get("roulette-1").await.expect("get").expect("a value");
+    assert_eq!(
+        (entry.value, entry.revision),
+        (Bytes::from(format!("gms-{winner}")), revision)
+    );
+    assert_eq!(
+        kv.update("roulette-1", Bytes::from_static(b"late"), base)
+            .await,
+        Err(KvError::WrongRevision)
+    );
+}
+
+pub async fn kv_lease_expires_unless_renewed<B: Bus>(bus: B) {
+    let mut leases = BucketDef::new("short_leases");
+    leases.max_age = Duration::from_secs(2);
+    bus.setup(&Definitions::default().bucket(leases))
+        .await
+        .expect("set up a bucket with a short TTL");
+    let kv = bus.kv("short_leases").await.expect("open the bucket");
+    let mut revision = kv
+        .create("roulette-1", Bytes::from_static(b"gms-a"))
+        .await
+        .expect("take the lease");
+    // Renewed well within the TTL, the lease outlives it.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        revision = kv
+            .update("roulette-1", Bytes::from_static(b"gms-a"), revision)
+            .await
+            .expect("renew the lease");
+        assert_eq!(
+            kv.create("roulette-1", Bytes::from_static(b"gms-b")).await,
+            Err(KvError::AlreadyExists),
+            "a held lease cannot be taken"
+        );
+    }
+    // Not renewed any more: it expires and another instance takes it.
+    let taken = within("the lease to expire", async {
+        loop {
+            match kv.create("roulette-1", Bytes::from_static(b"gms-b")).await {
+                Ok(revision) => break revision,
+                Err(KvError::AlreadyExists) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(other) => panic!("unexpected outcome {other:?}"),
+            }
+        }
+    })
+    .await;
+    let entry = kv.get("roulette-1").await.expect("get").expect("held");
+    assert_eq!(
+        (entry.value, entry.revision),
+        (Bytes::from_static(b"gms-b"), taken)
+    );
+    assert_eq!(
+        kv.update("roulette-1", Bytes::from_static(b"gms-a"), revision)
+            .await,
+        Err(KvError::WrongRevision),
+        "the old holder cannot renew a lease it lost"
+    );
+}
+
+pub async fn kv_watch_starts_with_the_current_value_then_follows_changes<B: Bus>(bus: B) {
+    let kv = bus.kv("status").await.expect("open status");
+    let enabled = kv
+        .put("betting", Bytes::from_static(b"enabled"))
+        .await
+        .expect("put");
+    let mut watch = kv.watch("betting").await.expect("watch");
+    assert_eq!(
+        next(&mut watch, "the current value").await,
+        KvEvent {
+            key: "betting".into(),
+            value: Some(Bytes::from_static(b"enabled")),
+            revision: enabled,
+        }
+    );
+    let disabled = kv
+        .put("betting", Bytes::from_static(b"disabled"))
+        .await
+        .expect("put");
+    assert_eq!(
+        next(&mut watch, "the change").await,
+        KvEvent {
+            key: "betting".into(),
+            value: Some(Bytes::from_static(b"disabled")),
+            revision: disabled,
+        }
+    );
+    kv.delete("betting").await.expect("delete");
+    let deleted = next(&mut watch, "the delete").await;
+    assert_eq!((deleted.key.as_str(), deleted.value), ("betting", None));
+    assert!(deleted.revision > disabled);
+    let other = kv
+        .put("other", Bytes::from_static(b"x"))
+        .await
+        .expect("put");
+    let again = kv
+        .put("betting", Bytes::from_static(b"enabled"))
+        .await
+        .expect("put");
+    assert_eq!(
+        next(&mut watch, "the next change of the watched key").await,
+        KvEvent {
+            key: "betting".into(),
+            value: Some(Bytes::from_static(b"enabled")),
+            revision: again,
+        },
+        "other keys are not seen"
+    );
+
+    let mut everything = kv.watch(">").await.expect("watch every key");
+    let first = next(&mut everything, "the current values").await;
+    let second = next(&mut everything, "the current values").await;
+    assert_eq!(
+        [(first.key, first.revision), (second.key, second.revision)],
+        [("other".to_string(), other), ("betting".to_string(), again)],
+        "current values come in revision order"
+    );
+}
+
+pub async fn kv_values_follow_revisions_through_put_delete_and_create<B: Bus>(bus: B) {
+    let kv = bus.kv("status").await.expect("open status");
+    assert_eq!(kv.get("missing").await, Ok(None));
+    let first = kv.put("k", Bytes::from_static(b"v1")).await.expect("put");
+    let entry = kv.get("k").await.expect("get").expect("a value");
+    assert_eq!(
+        (entry.value, entry.revision),
+        (Bytes::from_static(b"v1"), first)
+    );
+    let second = kv.put("k", Bytes::from_static(b"v2")).await.expect("put");
+    assert!(second > first);
+    assert_eq!(
+        kv.create("k", Bytes::from_static(b"v3")).await,
+        Err(KvError::AlreadyExists)
+    );
+    kv.delete("k").await.expect("delete");
+    assert_eq!(kv.get("k").await, Ok(None));
+    let recreated = kv
+        .create("k", Bytes::from_static(b"v3"))
+        .await
+        .expect("a deleted key can be created again");
+    assert!(recreated > second);
+    assert!(matches!(
+        kv.put("not a key", Bytes::from_static(b"x")).await,
+        Err(KvError::InvalidKey(_))
+    ));
+}
+
+pub async fn setup_is_idempotent_and_applies_changed_definitions<B: Bus>(bus: B) {
+    bus.setup(&Definitions::croupier())
+        .await
+        .expect("setting up the same definitions again is fine");
+    let mut bucket = BucketDef::new("changing");
+    let definitions = Definitions::default().bucket(bucket.clone());
+    bus.setup(&definitions).await.expect("set up a bucket");
+    let kv = bus.kv("changing").await.expect("open the bucket");
+    kv.put("k", Bytes::from_static(b"v")).await.expect("put");
+    bus.setup(&definitions)
+        .await
+        .expect("set up the bucket again");
+    assert!(
+        kv.get("k").await.expect("get").is_some(),
+        "setup again keeps the data"
+    );
+    bucket.max_age = Duration::from_secs(1);
+    bus.setup(&Definitions::default().bucket(bucket))
+        .await
+        .expect("update the bucket's TTL");
+    within("the entry to expire under the new TTL", async {
+        while kv.get("k").await.expect("get").is_some() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+}

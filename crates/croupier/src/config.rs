@@ -1,0 +1,65 @@
+//! Settings shared by every command: each comes from its flag, else its environment variable,
+//! else `.data/endpoints.env` (written by `just up`), else a working development default
+//! (DESIGN §9). Invalid values are reported together, before anything starts.
+
+use clap::Args;
+
+use crate::endpoints::Endpoints;
+
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/croupier";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// The development secret used when none is configured anywhere: fine on a laptop, and the
+/// log says loudly that it is in use.
+pub const DEV_JWT_SECRET: &str = "croupier-development-secret-change-me!";
+
+/// Endpoints and secrets, as flags with environment fallbacks.
+#[derive(Debug, Clone, Args)]
+pub struct Connect {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", global = true)]
+    pub nats_url: Option<String>,
+    /// Postgres URL of the event store.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// HMAC key of player tokens (at least 32 bytes).
+    #[arg(long, env = "CROUPIER_JWT_SECRET", global = true, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Namespace of every NATS subject, stream, consumer and bucket.
+    #[arg(long, env = "CROUPIER_NATS_PREFIX", global = true, default_value = "")]
+    pub nats_prefix: String,
+}
+
+/// [`Connect`] with every fallback applied.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub nats_url: String,
+    pub database_url: String,
+    pub jwt_secret: String,
+    pub jwt_secret_is_default: bool,
+    pub http_addr_from_file: Option<String>,
+    pub nats_prefix: String,
+}
+
+impl Connect {
+    pub fn resolve(&self) -> Resolved {
+        let file = Endpoints::discover();
+        let pick = |flag: &Option<String>, key: &str, default: &str| {
+            flag.clone()
+                .or_else(|| file.get(key).map(str::to_string))
+                .unwrap_or_else(|| default.to_string())
+        };
+        let secret = self
+            .jwt_secret
+            .clone()
+            .or_else(|| file.get("CROUPIER_JWT_SECRET").map(str::to_string));
+        Resolved {
+            nats_url: pick(&self.nats_url, "NATS_URL", DEFAULT_NATS_URL),
+            database_url: pick(&self.database_url, "DATABASE_URL", DEFAULT_DATABASE_URL),
+            jwt_secret_is_default: secret.is_none(),
+            jwt_secret: secret.unwrap_or_else(|| DEV_JWT_SECRET.to_string()),
+            http_addr_from_file: file.get("CROUPIER_HTTP_ADDR").map(str::to_string),
+            nats_prefix: self.nats_prefix.clone(),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! `croupier run <role>`: builds the chosen roles with the chosen bus adapter and runs them
+//! until SIGINT or SIGTERM, then drains within a deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bus::Bus;
+use clap::{Args, ValueEnum};
+use domain::{Money, TableId, TableLimits};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{DEFAULT_HTTP_ADDR, Resolved};
+use crate::telemetry;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    Gms,
+    Gs,
+    Gateway,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BusKind {
+    /// NATS JetStream (`NATS_URL`): roles may run in separate processes.
+    Nats,
+    /// In-process: only with `run all`.
+    Local,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Which role to run; `all` runs every role in this process.
+    pub role: Role,
+    /// The bus adapter.
+    #[arg(long, value_enum, default_value = "nats")]
+    pub bus: BusKind,
+    /// Gateway listen address.
+    #[arg(long, env = "CROUPIER_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// Metrics listen address for roles without the gateway's HTTP server.
+    #[arg(long, env = "CROUPIER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Tables GMS runs, comma-separated.
+    #[arg(long, env = "CROUPIER_TABLES", default_value = "roulette-1", value_delimiter = ',')]
+    pub tables: Vec<String>,
+    /// How long each round takes bets, in milliseconds.
+    #[arg(long, env = "CROUPIER_BETTING_MS", default_value_t = 15_000)]
+    pub betting_ms: u64,
+    /// From the close of betting to the outcome, in milliseconds.
+    #[arg(long, env = "CROUPIER_RESULT_MS", default_value_t = 3_000)]
+    pub result_ms: u64,
+    /// From the outcome to the next round, in milliseconds.
+    #[arg(long, env = "CROUPIER_PAUSE_MS", default_value_t = 4_000)]
+    pub pause_ms: u64,
+    /// Master secret round seeds derive from (at least 32 bytes; see ADR 0007). Without it a
+    /// random one is drawn and rounds cut short by a crash are voided.
+    #[arg(long, env = "CROUPIER_SEED_SECRET", hide_env_values = true)]
+    pub seed_secret: Option<String>,
+    /// Smallest stake.
+    #[arg(long, env = "CROUPIER_MIN_BET", default_value_t = 10)]
+    pub min_bet: i64,
+    /// Largest stake of one bet.
+    #[arg(long, env = "CROUPIER_MAX_BET", default_value_t = 100_000)]
+    pub max_bet: i64,
+    /// Most a player may stake on one round.
+    #[arg(long, env = "CROUPIER_MAX_ROUND_STAKE", default_value_t = 1_000_000)]
+    pub max_round_stake: i64,
+    /// How long the gateway waits for GS to answer a bet, in milliseconds.
+    #[arg(long, env = "CROUPIER_BET_TIMEOUT_MS", default_value_t = 5_000)]
+    pub bet_timeout_ms: u64,
+    /// Postgres connections per GS.
+    #[arg(long, env = "CROUPIER_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+    /// How long shutdown waits for work in progress.
+    #[arg(long, env = "CROUPIER_DRAIN_MS", default_value_t = 5_000)]
+    pub drain_ms: u64,
+}
+
+/// Everything `run` needs, validated together before anything starts.
+struct Plan {
+    tables: Vec<TableId>,
+    limits: TableLimits,
+    http_addr: SocketAddr,
+    jwt_secret: gateway::JwtSecret,
+    seed_secret: gms::SeedSecret,
+}
+
+fn plan(args: &RunArgs, settings: &Resolved) -> anyhow::Result<Plan> {
+    let mut problems = Vec::new();
+    let tables: Vec<TableId> = args
+        .tables
+        .iter()
+        .filter_map(|t| {
+            TableId::parse(t.trim())
+                .map_err(|e| problems.push(format!("CROUPIER_TABLES: {t:?}: {e}")))
+                .ok()
+        })
+        .collect();
+    if tables.is_empty() {
+        problems.push("CROUPIER_TABLES names no table".into());
+    }
+    let money = |name: &str, value: i64, problems: &mut Vec<String>| {
+        Money::stake(value)
+            .map_err(|e| problems.push(format!("{name}: {e}")))
+            .ok()
+    };
+    let (min, max, round) = (
+        money("CROUPIER_MIN_BET", args.min_bet, &mut problems),
+        money("CROUPIER_MAX_BET", args.max_bet, &mut problems),
+        money("CROUPIER_MAX_ROUND_STAKE", args.max_round_stake, &mut problems),
+    );
+    let limits = match (min, max, round) {
+        (Some(min), Some(max), Some(round)) => TableLimits::new(min, max, round)
+            .map_err(|e| problems.push(format!("table limits: {e}")))
+            .ok(),
+        _ => None,
+    };
+    let http_addr = args
+        .http_addr
+        .clone()
+        .or_else(|| settings.http_addr_from_file.clone())
+        .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_string());
+    let http_addr = http_addr
+        .parse::<SocketAddr>()
+        .map_err(|e| problems.push(format!("CROUPIER_HTTP_ADDR {http_addr:?}: {e}")))
+        .ok();
+    let jwt_secret = gateway::JwtSecret::new(&settings.jwt_secret)
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
+    let seed_secret = match &args.seed_secret {
+        Some(secret) => gms::SeedSecret::new(secret).map_err(|e| problems.push(e.to_string())).ok(),
+        None => gms::SeedSecret::random().map_err(|e| problems.push(e.to_string())).ok(),
+    };
+    if args.bus == BusKind::Local && args.role != Role::All {
+        problems.push("--bus local works only with `run all` (the bus lives in one process)".into());
+    }
+    match (limits, http_addr, jwt_secret, seed_secret) {
+        (Some(limits), Some(http_addr), Some(jwt_secret), Some(seed_secret)) if problems.is_empty() => Ok(Plan {
+            tables,
+            limits,
+            http_addr,
+            jwt_secret,
+            seed_secret,
+        }),
+        _ => anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - ")),
+    }
+}
+
+pub async fn run(args: RunArgs, settings: Resolved) -> anyhow::Result<()> {
+    let plan = plan(&args, &settings)?;
+    let metrics = telemetry::init_metrics()?;
+    if settings.jwt_secret_is_default && matches!(args.role, Role::Gateway | Role::All) {
+        tracing::warn!("no CROUPIER_JWT_SECRET: using the development secret; never do this in production");
+    }
+    match args.bus {
+        BusKind::Nats => {
+            let options = bus::NatsOptions {
+                connection_name: Some(format!("croupier-{:?}", args.role).to_lowercase()),
+                ..bus::NatsOptions::default()
+            };
+            let bus = bus::NatsBus::connect(&settings.nats_url, &settings.nats_prefix, options)
+                .await
+                .with_context(|| format!("connect to NATS at {}", settings.nats_url))?;
+            run_roles(bus, args, settings, plan, metrics).await
+        }
+        BusKind::Local => run_roles(bus::LocalBus::new(), args, settings, plan, metrics).await,
+    }
+}
+
+async fn run_roles<B: Bus>(
+    bus: B,
+    args: RunArgs,
+    settings: Resolved,
+    plan: Plan,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> anyhow::Result<()> {
+    bus.setup(&bus::Definitions::croupier())
+        .await
+        .context("create the streams and buckets")?;
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let with = |role: Role| args.role == role || args.role == Role::All;
+
+    if with(Role::Gs) {
+        let mut pool = store::PoolConfig::new(settings.database_url.clone());
+        pool.max_size = args.db_pool_size;
+        pool.application_name = "croupier-gs".into();
+        let store = store::Store::new(&pool).context("configure the Postgres pool")?;
+        let report = store.migrate().await.context("apply migrations")?;
+        tracing::info!(?report, "migrations checked");
+        let config = gs::GsConfig {
+            instance: format!("gs-{}", uuid::Uuid::new_v4().simple()),
+            limits: plan.limits,
+            catch_up_wait: Duration::from_secs(1),
+        };
+        let gs = gs::Gs::build(config, bus.clone(), store);
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(error) = gs.run(token).await {
+                tracing::error!(%error, "gs stopped with an error");
+            }
+        });
+    }
+    if with(Role::Gms) {
+        let config = gms::GmsConfig {
+            tables: plan.tables.clone(),
+            betting: Duration::from_millis(args.betting_ms),
+            result: Duration::from_millis(args.result_ms),
+            pause: Duration::from_millis(args.pause_ms),
+            seed_secret: plan.seed_secret.clone(),
+        };
+        let gms = gms::Gms::build(config, bus.clone());
+        tasks.spawn(gms.run(shutdown.clone()));
+    }
+    if with(Role::Gateway) {
+        let renderer: gateway::MetricsRenderer = {
+            let metrics = metrics.clone();
+            Arc::new(move || metrics.render())
+        };
+        let config = gateway::GatewayConfig {
+            http_addr: plan.http_addr,
+            jwt_secret: plan.jwt_secret.clone(),
+            bet_timeout: Duration::from_millis(args.bet_timeout_ms),
+            drain_timeout: Duration::from_millis(args.drain_ms),
+            metrics: Some(renderer),
+        };
+        let gateway = gateway::Gateway::build(config, bus.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("bind the gateway on {}", plan.http_addr))?;
+        tasks.spawn(gateway.run());
+    } else if let Some(addr) = args.metrics_addr {
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(error) = telemetry::serve_metrics(addr, metrics, token).await {
+                tracing::error!(%error, "metrics server stopped");
+            }
+        });
+    }
+    tasks.close();
+    tracing::info!(role = ?args.role, "running");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let drain = Duration::from_millis(args.drain_ms) + Duration::from_secs(1);
+    if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
+        tracing::warn!("some work did not finish within the drain deadline");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

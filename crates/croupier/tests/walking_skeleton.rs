@@ -1,0 +1,50 @@
+//! The walking skeleton (issue 5): a round and a bet through every real part — GMS publishing
+//! to JetStream, GS recording in Postgres and settling, the gateway relaying over WebSocket —
+//! each role a separate `croupier` process, the client a WebSocket crate that is not ours.
+
+mod common;
+
+use common::{Env, check_round, free_addr, play_a_round, wait_ready};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bet_placed_over_websocket_is_settled_with_the_fair_payout() {
+    testkit::init_logging();
+    let nats = testkit::nats().expect("nats");
+    let db = testkit::postgres()
+        .expect("postgres")
+        .database(&format!("croupier-{}", store::migrations_fingerprint()), |url| async move {
+            store::migrate_url(&url).await.map(|_| ())
+        })
+        .await
+        .expect("database");
+    let env = Env {
+        nats_url: nats.url.clone(),
+        prefix: nats.prefix.clone(),
+        database_url: db.url.clone(),
+        http_addr: free_addr(),
+    };
+    let deposit = env.croupier(&["wallet", "deposit", "--player", "alice", "--amount", "10000", "--deposit-id", "e2e-1"]);
+    assert!(deposit.contains("balance 10000"), "{deposit}");
+    // The same deposit id is credited once.
+    let again = env.croupier(&["wallet", "deposit", "--player", "alice", "--amount", "10000", "--deposit-id", "e2e-1"]);
+    assert!(again.contains("balance 10000"), "{again}");
+
+    let _gms = env.spawn(&["run", "gms"]);
+    let _gs = env.spawn(&["run", "gs"]);
+    let _gateway = env.spawn(&["run", "gateway"]);
+    wait_ready(&env.http_addr).await;
+
+    let token = env.croupier(&["token", "--player", "alice", "--ttl", "10m"]);
+    let played = play_a_round(&env.http_addr, &token, "alice", 100).await;
+    check_round(&played, 100, 10_000);
+
+    // The balance in Postgres is the one the client was told.
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let balance: i64 = client
+        .query_one("SELECT balance FROM accounts WHERE player = 'alice'", &[])
+        .await
+        .expect("account")
+        .get(0);
+    assert_eq!(balance, played.balance_after_settlement);
+}

@@ -1,0 +1,194 @@
+//! HTTP on the gateway (DESIGN §7): `/ws` (the WebSocket upgrade, with subprotocol negotiation
+//! and token check), `/healthz`, `/readyz`, `/metrics`. Connections are served by hyper's
+//! HTTP/1 server `.with_upgrades()`, so an upgraded connection leaves hyper for the session.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bus::Bus;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use protocol::Encoding;
+use tokio::net::TcpStream;
+
+use crate::Shared;
+use crate::auth;
+
+type Body = Full<Bytes>;
+
+pub(crate) async fn serve_connection<B: Bus>(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared<B>>) {
+    let shutdown = shared.shutdown.clone();
+    let service = service_fn(move |request| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(route(request, shared).await) }
+    });
+    let connection = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "http connection ended with an error");
+            }
+        }
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+async fn route<B: Bus>(request: Request<Incoming>, shared: Arc<Shared<B>>) -> Response<Body> {
+    if request.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
+    }
+    match request.uri().path() {
+        "/ws" => upgrade(request, shared),
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if shared.bus.is_connected() && !shared.shutdown.is_cancelled() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: bus disconnected\n")
+            }
+        }
+        "/metrics" => match &shared.config.metrics {
+            Some(render) => {
+                let mut response = Response::new(Full::new(Bytes::from(render())));
+                response.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                response
+            }
+            None => text(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn upgrade<B: Bus>(mut request: Request<Incoming>, shared: Arc<Shared<B>>) -> Response<Body> {
+    if !fastwebsockets::upgrade::is_upgrade_request(&request) {
+        return text(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket\n");
+    }
+    // Subprotocol: the first one we speak among those offered; none offered means JSON.
+    let offered: Vec<String> = request
+        .headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let encoding = if offered.is_empty() {
+        Some(Encoding::Json)
+    } else {
+        Encoding::negotiate(offered.iter().map(String::as_str))
+    };
+    let Some(encoding) = encoding else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "no supported subprotocol: offer croupier.v1.json or croupier.v1.msgpack\n",
+        );
+    };
+    let player = match token_from_query(request.uri().query()) {
+        None => None,
+        Some(token) => match auth::verify(&shared.config.jwt_secret, &token) {
+            Ok(player) => Some(player),
+            Err(error) => {
+                tracing::debug!(%error, "token refused at upgrade");
+                let message = match error {
+                    auth::AuthError::Expired => "token expired\n",
+                    _ => "invalid token\n",
+                };
+                return text(StatusCode::UNAUTHORIZED, message);
+            }
+        },
+    };
+    let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut request) {
+        Ok(parts) => parts,
+        Err(error) => return text(StatusCode::BAD_REQUEST, &format!("bad upgrade request: {error}\n")),
+    };
+    let session_shared = shared.clone();
+    shared.tasks.spawn(async move {
+        match upgraded.await {
+            Ok(ws) => crate::session::run(ws, encoding, player, session_shared).await,
+            Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+        }
+    });
+    let (mut parts, _) = response.into_parts();
+    if !offered.is_empty() {
+        // Browsers abort a handshake whose chosen subprotocol is not echoed.
+        parts
+            .headers
+            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(encoding.subprotocol()));
+    }
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+/// The `token` query parameter, percent-decoded.
+fn token_from_query(query: Option<&str>) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == "token" && !value.is_empty()).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_from_query;
+
+    #[test]
+    fn the_token_is_read_from_the_query() {
+        assert_eq!(token_from_query(Some("a=1&token=abc.def")), Some("abc.def".into()));
+        assert_eq!(token_from_query(Some("token=a%2Eb")), Some("a.b".into()));
+        assert_eq!(token_from_query(Some("token=")), None);
+        assert_eq!(token_from_query(None), None);
+    }
+}

@@ -1,0 +1,230 @@
+//! Fan-out: one bus subscription per channel per node, shared by every connection subscribed
+//! to it. Each event is decoded once, encoded once per encoding, and the same bytes are handed
+//! to every subscriber through a bounded broadcast ring; a subscriber that falls a whole ring
+//! behind is a slow consumer and gets closed (4008) instead of slowing anyone else.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use bus::Bus;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use protocol::{Channel, ChannelState, Encoding, encode_event_message};
+use tokio::sync::{Mutex, broadcast};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::state::Standing;
+
+/// Events a subscriber may fall behind before it is cut off as a slow consumer. Rounds emit a
+/// handful of events per second per table, so 1024 is minutes of slack for a live client while
+/// bounding the node's memory per channel.
+pub(crate) const CHANNEL_RING: usize = 1024;
+
+/// One event of a channel, encoded once per encoding.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub seq: u64,
+    pub json: Bytes,
+    pub msgpack: Bytes,
+}
+
+impl Outgoing {
+    pub fn bytes(&self, encoding: Encoding) -> &Bytes {
+        match encoding {
+            Encoding::Json => &self.json,
+            Encoding::MsgPack => &self.msgpack,
+        }
+    }
+}
+
+/// A live channel: its broadcast ring and where it stands. Dropping the last handle stops its
+/// bus subscription.
+#[derive(Debug)]
+pub(crate) struct Feed {
+    sender: broadcast::Sender<Arc<Outgoing>>,
+    position: Arc<std::sync::Mutex<Position>>,
+    epoch: String,
+    stop: CancellationToken,
+}
+
+/// The last relayed sequence and the channel's state as of it, kept together so that
+/// `subscribed.seq` and `subscribed.state` always agree.
+#[derive(Debug)]
+struct Position {
+    seq: u64,
+    standing: Standing,
+}
+
+impl Feed {
+    fn position(&self) -> std::sync::MutexGuard<'_, Position> {
+        self.position.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The life of the channel's stream (`subscribed.epoch`).
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// The channel's state as of the subscription's `seq`.
+    pub fn state(&self) -> ChannelState {
+        self.position().standing.to_state()
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A connection's view of a channel: the events after `seq`, in order.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    pub feed: Arc<Feed>,
+    pub receiver: broadcast::Receiver<Arc<Outgoing>>,
+    /// The last sequence on the channel when the subscription started; only later events
+    /// follow.
+    pub seq: u64,
+}
+
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HubError {
+    #[error("the bus is unavailable: {0}")]
+    Bus(String),
+}
+
+/// The node's channels.
+#[derive(Debug)]
+pub(crate) struct Hub<B> {
+    bus: B,
+    feeds: Mutex<HashMap<Channel, Weak<Feed>>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl<B: Bus> Hub<B> {
+    pub fn new(bus: B, tasks: TaskTracker, shutdown: CancellationToken) -> Self {
+        Self {
+            bus,
+            feeds: Mutex::new(HashMap::new()),
+            tasks,
+            shutdown,
+        }
+    }
+
+    /// Subscribes to `channel`, starting its bus subscription if this node has none yet.
+    pub async fn subscribe(&self, channel: &Channel) -> Result<Subscription, HubError> {
+        let mut feeds = self.feeds.lock().await;
+        let feed = match feeds.get(channel).and_then(Weak::upgrade) {
+            Some(feed) => feed,
+            None => {
+                let feed = Arc::new(self.start_feed(channel).await?);
+                feeds.insert(channel.clone(), Arc::downgrade(&feed));
+                feeds.retain(|_, weak| weak.strong_count() > 0);
+                feed
+            }
+        };
+        drop(feeds);
+        // Subscribe first, then read where the feed stands: an event stored before the read is
+        // also in the receiver, and the session skips events at or below `seq`, so nothing is
+        // lost and nothing is doubled.
+        let receiver = feed.sender.subscribe();
+        let seq = feed.position().seq;
+        Ok(Subscription { feed, receiver, seq })
+    }
+
+    async fn start_feed(&self, channel: &Channel) -> Result<Feed, HubError> {
+        let stream = channel.stream();
+        let state = self
+            .bus
+            .stream_state(stream)
+            .await
+            .map_err(|e| HubError::Bus(e.to_string()))?;
+        let mut standing = match channel {
+            Channel::Table(_) => Standing::new_table(),
+            Channel::Player(_) => Standing::Player(None),
+        };
+        // The channel's last event on its main subject seeds the state a late joiner sees.
+        let main_subject = match channel {
+            Channel::Table(table) => format!("table.{table}.round"),
+            Channel::Player(player) => format!("player.{player}.wallet"),
+        };
+        if let Some(last) = self
+            .bus
+            .last_message(stream, &main_subject)
+            .await
+            .map_err(|e| HubError::Bus(e.to_string()))?
+            && last.seq <= state.last_seq
+            && let Ok(event) = protocol::decode_event(&last.payload)
+        {
+            standing.apply(&event);
+        }
+        let filter = format!("{channel}.>");
+        let mut messages = self
+            .bus
+            .replay(stream, &filter, state.last_seq + 1)
+            .await
+            .map_err(|e| HubError::Bus(e.to_string()))?;
+        let (sender, _) = broadcast::channel(CHANNEL_RING);
+        let position = Arc::new(std::sync::Mutex::new(Position {
+            seq: state.last_seq,
+            standing,
+        }));
+        let stop = self.shutdown.child_token();
+        let feed = Feed {
+            sender: sender.clone(),
+            position: position.clone(),
+            epoch: state.epoch,
+            stop: stop.clone(),
+        };
+        let channel = channel.clone();
+        self.tasks.spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    () = stop.cancelled() => break,
+                    message = messages.next() => message,
+                };
+                let message = match message {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        tracing::warn!(%channel, %error, "channel subscription error");
+                        continue;
+                    }
+                    None => break,
+                };
+                let event = match protocol::decode_event(&message.payload) {
+                    Ok(event) => event,
+                    Err(error) => {
+                        // A foreign or corrupt payload is skipped, never relayed.
+                        tracing::warn!(%channel, seq = message.seq, %error, "undecodable event skipped");
+                        metrics::counter!("gateway_events_undecodable_total").increment(1);
+                        continue;
+                    }
+                };
+                let encoded = (
+                    encode_event_message(Encoding::Json, &channel, message.seq, &event),
+                    encode_event_message(Encoding::MsgPack, &channel, message.seq, &event),
+                );
+                let (Ok(json), Ok(msgpack)) = encoded else {
+                    tracing::warn!(%channel, seq = message.seq, "event could not be encoded");
+                    continue;
+                };
+                {
+                    let mut position = position.lock().unwrap_or_else(|e| e.into_inner());
+                    position.seq = message.seq;
+                    position.standing.apply(&event);
+                }
+                metrics::counter!("gateway_events_relayed_total").increment(1);
+                // No receiver is fine: the feed stops when the last handle goes.
+                let _ = sender.send(Arc::new(Outgoing {
+                    seq: message.seq,
+                    json,
+                    msgpack,
+                }));
+            }
+        });
+        Ok(feed)
+    }
+}

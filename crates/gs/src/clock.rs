@@ -1,0 +1,8 @@
+//! The wall clock, as the domain's timestamp (microsecond precision). GS judges `closes_at`
+//! by it (DESIGN §4: "the GS clock").
+
+use domain::Timestamp;
+
+pub fn now() -> Timestamp {
+    Timestamp::from_offset_datetime(time::OffsetDateTime::now_utc()).unwrap_or(Timestamp::UNIX_EPOCH)
+}

@@ -1,0 +1,308 @@
+//! Appending events: one multi-row `INSERT … SELECT FROM unnest(…)` per batch, positions taken
+//! from the head row, hashes chained in Rust (DESIGN §6).
+//!
+//! # How a write transaction is shaped
+//!
+//! ```text
+//! BEGIN
+//!   -- the caller's own work first: read models, wallet rows locked in player order, e.g.
+//!   INSERT INTO bets … ON CONFLICT (bet_id) DO NOTHING RETURNING bet_id   -- only new bets …
+//!   UPDATE accounts … ;                                                   -- … are debited
+//!   append(&tx, events_of_the_new_bets)   -- locks the head row LAST, inserts, moves the head
+//! COMMIT
+//! ```
+//!
+//! The head row is the one point every writer passes, so it is taken last, to hold it for as
+//! short a time as possible; and since it is held until commit, transactions commit in position
+//! order and readers never see a gap. A rolled-back transaction gives its positions back.
+//!
+//! "Append if not already there": the store does not skip duplicates silently, because an
+//! event whose `event_id` is stored already is either a retry (answer with the first answer)
+//! or a defect. Idempotent callers decide *upstream*, in the same transaction, which events are
+//! new — GS inserts the bets with `ON CONFLICT (bet_id) DO NOTHING RETURNING bet_id` and builds
+//! events only for the ids returned — then append those. A [`Conflict::DuplicateEvent`] from
+//! `append` therefore means a concurrent duplicate slipped past that check: roll back and retry,
+//! and the retry finds the row.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use tokio_postgres::Transaction;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use crate::error::{Conflict, StoreError};
+use crate::hash::{MAX_FIELD_LEN, chain_hash};
+use crate::read::parse_head;
+
+/// The channel the append transaction notifies on commit (payload: the new head position), so
+/// tailers wake up at once instead of waiting for their next poll.
+pub const EVENTS_CHANNEL: &str = "croupier_events";
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Idempotency key: unique across the whole store, forever.
+    pub event_id: Uuid,
+    /// e.g. `player-alice`, `round-roulette-1-42`.
+    pub stream: String,
+    /// The version this event takes in its stream: the stream's current version + 1 (1 for a new
+    /// stream), and consecutive for several events of one stream in a batch. Anything else is a
+    /// [`Conflict::VersionConflict`].
+    pub version: i32,
+    /// The event's type (the `type` column), e.g. `bet_placed`.
+    pub kind: String,
+    /// MessagePack of the event object; opaque here.
+    pub data: Bytes,
+    /// A MessagePack map, or empty.
+    pub metadata: Bytes,
+}
+
+/// Where an appended event landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub position: i64,
+    pub event_id: Uuid,
+    pub hash: [u8; 32],
+}
+
+/// Appends `events`, in order, inside the caller's transaction (nothing is visible before the
+/// caller commits; a rollback gives the positions back).
+///
+/// Takes the head row lock, so call it *last* in the transaction and commit soon after. Three
+/// statements: the streams' current versions (before the lock), the head lock, and one
+/// `INSERT … SELECT FROM unnest(…)` that also moves the head and notifies [`EVENTS_CHANNEL`].
+///
+/// Errors: [`Conflict::DuplicateEvent`] when an `event_id` is stored already (or repeated in the
+/// batch), [`Conflict::VersionConflict`] when a version is not the next of its stream;
+/// after either, the transaction is aborted: roll back. There is no timeout here (the caller's
+/// transaction may span several calls): use [`crate::Store::append`] for one, or wrap the call.
+///
+/// A deadpool transaction can be passed as is (`&tx` derefs to a tokio-postgres one).
+pub async fn append(
+    tx: &Transaction<'_>,
+    events: &[NewEvent],
+) -> Result<Vec<Appended>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let firsts = check_batch(events)?;
+    check_stream_versions(tx, &firsts).await?;
+
+    let head = tx
+        .query_typed_opt(
+            "SELECT position, hash FROM public.event_head WHERE id FOR UPDATE",
+            &[],
+        )
+        .await?
+        .ok_or_else(|| StoreError::corrupt(None, "the event_head row is missing"))?;
+    let (head_position, mut prev) = parse_head(&head)?;
+
+    let count = i64::try_from(events.len())
+        .map_err(|_| StoreError::InvalidBatch("too many events in one batch".into()))?;
+    let mut positions = Vec::with_capacity(events.len());
+    let mut hashes = Vec::with_capacity(events.len());
+    let mut appended = Vec::with_capacity(events.len());
+    for (offset, event) in (1..=count).zip(events) {
+        let position = head_position + offset;
+        let hash = chain_hash(
+            &prev,
+            position,
+            event.event_id,
+            &event.stream,
+            &event.kind,
+            &event.data,
+            &event.metadata,
+        );
+        positions.push(position);
+        hashes.push(hash.to_vec());
+        appended.push(Appended {
+            position,
+            event_id: event.event_id,
+            hash,
+        });
+        prev = hash;
+    }
+    let new_head = head_position + count;
+
+    let event_ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();
+    let versions: Vec<i32> = events.iter().map(|e| e.version).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let data: Vec<&[u8]> = events.iter().map(|e| e.data.as_ref()).collect();
+    let metadata: Vec<&[u8]> = events.iter().map(|e| e.metadata.as_ref()).collect();
+    let head_hash = prev.as_slice();
+
+    // One statement: insert the rows, move the head, notify tailers (delivered on commit).
+    // recorded_at is taken after the head lock, so it grows with the position.
+    let row = tx
+        .query_typed_one(
+            "WITH inserted AS ( \
+                 INSERT INTO public.events \
+                     (position, event_id, stream, version, type, data, metadata, recorded_at, hash) \
+                 SELECT p, e, s, v, t, d, m, clock_timestamp(), h \
+                 FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::int4[], $5::text[], \
+                             $6::bytea[], $7::bytea[], $8::bytea[]) AS u(p, e, s, v, t, d, m, h) \
+                 RETURNING 1 \
+             ), moved AS ( \
+                 UPDATE public.event_head SET position = $9, hash = $10 WHERE id \
+                 RETURNING position \
+             ) \
+             SELECT (SELECT count(*) FROM inserted), pg_notify($11, moved.position::text) \
+             FROM moved",
+            &[
+                (&positions, Type::INT8_ARRAY),
+                (&event_ids, Type::UUID_ARRAY),
+                (&streams, Type::TEXT_ARRAY),
+                (&versions, Type::INT4_ARRAY),
+                (&kinds, Type::TEXT_ARRAY),
+                (&data, Type::BYTEA_ARRAY),
+                (&metadata, Type::BYTEA_ARRAY),
+                (&hashes, Type::BYTEA_ARRAY),
+                (&new_head, Type::INT8),
+                (&head_hash, Type::BYTEA),
+                (&EVENTS_CHANNEL, Type::TEXT),
+            ],
+        )
+        .await?;
+    let inserted: i64 = row.try_get(0)?;
+    if inserted != count {
+        return Err(StoreError::corrupt(
+            None,
+            format!("inserted {inserted} events of a batch of {count}"),
+        ));
+    }
+    Ok(appended)
+}
+
+/// Checks what can be checked without the database; returns, per stream, the first version the
+/// batch gives it.
+fn check_batch(events: &[NewEvent]) -> Result<HashMap<&str, i32>, StoreError> {
+    let mut ids = HashSet::with_capacity(events.len());
+    let mut firsts: HashMap<&str, i32> = HashMap::new();
+    let mut lasts: HashMap<&str, i32> = HashMap::new();
+    for event in events {
+        if event.stream.is_empty() || event.kind.is_empty() {
+            return Err(StoreError::InvalidBatch(format!(
+                "event {} has an empty stream or type",
+                event.event_id
+            )));
+        }
+        if event.version < 1 {
+            return Err(StoreError::InvalidBatch(format!(
+                "event {} has version {}; versions start at 1",
+                event.event_id, event.version
+            )));
+        }
+        if [event.data.len(), event.metadata.len()]
+            .iter()
+            .any(|&len| len > MAX_FIELD_LEN)
+        {
+            return Err(StoreError::InvalidBatch(format!(
+                "event {} is too large",
+                event.event_id
+            )));
+        }
+        if !ids.insert(event.event_id) {
+            return Err(Conflict::DuplicateEvent.into());
+        }
+        let stream = event.stream.as_str();
+        match lasts.get(stream) {
+            Some(&last) if event.version != last + 1 => {
+                return Err(Conflict::VersionConflict {
+                    stream: Some(event.stream.clone()),
+                }
+                .into());
+            }
+            Some(_) => {}
+            None => {
+                firsts.insert(stream, event.version);
+            }
+        }
+        lasts.insert(stream, event.version);
+    }
+    Ok(firsts)
+}
+
+/// Each stream's first version in the batch must follow the stream's stored version. Done
+/// before the head lock so as not to lengthen the time it is held; a writer racing on the same
+/// stream after this check is stopped by `UNIQUE (stream, version)`.
+async fn check_stream_versions(
+    tx: &Transaction<'_>,
+    firsts: &HashMap<&str, i32>,
+) -> Result<(), StoreError> {
+    let streams: Vec<&str> = firsts.keys().copied().collect();
+    let rows = tx
+        .query_typed(
+            "SELECT s.stream, \
+                    COALESCE((SELECT max(e.version) FROM public.events e WHERE e.stream = s.stream), 0) \
+             FROM unnest($1::text[]) AS s(stream)",
+            &[(&streams, Type::TEXT_ARRAY)],
+        )
+        .await?;
+    for row in rows {
+        let stream: &str = row.try_get(0)?;
+        let current: i32 = row.try_get(1)?;
+        if firsts.get(stream) != Some(&(current + 1)) {
+            return Err(Conflict::VersionConflict {
+                stream: Some(stream.to_string()),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(stream: &str, version: i32, id: u128) -> NewEvent {
+        NewEvent {
+            event_id: Uuid::from_u128(id),
+            stream: stream.into(),
+            version,
+            kind: "test_event".into(),
+            data: Bytes::from_static(b"\x80"),
+            metadata: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn a_batch_may_interleave_streams_with_consecutive_versions() {
+        let batch = [event("a", 3, 1), event("b", 1, 2), event("a", 4, 3)];
+        let firsts = check_batch(&batch).expect("valid batch");
+        assert_eq!(firsts.get("a"), Some(&3));
+        assert_eq!(firsts.get("b"), Some(&1));
+    }
+
+    #[test]
+    fn a_batch_skipping_a_version_of_a_stream_is_a_version_conflict() {
+        let batch = [event("a", 1, 1), event("a", 3, 2)];
+        assert!(matches!(
+            check_batch(&batch),
+            Err(StoreError::Conflict(Conflict::VersionConflict { stream: Some(s) })) if s == "a"
+        ));
+    }
+
+    #[test]
+    fn a_batch_repeating_an_event_id_is_a_duplicate() {
+        let batch = [event("a", 1, 7), event("b", 1, 7)];
+        assert!(matches!(
+            check_batch(&batch),
+            Err(StoreError::Conflict(Conflict::DuplicateEvent))
+        ));
+    }
+
+    #[test]
+    fn versions_start_at_one_and_names_are_not_empty() {
+        assert!(matches!(
+            check_batch(&[event("a", 0, 1)]),
+            Err(StoreError::InvalidBatch(_))
+        ));
+        assert!(matches!(
+            check_batch(&[event("", 1, 1)]),
+            Err(StoreError::InvalidBatch(_))
+        ));
+    }
+}

@@ -1,0 +1,112 @@
+//! Migrations against a real Postgres: applied once, safe to run from many starters at once,
+//! and refused when an applied one has changed.
+
+mod common;
+
+use common::{TestResult, connect};
+use store::{MIGRATIONS, MigrationError, StoreError};
+
+async fn empty_db() -> testkit::TestDb {
+    testkit::init_logging();
+    testkit::postgres()
+        .expect("a Postgres server for tests")
+        .empty_database()
+        .await
+        .expect("an empty test database")
+}
+
+fn all_versions() -> Vec<i32> {
+    MIGRATIONS.iter().map(|m| m.version).collect()
+}
+
+#[tokio::test]
+async fn migrations_are_applied_once_and_a_second_run_does_nothing() -> TestResult {
+    let db = empty_db().await;
+    let first = store::migrate_url(&db.url).await?;
+    assert_eq!(first.applied, all_versions());
+    let second = store::migrate_url(&db.url).await?;
+    assert!(second.applied.is_empty(), "{second:?}");
+    assert!(second.unknown.is_empty());
+
+    let client = connect(&db.url).await;
+    let rows = client
+        .query(
+            "SELECT version, name, checksum FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await?;
+    assert_eq!(rows.len(), MIGRATIONS.len());
+    for (row, migration) in rows.iter().zip(MIGRATIONS) {
+        assert_eq!(row.try_get::<_, i32>(0)?, migration.version);
+        assert_eq!(row.try_get::<_, &str>(1)?, migration.name);
+        assert_eq!(row.try_get::<_, &[u8]>(2)?, migration.checksum().as_slice());
+    }
+    // The schema is whole: the event head and every read model exist.
+    for table in [
+        "events",
+        "event_head",
+        "accounts",
+        "rounds",
+        "bets",
+        "deposits",
+        "gs_cursor",
+        "outbox_cursor",
+    ] {
+        let found: Option<String> = client
+            .query_one(
+                "SELECT to_regclass($1)::text",
+                &[&format!("public.{table}")],
+            )
+            .await?
+            .try_get(0)?;
+        assert_eq!(found.as_deref(), Some(table));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn four_starters_migrating_at_once_all_succeed_and_each_migration_runs_once() -> TestResult {
+    let db = empty_db().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let url = db.url.clone();
+        tasks.spawn(async move { store::migrate_url(&url).await });
+    }
+    let mut applied = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        applied.extend(result??.applied);
+    }
+    applied.sort_unstable();
+    assert_eq!(
+        applied,
+        all_versions(),
+        "each migration applied by exactly one starter"
+    );
+
+    let client = connect(&db.url).await;
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM schema_migrations", &[])
+        .await?
+        .try_get(0)?;
+    assert_eq!(count, i64::try_from(MIGRATIONS.len())?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_changed_checksum_of_an_applied_migration_is_refused() -> TestResult {
+    let db = empty_db().await;
+    store::migrate_url(&db.url).await?;
+    let client = connect(&db.url).await;
+    client
+        .batch_execute("UPDATE schema_migrations SET checksum = '\\x00' WHERE version = 1")
+        .await?;
+
+    let result = store::migrate_url(&db.url).await;
+    match result {
+        Err(StoreError::Migration(MigrationError::ChecksumMismatch { version, name, .. })) => {
+            assert_eq!((version, name.as_str()), (1, "events"));
+        }
+        other => panic!("expected a checksum mismatch, got {other:?}"),
+    }
+    Ok(())
+}
