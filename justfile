@@ -45,3 +45,7 @@ nats-stop:
 
 nats-start:
     @ops/scripts/stack.sh nats-start
+
+# Regenerate the JSON Schemas in schemas/ from the Rust wire types (a test fails when stale).
+schemas:
+    cargo run -q -p protocol --example gen-schemas

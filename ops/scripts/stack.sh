@@ -329,7 +329,7 @@ cmd_clean() {
   alive "$(pid_of up)" && die "the stack runs: 'just down' first"
   if [[ -L $data/pg ]]; then rm -rf "$(readlink "$data/pg")"; fi
   rm -rf "$data"
-  echo "[clean] removed .data/"
+  echo "[clean] removed $data"
 }
 
 case ${1:-} in

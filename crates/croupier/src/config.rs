@@ -23,7 +23,12 @@ pub struct Connect {
     #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<String>,
     /// HMAC key of player tokens (at least 32 bytes).
-    #[arg(long, env = "CROUPIER_JWT_SECRET", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CROUPIER_JWT_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<String>,
     /// Namespace of every NATS subject, stream, consumer and bucket.
     #[arg(long, env = "CROUPIER_NATS_PREFIX", global = true, default_value = "")]

@@ -28,7 +28,9 @@ impl Endpoints {
 
     pub fn read(path: &Path) -> Self {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        Self { values: parse(&text) }
+        Self {
+            values: parse(&text),
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -57,8 +59,13 @@ mod tests {
 
     #[test]
     fn shell_quoted_lines_are_read_and_the_rest_skipped() {
-        let map = parse("# comment\nNATS_URL='nats://127.0.0.1:4223'\nX='it'\\''s'\nbroken line\nY=unquoted\n");
-        assert_eq!(map.get("NATS_URL").map(String::as_str), Some("nats://127.0.0.1:4223"));
+        let map = parse(
+            "# comment\nNATS_URL='nats://127.0.0.1:4223'\nX='it'\\''s'\nbroken line\nY=unquoted\n",
+        );
+        assert_eq!(
+            map.get("NATS_URL").map(String::as_str),
+            Some("nats://127.0.0.1:4223")
+        );
         assert_eq!(map.get("X").map(String::as_str), Some("it's"));
         assert!(!map.contains_key("Y"));
         assert_eq!(map.len(), 2);

@@ -65,12 +65,19 @@ fn main() -> anyhow::Result<()> {
     let settings = cli.connect.resolve();
     match cli.command {
         Command::Token { player, ttl } => {
-            let player = domain::PlayerId::parse(&player).map_err(|e| anyhow::anyhow!("--player {player:?}: {e}"))?;
-            let secret = gateway::auth::JwtSecret::new(&settings.jwt_secret).context("CROUPIER_JWT_SECRET")?;
+            let player = domain::PlayerId::parse(&player)
+                .map_err(|e| anyhow::anyhow!("--player {player:?}: {e}"))?;
+            let secret = gateway::auth::JwtSecret::new(&settings.jwt_secret)
+                .context("CROUPIER_JWT_SECRET")?;
             if settings.jwt_secret_is_default {
-                eprintln!("warning: no CROUPIER_JWT_SECRET set; signing with the development secret");
+                eprintln!(
+                    "warning: no CROUPIER_JWT_SECRET set; signing with the development secret"
+                );
             }
-            println!("{}", gateway::auth::mint(&secret, &player, ttl, gateway::auth::now_unix()));
+            println!(
+                "{}",
+                gateway::auth::mint(&secret, &player, ttl, gateway::auth::now_unix())
+            );
             Ok(())
         }
         command => {
@@ -90,17 +97,29 @@ async fn async_main(command: Command, settings: config::Resolved) -> anyhow::Res
             println!("{report:?}");
             Ok(())
         }
-        Command::Wallet(WalletCommand::Deposit { player, amount, deposit_id }) => {
-            let player = domain::PlayerId::parse(&player).map_err(|e| anyhow::anyhow!("--player {player:?}: {e}"))?;
-            let amount = domain::Money::stake(amount).map_err(|e| anyhow::anyhow!("--amount {amount}: {e}"))?;
+        Command::Wallet(WalletCommand::Deposit {
+            player,
+            amount,
+            deposit_id,
+        }) => {
+            let player = domain::PlayerId::parse(&player)
+                .map_err(|e| anyhow::anyhow!("--player {player:?}: {e}"))?;
+            let amount = domain::Money::stake(amount)
+                .map_err(|e| anyhow::anyhow!("--amount {amount}: {e}"))?;
             let deposit_id = deposit_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            let deposit_id = protocol::DepositId::parse(&deposit_id).map_err(|e| anyhow::anyhow!("--deposit-id: {e:?}"))?;
+            let deposit_id = protocol::DepositId::parse(&deposit_id)
+                .map_err(|e| anyhow::anyhow!("--deposit-id: {e:?}"))?;
             let store = open_store(&settings)?;
             store.migrate().await.context("apply migrations")?;
             let balance = gs::ledger::deposit(&store, &player, amount, &deposit_id)
                 .await
                 .context("record the deposit")?;
-            println!("deposit {} credited {} to {player}; balance {}", deposit_id.as_str(), amount.get(), balance.get());
+            println!(
+                "deposit {} credited {} to {player}; balance {}",
+                deposit_id.as_str(),
+                amount.get(),
+                balance.get()
+            );
             Ok(())
         }
         Command::Token { .. } => Ok(()),

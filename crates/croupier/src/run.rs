@@ -45,7 +45,12 @@ pub struct RunArgs {
     #[arg(long, env = "CROUPIER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
     /// Tables GMS runs, comma-separated.
-    #[arg(long, env = "CROUPIER_TABLES", default_value = "roulette-1", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "CROUPIER_TABLES",
+        default_value = "roulette-1",
+        value_delimiter = ','
+    )]
     pub tables: Vec<String>,
     /// How long each round takes bets, in milliseconds.
     #[arg(long, env = "CROUPIER_BETTING_MS", default_value_t = 15_000)]
@@ -111,7 +116,11 @@ fn plan(args: &RunArgs, settings: &Resolved) -> anyhow::Result<Plan> {
     let (min, max, round) = (
         money("CROUPIER_MIN_BET", args.min_bet, &mut problems),
         money("CROUPIER_MAX_BET", args.max_bet, &mut problems),
-        money("CROUPIER_MAX_ROUND_STAKE", args.max_round_stake, &mut problems),
+        money(
+            "CROUPIER_MAX_ROUND_STAKE",
+            args.max_round_stake,
+            &mut problems,
+        ),
     );
     let limits = match (min, max, round) {
         (Some(min), Some(max), Some(round)) => TableLimits::new(min, max, round)
@@ -132,20 +141,29 @@ fn plan(args: &RunArgs, settings: &Resolved) -> anyhow::Result<Plan> {
         .map_err(|e| problems.push(e.to_string()))
         .ok();
     let seed_secret = match &args.seed_secret {
-        Some(secret) => gms::SeedSecret::new(secret).map_err(|e| problems.push(e.to_string())).ok(),
-        None => gms::SeedSecret::random().map_err(|e| problems.push(e.to_string())).ok(),
+        Some(secret) => gms::SeedSecret::new(secret)
+            .map_err(|e| problems.push(e.to_string()))
+            .ok(),
+        None => gms::SeedSecret::random()
+            .map_err(|e| problems.push(e.to_string()))
+            .ok(),
     };
     if args.bus == BusKind::Local && args.role != Role::All {
-        problems.push("--bus local works only with `run all` (the bus lives in one process)".into());
+        problems
+            .push("--bus local works only with `run all` (the bus lives in one process)".into());
     }
     match (limits, http_addr, jwt_secret, seed_secret) {
-        (Some(limits), Some(http_addr), Some(jwt_secret), Some(seed_secret)) if problems.is_empty() => Ok(Plan {
-            tables,
-            limits,
-            http_addr,
-            jwt_secret,
-            seed_secret,
-        }),
+        (Some(limits), Some(http_addr), Some(jwt_secret), Some(seed_secret))
+            if problems.is_empty() =>
+        {
+            Ok(Plan {
+                tables,
+                limits,
+                http_addr,
+                jwt_secret,
+                seed_secret,
+            })
+        }
         _ => anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - ")),
     }
 }
@@ -154,7 +172,9 @@ pub async fn run(args: RunArgs, settings: Resolved) -> anyhow::Result<()> {
     let plan = plan(&args, &settings)?;
     let metrics = telemetry::init_metrics()?;
     if settings.jwt_secret_is_default && matches!(args.role, Role::Gateway | Role::All) {
-        tracing::warn!("no CROUPIER_JWT_SECRET: using the development secret; never do this in production");
+        tracing::warn!(
+            "no CROUPIER_JWT_SECRET: using the development secret; never do this in production"
+        );
     }
     match args.bus {
         BusKind::Nats => {
@@ -257,13 +277,14 @@ async fn wait_for_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

@@ -34,7 +34,11 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// Serves `GET /metrics` on `addr` until `shutdown`.
-pub async fn serve_metrics(addr: SocketAddr, handle: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("bind the metrics listener on {addr}"))?;
@@ -55,14 +59,17 @@ pub async fn serve_metrics(addr: SocketAddr, handle: PrometheusHandle, shutdown:
                     let response = if request.uri().path() == "/metrics" {
                         Response::new(Full::new(Bytes::from(handle.render())))
                     } else {
-                        let mut response = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+                        let mut response =
+                            Response::new(Full::new(Bytes::from_static(b"not found\n")));
                         *response.status_mut() = StatusCode::NOT_FOUND;
                         response
                     };
                     Ok::<_, Infallible>(response)
                 }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

@@ -12,9 +12,10 @@ async fn a_bet_placed_over_websocket_is_settled_with_the_fair_payout() {
     let nats = testkit::nats().expect("nats");
     let db = testkit::postgres()
         .expect("postgres")
-        .database(&format!("croupier-{}", store::migrations_fingerprint()), |url| async move {
-            store::migrate_url(&url).await.map(|_| ())
-        })
+        .database(
+            &format!("croupier-{}", store::migrations_fingerprint()),
+            |url| async move { store::migrate_url(&url).await.map(|_| ()) },
+        )
         .await
         .expect("database");
     let env = Env {
@@ -23,10 +24,28 @@ async fn a_bet_placed_over_websocket_is_settled_with_the_fair_payout() {
         database_url: db.url.clone(),
         http_addr: free_addr(),
     };
-    let deposit = env.croupier(&["wallet", "deposit", "--player", "alice", "--amount", "10000", "--deposit-id", "e2e-1"]);
+    let deposit = env.croupier(&[
+        "wallet",
+        "deposit",
+        "--player",
+        "alice",
+        "--amount",
+        "10000",
+        "--deposit-id",
+        "e2e-1",
+    ]);
     assert!(deposit.contains("balance 10000"), "{deposit}");
     // The same deposit id is credited once.
-    let again = env.croupier(&["wallet", "deposit", "--player", "alice", "--amount", "10000", "--deposit-id", "e2e-1"]);
+    let again = env.croupier(&[
+        "wallet",
+        "deposit",
+        "--player",
+        "alice",
+        "--amount",
+        "10000",
+        "--deposit-id",
+        "e2e-1",
+    ]);
     assert!(again.contains("balance 10000"), "{again}");
 
     let _gms = env.spawn(&["run", "gms"]);
@@ -39,7 +58,9 @@ async fn a_bet_placed_over_websocket_is_settled_with_the_fair_payout() {
     check_round(&played, 100, 10_000);
 
     // The balance in Postgres is the one the client was told.
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.expect("connect");
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
     tokio::spawn(connection);
     let balance: i64 = client
         .query_one("SELECT balance FROM accounts WHERE player = 'alice'", &[])

@@ -75,7 +75,8 @@ pub fn mint(secret: &JwtSecret, player: &PlayerId, ttl: Duration, now_unix: u64)
     };
     // Encoding an in-memory struct with an HMAC key cannot fail; an empty token would simply be
     // refused by every verifier, so nothing unsafe leaks out if the library ever disagrees.
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &secret.encoding).unwrap_or_default()
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &secret.encoding)
+        .unwrap_or_default()
 }
 
 /// Checks signature, algorithm (HS256 only: `none` and others are refused) and expiry, and
@@ -84,12 +85,12 @@ pub fn verify(secret: &JwtSecret, token: &str) -> Result<PlayerId, AuthError> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = LEEWAY_SECONDS;
     validation.set_required_spec_claims(&["exp", "sub"]);
-    let data = jsonwebtoken::decode::<Claims>(token, &secret.decoding, &validation).map_err(|e| {
-        match e.kind() {
+    let data = jsonwebtoken::decode::<Claims>(token, &secret.decoding, &validation).map_err(
+        |e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::Invalid(e.to_string()),
-        }
-    })?;
+        },
+    )?;
     PlayerId::parse(&data.claims.sub).map_err(|_| AuthError::BadSubject)
 }
 
@@ -113,7 +114,10 @@ mod tests {
 
     #[test]
     fn a_short_secret_is_refused() {
-        assert_eq!(JwtSecret::new("short").err(), Some(SecretError::TooShort(5)));
+        assert_eq!(
+            JwtSecret::new("short").err(),
+            Some(SecretError::TooShort(5))
+        );
     }
 
     #[test]
@@ -134,7 +138,12 @@ mod tests {
     #[test]
     fn an_expired_token_is_refused() {
         let alice = PlayerId::parse("alice").expect("id");
-        let token = mint(&secret(SECRET), &alice, Duration::from_secs(60), now_unix() - 3600);
+        let token = mint(
+            &secret(SECRET),
+            &alice,
+            Duration::from_secs(60),
+            now_unix() - 3600,
+        );
         assert_eq!(verify(&secret(SECRET), &token), Err(AuthError::Expired));
     }
 
@@ -142,7 +151,8 @@ mod tests {
     fn garbage_and_unsigned_tokens_are_refused() {
         assert!(verify(&secret(SECRET), "not.a.token").is_err());
         // {"alg":"none"} with alice as subject and no signature.
-        let unsigned = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
+        let unsigned =
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
         assert!(verify(&secret(SECRET), unsigned).is_err());
     }
 

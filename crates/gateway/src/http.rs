@@ -23,7 +23,11 @@ use crate::auth;
 
 type Body = Full<Bytes>;
 
-pub(crate) async fn serve_connection<B: Bus>(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared<B>>) {
+pub(crate) async fn serve_connection<B: Bus>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared<B>>,
+) {
     let shutdown = shared.shutdown.clone();
     let service = service_fn(move |request| {
         let shared = shared.clone();
@@ -57,7 +61,10 @@ async fn route<B: Bus>(request: Request<Incoming>, shared: Arc<Shared<B>>) -> Re
             if shared.bus.is_connected() && !shared.shutdown.is_cancelled() {
                 text(StatusCode::OK, "ready\n")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: bus disconnected\n")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: bus disconnected\n",
+                )
             }
         }
         "/metrics" => match &shared.config.metrics {
@@ -77,7 +84,10 @@ async fn route<B: Bus>(request: Request<Incoming>, shared: Arc<Shared<B>>) -> Re
 
 fn upgrade<B: Bus>(mut request: Request<Incoming>, shared: Arc<Shared<B>>) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&request) {
-        return text(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket\n");
+        return text(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket\n",
+        );
     }
     // Subprotocol: the first one we speak among those offered; none offered means JSON.
     let offered: Vec<String> = request
@@ -116,7 +126,12 @@ fn upgrade<B: Bus>(mut request: Request<Incoming>, shared: Arc<Shared<B>>) -> Re
     };
     let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(parts) => parts,
-        Err(error) => return text(StatusCode::BAD_REQUEST, &format!("bad upgrade request: {error}\n")),
+        Err(error) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("bad upgrade request: {error}\n"),
+            );
+        }
     };
     let session_shared = shared.clone();
     shared.tasks.spawn(async move {
@@ -128,9 +143,10 @@ fn upgrade<B: Bus>(mut request: Request<Incoming>, shared: Arc<Shared<B>>) -> Re
     let (mut parts, _) = response.into_parts();
     if !offered.is_empty() {
         // Browsers abort a handshake whose chosen subprotocol is not echoed.
-        parts
-            .headers
-            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(encoding.subprotocol()));
+        parts.headers.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(encoding.subprotocol()),
+        );
     }
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
@@ -150,7 +166,10 @@ fn percent_decode(value: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(byte) => {
                         out.push(byte);
                         i += 3;
@@ -186,7 +205,10 @@ mod tests {
 
     #[test]
     fn the_token_is_read_from_the_query() {
-        assert_eq!(token_from_query(Some("a=1&token=abc.def")), Some("abc.def".into()));
+        assert_eq!(
+            token_from_query(Some("a=1&token=abc.def")),
+            Some("abc.def".into())
+        );
         assert_eq!(token_from_query(Some("token=a%2Eb")), Some("a.b".into()));
         assert_eq!(token_from_query(Some("token=")), None);
         assert_eq!(token_from_query(None), None);

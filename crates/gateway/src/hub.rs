@@ -88,7 +88,6 @@ pub(crate) struct Subscription {
     pub seq: u64,
 }
 
-
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HubError {
     #[error("the bus is unavailable: {0}")]
@@ -132,7 +131,11 @@ impl<B: Bus> Hub<B> {
         // lost and nothing is doubled.
         let receiver = feed.sender.subscribe();
         let seq = feed.position().seq;
-        Ok(Subscription { feed, receiver, seq })
+        Ok(Subscription {
+            feed,
+            receiver,
+            seq,
+        })
     }
 
     async fn start_feed(&self, channel: &Channel) -> Result<Feed, HubError> {

@@ -75,13 +75,19 @@ pub struct Gateway<B> {
 
 impl<B> std::fmt::Debug for Gateway<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("addr", &self.listener.local_addr().ok()).finish()
+        f.debug_struct("Gateway")
+            .field("addr", &self.listener.local_addr().ok())
+            .finish()
     }
 }
 
 impl<B: Bus> Gateway<B> {
     /// Binds the HTTP listener.
-    pub async fn build(config: GatewayConfig, bus: B, shutdown: CancellationToken) -> std::io::Result<Self> {
+    pub async fn build(
+        config: GatewayConfig,
+        bus: B,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.http_addr).await?;
         let tasks = TaskTracker::new();
         let shared = Arc::new(Shared {
@@ -113,7 +119,9 @@ impl<B: Bus> Gateway<B> {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let shared_for_conn = shared.clone();
-                    shared.tasks.spawn(http::serve_connection(stream, peer, shared_for_conn));
+                    shared
+                        .tasks
+                        .spawn(http::serve_connection(stream, peer, shared_for_conn));
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -124,7 +132,10 @@ impl<B: Bus> Gateway<B> {
         }
         drop(listener);
         shared.tasks.close();
-        if tokio::time::timeout(shared.config.drain_timeout, shared.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(shared.config.drain_timeout, shared.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("connections still open after the drain deadline; dropping them");
         }
         tracing::info!("gateway stopped");

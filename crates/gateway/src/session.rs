@@ -120,11 +120,15 @@ async fn read_loop(
         let frame = match read.read_frame(&mut send_obligated).await {
             Ok(frame) => frame,
             Err(fastwebsockets::WebSocketError::FrameTooLarge) => {
-                let _ = inbound.send(Inbound::Close(close::TOO_BIG, "message too big")).await;
+                let _ = inbound
+                    .send(Inbound::Close(close::TOO_BIG, "message too big"))
+                    .await;
                 return;
             }
             Err(_) => {
-                let _ = inbound.send(Inbound::Close(close::PROTOCOL_ERROR, "")).await;
+                let _ = inbound
+                    .send(Inbound::Close(close::PROTOCOL_ERROR, ""))
+                    .await;
                 return;
             }
         };
@@ -139,7 +143,9 @@ async fn read_loop(
             }
             OpCode::Continuation => {
                 if message.len() + frame.payload.len() > MAX_MESSAGE_BYTES {
-                    let _ = inbound.send(Inbound::Close(close::TOO_BIG, "message too big")).await;
+                    let _ = inbound
+                        .send(Inbound::Close(close::TOO_BIG, "message too big"))
+                        .await;
                     return;
                 }
                 message.extend_from_slice(&frame.payload);
@@ -147,7 +153,9 @@ async fn read_loop(
             }
         };
         if message.len() > MAX_MESSAGE_BYTES {
-            let _ = inbound.send(Inbound::Close(close::TOO_BIG, "message too big")).await;
+            let _ = inbound
+                .send(Inbound::Close(close::TOO_BIG, "message too big"))
+                .await;
             return;
         }
         if !complete {
@@ -156,7 +164,9 @@ async fn read_loop(
         let decoded = decode(encoding, message_opcode, &message);
         let item = match decoded {
             Ok(message) => Inbound::Message(message),
-            Err(error) => Inbound::Malformed(ServerMessage::bad_message(&message, encoding, &error)),
+            Err(error) => {
+                Inbound::Malformed(ServerMessage::bad_message(&message, encoding, &error))
+            }
         };
         if inbound.send(item).await.is_err() {
             return;
@@ -228,7 +238,11 @@ impl<B: Bus> Session<B> {
             Inbound::Obligated(opcode, payload) => {
                 let frame = Frame::new(true, opcode, None, Payload::Owned(payload));
                 self.write.write_frame(frame).await.map_err(|_| Closed)?;
-                if opcode == OpCode::Close { Err(Closed) } else { Ok(()) }
+                if opcode == OpCode::Close {
+                    Err(Closed)
+                } else {
+                    Ok(())
+                }
             }
             Inbound::Close(code, reason) => {
                 let _ = self.close(code, reason).await;
@@ -256,44 +270,61 @@ impl<B: Bus> Session<B> {
                 }
                 self.subscribe(channel).await
             }
-            ClientMessage::Unsubscribe(unsubscribe) => {
-                match unsubscribe.parse_channel() {
-                    Ok(channel) => {
-                        self.subscriptions.remove(&channel);
-                        self.last_seq.remove(&channel);
-                        Ok(())
-                    }
-                    Err(error) => self.error(None, error.code(), error.to_string()).await,
+            ClientMessage::Unsubscribe(unsubscribe) => match unsubscribe.parse_channel() {
+                Ok(channel) => {
+                    self.subscriptions.remove(&channel);
+                    self.last_seq.remove(&channel);
+                    Ok(())
                 }
-            }
+                Err(error) => self.error(None, error.code(), error.to_string()).await,
+            },
             ClientMessage::Bet(bet) => {
                 let request_id = bet.request_id.clone();
                 let Some(player) = self.player.clone() else {
                     return self
-                        .error(Some(request_id), ErrorCode::Unauthorized, "bets need a token")
+                        .error(
+                            Some(request_id),
+                            ErrorCode::Unauthorized,
+                            "bets need a token",
+                        )
                         .await;
                 };
                 if self.bets.len() >= MAX_BETS_IN_FLIGHT {
                     return self
-                        .error(Some(request_id), ErrorCode::RateLimited, "too many bets awaiting an answer")
+                        .error(
+                            Some(request_id),
+                            ErrorCode::RateLimited,
+                            "too many bets awaiting an answer",
+                        )
                         .await;
                 }
                 let table = bet.table.clone();
                 let request = bet.into_request(player);
                 let bus = self.shared.bus.clone();
                 let timeout = self.shared.config.bet_timeout;
-                self.bets.push(Box::pin(forward_bet(bus, table, request, timeout)));
+                self.bets
+                    .push(Box::pin(forward_bet(bus, table, request, timeout)));
                 Ok(())
             }
         }
     }
 
     async fn subscribe(&mut self, channel: Channel) -> Result<(), Closed> {
-        let Subscription { feed, receiver, seq } = match self.shared.hub.subscribe(&channel).await {
+        let Subscription {
+            feed,
+            receiver,
+            seq,
+        } = match self.shared.hub.subscribe(&channel).await {
             Ok(subscription) => subscription,
             Err(error) => {
                 tracing::warn!(%channel, %error, "subscribe failed");
-                return self.error(None, ErrorCode::Overloaded, "the channel is unavailable, retry").await;
+                return self
+                    .error(
+                        None,
+                        ErrorCode::Overloaded,
+                        "the channel is unavailable, retry",
+                    )
+                    .await;
             }
         };
         let answer = ServerMessage::Subscribed(Subscribed {
@@ -343,7 +374,8 @@ impl<B: Bus> Session<B> {
         code: ErrorCode,
         message: impl Into<String>,
     ) -> Result<(), Closed> {
-        self.send(&ServerMessage::error(request_id, code, message)).await
+        self.send(&ServerMessage::error(request_id, code, message))
+            .await
     }
 
     async fn send(&mut self, message: &ServerMessage) -> Result<(), Closed> {
@@ -357,7 +389,11 @@ impl<B: Bus> Session<B> {
     }
 
     async fn send_bytes(&mut self, bytes: Bytes) -> Result<(), Closed> {
-        let opcode = if self.encoding.is_binary() { OpCode::Binary } else { OpCode::Text };
+        let opcode = if self.encoding.is_binary() {
+            OpCode::Binary
+        } else {
+            OpCode::Text
+        };
         let frame = Frame::new(true, opcode, None, Payload::Borrowed(&bytes));
         self.write.write_frame(frame).await.map_err(|_| Closed)
     }
@@ -398,19 +434,29 @@ async fn forward_bet<B: Bus>(
     let payload = match Encoding::MsgPack.encode(&request) {
         Ok(payload) => payload,
         Err(error) => {
-            return ServerMessage::error(Some(request_id), ErrorCode::BadMessage, error.to_string());
+            return ServerMessage::error(
+                Some(request_id),
+                ErrorCode::BadMessage,
+                error.to_string(),
+            );
         }
     };
     let subject = format!("bets.place.{table}");
     match bus.request(&subject, payload, timeout).await {
         Ok(reply) => match Encoding::MsgPack.decode::<PlaceBetReply>(&reply) {
-            Ok(PlaceBetReply::Accepted(accepted)) => ServerMessage::bet_result(request_id, accepted),
+            Ok(PlaceBetReply::Accepted(accepted)) => {
+                ServerMessage::bet_result(request_id, accepted)
+            }
             Ok(PlaceBetReply::Rejected(rejected)) => {
                 ServerMessage::error(Some(request_id), rejected.code, rejected.message)
             }
             Err(error) => {
                 tracing::error!(%error, "undecodable reply from GS");
-                ServerMessage::error(Some(request_id), ErrorCode::Timeout, "no valid answer from the game service; retry with the same bet_id")
+                ServerMessage::error(
+                    Some(request_id),
+                    ErrorCode::Timeout,
+                    "no valid answer from the game service; retry with the same bet_id",
+                )
             }
         },
         Err(RequestError::NoResponders) => ServerMessage::error(

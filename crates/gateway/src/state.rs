@@ -67,12 +67,9 @@ fn fold_table(state: &mut TableState, body: &EventBody) {
             state.recent.insert(0, declared.outcome);
             state.recent.truncate(RECENT_OUTCOMES);
         }
-        EventBody::RoundSettled(settled) => {
-            // A result may trail the next round's opening; it only moves the phase of its own
-            // round.
-            if state.round == Some(settled.round) {
-                state.phase = Some(Phase::Settled);
-            }
+        // A result may trail the next round's opening; it only moves the phase of its own round.
+        EventBody::RoundSettled(settled) if state.round == Some(settled.round) => {
+            state.phase = Some(Phase::Settled);
         }
         EventBody::RoundVoided(voided) => {
             state.round = Some(voided.round);

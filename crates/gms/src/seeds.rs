@@ -44,14 +44,20 @@ impl SeedSecret {
         if key.len() < MIN_SECRET_BYTES {
             return Err(SeedSecretError::TooShort(key.len()));
         }
-        Ok(Self { key, persistent: true })
+        Ok(Self {
+            key,
+            persistent: true,
+        })
     }
 
     /// A secret drawn from the OS CSPRNG for this process only.
     pub fn random() -> Result<Self, SeedSecretError> {
         let mut key = vec![0u8; 32];
         getrandom::fill(&mut key).map_err(|e| SeedSecretError::Random(e.to_string()))?;
-        Ok(Self { key, persistent: false })
+        Ok(Self {
+            key,
+            persistent: false,
+        })
     }
 
     /// Whether another process (or this one after a restart) can recompute pending seeds.
@@ -90,7 +96,10 @@ mod tests {
         let a = SeedSecret::new("0123456789abcdef0123456789abcdef").expect("secret");
         let b = SeedSecret::new("0123456789abcdef0123456789abcdef").expect("secret");
         let round = RoundId::new(7).expect("round");
-        assert_eq!(a.seed(&table(), round).as_bytes(), b.seed(&table(), round).as_bytes());
+        assert_eq!(
+            a.seed(&table(), round).as_bytes(),
+            b.seed(&table(), round).as_bytes()
+        );
     }
 
     #[test]
@@ -98,14 +107,20 @@ mod tests {
         let secret = SeedSecret::new("0123456789abcdef0123456789abcdef").expect("secret");
         let one = secret.seed(&table(), RoundId::new(1).expect("round"));
         let two = secret.seed(&table(), RoundId::new(2).expect("round"));
-        let other = secret.seed(&TableId::parse("vip_7").expect("id"), RoundId::new(1).expect("round"));
+        let other = secret.seed(
+            &TableId::parse("vip_7").expect("id"),
+            RoundId::new(1).expect("round"),
+        );
         assert_ne!(one.as_bytes(), two.as_bytes());
         assert_ne!(one.as_bytes(), other.as_bytes());
     }
 
     #[test]
     fn a_short_secret_is_refused_and_never_printed() {
-        assert_eq!(SeedSecret::new("short").err(), Some(SeedSecretError::TooShort(5)));
+        assert_eq!(
+            SeedSecret::new("short").err(),
+            Some(SeedSecretError::TooShort(5))
+        );
         let secret = SeedSecret::new("0123456789abcdef0123456789abcdef").expect("secret");
         assert!(!format!("{secret:?}").contains("0123"));
     }

@@ -30,7 +30,12 @@ enum TableError {
     Rejected(#[from] domain::Rejection),
 }
 
-pub(crate) async fn run<B: Bus>(bus: B, config: Arc<GmsConfig>, table: TableId, shutdown: CancellationToken) {
+pub(crate) async fn run<B: Bus>(
+    bus: B,
+    config: Arc<GmsConfig>,
+    table: TableId,
+    shutdown: CancellationToken,
+) {
     let mut driver = Driver {
         bus,
         config,
@@ -132,12 +137,14 @@ impl<B: Bus> Driver<B> {
         let Some(last) = last else {
             return Ok((None, 0));
         };
-        let event = protocol::decode_event(&last.payload).map_err(|e| TableError::Corrupt(e.to_string()))?;
-        let round = event.round().ok_or_else(|| TableError::Corrupt("event without a round".into()))?;
-        let round_event = event
-            .body
-            .to_round_event()
-            .ok_or_else(|| TableError::Corrupt(format!("unexpected {} on {}", event.kind(), self.subject)))?;
+        let event = protocol::decode_event(&last.payload)
+            .map_err(|e| TableError::Corrupt(e.to_string()))?;
+        let round = event
+            .round()
+            .ok_or_else(|| TableError::Corrupt("event without a round".into()))?;
+        let round_event = event.body.to_round_event().ok_or_else(|| {
+            TableError::Corrupt(format!("unexpected {} on {}", event.kind(), self.subject))
+        })?;
         // Only the last transition is read back; the earlier ones of the round are implied.
         // The commitment is recomputed from the secret: if the secret is not the one the round
         // was opened with, declaring fails the commitment check and the round is voided.
@@ -145,9 +152,15 @@ impl<B: Bus> Driver<B> {
         let mut state = RoundState::new(self.table.clone(), round);
         let implied: Vec<RoundEvent> = match &round_event {
             RoundEvent::RoundOpened { .. } => vec![],
-            RoundEvent::BettingClosed => vec![RoundEvent::RoundOpened { closes_at: now(), seed_hash }],
+            RoundEvent::BettingClosed => vec![RoundEvent::RoundOpened {
+                closes_at: now(),
+                seed_hash,
+            }],
             _ => vec![
-                RoundEvent::RoundOpened { closes_at: now(), seed_hash },
+                RoundEvent::RoundOpened {
+                    closes_at: now(),
+                    seed_hash,
+                },
                 RoundEvent::BettingClosed,
             ],
         };
@@ -162,22 +175,34 @@ impl<B: Bus> Driver<B> {
         let closes_at = now().checked_add(self.config.betting).unwrap_or_else(now);
         RoundCommand::Open {
             closes_at,
-            seed_hash: self.config.seed_secret.seed(&self.table, state.round()).hash(),
+            seed_hash: self
+                .config
+                .seed_secret
+                .seed(&self.table, state.round())
+                .hash(),
         }
     }
 
     /// Publishes one transition; returns its stream sequence.
-    async fn publish(&self, round: RoundId, event: &RoundEvent, last_seq: u64) -> Result<u64, TableError> {
+    async fn publish(
+        &self,
+        round: RoundId,
+        event: &RoundEvent,
+        last_seq: u64,
+    ) -> Result<u64, TableError> {
         let body = EventBody::from_round_event(self.table.clone(), round, event.clone());
         let event = Event::new(uuid::Uuid::new_v4(), now(), body);
-        let payload = protocol::encode_event(&event).map_err(|e| TableError::Corrupt(e.to_string()))?;
-        let msg_id = protocol::gms_msg_id(&event).ok_or_else(|| TableError::Corrupt("no msg id".into()))?;
+        let payload =
+            protocol::encode_event(&event).map_err(|e| TableError::Corrupt(e.to_string()))?;
+        let msg_id =
+            protocol::gms_msg_id(&event).ok_or_else(|| TableError::Corrupt("no msg id".into()))?;
         let publish = Publish::new(self.subject.clone(), payload)
             .msg_id(msg_id.clone())
             .expected_last_subject_seq(last_seq);
         match self.bus.publish(publish).await {
             Ok(published) => {
-                metrics::counter!("gms_transitions_published_total", "kind" => event.kind()).increment(1);
+                metrics::counter!("gms_transitions_published_total", "kind" => event.kind())
+                    .increment(1);
                 tracing::info!(table = %self.table, round = round.get(), kind = event.kind(), seq = published.seq, "published");
                 Ok(published.seq)
             }

@@ -4,5 +4,6 @@
 use domain::Timestamp;
 
 pub fn now() -> Timestamp {
-    Timestamp::from_offset_datetime(time::OffsetDateTime::now_utc()).unwrap_or(Timestamp::UNIX_EPOCH)
+    Timestamp::from_offset_datetime(time::OffsetDateTime::now_utc())
+        .unwrap_or(Timestamp::UNIX_EPOCH)
 }

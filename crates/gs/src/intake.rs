@@ -16,7 +16,12 @@ use crate::ledger::{self, BetRequest, LedgerError};
 /// Bets in progress at once per GS instance; each holds at most one pooled connection.
 const MAX_CONCURRENT_BETS: usize = 32;
 
-pub(crate) async fn run(requests: Requests, store: Store, config: GsConfig, shutdown: CancellationToken) {
+pub(crate) async fn run(
+    requests: Requests,
+    store: Store,
+    config: GsConfig,
+    shutdown: CancellationToken,
+) {
     requests
         .take_until(shutdown.cancelled_owned())
         .for_each_concurrent(MAX_CONCURRENT_BETS, |request| {
@@ -69,7 +74,10 @@ async fn answer(store: &Store, config: &GsConfig, payload: &[u8]) -> PlaceBetRep
             tracing::error!(%error, "bet could not be recorded");
             metrics::counter!("gs_bets_failed_total").increment(1);
             // The client may retry with the same bet_id: nothing was recorded.
-            PlaceBetReply::rejected(ErrorCode::BettingUnavailable, "the bet could not be recorded; retry with the same bet_id")
+            PlaceBetReply::rejected(
+                ErrorCode::BettingUnavailable,
+                "the bet could not be recorded; retry with the same bet_id",
+            )
         }
     }
 }

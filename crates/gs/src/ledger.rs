@@ -5,7 +5,9 @@
 //! `player-<id>` (deposits and the player's bet events; its version is `accounts.version`).
 
 use bytes::Bytes;
-use domain::{BettingWindow, Money, Phase, PlayerId, RoundId, Selection, TableId, TableLimits, Timestamp};
+use domain::{
+    BettingWindow, Money, Phase, PlayerId, RoundId, Selection, TableId, TableLimits, Timestamp,
+};
 use protocol::{BetPlaced, BetSettled, DepositId, Event, EventBody, FundsDeposited, RoundSettled};
 use sha2::{Digest, Sha256};
 use store::{NewEvent, Store, StoreError};
@@ -18,7 +20,10 @@ use crate::clock::now;
 pub enum LedgerError {
     /// A business rule said no; the client gets the code.
     #[error("{message}")]
-    Rejected { code: protocol::ErrorCode, message: String },
+    Rejected {
+        code: protocol::ErrorCode,
+        message: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("encoding: {0}")]
@@ -32,7 +37,10 @@ impl From<tokio_postgres::Error> for LedgerError {
 }
 
 fn rejected(code: protocol::ErrorCode, message: impl Into<String>) -> LedgerError {
-    LedgerError::Rejected { code, message: message.into() }
+    LedgerError::Rejected {
+        code,
+        message: message.into(),
+    }
 }
 
 pub(crate) fn round_stream(table: &TableId, round: RoundId) -> String {
@@ -56,20 +64,34 @@ fn new_event(stream: String, version: i32, event: &Event) -> Result<NewEvent, Le
 }
 
 /// Locks a player's account row (creating it at zero) and returns its balance and version.
-async fn lock_account(tx: &Transaction<'_>, player: &PlayerId) -> Result<(Money, i32), LedgerError> {
+async fn lock_account(
+    tx: &Transaction<'_>,
+    player: &PlayerId,
+) -> Result<(Money, i32), LedgerError> {
     tx.execute(
         "INSERT INTO accounts (player, balance, version) VALUES ($1, 0, 0) ON CONFLICT DO NOTHING",
         &[&player.as_str()],
     )
     .await?;
     let row = tx
-        .query_one("SELECT balance, version FROM accounts WHERE player = $1 FOR UPDATE", &[&player.as_str()])
+        .query_one(
+            "SELECT balance, version FROM accounts WHERE player = $1 FOR UPDATE",
+            &[&player.as_str()],
+        )
         .await?;
-    let balance = Money::new(row.get(0)).map_err(|e| StoreError::Corrupt { position: None, reason: e.to_string() })?;
+    let balance = Money::new(row.get(0)).map_err(|e| StoreError::Corrupt {
+        position: None,
+        reason: e.to_string(),
+    })?;
     Ok((balance, row.get(1)))
 }
 
-async fn set_account(tx: &Transaction<'_>, player: &PlayerId, balance: Money, version: i32) -> Result<(), LedgerError> {
+async fn set_account(
+    tx: &Transaction<'_>,
+    player: &PlayerId,
+    balance: Money,
+    version: i32,
+) -> Result<(), LedgerError> {
     tx.execute(
         "UPDATE accounts SET balance = $2, version = $3, updated_at = now() WHERE player = $1",
         &[&player.as_str(), &balance.get(), &version],
@@ -80,23 +102,35 @@ async fn set_account(tx: &Transaction<'_>, player: &PlayerId, balance: Money, ve
 
 /// Records a deposit once per `deposit_id`; returns the balance after it (the first answer's,
 /// for a repeated id).
-pub async fn deposit(store: &Store, player: &PlayerId, amount: Money, deposit_id: &DepositId) -> Result<Money, LedgerError> {
+pub async fn deposit(
+    store: &Store,
+    player: &PlayerId,
+    amount: Money,
+    deposit_id: &DepositId,
+) -> Result<Money, LedgerError> {
     let mut client = store.client().await?;
     let tx = client.transaction().await?;
     if let Some(row) = tx
-        .query_opt("SELECT player, amount FROM deposits WHERE deposit_id = $1", &[&deposit_id.as_str()])
+        .query_opt(
+            "SELECT player, amount FROM deposits WHERE deposit_id = $1",
+            &[&deposit_id.as_str()],
+        )
         .await?
     {
         let (same_player, same_amount): (String, i64) = (row.get(0), row.get(1));
         if same_player != player.as_str() || same_amount != amount.get() {
-            return Err(rejected(protocol::ErrorCode::BetIdConflict, "deposit_id already used for another deposit"));
+            return Err(rejected(
+                protocol::ErrorCode::BetIdConflict,
+                "deposit_id already used for another deposit",
+            ));
         }
         let (balance, _) = lock_account(&tx, player).await?;
         tx.commit().await?;
         return Ok(balance);
     }
     let (balance, version) = lock_account(&tx, player).await?;
-    let new_balance = domain::credit(balance, amount).map_err(|e| rejected(protocol::ErrorCode::LimitExceeded, e.to_string()))?;
+    let new_balance = domain::credit(balance, amount)
+        .map_err(|e| rejected(protocol::ErrorCode::LimitExceeded, e.to_string()))?;
     let event = Event::new(
         Uuid::new_v4(),
         now(),
@@ -108,12 +142,21 @@ pub async fn deposit(store: &Store, player: &PlayerId, amount: Money, deposit_id
             balance: new_balance,
         }),
     );
-    let appended = store::append(&tx, &[new_event(player_stream(player), version + 1, &event)?]).await?;
+    let appended = store::append(
+        &tx,
+        &[new_event(player_stream(player), version + 1, &event)?],
+    )
+    .await?;
     let position = appended.first().map(|a| a.position).unwrap_or_default();
     set_account(&tx, player, new_balance, version + 1).await?;
     tx.execute(
         "INSERT INTO deposits (deposit_id, player, amount, position) VALUES ($1, $2, $3, $4)",
-        &[&deposit_id.as_str(), &player.as_str(), &amount.get(), &position],
+        &[
+            &deposit_id.as_str(),
+            &player.as_str(),
+            &amount.get(),
+            &position,
+        ],
     )
     .await?;
     tx.commit().await?;
@@ -122,18 +165,29 @@ pub async fn deposit(store: &Store, player: &PlayerId, amount: Money, deposit_id
 
 /// Records a round transition seen on the bus (idempotent by event id) and updates `rounds`.
 /// Returns true when the event was new.
-pub async fn record_transition(store: &Store, event: &Event, bus_seq: u64) -> Result<bool, LedgerError> {
+pub async fn record_transition(
+    store: &Store,
+    event: &Event,
+    bus_seq: u64,
+) -> Result<bool, LedgerError> {
     let (Some(table), Some(round)) = (event.table(), event.round()) else {
         return Ok(false);
     };
     let mut client = store.client().await?;
     let tx = client.transaction().await?;
-    if tx.query_opt("SELECT 1 FROM events WHERE event_id = $1", &[&event.id]).await?.is_some() {
+    if tx
+        .query_opt("SELECT 1 FROM events WHERE event_id = $1", &[&event.id])
+        .await?
+        .is_some()
+    {
         return Ok(false);
     }
     let stream = round_stream(table, round);
     let version: i32 = tx
-        .query_one("SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream = $1", &[&stream])
+        .query_one(
+            "SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream = $1",
+            &[&stream],
+        )
         .await?
         .get(0);
     let seq = i64::try_from(bus_seq).unwrap_or(i64::MAX);
@@ -198,13 +252,24 @@ pub struct BetRequest {
 impl BetRequest {
     fn fingerprint(&self) -> Vec<u8> {
         let selection = serde_json::to_string(&self.selection).unwrap_or_default();
-        let text = format!("{}|{}|{}|{}|{}", self.player, self.table, self.round.get(), selection, self.amount.get());
+        let text = format!(
+            "{}|{}|{}|{}|{}",
+            self.player,
+            self.table,
+            self.round.get(),
+            selection,
+            self.amount.get()
+        );
         Sha256::digest(text.as_bytes()).to_vec()
     }
 }
 
 /// Where a round stands for betting, if GS has seen it.
-pub async fn betting_window(store: &Store, table: &TableId, round: RoundId) -> Result<Option<(Phase, BettingWindow)>, LedgerError> {
+pub async fn betting_window(
+    store: &Store,
+    table: &TableId,
+    round: RoundId,
+) -> Result<Option<(Phase, BettingWindow)>, LedgerError> {
     let client = store.client().await?;
     let row = client
         .query_opt(
@@ -230,7 +295,11 @@ pub async fn betting_window(store: &Store, table: &TableId, round: RoundId) -> R
 
 /// Accepts a bet: checks the round, limits and funds, debits the stake and appends
 /// `bet_placed`, in one transaction. A retried `bet_id` gets the first answer's balance.
-pub async fn place_bet(store: &Store, bet: &BetRequest, limits: &TableLimits) -> Result<Money, LedgerError> {
+pub async fn place_bet(
+    store: &Store,
+    bet: &BetRequest,
+    limits: &TableLimits,
+) -> Result<Money, LedgerError> {
     let mut client = store.client().await?;
     let tx = client.transaction().await?;
     let fingerprint = bet.fingerprint();
@@ -263,7 +332,10 @@ pub async fn place_bet(store: &Store, bet: &BetRequest, limits: &TableLimits) ->
             let closes_at: Option<time::OffsetDateTime> = row.get(1);
             closes_at
                 .and_then(|t| Timestamp::from_offset_datetime(t).ok())
-                .map(|closes_at| BettingWindow { phase: Phase::Open, closes_at })
+                .map(|closes_at| BettingWindow {
+                    phase: Phase::Open,
+                    closes_at,
+                })
         }
         _ => None,
     };
@@ -286,15 +358,20 @@ pub async fn place_bet(store: &Store, bet: &BetRequest, limits: &TableLimits) ->
             round: bet.round,
             bet_id: bet.bet_id,
             player: bet.player.clone(),
-            selection: bet.selection.clone(),
+            selection: bet.selection,
             amount: bet.amount,
             balance: new_balance,
         }),
     );
-    let appended = store::append(&tx, &[new_event(player_stream(&bet.player), version + 1, &event)?]).await?;
+    let appended = store::append(
+        &tx,
+        &[new_event(player_stream(&bet.player), version + 1, &event)?],
+    )
+    .await?;
     let position = appended.first().map(|a| a.position).unwrap_or_default();
     set_account(&tx, &bet.player, new_balance, version + 1).await?;
-    let selection = serde_json::to_string(&bet.selection).map_err(|e| LedgerError::Encoding(e.to_string()))?;
+    let selection =
+        serde_json::to_string(&bet.selection).map_err(|e| LedgerError::Encoding(e.to_string()))?;
     tx.execute(
         "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, placed_position, request_fingerprint)
          VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8)",
@@ -316,7 +393,11 @@ fn rejection_code(rejection: &domain::BetRejection) -> protocol::ErrorCode {
 /// Settles a resulted round exactly once: claims it (a racer blocks on the row, then finds
 /// nothing to claim), pays every bet, appends `bet_settled` per bet and `round_settled`.
 /// Returns false when there was nothing to claim (settled already, or not resulted).
-pub async fn settle_round(store: &Store, table: &TableId, round: RoundId) -> Result<bool, LedgerError> {
+pub async fn settle_round(
+    store: &Store,
+    table: &TableId,
+    round: RoundId,
+) -> Result<bool, LedgerError> {
     let mut client = store.client().await?;
     let tx = client.transaction().await?;
     let round_no = round.get() as i64;
@@ -334,7 +415,10 @@ pub async fn settle_round(store: &Store, table: &TableId, round: RoundId) -> Res
     let outcome = outcome
         .and_then(|o| u8::try_from(o).ok())
         .and_then(|o| domain::Outcome::new(o).ok())
-        .ok_or_else(|| StoreError::Corrupt { position: None, reason: "resulted round without an outcome".into() })?;
+        .ok_or_else(|| StoreError::Corrupt {
+            position: None,
+            reason: "resulted round without an outcome".into(),
+        })?;
     let rows = tx
         .query(
             "SELECT bet_id, player, selection::text, amount FROM bets
@@ -349,10 +433,19 @@ pub async fn settle_round(store: &Store, table: &TableId, round: RoundId) -> Res
     let mut settled_bets: Vec<(Uuid, i64)> = Vec::with_capacity(rows.len());
     for row in &rows {
         let bet_uuid: Uuid = row.get(0);
-        let player = PlayerId::parse(row.get::<_, &str>(1)).map_err(|e| StoreError::Corrupt { position: None, reason: e.to_string() })?;
-        let selection: Selection = serde_json::from_str(row.get::<_, &str>(2)).map_err(|e| LedgerError::Encoding(e.to_string()))?;
-        let amount = Money::new(row.get(3)).map_err(|e| StoreError::Corrupt { position: None, reason: e.to_string() })?;
-        let payout = selection.payout(amount, outcome).map_err(|e| LedgerError::Encoding(e.to_string()))?;
+        let player = PlayerId::parse(row.get::<_, &str>(1)).map_err(|e| StoreError::Corrupt {
+            position: None,
+            reason: e.to_string(),
+        })?;
+        let selection: Selection = serde_json::from_str(row.get::<_, &str>(2))
+            .map_err(|e| LedgerError::Encoding(e.to_string()))?;
+        let amount = Money::new(row.get(3)).map_err(|e| StoreError::Corrupt {
+            position: None,
+            reason: e.to_string(),
+        })?;
+        let payout = selection
+            .payout(amount, outcome)
+            .map_err(|e| LedgerError::Encoding(e.to_string()))?;
         // Accounts are locked in player order (rows are sorted by player), as every writer does.
         if current.as_ref().map(|(p, _, _)| p) != Some(&player) {
             if let Some((done, balance, version)) = current.take() {
@@ -361,8 +454,11 @@ pub async fn settle_round(store: &Store, table: &TableId, round: RoundId) -> Res
             let (balance, version) = lock_account(&tx, &player).await?;
             current = Some((player.clone(), balance, version));
         }
-        let Some((_, balance, version)) = current.as_mut() else { continue };
-        *balance = domain::credit(*balance, payout).map_err(|e| LedgerError::Encoding(e.to_string()))?;
+        let Some((_, balance, version)) = current.as_mut() else {
+            continue;
+        };
+        *balance =
+            domain::credit(*balance, payout).map_err(|e| LedgerError::Encoding(e.to_string()))?;
         *version += 1;
         staked = staked.checked_add(amount).unwrap_or(Money::MAX);
         paid = paid.checked_add(payout).unwrap_or(Money::MAX);
@@ -386,7 +482,10 @@ pub async fn settle_round(store: &Store, table: &TableId, round: RoundId) -> Res
     }
     let stream = round_stream(table, round);
     let version: i32 = tx
-        .query_one("SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream = $1", &[&stream])
+        .query_one(
+            "SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream = $1",
+            &[&stream],
+        )
         .await?
         .get(0);
     let summary = Event::new(

@@ -6,9 +6,9 @@
 //! A service is a library: [`Gs::build`] then [`Gs::run`] until the shutdown token fires.
 
 mod clock;
+mod intake;
 pub mod ledger;
 mod outbox;
-mod intake;
 mod transitions;
 
 use std::time::Duration;
@@ -50,9 +50,23 @@ impl<B: Bus> Gs<B> {
             .serve("bets.place.*", protocol::subject::GS_QUEUE_GROUP)
             .await?;
         let tasks = TaskTracker::new();
-        tasks.spawn(transitions::run(self.bus.clone(), self.store.clone(), self.config.clone(), shutdown.clone()));
-        tasks.spawn(outbox::run(self.bus.clone(), self.store.clone(), shutdown.clone()));
-        tasks.spawn(intake::run(requests, self.store.clone(), self.config.clone(), shutdown.clone()));
+        tasks.spawn(transitions::run(
+            self.bus.clone(),
+            self.store.clone(),
+            self.config.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(outbox::run(
+            self.bus.clone(),
+            self.store.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(intake::run(
+            requests,
+            self.store.clone(),
+            self.config.clone(),
+            shutdown.clone(),
+        ));
         tracing::info!(instance = %self.config.instance, "gs serving bets");
         tasks.close();
         tasks.wait().await;

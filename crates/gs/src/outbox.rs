@@ -35,7 +35,10 @@ async fn publish_from_cursor<B: Bus>(bus: &B, store: &Store) -> Result<(), Strin
     let from = {
         let client = store.client().await.map_err(|e| e.to_string())?;
         client
-            .query_opt("SELECT position FROM outbox_cursor WHERE name = $1", &[&CURSOR])
+            .query_opt(
+                "SELECT position FROM outbox_cursor WHERE name = $1",
+                &[&CURSOR],
+            )
             .await
             .map_err(|e| e.to_string())?
             .map(|row| row.get::<_, i64>(0))
@@ -64,7 +67,8 @@ async fn publish_from_cursor<B: Bus>(bus: &B, store: &Store) -> Result<(), Strin
             }
         };
         if let Some(subject) = subject {
-            let publish = Publish::new(subject, stored.data.clone()).msg_id(stored.event_id.to_string());
+            let publish =
+                Publish::new(subject, stored.data.clone()).msg_id(stored.event_id.to_string());
             bus.publish(publish).await.map_err(|e| e.to_string())?;
             metrics::counter!("gs_outbox_published_total").increment(1);
         }

@@ -15,7 +15,12 @@ use crate::ledger;
 
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-pub(crate) async fn run<B: Bus>(bus: B, store: Store, config: GsConfig, shutdown: CancellationToken) {
+pub(crate) async fn run<B: Bus>(
+    bus: B,
+    store: Store,
+    config: GsConfig,
+    shutdown: CancellationToken,
+) {
     loop {
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -32,16 +37,24 @@ pub(crate) async fn run<B: Bus>(bus: B, store: Store, config: GsConfig, shutdown
 }
 
 async fn follow<B: Bus>(bus: &B, store: &Store, config: &GsConfig) -> Result<(), String> {
-    let cursor = load_cursor(store, &config.instance).await.map_err(|e| e.to_string())?;
+    let cursor = load_cursor(store, &config.instance)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut messages = bus
-        .replay(protocol::subject::TABLES_STREAM, "table.*.round", cursor + 1)
+        .replay(
+            protocol::subject::TABLES_STREAM,
+            "table.*.round",
+            cursor + 1,
+        )
         .await
         .map_err(|e| e.to_string())?;
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| e.to_string())?;
         match protocol::decode_event(&message.payload) {
             Ok(event) => {
-                ledger::record_transition(store, &event, message.seq).await.map_err(|e| e.to_string())?;
+                ledger::record_transition(store, &event, message.seq)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if let EventBody::OutcomeDeclared(declared) = &event.body {
                     let settled = ledger::settle_round(store, &declared.table, declared.round)
                         .await
@@ -56,7 +69,9 @@ async fn follow<B: Bus>(bus: &B, store: &Store, config: &GsConfig) -> Result<(),
                 tracing::warn!(seq = message.seq, %error, "undecodable transition skipped");
             }
         }
-        save_cursor(store, &config.instance, message.seq).await.map_err(|e| e.to_string())?;
+        save_cursor(store, &config.instance, message.seq)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     Err("the TABLES subscription ended".into())
 }
@@ -64,7 +79,10 @@ async fn follow<B: Bus>(bus: &B, store: &Store, config: &GsConfig) -> Result<(),
 async fn load_cursor(store: &Store, instance: &str) -> Result<u64, store::StoreError> {
     let client = store.client().await?;
     let row = client
-        .query_opt("SELECT stream_seq FROM gs_cursor WHERE consumer = $1", &[&instance])
+        .query_opt(
+            "SELECT stream_seq FROM gs_cursor WHERE consumer = $1",
+            &[&instance],
+        )
         .await?;
     Ok(row.map(|r| r.get::<_, i64>(0)).unwrap_or(0).max(0) as u64)
 }

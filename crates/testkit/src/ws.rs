@@ -10,7 +10,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-type Stream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Stream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// What the server sent that is not a JSON message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +36,8 @@ impl WsClient {
         if let Some(protocol) = subprotocol {
             request.headers_mut().insert(
                 "Sec-WebSocket-Protocol",
-                HeaderValue::from_str(protocol).map_err(|e| tungstenite::Error::HttpFormat(e.into()))?,
+                HeaderValue::from_str(protocol)
+                    .map_err(|e| tungstenite::Error::HttpFormat(e.into()))?,
             );
         }
         let (stream, response) = tokio_tungstenite::connect_async(request).await?;
@@ -44,7 +46,10 @@ impl WsClient {
             .get("Sec-WebSocket-Protocol")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        Ok(Self { stream, subprotocol })
+        Ok(Self {
+            stream,
+            subprotocol,
+        })
     }
 
     pub async fn send_json(&mut self, value: &Value) -> Result<(), tungstenite::Error> {
@@ -67,9 +72,15 @@ impl WsClient {
             };
             match next {
                 Message::Text(text) => {
-                    return serde_json::from_str(text.as_str()).map_err(|e| WsEnd::Error(format!("not JSON: {e}: {text}")));
+                    return serde_json::from_str(text.as_str())
+                        .map_err(|e| WsEnd::Error(format!("not JSON: {e}: {text}")));
                 }
-                Message::Binary(bytes) => return Err(WsEnd::Error(format!("unexpected binary frame of {} bytes", bytes.len()))),
+                Message::Binary(bytes) => {
+                    return Err(WsEnd::Error(format!(
+                        "unexpected binary frame of {} bytes",
+                        bytes.len()
+                    )));
+                }
                 Message::Close(frame) => {
                     let (code, reason) = close_parts(frame);
                     return Err(WsEnd::Closed(code, reason));
@@ -80,7 +91,11 @@ impl WsClient {
     }
 
     /// Reads messages until one satisfies `wanted` (others are skipped), within `timeout` in all.
-    pub async fn recv_until(&mut self, timeout: Duration, mut wanted: impl FnMut(&Value) -> bool) -> Result<Value, WsEnd> {
+    pub async fn recv_until(
+        &mut self,
+        timeout: Duration,
+        mut wanted: impl FnMut(&Value) -> bool,
+    ) -> Result<Value, WsEnd> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

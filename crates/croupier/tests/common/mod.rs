@@ -29,13 +29,19 @@ impl Env {
             .env("DATABASE_URL", &self.database_url)
             .env("CROUPIER_HTTP_ADDR", &self.http_addr)
             .env("CROUPIER_JWT_SECRET", SECRET)
-            .env("CROUPIER_SEED_SECRET", "end-to-end-seed-secret-of-32-bytes!!")
+            .env(
+                "CROUPIER_SEED_SECRET",
+                "end-to-end-seed-secret-of-32-bytes!!",
+            )
             .env("CROUPIER_BETTING_MS", "1500")
             .env("CROUPIER_RESULT_MS", "200")
             .env("CROUPIER_PAUSE_MS", "300")
             // Never pick up a developer's running stack.
             .env("CROUPIER_ENDPOINTS_FILE", "/nonexistent")
-            .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
     }
 
     /// Runs `croupier <args>` to completion and returns its stdout.
@@ -89,7 +95,10 @@ pub async fn wait_ready(http_addr: &str) {
         if readyz(http_addr).await == Some(200) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "gateway at {http_addr} never became ready");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gateway at {http_addr} never became ready"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -99,7 +108,10 @@ pub async fn readyz(http_addr: &str) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(http_addr).await.ok()?;
     stream
-        .write_all(format!("GET /readyz HTTP/1.1\r\nHost: {http_addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET /readyz HTTP/1.1\r\nHost: {http_addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .await
         .ok()?;
     let mut response = Vec::new();
@@ -130,8 +142,14 @@ pub struct PlayedRound {
 /// for a round to open, bets `amount` on red, and follows the round to its settlement.
 pub async fn play_a_round(http_addr: &str, token: &str, player: &str, amount: i64) -> PlayedRound {
     let url = format!("ws://{http_addr}/ws?token={token}");
-    let mut client = WsClient::connect(&url, Some("croupier.v1.json")).await.expect("connect");
-    assert_eq!(client.subprotocol.as_deref(), Some("croupier.v1.json"), "the chosen subprotocol is echoed");
+    let mut client = WsClient::connect(&url, Some("croupier.v1.json"))
+        .await
+        .expect("connect");
+    assert_eq!(
+        client.subprotocol.as_deref(),
+        Some("croupier.v1.json"),
+        "the chosen subprotocol is echoed"
+    );
     let welcome = client.recv(WAIT).await.expect("welcome");
     assert_eq!(welcome["type"], "welcome", "welcome comes first: {welcome}");
     assert_eq!(welcome["player"], player);
@@ -145,17 +163,28 @@ pub async fn play_a_round(http_addr: &str, token: &str, player: &str, amount: i6
     let table = "table.roulette-1";
     let wallet = format!("player.{player}");
     for channel in [table, wallet.as_str()] {
-        client.send_json(&json!({"type": "subscribe", "channel": channel})).await.expect("subscribe");
+        client
+            .send_json(&json!({"type": "subscribe", "channel": channel}))
+            .await
+            .expect("subscribe");
         let subscribed = client
-            .recv_until(WAIT, |m| m["type"] == "subscribed" && m["channel"] == channel)
+            .recv_until(WAIT, |m| {
+                m["type"] == "subscribed" && m["channel"] == channel
+            })
             .await
             .expect("subscribed");
         assert!(subscribed["seq"].is_u64(), "{subscribed}");
     }
 
-    let opened = client.recv_until(WAIT, |m| is_event(m, table, "round_opened")).await.expect("round_opened");
+    let opened = client
+        .recv_until(WAIT, |m| is_event(m, table, "round_opened"))
+        .await
+        .expect("round_opened");
     let round = opened["event"]["round"].as_u64().expect("round");
-    let seed_hash = opened["event"]["seed_hash"].as_str().expect("seed_hash").to_string();
+    let seed_hash = opened["event"]["seed_hash"]
+        .as_str()
+        .expect("seed_hash")
+        .to_string();
     assert_eq!(seed_hash.len(), 64);
 
     let bet_id = uuid::Uuid::new_v4().to_string();
@@ -170,20 +199,30 @@ pub async fn play_a_round(http_addr: &str, token: &str, player: &str, amount: i6
         .recv_until(WAIT, |m| m["request_id"] == "r1")
         .await
         .expect("bet answer");
-    assert_eq!(result["type"], "bet_result", "the bet is accepted: {result}");
+    assert_eq!(
+        result["type"], "bet_result",
+        "the bet is accepted: {result}"
+    );
     assert_eq!(result["status"], "accepted");
     assert_eq!(result["bet_id"], bet_id.as_str());
     let balance_after_bet = result["balance"].as_i64().expect("balance");
 
     let declared = client
-        .recv_until(WAIT, |m| is_event(m, table, "outcome_declared") && m["event"]["round"] == round)
+        .recv_until(WAIT, |m| {
+            is_event(m, table, "outcome_declared") && m["event"]["round"] == round
+        })
         .await
         .expect("outcome_declared");
     let outcome = declared["event"]["outcome"].as_u64().expect("outcome") as u8;
-    let server_seed = declared["event"]["server_seed"].as_str().expect("seed").to_string();
+    let server_seed = declared["event"]["server_seed"]
+        .as_str()
+        .expect("seed")
+        .to_string();
 
     let settled = client
-        .recv_until(WAIT, |m| is_event(m, &wallet, "bet_settled") && m["event"]["bet_id"] == bet_id.as_str())
+        .recv_until(WAIT, |m| {
+            is_event(m, &wallet, "bet_settled") && m["event"]["bet_id"] == bet_id.as_str()
+        })
         .await
         .expect("bet_settled");
     let payout = settled["event"]["payout"].as_i64().expect("payout");
@@ -208,11 +247,19 @@ pub fn check_round(played: &PlayedRound, amount: i64, balance_before: i64) {
     let seed = domain::ServerSeed::from_hex(&played.server_seed).expect("seed hex");
     let committed = domain::SeedHash::from_hex(&played.seed_hash).expect("hash hex");
     let outcome = domain::Outcome::new(played.outcome).expect("outcome");
-    domain::fairness::verify(&table, round, &committed, &seed, outcome).expect("the round verifies");
+    domain::fairness::verify(&table, round, &committed, &seed, outcome)
+        .expect("the round verifies");
     let red = domain::Selection::parse(domain::RawSelection::Red).expect("red");
     let stake = domain::Money::stake(amount).expect("stake");
     let expected = red.payout(stake, outcome).expect("payout").get();
-    assert_eq!(played.payout, expected, "red pays {expected} on {}", played.outcome);
+    assert_eq!(
+        played.payout, expected,
+        "red pays {expected} on {}",
+        played.outcome
+    );
     assert_eq!(played.balance_after_bet, balance_before - amount);
-    assert_eq!(played.balance_after_settlement, balance_before - amount + expected);
+    assert_eq!(
+        played.balance_after_settlement,
+        balance_before - amount + expected
+    );
 }

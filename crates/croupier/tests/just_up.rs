@@ -1,0 +1,147 @@
+//! `just up` as a user runs it (issue 5): in the background with stdin closed, then a client
+//! plays a round through the stack it started, then `just down` leaves nothing running.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{check_round, free_addr, play_a_round, wait_ready};
+
+fn just() -> Command {
+    let root = testkit::workspace_root();
+    let mut command = Command::new(root.join(".tools/venv/bin/just"));
+    command.current_dir(&root);
+    command
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+fn read_endpoints(path: &std::path::Path) -> HashMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            Some((key.to_string(), value.trim_matches('\'').to_string()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn just_up_serves_a_round_and_just_down_leaves_nothing_running() {
+    let data = tempfile::Builder::new()
+        .prefix("croupier-just-up-")
+        .tempdir()
+        .expect("tempdir");
+    let http_addr = free_addr();
+    let log = std::fs::File::create(data.path().join("up.log")).expect("log");
+    let configure = |command: &mut Command| {
+        command
+            .env("CROUPIER_DATA_DIR", data.path())
+            .env("CROUPIER_HTTP_ADDR", &http_addr)
+            .env("CROUPIER_BETTING_MS", "1500")
+            .env("CROUPIER_RESULT_MS", "200")
+            .env("CROUPIER_PAUSE_MS", "300")
+            .env_remove("NATS_URL")
+            .env_remove("DATABASE_URL")
+            .env_remove("CROUPIER_JWT_SECRET")
+            .env_remove("CROUPIER_SEED_SECRET")
+            .env_remove("CROUPIER_NATS_PREFIX");
+    };
+    let mut up = just();
+    up.arg("up")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    configure(&mut up);
+    let mut up = up.spawn().expect("just up");
+
+    let endpoints_file = data.path().join("endpoints.env");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    while !endpoints_file.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "just up wrote no endpoints.env"
+        );
+        assert!(
+            up.try_wait().expect("poll").is_none(),
+            "just up exited early: {}",
+            up_log(data.path())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let endpoints = read_endpoints(&endpoints_file);
+    for key in [
+        "NATS_URL",
+        "DATABASE_URL",
+        "CROUPIER_HTTP_ADDR",
+        "CROUPIER_JWT_SECRET",
+    ] {
+        assert!(
+            endpoints.contains_key(key),
+            "{key} missing from endpoints.env"
+        );
+    }
+    assert_eq!(endpoints["CROUPIER_HTTP_ADDR"], http_addr);
+    wait_ready(&http_addr).await;
+
+    // The CLI finds the running stack through endpoints.env, as in another shell.
+    let token = Command::new(common::BIN)
+        .args(["token", "--player", "alice"])
+        .env("CROUPIER_ENDPOINTS_FILE", &endpoints_file)
+        .env_remove("CROUPIER_JWT_SECRET")
+        .output()
+        .expect("croupier token");
+    assert!(token.status.success());
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+
+    // `just up` deposited the demo balance; wait for it to be there before betting.
+    let played = play_a_round(&http_addr, &token, "alice", 100).await;
+    check_round(&played, 100, played.balance_after_bet + 100);
+    assert_eq!(
+        played.balance_after_bet,
+        100_000 - 100,
+        "alice starts with the demo balance"
+    );
+
+    let pids: Vec<u32> = ["nats", "postgres", "croupier"]
+        .iter()
+        .map(|name| {
+            std::fs::read_to_string(data.path().join("run").join(format!("{name}.pid")))
+                .expect("pid file")
+                .trim()
+                .parse()
+                .expect("pid")
+        })
+        .collect();
+    let mut down = just();
+    down.arg("down");
+    configure(&mut down);
+    let status = down.status().expect("just down");
+    assert!(status.success());
+    let exited = up.wait().expect("just up ends");
+    assert!(
+        exited.success(),
+        "just up ends cleanly after just down: {}",
+        up_log(data.path())
+    );
+    for pid in pids {
+        assert!(!pid_alive(pid), "process {pid} still runs after just down");
+    }
+    let mut clean = just();
+    clean.arg("clean");
+    configure(&mut clean);
+    assert!(clean.status().expect("just clean").success());
+}
+
+fn up_log(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("up.log")).unwrap_or_default()
+}
