@@ -245,8 +245,9 @@ cmd_up() {
   up_pid=$(pid_of up)
   if alive "$up_pid"; then die "the stack already runs (pid $up_pid): 'just down' first"; fi
   echo $$ >"$run/up.pid"
-  # The log relays (tail | sed) are this shell's own children: end them with the stack.
-  trap 'stop_all; pkill -P $$ 2>/dev/null || true; say "stopped"' EXIT
+  # The log relay is this shell's own child: end it with the stack.
+  relay=
+  trap 'stop_all; [[ -n $relay ]] && kill "$relay" 2>/dev/null; say "stopped"' EXIT
   # Ctrl-C and `just down` are the normal ways to stop: a clean stop exits 0.
   trap 'exit 0' INT TERM
 
@@ -274,13 +275,17 @@ cmd_up() {
   start_services
   say "ready; endpoints in .data/endpoints.env; Ctrl-C or 'just down' stops everything"
 
-  # Relay every log with its service's name until told to stop.
-  local tails=()
+  # Relay every log with its service's name until told to stop: one tail over all logs, its
+  # file headers turned into prefixes (one process to stop, and no procps needed for it).
+  local files=()
   for name in nats postgres croupier; do
-    [[ -f $run/$name.pid ]] || continue
-    tail -n 0 -F "$logs/$name.log" 2>/dev/null | sed -u "s/^/[$name] /" &
-    tails+=($!)
+    [[ -f $run/$name.pid ]] && files+=("$logs/$name.log")
   done
+  tail -n 0 -F "${files[@]}" 2>/dev/null > >(awk '
+    /^==> .* <==$/ { n = $2; sub(/.*\//, "", n); sub(/\.log$/, "", n); next }
+    /^$/ { next }
+    { print "[" n "] " $0; fflush() }') &
+  relay=$!
   while true; do
     for name in nats postgres croupier; do
       local pid

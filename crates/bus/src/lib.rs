@@ -44,3 +44,13 @@ pub(crate) fn unique_id() -> String {
     hasher.write_u32(std::process::id());
     format!("{:016x}{count:x}", hasher.finish())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unique_ids_differ() {
+        let ids: std::collections::HashSet<String> =
+            (0..1000).map(|_| super::unique_id()).collect();
+        assert_eq!(ids.len(), 1000);
+    }
+}

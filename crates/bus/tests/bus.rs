@@ -47,4 +47,25 @@ conformance_for_both!(
     kv_watch_starts_with_the_current_value_then_follows_changes,
     kv_values_follow_revisions_through_put_delete_and_create,
     setup_is_idempotent_and_applies_changed_definitions,
+    stream_limits_drop_the_oldest_messages_and_move_the_first_sequence,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_nats_bus_ends_its_replays_consumers_and_watches() {
+    let bus = support::nats_bus().await;
+    let closer = bus.clone();
+    conformance::closing_the_bus_ends_its_replays_consumers_and_watches(bus, async move {
+        closer.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_local_bus_ends_its_replays_consumers_and_watches() {
+    let bus = support::local_bus().await;
+    let closer = bus.clone();
+    conformance::closing_the_bus_ends_its_replays_consumers_and_watches(bus, async move {
+        closer.close().await;
+    })
+    .await;
+}

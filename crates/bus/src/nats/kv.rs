@@ -1,6 +1,7 @@
 //! Key-value buckets on JetStream KV: revisions are stream sequences, compare-and-set is
 //! `Nats-Expected-Last-Subject-Sequence`, expiry is the bucket's `max_age`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{
@@ -8,7 +9,7 @@ use async_nats::jetstream::kv::{
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -30,14 +31,21 @@ pub struct NatsKv {
     store: Store,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    connections: Arc<watch::Sender<u64>>,
 }
 
 impl NatsKv {
-    pub(super) fn new(store: Store, tasks: TaskTracker, shutdown: &CancellationToken) -> Self {
+    pub(super) fn new(
+        store: Store,
+        tasks: TaskTracker,
+        shutdown: &CancellationToken,
+        connections: Arc<watch::Sender<u64>>,
+    ) -> Self {
         Self {
             store,
             tasks,
             shutdown: shutdown.clone(),
+            connections,
         }
     }
 }
@@ -157,6 +165,7 @@ impl Kv for NatsKv {
                 self.store.clone(),
                 key_or_pattern.to_string(),
                 watch,
+                self.connections.subscribe(),
                 sender,
                 cancel,
             )
@@ -172,14 +181,24 @@ async fn forward_watch(
     store: Store,
     pattern: String,
     mut watch: async_nats::jetstream::kv::Watch,
+    mut connections: watch::Receiver<u64>,
     sender: mpsc::Sender<KvEvent>,
     cancel: CancellationToken,
 ) {
     let mut last_revision = 0;
+    let mut watch_connections = true;
     loop {
         loop {
             let item = tokio::select! {
                 () = cancel.cancelled() => return,
+                changed = connections.changed(), if watch_connections => {
+                    if changed.is_err() {
+                        watch_connections = false;
+                        continue;
+                    }
+                    // The server may have lost the watch's ephemeral consumer.
+                    break;
+                }
                 item = watch.next() => item,
             };
             let entry = match item {
@@ -204,7 +223,7 @@ async fn forward_watch(
                 sent = sender.send(event) => if sent.is_err() { return },
             }
         }
-        let mut delay = REWATCH_BACKOFF_MIN;
+        let mut delay = Duration::ZERO;
         watch = loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -214,7 +233,7 @@ async fn forward_watch(
                 Ok(watch) => break watch,
                 Err(error) => {
                     tracing::debug!(%error, "watch not re-established yet");
-                    delay = (delay * 2).min(REWATCH_BACKOFF_MAX);
+                    delay = (delay * 2).clamp(REWATCH_BACKOFF_MIN, REWATCH_BACKOFF_MAX);
                 }
             }
         };

@@ -21,6 +21,7 @@ use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType}
 use async_nats::jetstream::{self, ErrorCode, consumer, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -95,6 +96,9 @@ struct Inner {
     consumers: RwLock<HashMap<(String, String), ConsumerDef>>,
     /// Streams declared by `setup`, by logical name: which stream captures a subject.
     streams: RwLock<HashMap<String, StreamDef>>,
+    /// Counts (re)connections: replays and watches re-establish their ephemeral consumers at
+    /// once when it moves, instead of waiting for missed heartbeats.
+    connections: Arc<watch::Sender<u64>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -106,6 +110,8 @@ impl NatsBus {
     pub async fn connect(url: &str, prefix: &str, options: NatsOptions) -> Result<Self, BusError> {
         let names = Names::new(prefix)?;
         let event_prefix = names.prefix().to_string();
+        let connections = Arc::new(watch::channel(0u64).0);
+        let on_event = connections.clone();
         let delay_max = options.reconnect_delay_max;
         let mut connect = async_nats::ConnectOptions::new()
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
@@ -113,6 +119,9 @@ impl NatsBus {
             .request_timeout(Some(options.request_timeout))
             .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, delay_max))
             .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Connected) {
+                    on_event.send_modify(|count| *count += 1);
+                }
                 let prefix = event_prefix.clone();
                 async move { log_connection_event(&prefix, &event) }
             });
@@ -133,6 +142,7 @@ impl NatsBus {
                 options,
                 consumers: RwLock::new(HashMap::new()),
                 streams: RwLock::new(HashMap::new()),
+                connections,
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
             }),
@@ -156,6 +166,11 @@ impl NatsBus {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
         let _ = self.inner.client.flush().await;
+    }
+
+    /// Wakes up at every (re)connection from now on.
+    pub(crate) fn connections(&self) -> watch::Receiver<u64> {
+        self.inner.connections.subscribe()
     }
 
     fn stream_config(&self, def: &StreamDef) -> stream::Config {
@@ -522,6 +537,7 @@ impl Bus for NatsBus {
             store,
             self.inner.tasks.clone(),
             &self.inner.shutdown,
+            self.inner.connections.clone(),
         ))
     }
 
@@ -668,6 +684,8 @@ fn log_connection_event(prefix: &str, event: &async_nats::Event) {
                 "slow consumer: the server dropped messages for a subscription"
             );
         }
+        // Every failed reconnect attempt is one: the disconnect above already told the story.
+        async_nats::Event::ClientError(error) => tracing::debug!(%error, "NATS client error"),
         other => tracing::info!(event = %other, "NATS connection event"),
     }
 }

@@ -42,11 +42,23 @@ pub(super) async fn replay(
     cancel: CancellationToken,
 ) {
     let span = tracing::info_span!("bus_replay", stream = %spec.stream, filter = %spec.filter);
+    let mut connections = bus.connections();
+    let mut watch_connections = true;
     async move {
         loop {
             loop {
                 let item = tokio::select! {
                     () = cancel.cancelled() => return,
+                    changed = connections.changed(), if watch_connections => {
+                        if changed.is_err() {
+                            watch_connections = false;
+                            continue;
+                        }
+                        // The server may have lost our ephemeral consumer: re-establish it now
+                        // rather than after missed heartbeats.
+                        tracing::info!(next_seq = spec.next_seq, "reconnected; re-establishing the replay");
+                        break;
+                    }
                     item = ordered.next() => item,
                 };
                 let message = match item {
@@ -74,7 +86,7 @@ pub(super) async fn replay(
                     sent = sender.send(Ok(stored)) => if sent.is_err() { return },
                 }
             }
-            let mut delay = RESUBSCRIBE_BACKOFF_MIN;
+            let mut delay = Duration::ZERO;
             ordered = loop {
                 tokio::select! {
                     () = cancel.cancelled() => return,
@@ -92,7 +104,7 @@ pub(super) async fn replay(
                     }
                     Err(error) => {
                         tracing::debug!(%error, "replay not re-established yet");
-                        delay = (delay * 2).min(RESUBSCRIBE_BACKOFF_MAX);
+                        delay = (delay * 2).clamp(RESUBSCRIBE_BACKOFF_MIN, RESUBSCRIBE_BACKOFF_MAX);
                     }
                 }
             };

@@ -720,3 +720,51 @@ pub async fn setup_is_idempotent_and_applies_changed_definitions<B: Bus>(bus: B)
     })
     .await;
 }
+
+pub async fn stream_limits_drop_the_oldest_messages_and_move_the_first_sequence<B: Bus>(bus: B) {
+    let mut stream = StreamDef::new("CAPPED", &["capped.>"]);
+    stream.max_msgs = 3;
+    bus.setup(&Definitions::default().stream(stream))
+        .await
+        .expect("set up a capped stream");
+    for i in 1..=5 {
+        publish(&bus, "capped.x", &i.to_string()).await;
+    }
+    let state = bus.stream_state("CAPPED").await.expect("stream state");
+    assert_eq!((state.first_seq, state.last_seq), (3, 5));
+    let mut replay = bus
+        .replay("CAPPED", "capped.>", 1)
+        .await
+        .expect("replay from before the first sequence");
+    for expected in 3..=5 {
+        let message = next(&mut replay, "a retained message")
+            .await
+            .expect("replayed");
+        assert_eq!(
+            message.seq, expected,
+            "replay starts at the oldest retained"
+        );
+    }
+}
+
+/// Not instantiated by the macro: each adapter's test passes its own `close`.
+pub async fn closing_the_bus_ends_its_replays_consumers_and_watches<B: Bus>(
+    bus: B,
+    close: impl std::future::Future<Output = ()>,
+) {
+    let mut replay = bus.replay("TABLES", "table.>", 1).await.expect("replay");
+    let mut deliveries = bus
+        .consume("TABLES", "closing", "table.>")
+        .await
+        .expect("consume");
+    let kv = bus.kv("status").await.expect("open status");
+    let mut watch = kv.watch("betting").await.expect("watch");
+    within("the bus to close", close).await;
+    assert!(within("the replay to end", replay.next()).await.is_none());
+    assert!(
+        within("the consumer to end", deliveries.next())
+            .await
+            .is_none()
+    );
+    assert!(within("the watch to end", watch.next()).await.is_none());
+}

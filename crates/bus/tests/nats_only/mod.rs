@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bus::{Bus, BusError, Definitions, NatsBus, NatsOptions, Publish, PublishError, StreamDef};
+use bus::{Bus, BusError, Definitions, Kv, NatsBus, NatsOptions, Publish, PublishError, StreamDef};
 use bytes::Bytes;
 
 use crate::support::{next, within};
@@ -218,4 +218,54 @@ async fn a_prefix_that_is_not_a_single_token_is_refused() {
     let nats = testkit::nats().expect("a NATS server");
     let refused = NatsBus::connect(&nats.url, "a.b", NatsOptions::default()).await;
     assert!(matches!(refused, Err(BusError::Invalid { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_and_durable_consumers_carry_on_after_a_nats_restart() {
+    let (mut server, bus) = private_bus().await;
+    let status = bus.kv("status").await.expect("open status");
+    status
+        .put("betting", Bytes::from_static(b"enabled"))
+        .await
+        .expect("put");
+    let mut watch = status.watch("betting").await.expect("watch");
+    let current = next(&mut watch, "the current status").await;
+    assert_eq!(current.value, Some(Bytes::from_static(b"enabled")));
+    let mut deliveries = bus
+        .consume("TABLES", "settler", "table.>")
+        .await
+        .expect("consume");
+
+    tokio::task::block_in_place(|| server.restart()).expect("restart the server");
+    within("the bus to reconnect", async {
+        while !bus.is_connected() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    let disabled = within("the status to be written after the restart", async {
+        loop {
+            match status.put("betting", Bytes::from_static(b"disabled")).await {
+                Ok(revision) => break revision,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await;
+    let change = next(&mut watch, "the status change after the restart").await;
+    assert_eq!(
+        (change.value, change.revision),
+        (Some(Bytes::from_static(b"disabled")), disabled)
+    );
+    let seq = bus
+        .publish(Publish::new("table.a.round", "after").msg_id("after"))
+        .await
+        .expect("publish after the restart")
+        .seq;
+    let delivery = next(&mut deliveries, "a delivery after the restart")
+        .await
+        .expect("delivered");
+    assert_eq!(delivery.msg.seq, seq);
+    delivery.ack().await.expect("ack");
 }
