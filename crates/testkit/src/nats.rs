@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::process::{Supervised, wait_until};
+use crate::process::{Slot, Supervised, wait_until};
 use crate::{HarnessError, free_port, unique_prefix, workspace_root};
 
 /// The oldest server Croupier supports (DESIGN §5).
@@ -154,7 +154,7 @@ pub struct NatsServer {
     port: u16,
     jetstream: bool,
     shared: bool,
-    process: Option<Supervised>,
+    process: Slot,
 }
 
 impl NatsServer {
@@ -184,7 +184,7 @@ impl NatsServer {
                 port: free_port()?,
                 jetstream,
                 shared,
-                process: None,
+                process: Slot::empty("nats-server"),
             };
             match server.launch() {
                 Ok(()) => return Ok(server),
@@ -229,7 +229,7 @@ impl NatsServer {
                 tail,
             });
         }
-        self.process = Some(process);
+        self.process.set(process);
         Ok(())
     }
 
@@ -250,18 +250,16 @@ impl NatsServer {
 
     /// The server's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(Supervised::pid)
+        self.process.pid()
     }
 
     pub fn is_running(&self) -> bool {
-        self.process.as_ref().is_some_and(Supervised::is_running)
+        self.process.is_running()
     }
 
     /// Stops the server and waits for it to exit; the store is kept for [`Self::restart`].
     pub fn stop(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.stop();
-        }
+        self.process.stop();
     }
 
     /// Starts the server again on the same port with the same store.
@@ -280,13 +278,7 @@ impl NatsServer {
     }
 
     fn signal(&self, signal: &str) -> Result<(), HarnessError> {
-        match &self.process {
-            Some(process) => process.signal(signal),
-            None => Err(HarnessError::Command {
-                what: format!("signal {signal} to nats-server"),
-                detail: "the server is stopped".into(),
-            }),
-        }
+        self.process.signal(signal)
     }
 
     /// The directory holding the store and the log.

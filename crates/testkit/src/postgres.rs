@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio_postgres::NoTls;
 
-use crate::process::{Supervised, run, running_as_root, wait_until};
+use crate::process::{Slot, Supervised, run, running_as_root, wait_until};
 use crate::{HarnessError, free_port};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -292,7 +292,7 @@ pub struct PgServer {
     options: PgServerOptions,
     as_postgres_user: bool,
     shared: bool,
-    process: Option<Supervised>,
+    process: Slot,
 }
 
 impl PgServer {
@@ -317,7 +317,7 @@ impl PgServer {
             options,
             as_postgres_user,
             shared,
-            process: None,
+            process: Slot::empty("postgres"),
         };
         server.initdb()?;
         let mut last_error = None;
@@ -456,7 +456,7 @@ impl PgServer {
                 tail,
             });
         }
-        self.process = Some(process);
+        self.process.set(process);
         Ok(())
     }
 
@@ -485,18 +485,16 @@ impl PgServer {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(Supervised::pid)
+        self.process.pid()
     }
 
     pub fn is_running(&self) -> bool {
-        self.process.as_ref().is_some_and(Supervised::is_running)
+        self.process.is_running()
     }
 
     /// Stops the server (fast shutdown) and waits for it; the data is kept for [`Self::restart`].
     pub fn stop(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.stop();
-        }
+        self.process.stop();
     }
 
     /// Starts the server again on the same port with the same data.
@@ -515,13 +513,7 @@ impl PgServer {
     }
 
     fn signal(&self, signal: &str) -> Result<(), HarnessError> {
-        match &self.process {
-            Some(process) => process.signal(signal),
-            None => Err(HarnessError::Command {
-                what: format!("signal {signal} to postgres"),
-                detail: "the server is stopped".into(),
-            }),
-        }
+        self.process.signal(signal)
     }
 }
 

@@ -197,3 +197,53 @@ pub(crate) fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").is_ok_and(|meta| meta.uid() == 0)
 }
+
+/// The running process of a server that can be stopped and started again: what
+/// [`crate::NatsServer`] and [`crate::PgServer`] share.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    what: &'static str,
+    process: Option<Supervised>,
+}
+
+impl Slot {
+    pub(crate) fn empty(what: &'static str) -> Self {
+        Self {
+            what,
+            process: None,
+        }
+    }
+
+    pub(crate) fn set(&mut self, process: Supervised) {
+        self.process = Some(process);
+    }
+
+    pub(crate) fn take(&mut self) -> Option<Supervised> {
+        self.process.take()
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Supervised::pid)
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.process.as_ref().is_some_and(Supervised::is_running)
+    }
+
+    /// Stops the server and waits for it to exit.
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop();
+        }
+    }
+
+    pub(crate) fn signal(&self, signal: &str) -> Result<(), HarnessError> {
+        match &self.process {
+            Some(process) => process.signal(signal),
+            None => Err(HarnessError::Command {
+                what: format!("signal {signal} to {}", self.what),
+                detail: "the server is stopped".into(),
+            }),
+        }
+    }
+}
