@@ -49,3 +49,30 @@ nats-start:
 # Regenerate the JSON Schemas in schemas/ from the Rust wire types (a test fails when stale).
 schemas:
     cargo run -q -p protocol --example gen-schemas
+
+# Two `croupier run gms` processes, the leader killed with SIGKILL 5 times. Flags, e.g. `--lease-ttl-ms 1500`.
+# GMS figures: transition lag p50/p99 over 150 transitions and failover time (median of 5 kills).
+bench-gms *ARGS: build
+    cargo run -q -p gms --example bench-gms -- --croupier target/debug/croupier {{ARGS}}
+
+# Croupier's gateway vs nats-server's WebSocket listener at 1k and 10k clients (BENCH_SIZES,
+# BENCH_DURATION, BENCH_RATE override); tables of latency, delivered/s and server RSS/connection.
+bench-gateway: deps
+    ops/scripts/bench-gateway.sh
+
+# DATABASE_URL picks a server; by default a private durable one is started.
+# Event store write path (durable Postgres): batched append vs COPY and INSERT; 10k/100k settlement.
+bench-store: deps
+    cargo run --release -q -p gs --example bench_store
+
+# Every benchmark.
+bench: bench-store bench-gms bench-gateway
+
+# Flags: `--table T --from-round N --to-round M --json`.
+# Verify the event store end to end (gapless positions, hash chain); exit 0 only when it holds.
+replay *ARGS: build
+    target/debug/croupier replay {{ARGS}}
+
+# The demo page in headless Chromium (also part of `just test`); screenshot: artifacts/demo-page.png.
+test-page: deps
+    cargo test -p croupier --test gateway_browser

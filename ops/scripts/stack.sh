@@ -111,7 +111,7 @@ start_nats() {
   [[ -x $venv_bin/nats-server ]] || die "nats-server missing: run 'just deps'"
   mkdir -p "$data/nats"
   start_detached nats TERM "$venv_bin/nats-server" -c "$root/ops/nats/nats.conf" \
-    -a 127.0.0.1 -p "$port"
+    -a 127.0.0.1 -p "$port" -sd "$data/nats"
   for _ in $(seq 1 100); do
     nats_info 127.0.0.1 "$port" >/dev/null 2>&1 && return 0
     alive "$(pid_of nats)" || break
@@ -184,6 +184,9 @@ start_services() {
   bin=$(croupier_bin)
   # The CLI reads .data/endpoints.env only from the working directory up; say where it is.
   export CROUPIER_ENDPOINTS_FILE="$endpoints"
+  # The demo page's "Mint a dev token" needs /dev/token: on for the development stack only
+  # (ADR 0011); CROUPIER_DEV_TOKENS=0 turns it off.
+  export CROUPIER_DEV_TOKENS=${CROUPIER_DEV_TOKENS:-1}
   if "$bin" help run >/dev/null 2>&1; then
     "$bin" migrate >>"$logs/croupier.log" 2>&1 || { tail -n 20 "$logs/croupier.log" >&2; die "migrations failed"; }
     start_detached croupier INT "$bin" run all

@@ -6,6 +6,10 @@
 
 mod config;
 mod endpoints;
+mod limits;
+mod loadgen;
+mod projections;
+mod replay;
 mod run;
 mod telemetry;
 
@@ -43,6 +47,14 @@ enum Command {
     /// Player wallets.
     #[command(subcommand)]
     Wallet(WalletCommand),
+    /// Verify the event store: gapless positions and the hash chain, end to end. Exit 0 only
+    /// when every check passes.
+    Replay(replay::ReplayArgs),
+    /// Many WebSocket clients and bettors on one table, with a latency report (a benchmark).
+    Loadgen(loadgen::LoadgenArgs),
+    /// The read models (`rounds`, `bets`, `accounts`, `deposits`).
+    #[command(subcommand)]
+    Projections(projections::ProjectionsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +134,12 @@ async fn async_main(command: Command, settings: config::Resolved) -> anyhow::Res
             );
             Ok(())
         }
+        Command::Replay(args) => replay::run(args, open_store(&settings)?).await,
+        Command::Loadgen(args) => {
+            limits::raise_open_files();
+            loadgen::run(args, settings).await
+        }
+        Command::Projections(command) => projections::run(command, open_store(&settings)?).await,
         Command::Token { .. } => Ok(()),
     }
 }

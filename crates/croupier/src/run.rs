@@ -65,6 +65,13 @@ pub struct RunArgs {
     /// random one is drawn and rounds cut short by a crash are voided.
     #[arg(long, env = "CROUPIER_SEED_SECRET", hide_env_values = true)]
     pub seed_secret: Option<String>,
+    /// GMS: how long a table's lease lasts without renewal, in milliseconds (ADR 0009). At
+    /// most the `gms_leases` bucket's `max_age` (the default); shorter means faster takeovers.
+    #[arg(long, env = "CROUPIER_LEASE_TTL_MS", value_parser = clap::value_parser!(u64).range(300..))]
+    pub lease_ttl_ms: Option<u64>,
+    /// GMS: how often the leader renews its leases, in milliseconds (default: a third of the TTL).
+    #[arg(long, env = "CROUPIER_LEASE_RENEW_MS", value_parser = clap::value_parser!(u64).range(50..))]
+    pub lease_renew_ms: Option<u64>,
     /// Smallest stake.
     #[arg(long, env = "CROUPIER_MIN_BET", default_value_t = 10)]
     pub min_bet: i64,
@@ -80,9 +87,28 @@ pub struct RunArgs {
     /// Postgres connections per GS.
     #[arg(long, env = "CROUPIER_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
+    /// GS: most bets written in one transaction.
+    #[arg(long, env = "CROUPIER_BET_BATCH", default_value_t = gs::GsConfig::DEFAULT_BATCH_SIZE)]
+    pub bet_batch: usize,
+    /// GS: how long the first bet of a batch waits for more, in milliseconds.
+    #[arg(long, env = "CROUPIER_BET_LINGER_MS", default_value_t = 2)]
+    pub bet_linger_ms: u64,
     /// How long shutdown waits for work in progress.
     #[arg(long, env = "CROUPIER_DRAIN_MS", default_value_t = 5_000)]
     pub drain_ms: u64,
+    /// Gateway: ping a WebSocket client silent this long, drop it when still silent as long
+    /// again, in milliseconds.
+    #[arg(long, env = "CROUPIER_WS_IDLE_MS", default_value_t = 30_000)]
+    pub ws_idle_ms: u64,
+    /// Gateway: serve `GET /dev/token?player=P` (development only, ADR 0011).
+    #[arg(
+        long,
+        env = "CROUPIER_DEV_TOKENS",
+        default_value = "false",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::Set
+    )]
+    pub dev_tokens: bool,
 }
 
 /// Everything `run` needs, validated together before anything starts.
@@ -170,6 +196,7 @@ fn plan(args: &RunArgs, settings: &Resolved) -> anyhow::Result<Plan> {
 
 pub async fn run(args: RunArgs, settings: Resolved) -> anyhow::Result<()> {
     let plan = plan(&args, &settings)?;
+    crate::limits::raise_open_files();
     let metrics = telemetry::init_metrics()?;
     if settings.jwt_secret_is_default && matches!(args.role, Role::Gateway | Role::All) {
         tracing::warn!(
@@ -213,9 +240,10 @@ async fn run_roles<B: Bus>(
         let report = store.migrate().await.context("apply migrations")?;
         tracing::info!(?report, "migrations checked");
         let config = gs::GsConfig {
-            instance: format!("gs-{}", uuid::Uuid::new_v4().simple()),
             limits: plan.limits,
-            catch_up_wait: Duration::from_secs(1),
+            batch_size: args.bet_batch.max(1),
+            linger: Duration::from_millis(args.bet_linger_ms),
+            ..gs::GsConfig::new(format!("gs-{}", uuid::Uuid::new_v4().simple()))
         };
         let gs = gs::Gs::build(config, bus.clone(), store);
         let token = shutdown.clone();
@@ -232,6 +260,7 @@ async fn run_roles<B: Bus>(
             result: Duration::from_millis(args.result_ms),
             pause: Duration::from_millis(args.pause_ms),
             seed_secret: plan.seed_secret.clone(),
+            lease: gms_lease(&args)?,
         };
         let gms = gms::Gms::build(config, bus.clone());
         tasks.spawn(gms.run(shutdown.clone()));
@@ -246,8 +275,13 @@ async fn run_roles<B: Bus>(
             jwt_secret: plan.jwt_secret.clone(),
             bet_timeout: Duration::from_millis(args.bet_timeout_ms),
             drain_timeout: Duration::from_millis(args.drain_ms),
+            idle_timeout: Duration::from_millis(args.ws_idle_ms.max(1)),
+            dev_tokens: args.dev_tokens,
             metrics: Some(renderer),
         };
+        if args.dev_tokens {
+            tracing::warn!("CROUPIER_DEV_TOKENS is on: /dev/token mints tokens for anyone");
+        }
         let gateway = gateway::Gateway::build(config, bus.clone(), shutdown.clone())
             .await
             .with_context(|| format!("bind the gateway on {}", plan.http_addr))?;
@@ -271,6 +305,27 @@ async fn run_roles<B: Bus>(
         tracing::warn!("some work did not finish within the drain deadline");
     }
     Ok(())
+}
+
+/// GMS lease settings from `CROUPIER_LEASE_TTL_MS` / `CROUPIER_LEASE_RENEW_MS` (ADR 0009).
+fn gms_lease(args: &RunArgs) -> anyhow::Result<gms::LeaseConfig> {
+    let bucket_ttl = gms::LeaseConfig::default_ttl();
+    let ttl = args
+        .lease_ttl_ms
+        .map_or(bucket_ttl, Duration::from_millis)
+        .min(bucket_ttl);
+    let mut lease = gms::LeaseConfig::with_ttl(ttl);
+    if let Some(renew) = args.lease_renew_ms {
+        lease.renew = Duration::from_millis(renew);
+    }
+    if lease.renew >= ttl / 2 {
+        anyhow::bail!(
+            "CROUPIER_LEASE_RENEW_MS ({} ms) must be under half the lease TTL ({} ms)",
+            lease.renew.as_millis(),
+            ttl.as_millis()
+        );
+    }
+    Ok(lease)
 }
 
 async fn wait_for_signal() {

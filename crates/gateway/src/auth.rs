@@ -51,6 +51,8 @@ impl JwtSecret {
 struct Claims {
     sub: String,
     exp: u64,
+    /// Written by [`mint`]; optional when verifying (DESIGN §7 requires only `sub` and `exp`).
+    #[serde(default)]
     iat: u64,
 }
 
@@ -82,6 +84,27 @@ pub fn mint(secret: &JwtSecret, player: &PlayerId, ttl: Duration, now_unix: u64)
 /// Checks signature, algorithm (HS256 only: `none` and others are refused) and expiry, and
 /// returns the player the token names.
 pub fn verify(secret: &JwtSecret, token: &str) -> Result<PlayerId, AuthError> {
+    verify_token(secret, token).map(|verified| verified.player)
+}
+
+/// A token that passed [`verify_token`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub player: PlayerId,
+    /// `exp`, seconds since the Unix epoch: after it (and the leeway) the connection's bets are
+    /// refused with `UNAUTHORIZED`.
+    pub expires_at: u64,
+}
+
+impl Verified {
+    /// Whether the token has expired at `now_unix` (with the same leeway as at the upgrade).
+    pub fn expired(&self, now_unix: u64) -> bool {
+        now_unix > self.expires_at.saturating_add(LEEWAY_SECONDS)
+    }
+}
+
+/// [`verify`], keeping the expiry.
+pub fn verify_token(secret: &JwtSecret, token: &str) -> Result<Verified, AuthError> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = LEEWAY_SECONDS;
     validation.set_required_spec_claims(&["exp", "sub"]);
@@ -91,7 +114,11 @@ pub fn verify(secret: &JwtSecret, token: &str) -> Result<PlayerId, AuthError> {
             _ => AuthError::Invalid(e.to_string()),
         },
     )?;
-    PlayerId::parse(&data.claims.sub).map_err(|_| AuthError::BadSubject)
+    let player = PlayerId::parse(&data.claims.sub).map_err(|_| AuthError::BadSubject)?;
+    Ok(Verified {
+        player,
+        expires_at: data.claims.exp,
+    })
 }
 
 /// Seconds since the Unix epoch, for minting.
@@ -154,6 +181,26 @@ mod tests {
         let unsigned =
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
         assert!(verify(&secret(SECRET), unsigned).is_err());
+    }
+
+    #[test]
+    fn a_token_with_only_sub_and_exp_is_accepted_and_knows_when_it_expires() {
+        #[derive(Serialize)]
+        struct Minimal<'a> {
+            sub: &'a str,
+            exp: u64,
+        }
+        let exp = now_unix() + 60;
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Minimal { sub: "alice", exp },
+            &secret(SECRET).encoding,
+        )
+        .expect("encode");
+        let verified = verify_token(&secret(SECRET), &token).expect("valid");
+        assert_eq!(verified.player.as_str(), "alice");
+        assert!(!verified.expired(exp));
+        assert!(verified.expired(exp + LEEWAY_SECONDS + 1));
     }
 
     #[test]

@@ -55,7 +55,9 @@ async fn route<B: Bus>(request: Request<Incoming>, shared: Arc<Shared<B>>) -> Re
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
     }
     match request.uri().path() {
+        "/" | "/index.html" => page(),
         "/ws" => upgrade(request, shared),
+        "/dev/token" => dev_token(request.uri().query(), &shared),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if shared.bus.is_connected() && !shared.shutdown.is_cancelled() {
@@ -110,10 +112,10 @@ fn upgrade<B: Bus>(mut request: Request<Incoming>, shared: Arc<Shared<B>>) -> Re
             "no supported subprotocol: offer croupier.v1.json or croupier.v1.msgpack\n",
         );
     };
-    let player = match token_from_query(request.uri().query()) {
+    let player = match query_param(request.uri().query(), "token") {
         None => None,
-        Some(token) => match auth::verify(&shared.config.jwt_secret, &token) {
-            Ok(player) => Some(player),
+        Some(token) => match auth::verify_token(&shared.config.jwt_secret, &token) {
+            Ok(verified) => Some(verified),
             Err(error) => {
                 tracing::debug!(%error, "token refused at upgrade");
                 let message = match error {
@@ -151,11 +153,57 @@ fn upgrade<B: Bus>(mut request: Request<Incoming>, shared: Arc<Shared<B>>) -> Re
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
-/// The `token` query parameter, percent-decoded.
-fn token_from_query(query: Option<&str>) -> Option<String> {
+/// The demo page (DESIGN §1): plain HTML and JavaScript, no build step, compiled in.
+const DEMO_PAGE: &str = include_str!("../web/index.html");
+
+fn page() -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(DEMO_PAGE.as_bytes())));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    response
+}
+
+/// How long a token minted by `/dev/token` is valid.
+const DEV_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// `GET /dev/token?player=P`: a token for anyone who asks, so the demo page can play without a
+/// terminal. Served only when the dev flag is set (ADR 0011); otherwise it does not exist.
+fn dev_token<B>(query: Option<&str>, shared: &Shared<B>) -> Response<Body> {
+    if !shared.config.dev_tokens {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    let Some(player) = query_param(query, "player") else {
+        return text(StatusCode::BAD_REQUEST, "?player=<id> is required\n");
+    };
+    let player = match domain::PlayerId::parse(&player) {
+        Ok(player) => player,
+        Err(error) => return text(StatusCode::BAD_REQUEST, &format!("player: {error}\n")),
+    };
+    let token = auth::mint(
+        &shared.config.jwt_secret,
+        &player,
+        DEV_TOKEN_TTL,
+        auth::now_unix(),
+    );
+    let mut response = text(StatusCode::OK, &format!("{token}\n"));
+    response.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+/// A query parameter, percent-decoded; `None` when absent or empty.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=')?;
-        (key == "token" && !value.is_empty()).then(|| percent_decode(value))
+        (key == name && !value.is_empty()).then(|| percent_decode(value))
     })
 }
 
@@ -201,16 +249,14 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use super::token_from_query;
+    use super::query_param;
 
     #[test]
     fn the_token_is_read_from_the_query() {
-        assert_eq!(
-            token_from_query(Some("a=1&token=abc.def")),
-            Some("abc.def".into())
-        );
-        assert_eq!(token_from_query(Some("token=a%2Eb")), Some("a.b".into()));
-        assert_eq!(token_from_query(Some("token=")), None);
-        assert_eq!(token_from_query(None), None);
+        let token = |q| query_param(q, "token");
+        assert_eq!(token(Some("a=1&token=abc.def")), Some("abc.def".into()));
+        assert_eq!(token(Some("token=a%2Eb")), Some("a.b".into()));
+        assert_eq!(token(Some("token=")), None);
+        assert_eq!(token(None), None);
     }
 }

@@ -21,6 +21,13 @@ use crate::state::Standing;
 /// bounding the node's memory per channel.
 pub(crate) const CHANNEL_RING: usize = 1024;
 
+/// How far back (in stream sequences) a new table feed looks for recent outcomes: a round is
+/// about five messages of `TABLES` per table, so this is dozens of rounds for one table and
+/// fewer when tables interleave; it bounds the messages read when a feed starts.
+const RECENT_SCAN: u64 = 200;
+/// How long that look back may take before the feed starts without it.
+const RECENT_SCAN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One event of a channel, encoded once per encoding.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
@@ -94,6 +101,17 @@ pub(crate) enum HubError {
     Bus(String),
 }
 
+/// The subjects a channel's events are published on (DESIGN §5).
+pub(crate) fn channel_subjects(channel: &Channel) -> Vec<String> {
+    match channel {
+        Channel::Table(table) => vec![
+            format!("table.{table}.round"),
+            format!("table.{table}.result"),
+        ],
+        Channel::Player(player) => vec![format!("player.{player}.wallet")],
+    }
+}
+
 /// The node's channels.
 #[derive(Debug)]
 pub(crate) struct Hub<B> {
@@ -138,41 +156,80 @@ impl<B: Bus> Hub<B> {
         })
     }
 
+    /// Best effort: folds the round events on `subject` in the [`RECENT_SCAN`] stream sequences
+    /// before `before` into `standing`, so that on a feed that just started a late joiner's
+    /// `state.recent` has history and the current round its commitment and deadline. Bounded in messages and time; on any failure the feed
+    /// simply starts with fewer recent outcomes.
+    async fn recent_outcomes(
+        &self,
+        stream: &str,
+        subject: &str,
+        before: u64,
+        standing: &mut Standing,
+    ) {
+        let from = before.saturating_sub(RECENT_SCAN).max(1);
+        if from >= before {
+            return;
+        }
+        let scan = async {
+            let Ok(mut messages) = self.bus.replay(stream, subject, from).await else {
+                return;
+            };
+            while let Some(Ok(message)) = messages.next().await {
+                if message.seq >= before {
+                    break;
+                }
+                if let Ok(event) = protocol::decode_event(&message.payload) {
+                    standing.apply(&event);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(RECENT_SCAN_DEADLINE, scan).await;
+    }
+
     async fn start_feed(&self, channel: &Channel) -> Result<Feed, HubError> {
         let stream = channel.stream();
-        let state = self
-            .bus
-            .stream_state(stream)
-            .await
-            .map_err(|e| HubError::Bus(e.to_string()))?;
+        let bus_error = |e: bus::BusError| HubError::Bus(e.to_string());
         let mut standing = match channel {
             Channel::Table(_) => Standing::new_table(),
             Channel::Player(_) => Standing::Player(None),
         };
-        // The channel's last event on its main subject seeds the state a late joiner sees.
-        let main_subject = match channel {
-            Channel::Table(table) => format!("table.{table}.round"),
-            Channel::Player(player) => format!("player.{player}.wallet"),
-        };
-        if let Some(last) = self
-            .bus
-            .last_message(stream, &main_subject)
-            .await
-            .map_err(|e| HubError::Bus(e.to_string()))?
-            && last.seq <= state.last_seq
-            && let Ok(event) = protocol::decode_event(&last.payload)
-        {
-            standing.apply(&event);
+        // Where the channel stands: the last message on each of its subjects. The live feed
+        // starts right after the newest of them, so `subscribed.seq` is always the sequence of
+        // a message of the channel (or 0): a client resuming from an older one replays up to
+        // exactly there (see `session::replay`).
+        let mut last_seq = 0;
+        for subject in channel_subjects(channel) {
+            let Some(last) = self
+                .bus
+                .last_message(stream, &subject)
+                .await
+                .map_err(bus_error)?
+            else {
+                continue;
+            };
+            last_seq = last_seq.max(last.seq);
+            if matches!(channel, Channel::Table(_)) && subject.ends_with(".round") {
+                self.recent_outcomes(stream, &subject, last.seq, &mut standing)
+                    .await;
+            }
+            // The last event on each subject seeds the state a late joiner sees (the round's
+            // transition first, then its result, which only counts for the same round).
+            match protocol::decode_event(&last.payload) {
+                Ok(event) => standing.apply(&event),
+                Err(error) => tracing::warn!(%channel, %error, "undecodable last event"),
+            }
         }
+        let state = self.bus.stream_state(stream).await.map_err(bus_error)?;
         let filter = format!("{channel}.>");
         let mut messages = self
             .bus
-            .replay(stream, &filter, state.last_seq + 1)
+            .replay(stream, &filter, last_seq + 1)
             .await
-            .map_err(|e| HubError::Bus(e.to_string()))?;
+            .map_err(bus_error)?;
         let (sender, _) = broadcast::channel(CHANNEL_RING);
         let position = Arc::new(std::sync::Mutex::new(Position {
-            seq: state.last_seq,
+            seq: last_seq,
             standing,
         }));
         let stop = self.shutdown.child_token();

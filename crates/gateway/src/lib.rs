@@ -8,6 +8,7 @@
 //! its shutdown token fires, then closes every WebSocket with 1001 and drains within a deadline.
 
 pub mod auth;
+mod betting;
 mod http;
 mod hub;
 mod session;
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus::Bus;
-use protocol::Betting;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,7 +37,28 @@ pub struct GatewayConfig {
     pub bet_timeout: Duration,
     /// How long shutdown waits for connections to finish after Close 1001.
     pub drain_timeout: Duration,
+    /// After this long without hearing anything from a client the gateway pings it; after as
+    /// long again with still nothing, the peer is taken for dead and the connection is dropped.
+    pub idle_timeout: Duration,
+    /// Serve `GET /dev/token?player=P` (mints a one-hour token for anyone who asks). For
+    /// development stacks only (`CROUPIER_DEV_TOKENS=1`, ADR 0011); off by default.
+    pub dev_tokens: bool,
     pub metrics: Option<MetricsRenderer>,
+}
+
+impl GatewayConfig {
+    /// Development defaults for everything but the address and the secret.
+    pub fn new(http_addr: SocketAddr, jwt_secret: JwtSecret) -> Self {
+        Self {
+            http_addr,
+            jwt_secret,
+            bet_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            dev_tokens: false,
+            metrics: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -46,6 +67,8 @@ impl std::fmt::Debug for GatewayConfig {
             .field("http_addr", &self.http_addr)
             .field("bet_timeout", &self.bet_timeout)
             .field("drain_timeout", &self.drain_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("dev_tokens", &self.dev_tokens)
             .finish_non_exhaustive()
     }
 }
@@ -57,14 +80,8 @@ pub(crate) struct Shared<B> {
     pub hub: hub::Hub<B>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
-}
-
-impl<B> Shared<B> {
-    /// Betting status for `welcome`. The status bucket is watched from issue 8 on; until then
-    /// the gateway reports betting enabled and GS answers for itself.
-    pub fn betting(&self) -> Betting {
-        Betting::Enabled
-    }
+    /// The betting status as last read from the `status` bucket; sessions watch it.
+    pub betting: tokio::sync::watch::Sender<betting::Current>,
 }
 
 /// A bound, not yet serving gateway.
@@ -90,12 +107,15 @@ impl<B: Bus> Gateway<B> {
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.http_addr).await?;
         let tasks = TaskTracker::new();
+        // Learn the betting status before the first client is welcomed.
+        let (betting, _) = tokio::sync::watch::channel(betting::initial(&bus).await);
         let shared = Arc::new(Shared {
             hub: hub::Hub::new(bus.clone(), tasks.clone(), shutdown.clone()),
             bus,
             config,
             tasks,
             shutdown,
+            betting,
         });
         Ok(Self { listener, shared })
     }
@@ -109,6 +129,11 @@ impl<B: Bus> Gateway<B> {
     /// (at most `drain_timeout`).
     pub async fn run(self) {
         let Self { listener, shared } = self;
+        shared.tasks.spawn(betting::watch(
+            shared.bus.clone(),
+            shared.betting.clone(),
+            shared.shutdown.clone(),
+        ));
         tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
         loop {
             let accepted = tokio::select! {

@@ -3,13 +3,15 @@
 //!
 //! Every publish carries `Nats-Msg-Id` = `<table>:<round>:<kind>` (a retry is deduplicated)
 //! and the expected last sequence of `table.<t>.round`, so a second GMS advancing the same
-//! table is refused instead of forking it.
+//! table is refused instead of forking it. A round in progress is completed only with the seed
+//! that matches the commitment read back from its `round_opened`; otherwise it is voided.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bus::{Bus, Publish, PublishError};
 use domain::{Phase, RoundCommand, RoundEvent, RoundId, RoundState, TableId, Timestamp};
+use futures_util::StreamExt;
 use protocol::{Event, EventBody};
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +19,15 @@ use crate::GmsConfig;
 
 /// Pause before retrying after a bus failure.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// Pause before rereading a table after a publish answered as a duplicate.
+const RESYNC_PAUSE: Duration = Duration::from_millis(50);
+/// How many stream sequences before a `betting_closed` the search for its `round_opened`
+/// reads first; other tables' transitions and results lie in between.
+const FIND_OPENED_WINDOW: u64 = 64;
+/// How long a replay may stay silent while searching for a `round_opened`.
+const FIND_OPENED_WAIT: Duration = Duration::from_secs(10);
+/// Why a round whose seed this GMS cannot reveal is voided.
+const SEED_UNRECOVERABLE: &str = "server seed unrecoverable after a restart";
 
 #[derive(Debug, thiserror::Error)]
 enum TableError {
@@ -24,18 +35,31 @@ enum TableError {
     Bus(String),
     #[error("another GMS advanced the table (expected last sequence {0})")]
     Superseded(u64),
+    #[error("the transition was already stored (msg id {0}); rereading the table")]
+    Resync(String),
     #[error("the table's last event is unreadable: {0}")]
     Corrupt(String),
     #[error("round rejected the command: {0}")]
     Rejected(#[from] domain::Rejection),
 }
 
+/// Why a table's driver returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The shutdown token fired.
+    Stopped,
+    /// Another writer advanced the table: this GMS must check its lease before going on.
+    Superseded,
+}
+
+/// Drives `table` until shutdown or until another writer advances it. Bus failures are retried
+/// after a pause, resuming from the table's last stored transition.
 pub(crate) async fn run<B: Bus>(
     bus: B,
     config: Arc<GmsConfig>,
     table: TableId,
     shutdown: CancellationToken,
-) {
+) -> Ended {
     let mut driver = Driver {
         bus,
         config,
@@ -45,11 +69,25 @@ pub(crate) async fn run<B: Bus>(
     };
     loop {
         match driver.drive().await {
-            Ok(()) => return,
+            Ok(()) => return Ended::Stopped,
+            Err(TableError::Superseded(expected)) => {
+                metrics::counter!("gms_publish_conflicts_total").increment(1);
+                tracing::warn!(table = %driver.table, expected, "another GMS advanced the table");
+                return Ended::Superseded;
+            }
+            Err(TableError::Resync(msg_id)) => {
+                tracing::info!(table = %driver.table, %msg_id, "transition already stored; rereading the table");
+                // Normally once; the pause keeps a table whose stream disagrees with its own
+                // msg ids (a purged or rewritten subject) from spinning.
+                if driver.sleep(RESYNC_PAUSE).await.is_err() {
+                    return Ended::Stopped;
+                }
+            }
             Err(error) => {
+                metrics::counter!("gms_publish_retries_total").increment(1);
                 tracing::warn!(table = %driver.table, %error, "table interrupted; resuming");
                 if driver.sleep(RETRY_PAUSE).await.is_err() {
-                    return;
+                    return Ended::Stopped;
                 }
             }
         }
@@ -67,108 +105,217 @@ struct Driver<B> {
 /// The shutdown token fired.
 struct Stopped;
 
+/// Where a table stands, as read back from its stream.
+struct Position {
+    /// `None` for a table that never ran.
+    state: Option<RoundState>,
+    /// Stream sequence of the table's last transition (0: none).
+    last_seq: u64,
+    /// When the last transition was made (its `at`): the next one is scheduled from it.
+    last_at: Timestamp,
+}
+
+/// The next thing to do to a round.
+enum Step {
+    Open,
+    Close,
+    Declare,
+    Void(&'static str),
+}
+
 impl<B: Bus> Driver<B> {
     /// Runs rounds until shutdown (`Ok`) or an error (the caller resumes from the bus).
     async fn drive(&mut self) -> Result<(), TableError> {
-        let (mut state, mut last_seq) = self.resume().await?;
+        let Position {
+            mut state,
+            mut last_seq,
+            mut last_at,
+        } = self.resume().await?;
         loop {
-            let (current, command) = match state.as_ref().and_then(|s| s.phase().map(|p| (s, p))) {
-                // A table that never ran opens round 1 at once.
-                None => {
-                    let fresh = RoundState::new(self.table.clone(), RoundId::FIRST);
-                    let open = self.open_command(&fresh);
-                    (fresh, open)
-                }
-                Some((ended, Phase::Resulted | Phase::Settled | Phase::Voided)) => {
-                    let next = ended
-                        .round()
-                        .next()
-                        .ok_or_else(|| TableError::Corrupt("round counter exhausted".into()))?;
-                    if self.sleep(self.config.pause).await.is_err() {
-                        return Ok(());
+            let (current, step, scheduled) =
+                match state.as_ref().and_then(|s| s.phase().map(|p| (s, p))) {
+                    // A table that never ran opens round 1 at once.
+                    None => (
+                        RoundState::new(self.table.clone(), RoundId::FIRST),
+                        Step::Open,
+                        now(),
+                    ),
+                    Some((ended, Phase::Resulted | Phase::Settled | Phase::Voided)) => {
+                        let next = ended
+                            .round()
+                            .next()
+                            .ok_or_else(|| TableError::Corrupt("round counter exhausted".into()))?;
+                        (
+                            RoundState::new(self.table.clone(), next),
+                            Step::Open,
+                            after(last_at, self.config.pause),
+                        )
                     }
-                    let fresh = RoundState::new(self.table.clone(), next);
-                    let open = self.open_command(&fresh);
-                    (fresh, open)
-                }
-                Some((open, Phase::Open)) => {
-                    let closes_at = open.closes_at().unwrap_or_else(now);
-                    if self.sleep(until(closes_at)).await.is_err() {
-                        return Ok(());
-                    }
-                    (open.clone(), RoundCommand::CloseBetting)
-                }
-                Some((closed, Phase::Closed)) => {
-                    if self.sleep(self.config.result).await.is_err() {
-                        return Ok(());
-                    }
-                    let server_seed = self.config.seed_secret.seed(&self.table, closed.round());
-                    (closed.clone(), RoundCommand::DeclareOutcome { server_seed })
-                }
+                    Some((open, Phase::Open)) => match self.unhonourable(open) {
+                        Some(reason) => (open.clone(), Step::Void(reason), now()),
+                        None => (
+                            open.clone(),
+                            Step::Close,
+                            open.closes_at().unwrap_or_else(now),
+                        ),
+                    },
+                    Some((closed, Phase::Closed)) => match self.unhonourable(closed) {
+                        Some(reason) => (closed.clone(), Step::Void(reason), now()),
+                        None => (
+                            closed.clone(),
+                            Step::Declare,
+                            after(last_at, self.config.result),
+                        ),
+                    },
+                };
+            if self.sleep(until(scheduled)).await.is_err() {
+                return Ok(());
+            }
+            let command = match step {
+                Step::Open => self.open_command(&current),
+                Step::Close => RoundCommand::CloseBetting,
+                Step::Declare => RoundCommand::DeclareOutcome {
+                    server_seed: self.config.seed_secret.seed(&self.table, current.round()),
+                },
+                Step::Void(reason) => RoundCommand::Void {
+                    reason: reason.into(),
+                },
             };
             let events = match domain::decide(&current, command, now()) {
                 Ok(events) => events,
-                Err(domain::Rejection::SeedMismatch { .. }) => {
-                    // The seed behind this round's commitment is gone (no persistent secret, or
-                    // a changed one): the round cannot be completed honestly.
-                    vec![RoundEvent::RoundVoided {
-                        reason: "server seed unrecoverable after a restart".into(),
-                    }]
-                }
+                Err(domain::Rejection::SeedMismatch { .. }) => vec![RoundEvent::RoundVoided {
+                    reason: SEED_UNRECOVERABLE.into(),
+                }],
                 Err(rejection) => return Err(rejection.into()),
             };
             let mut next = current;
             for event in events {
-                last_seq = self.publish(next.round(), &event, last_seq).await?;
+                let (seq, at) = self
+                    .publish(next.round(), &event, last_seq, scheduled)
+                    .await?;
+                last_seq = seq;
+                last_at = at;
                 domain::apply(&mut next, &event);
             }
             state = Some(next);
         }
     }
 
-    /// Where the table stands: its last transition (and the stream sequence of it), or `None`
-    /// for a table that never ran.
-    async fn resume(&self) -> Result<(Option<RoundState>, u64), TableError> {
+    /// Why this GMS cannot complete a round in progress honestly: the seed it would reveal is
+    /// not the one the round committed to (another or a random master secret), or the
+    /// commitment itself could not be read back.
+    fn unhonourable(&self, round: &RoundState) -> Option<&'static str> {
+        match round.seed_hash() {
+            None => Some("the round's commitment could not be read back"),
+            Some(committed) => {
+                let ours = self
+                    .config
+                    .seed_secret
+                    .seed(&self.table, round.round())
+                    .hash();
+                (*committed != ours).then_some(SEED_UNRECOVERABLE)
+            }
+        }
+    }
+
+    /// Where the table stands: its last transition (and the stream sequence of it). For a
+    /// round still in progress the commitment is read back from the round's `round_opened`.
+    async fn resume(&self) -> Result<Position, TableError> {
         let last = self
             .bus
             .last_message(protocol::subject::TABLES_STREAM, &self.subject)
             .await
             .map_err(|e| TableError::Bus(e.to_string()))?;
         let Some(last) = last else {
-            return Ok((None, 0));
+            return Ok(Position {
+                state: None,
+                last_seq: 0,
+                last_at: now(),
+            });
         };
-        let event = protocol::decode_event(&last.payload)
-            .map_err(|e| TableError::Corrupt(e.to_string()))?;
+        let (event, round, round_event) = self.decode(&last.payload)?;
+        let mut state = RoundState::new(self.table.clone(), round);
+        let mut implied = Vec::new();
+        match &round_event {
+            RoundEvent::RoundOpened { .. } => {}
+            RoundEvent::BettingClosed => {
+                if let Some(opened) = self.find_opened(round, last.seq).await? {
+                    implied.push(opened);
+                }
+            }
+            // Final for GMS: the next round opens after the pause; earlier events do not matter.
+            _ => {}
+        }
+        for event in implied.iter().chain(std::iter::once(&round_event)) {
+            domain::apply(&mut state, event);
+        }
+        tracing::info!(table = %self.table, round = round.get(), kind = event.kind(), seq = last.seq, "resuming table");
+        Ok(Position {
+            state: Some(state),
+            last_seq: last.seq,
+            last_at: event.at,
+        })
+    }
+
+    fn decode(&self, payload: &[u8]) -> Result<(Event, RoundId, RoundEvent), TableError> {
+        let event =
+            protocol::decode_event(payload).map_err(|e| TableError::Corrupt(e.to_string()))?;
         let round = event
             .round()
             .ok_or_else(|| TableError::Corrupt("event without a round".into()))?;
         let round_event = event.body.to_round_event().ok_or_else(|| {
             TableError::Corrupt(format!("unexpected {} on {}", event.kind(), self.subject))
         })?;
-        // Only the last transition is read back; the earlier ones of the round are implied.
-        // The commitment is recomputed from the secret: if the secret is not the one the round
-        // was opened with, declaring fails the commitment check and the round is voided.
-        let seed_hash = self.config.seed_secret.seed(&self.table, round).hash();
-        let mut state = RoundState::new(self.table.clone(), round);
-        let implied: Vec<RoundEvent> = match &round_event {
-            RoundEvent::RoundOpened { .. } => vec![],
-            RoundEvent::BettingClosed => vec![RoundEvent::RoundOpened {
-                closes_at: now(),
-                seed_hash,
-            }],
-            _ => vec![
-                RoundEvent::RoundOpened {
-                    closes_at: now(),
-                    seed_hash,
-                },
-                RoundEvent::BettingClosed,
-            ],
-        };
-        for event in implied.iter().chain(std::iter::once(&round_event)) {
-            domain::apply(&mut state, event);
+        Ok((event, round, round_event))
+    }
+
+    /// The `round_opened` of `round`, which is the message just before `before_seq` on the
+    /// table's subject (each transition is published expecting the previous one). Read forward
+    /// over windows growing backwards from `before_seq`, so the usual case reads a few messages.
+    async fn find_opened(
+        &self,
+        round: RoundId,
+        before_seq: u64,
+    ) -> Result<Option<RoundEvent>, TableError> {
+        let bus_error = |e: bus::BusError| TableError::Bus(e.to_string());
+        let first_seq = self
+            .bus
+            .stream_state(protocol::subject::TABLES_STREAM)
+            .await
+            .map_err(bus_error)?
+            .first_seq
+            .max(1);
+        let mut window = FIND_OPENED_WINDOW;
+        loop {
+            let from = before_seq.saturating_sub(window).max(first_seq);
+            let mut replay = self
+                .bus
+                .replay(protocol::subject::TABLES_STREAM, &self.subject, from)
+                .await
+                .map_err(bus_error)?;
+            let mut previous = None;
+            loop {
+                let message = tokio::time::timeout(FIND_OPENED_WAIT, replay.next())
+                    .await
+                    .map_err(|_| TableError::Bus("replay stalled".into()))?
+                    .ok_or_else(|| TableError::Bus("replay ended".into()))?
+                    .map_err(bus_error)?;
+                if message.seq >= before_seq {
+                    break;
+                }
+                previous = Some(message);
+            }
+            if let Some(message) = previous {
+                let (_, found_round, event) = self.decode(&message.payload)?;
+                let opened =
+                    matches!(event, RoundEvent::RoundOpened { .. }) && found_round == round;
+                return Ok(opened.then_some(event));
+            }
+            if from <= first_seq {
+                return Ok(None);
+            }
+            window = window.saturating_mul(4);
         }
-        tracing::info!(table = %self.table, round = round.get(), kind = event.kind(), seq = last.seq, "resuming table");
-        Ok((Some(state), last.seq))
     }
 
     fn open_command(&self, state: &RoundState) -> RoundCommand {
@@ -183,15 +330,18 @@ impl<B: Bus> Driver<B> {
         }
     }
 
-    /// Publishes one transition; returns its stream sequence.
+    /// Publishes one transition scheduled for `scheduled`; returns its stream sequence and
+    /// its `at`.
     async fn publish(
         &self,
         round: RoundId,
         event: &RoundEvent,
         last_seq: u64,
-    ) -> Result<u64, TableError> {
+        scheduled: Timestamp,
+    ) -> Result<(u64, Timestamp), TableError> {
         let body = EventBody::from_round_event(self.table.clone(), round, event.clone());
-        let event = Event::new(uuid::Uuid::new_v4(), now(), body);
+        let at = now();
+        let event = Event::new(uuid::Uuid::new_v4(), at, body);
         let payload =
             protocol::encode_event(&event).map_err(|e| TableError::Corrupt(e.to_string()))?;
         let msg_id =
@@ -200,21 +350,33 @@ impl<B: Bus> Driver<B> {
             .msg_id(msg_id.clone())
             .expected_last_subject_seq(last_seq);
         match self.bus.publish(publish).await {
+            // Stored before, by an earlier attempt of ours or by another GMS with other
+            // content (another `closes_at`): what counts is what the stream holds.
+            Ok(published) if published.duplicate => Err(TableError::Resync(msg_id)),
             Ok(published) => {
+                let lag = now()
+                    .duration_since(scheduled)
+                    .unwrap_or(Duration::ZERO)
+                    .as_secs_f64();
                 metrics::counter!("gms_transitions_published_total", "kind" => event.kind())
                     .increment(1);
-                tracing::info!(table = %self.table, round = round.get(), kind = event.kind(), seq = published.seq, "published");
-                Ok(published.seq)
+                metrics::histogram!("gms_transition_lag_seconds", "kind" => event.kind())
+                    .record(lag);
+                tracing::info!(table = %self.table, round = round.get(), kind = event.kind(), seq = published.seq, lag, "published");
+                Ok((published.seq, at))
             }
             Err(PublishError::WrongLastSequence { .. }) => {
-                // Our own earlier attempt may have landed: then this is not a conflict.
+                // The bus already checked whether our own earlier attempt landed (ADR 0008);
+                // this is the safety net DESIGN §5 asks for.
                 let last = self
                     .bus
                     .last_message(protocol::subject::TABLES_STREAM, &self.subject)
                     .await
                     .map_err(|e| TableError::Bus(e.to_string()))?;
                 match last {
-                    Some(last) if last.msg_id.as_deref() == Some(msg_id.as_str()) => Ok(last.seq),
+                    Some(last) if last.msg_id.as_deref() == Some(msg_id.as_str()) => {
+                        Err(TableError::Resync(msg_id))
+                    }
                     _ => Err(TableError::Superseded(last_seq)),
                 }
             }
@@ -231,7 +393,7 @@ impl<B: Bus> Driver<B> {
 }
 
 /// The wall clock, as the domain's timestamp (microsecond precision).
-fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     let micros = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
     i64::try_from(micros)
         .ok()
@@ -242,4 +404,9 @@ fn now() -> Timestamp {
 /// How long until `at` (zero when it has passed).
 fn until(at: Timestamp) -> Duration {
     at.duration_since(now()).unwrap_or(Duration::ZERO)
+}
+
+/// `duration` after `at` (or `at` if that overflows).
+fn after(at: Timestamp, duration: Duration) -> Timestamp {
+    at.checked_add(duration).unwrap_or(at)
 }

@@ -1,96 +1,203 @@
 //! Bet intake on `bets.place.<table>` (queue group `gs`): every request gets exactly one answer,
 //! accepted with the new balance or rejected with a code — a malformed request included.
 //!
-//! Requests are handled concurrently up to [`MAX_CONCURRENT_BETS`] within this one task (no
-//! task per request). Batching many bets into one transaction comes with issue 7.
+//! Micro-batching: this one task collects decoded requests into a pending batch and flushes it
+//! when it holds [`crate::GsConfig::batch_size`] bets or when the oldest has waited
+//! [`crate::GsConfig::linger`]; each flush is one transaction ([`ledger::place_bets`]). Up to
+//! [`MAX_BATCHES_IN_FLIGHT`] flushes run at once inside this task (no task per request). The
+//! queue is bounded: at most `batch_size` pending plus `MAX_BATCHES_IN_FLIGHT × batch_size`
+//! in flight; beyond that the task stops reading the bus subscription (itself bounded), and
+//! late requests time out at the requester, who retries with the same `bet_id`.
 
-use bus::Requests;
+use std::time::Duration;
+
+use bus::{Request, Requests};
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use protocol::{Encoding, ErrorCode, PlaceBetReply, PlaceBetRequest};
 use store::Store;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::GsConfig;
-use crate::ledger::{self, BetRequest, LedgerError};
+use crate::clock::now;
+use crate::ledger::{self, BetOutcome, BetRequest};
 
-/// Bets in progress at once per GS instance; each holds at most one pooled connection.
-const MAX_CONCURRENT_BETS: usize = 32;
+/// Batches being written at once per GS instance. Each holds one pooled connection; four keep
+/// the head row busy (one commits while the next ones validate) and leave connections for the
+/// transitions, settlement and outbox tasks.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
+
+/// How often a bet on a round not seen yet looks again while it waits for the stream.
+const CATCH_UP_POLL: Duration = Duration::from_millis(20);
+
+type Pending = Vec<(Request, BetRequest)>;
 
 pub(crate) async fn run(
-    requests: Requests,
+    mut requests: Requests,
     store: Store,
     config: GsConfig,
     shutdown: CancellationToken,
 ) {
-    requests
-        .take_until(shutdown.cancelled_owned())
-        .for_each_concurrent(MAX_CONCURRENT_BETS, |request| {
-            let store = store.clone();
-            let config = config.clone();
-            async move {
-                let reply = answer(&store, &config, &request.payload).await;
-                let payload = match Encoding::MsgPack.encode(&reply) {
-                    Ok(payload) => payload,
-                    Err(error) => {
-                        tracing::error!(%error, "bet reply could not be encoded");
-                        return;
+    let batch_size = config.batch_size.max(1);
+    let mut pending: Pending = Vec::with_capacity(batch_size);
+    let mut linger_until: Option<Instant> = None;
+    let mut in_flight = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        let full = pending.len() >= batch_size;
+        let lingered = linger_until.is_some_and(|t| t <= Instant::now());
+        if (full || lingered || (!open && !pending.is_empty()))
+            && in_flight.len() < MAX_BATCHES_IN_FLIGHT
+        {
+            let batch = std::mem::replace(&mut pending, Vec::with_capacity(batch_size));
+            linger_until = None;
+            in_flight.push(flush(store.clone(), config.clone(), batch));
+            continue;
+        }
+        if !open && pending.is_empty() && in_flight.is_empty() {
+            return;
+        }
+        let can_read = open && !full;
+        tokio::select! {
+            () = shutdown.cancelled(), if open => open = false,
+            request = requests.next(), if can_read => match request {
+                Some(request) => {
+                    if let Some(bet) = decode(request).await {
+                        if pending.is_empty() {
+                            linger_until = Some(Instant::now() + config.linger);
+                        }
+                        pending.push(bet);
                     }
-                };
-                if let Err(error) = request.respond(payload).await {
-                    tracing::warn!(%error, "bet reply not delivered");
                 }
-            }
-        })
-        .await;
-}
-
-async fn answer(store: &Store, config: &GsConfig, payload: &[u8]) -> PlaceBetReply {
-    let request: PlaceBetRequest = match Encoding::MsgPack.decode(payload) {
-        Ok(request) => request,
-        Err(error) => {
-            metrics::counter!("gs_bets_rejected_total", "code" => "BAD_MESSAGE").increment(1);
-            return PlaceBetReply::rejected(ErrorCode::BadMessage, error.to_string());
-        }
-    };
-    let bet = BetRequest {
-        bet_id: request.bet_id,
-        player: request.player,
-        table: request.table,
-        round: request.round,
-        selection: request.selection,
-        amount: request.amount,
-    };
-    wait_for_round(store, config, &bet).await;
-    match ledger::place_bet(store, &bet, &config.limits).await {
-        Ok(balance) => {
-            metrics::counter!("gs_bets_accepted_total").increment(1);
-            PlaceBetReply::accepted(bet.bet_id, balance)
-        }
-        Err(LedgerError::Rejected { code, message }) => {
-            metrics::counter!("gs_bets_rejected_total", "code" => code.as_str()).increment(1);
-            PlaceBetReply::rejected(code, message)
-        }
-        Err(error) => {
-            tracing::error!(%error, "bet could not be recorded");
-            metrics::counter!("gs_bets_failed_total").increment(1);
-            // The client may retry with the same bet_id: nothing was recorded.
-            PlaceBetReply::rejected(
-                ErrorCode::BettingUnavailable,
-                "the bet could not be recorded; retry with the same bet_id",
-            )
+                None => open = false,
+            },
+            // Only while a flush could start: otherwise an expired linger would spin.
+            () = sleep_until(linger_until),
+                if linger_until.is_some() && !full && in_flight.len() < MAX_BATCHES_IN_FLIGHT => {}
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            else => tokio::task::yield_now().await,
         }
     }
 }
 
-/// A bet may reach GS before GS has read the round's opening from the stream: wait a bounded
-/// time for it before judging the bet, so it is not refused as `BETTING_CLOSED` unfairly.
-async fn wait_for_round(store: &Store, config: &GsConfig, bet: &BetRequest) {
-    let deadline = tokio::time::Instant::now() + config.catch_up_wait;
-    loop {
-        match ledger::betting_window(store, &bet.table, bet.round).await {
-            Ok(Some(_)) | Err(_) => return,
-            Ok(None) if tokio::time::Instant::now() >= deadline => return,
-            Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// Decodes a request; a malformed one is answered `BAD_MESSAGE` at once and goes no further.
+async fn decode(request: Request) -> Option<(Request, BetRequest)> {
+    match Encoding::MsgPack.decode::<PlaceBetRequest>(&request.payload) {
+        Ok(bet) => {
+            let bet = BetRequest {
+                bet_id: bet.bet_id,
+                player: bet.player,
+                table: bet.table,
+                round: bet.round,
+                selection: bet.selection,
+                amount: bet.amount,
+            };
+            Some((request, bet))
         }
+        Err(error) => {
+            metrics::counter!("gs_bets_rejected_total", "code" => ErrorCode::BadMessage.as_str())
+                .increment(1);
+            respond(
+                request,
+                PlaceBetReply::rejected(ErrorCode::BadMessage, error.to_string()),
+            )
+            .await;
+            None
+        }
+    }
+}
+
+/// Writes one batch and answers each of its requests. Bets on rounds this GS has not seen yet
+/// wait (bounded) for the stream to catch up, in a second transaction, so they never hold up
+/// the others.
+async fn flush(store: Store, config: GsConfig, batch: Pending) {
+    metrics::histogram!("gs_bet_batch_size").record(batch.len() as f64);
+    // When the rounds cannot be read, the batch goes ahead: its transaction will say.
+    let known = ledger::known_rounds(&store, batch.iter().map(|(_, b)| b)).await;
+    let (ready, waiting): (Pending, Pending) = batch.into_iter().partition(|(_, bet)| {
+        known.as_ref().map_or(true, |known| {
+            known.contains(&(bet.table.to_string(), bet.round.get()))
+        })
+    });
+    place_and_answer(&store, &config, ready).await;
+    if waiting.is_empty() {
+        return;
+    }
+    let deadline = Instant::now() + config.catch_up_wait;
+    loop {
+        let known = ledger::known_rounds(&store, waiting.iter().map(|(_, b)| b))
+            .await
+            .unwrap_or_default();
+        let all_seen = waiting
+            .iter()
+            .all(|(_, bet)| known.contains(&(bet.table.to_string(), bet.round.get())));
+        if all_seen || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(CATCH_UP_POLL).await;
+    }
+    place_and_answer(&store, &config, waiting).await;
+}
+
+async fn place_and_answer(store: &Store, config: &GsConfig, batch: Pending) {
+    if batch.is_empty() {
+        return;
+    }
+    let bets: Vec<BetRequest> = batch.iter().map(|(_, bet)| bet.clone()).collect();
+    let outcomes = ledger::place_bets(store, &bets, &config.limits, now()).await;
+    match outcomes {
+        Ok(outcomes) => {
+            for ((request, bet), outcome) in batch.into_iter().zip(outcomes) {
+                let reply = match outcome {
+                    BetOutcome::Accepted { balance } => {
+                        PlaceBetReply::accepted(bet.bet_id, balance)
+                    }
+                    BetOutcome::Rejected { code, message } => {
+                        PlaceBetReply::rejected(code, message)
+                    }
+                };
+                respond(request, reply).await;
+            }
+        }
+        Err(error) => {
+            if error.is_unavailable() {
+                tracing::warn!(%error, bets = batch.len(), "database unavailable: bets refused");
+            } else {
+                tracing::error!(%error, bets = batch.len(), "a batch of bets could not be recorded");
+            }
+            metrics::counter!("gs_bets_rejected_total", "code" => ErrorCode::BettingUnavailable.as_str())
+                .increment(batch.len() as u64);
+            for (request, _) in batch {
+                // Nothing was recorded: the client may retry with the same bet_id.
+                respond(
+                    request,
+                    PlaceBetReply::rejected(
+                        ErrorCode::BettingUnavailable,
+                        "the bet could not be recorded; retry with the same bet_id",
+                    ),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+async fn respond(request: Request, reply: PlaceBetReply) {
+    let payload = match Encoding::MsgPack.encode(&reply) {
+        Ok(payload) => payload,
+        Err(error) => {
+            tracing::error!(%error, "bet reply could not be encoded");
+            return;
+        }
+    };
+    if let Err(error) = request.respond(payload).await {
+        tracing::warn!(%error, "bet reply not delivered");
     }
 }

@@ -9,6 +9,7 @@ mod clock;
 mod intake;
 pub mod ledger;
 mod outbox;
+pub mod projections;
 mod transitions;
 
 use std::time::Duration;
@@ -28,6 +29,28 @@ pub struct GsConfig {
     /// How long a bet on a round GS has not seen yet waits for the stream to catch up before it
     /// is answered `BETTING_CLOSED`.
     pub catch_up_wait: Duration,
+    /// Bets written in one transaction at most (`CROUPIER_BET_BATCH`).
+    pub batch_size: usize,
+    /// How long the first bet of a batch waits for more before the batch is written
+    /// (`CROUPIER_BET_LINGER_MS`).
+    pub linger: Duration,
+}
+
+impl GsConfig {
+    /// Default batching: 256 bets or 2 ms.
+    pub const DEFAULT_BATCH_SIZE: usize = 256;
+    pub const DEFAULT_LINGER: Duration = Duration::from_millis(2);
+
+    /// Defaults for everything but the instance name.
+    pub fn new(instance: impl Into<String>) -> Self {
+        Self {
+            instance: instance.into(),
+            limits: TableLimits::DEFAULT,
+            catch_up_wait: Duration::from_secs(1),
+            batch_size: Self::DEFAULT_BATCH_SIZE,
+            linger: Self::DEFAULT_LINGER,
+        }
+    }
 }
 
 /// A configured GS.
@@ -67,10 +90,38 @@ impl<B: Bus> Gs<B> {
             self.config.clone(),
             shutdown.clone(),
         ));
+        announce_betting(&self.bus).await;
         tracing::info!(instance = %self.config.instance, "gs serving bets");
         tasks.close();
         tasks.wait().await;
         tracing::info!("gs stopped");
         Ok(())
+    }
+}
+
+/// Tells gateways (now and later ones) that bets are taken: `status` bucket, key `betting`.
+/// A failure is logged, not fatal: bets are served either way.
+async fn announce_betting<B: Bus>(bus: &B) {
+    use bus::Kv;
+    let status = protocol::BettingStatus {
+        betting: protocol::Betting::Enabled,
+        reason: String::new(),
+        at: clock::now(),
+    };
+    let result = async {
+        let payload = protocol::Encoding::MsgPack
+            .encode(&status)
+            .map_err(|e| e.to_string())?;
+        let kv = bus
+            .kv(protocol::subject::STATUS_BUCKET)
+            .await
+            .map_err(|e| e.to_string())?;
+        kv.put(protocol::subject::STATUS_BETTING_KEY, payload)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::warn!(%error, "betting status not written to the status bucket");
     }
 }

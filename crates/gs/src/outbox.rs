@@ -3,6 +3,9 @@
 //! follow — wallet events to `player.<p>.wallet`, `round_settled` to `table.<t>.result` — with
 //! `Nats-Msg-Id` = `event_id`, so a crash after commit delays results but never loses them, and
 //! several GS instances publishing the same event store it once.
+//!
+//! Metrics: `gs_outbox_published_total`, `gs_outbox_publish_failures_total`,
+//! `gs_outbox_publish_seconds` and `gs_outbox_position` (the last published position).
 
 use std::time::Duration;
 
@@ -69,7 +72,12 @@ async fn publish_from_cursor<B: Bus>(bus: &B, store: &Store) -> Result<(), Strin
         if let Some(subject) = subject {
             let publish =
                 Publish::new(subject, stored.data.clone()).msg_id(stored.event_id.to_string());
-            bus.publish(publish).await.map_err(|e| e.to_string())?;
+            let started = std::time::Instant::now();
+            if let Err(error) = bus.publish(publish).await {
+                metrics::counter!("gs_outbox_publish_failures_total").increment(1);
+                return Err(error.to_string());
+            }
+            metrics::histogram!("gs_outbox_publish_seconds").record(started.elapsed());
             metrics::counter!("gs_outbox_published_total").increment(1);
         }
         let client = store.client().await.map_err(|e| e.to_string())?;
@@ -81,6 +89,7 @@ async fn publish_from_cursor<B: Bus>(bus: &B, store: &Store) -> Result<(), Strin
             )
             .await
             .map_err(|e| e.to_string())?;
+        metrics::gauge!("gs_outbox_position").set(stored.position as f64);
     }
     Err("the event tail ended".into())
 }

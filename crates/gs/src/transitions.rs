@@ -55,13 +55,24 @@ async fn follow<B: Bus>(bus: &B, store: &Store, config: &GsConfig) -> Result<(),
                 ledger::record_transition(store, &event, message.seq)
                     .await
                     .map_err(|e| e.to_string())?;
-                if let EventBody::OutcomeDeclared(declared) = &event.body {
-                    let settled = ledger::settle_round(store, &declared.table, declared.round)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if settled {
-                        tracing::info!(table = %declared.table, round = declared.round.get(), "round settled");
+                match &event.body {
+                    EventBody::OutcomeDeclared(declared) => {
+                        let settled = ledger::settle_round(store, &declared.table, declared.round)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        if let Some(settled) = settled {
+                            tracing::info!(table = %declared.table, round = declared.round.get(), bets = settled.bets, "round settled");
+                        }
                     }
+                    EventBody::RoundVoided(voided) => {
+                        let refunded = ledger::refund_round(store, &voided.table, voided.round)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        if let Some(refund) = refunded {
+                            tracing::info!(table = %voided.table, round = voided.round.get(), bets = refund.bets, "voided round refunded");
+                        }
+                    }
+                    _ => {}
                 }
             }
             Err(error) => {

@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "read_models",
         sql: include_str!("../../../migrations/0002_read_models.sql"),
     },
+    Migration {
+        version: 3,
+        name: "bets_by_player",
+        sql: include_str!("../../../migrations/0003_bets_by_player.sql"),
+    },
 ];
 
 /// The key of the advisory lock that serialises migrators ("croupier" in ASCII, minus one,

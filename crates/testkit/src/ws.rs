@@ -1,5 +1,9 @@
 //! A WebSocket test client (tokio-tungstenite: not our server's code) speaking raw JSON, so
 //! tests check the wire protocol as a client sees it, independently of our protocol types.
+//!
+//! When the server chose `croupier.v1.msgpack`, the client speaks MessagePack instead (binary
+//! frames, named maps) and still hands tests `serde_json::Value`s, so one contract test runs in
+//! both encodings.
 
 use std::time::Duration;
 
@@ -29,6 +33,17 @@ pub struct WsClient {
     pub subprotocol: Option<String>,
 }
 
+/// The MessagePack subprotocol: with it the client sends and expects binary MessagePack frames.
+pub const MSGPACK_SUBPROTOCOL: &str = "croupier.v1.msgpack";
+
+/// Why a WebSocket handshake failed, as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectRefused {
+    /// The server answered the upgrade with this HTTP status and body.
+    Http(u16, String),
+    Other(String),
+}
+
 impl WsClient {
     /// Connects to `url`, offering `subprotocol` when given.
     pub async fn connect(url: &str, subprotocol: Option<&str>) -> Result<Self, tungstenite::Error> {
@@ -52,8 +67,104 @@ impl WsClient {
         })
     }
 
+    /// Connects like [`WsClient::connect`], and on a refused handshake says how it was refused.
+    pub async fn try_connect(url: &str, subprotocol: Option<&str>) -> Result<Self, ConnectRefused> {
+        match Self::connect(url, subprotocol).await {
+            Ok(client) => Ok(client),
+            Err(tungstenite::Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let body = response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Err(ConnectRefused::Http(status, body))
+            }
+            Err(other) => Err(ConnectRefused::Other(other.to_string())),
+        }
+    }
+
+    /// Whether the server chose MessagePack (`croupier.v1.msgpack`).
+    pub fn is_msgpack(&self) -> bool {
+        self.subprotocol.as_deref() == Some(MSGPACK_SUBPROTOCOL)
+    }
+
+    /// Sends a message in the negotiated encoding: JSON text, or a MessagePack map with named
+    /// fields in a binary frame.
     pub async fn send_json(&mut self, value: &Value) -> Result<(), tungstenite::Error> {
-        self.stream.send(Message::text(value.to_string())).await
+        if self.is_msgpack() {
+            let bytes = rmp_serde::to_vec_named(value)
+                .map_err(|e| tungstenite::Error::Io(std::io::Error::other(e)))?;
+            self.stream.send(Message::binary(bytes)).await
+        } else {
+            self.stream.send(Message::text(value.to_string())).await
+        }
+    }
+
+    /// Sends raw bytes in a binary frame (e.g. malformed MessagePack).
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) -> Result<(), tungstenite::Error> {
+        self.stream.send(Message::binary(bytes)).await
+    }
+
+    /// Sends one raw frame: `opcode` 0 (continuation), 1 (text) or 2 (binary), with `fin`.
+    /// For fragmented messages and frames a library would refuse to build.
+    pub async fn send_frame(
+        &mut self,
+        opcode: u8,
+        payload: Vec<u8>,
+        fin: bool,
+    ) -> Result<(), tungstenite::Error> {
+        use tungstenite::protocol::frame::Frame;
+        use tungstenite::protocol::frame::coding::{Data, OpCode};
+        let data = match opcode {
+            0 => Data::Continue,
+            1 => Data::Text,
+            2 => Data::Binary,
+            other => Data::Reserved(other),
+        };
+        let frame = Frame::message(payload, OpCode::Data(data), fin);
+        self.stream.send(Message::Frame(frame)).await
+    }
+
+    /// Sends a WebSocket ping frame.
+    pub async fn send_ping(&mut self) -> Result<(), tungstenite::Error> {
+        self.stream.send(Message::Ping(Vec::new().into())).await
+    }
+
+    /// Sends a WebSocket ping frame with `payload` and waits for the pong that echoes it
+    /// (messages in between are dropped). `false` when none came within `timeout`.
+    pub async fn ping_pong(&mut self, payload: &[u8], timeout: Duration) -> bool {
+        if self
+            .stream
+            .send(Message::Ping(payload.to_vec().into()))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let wait = async {
+            while let Some(Ok(message)) = self.stream.next().await {
+                if let Message::Pong(echo) = message
+                    && echo.as_ref() == payload
+                {
+                    return true;
+                }
+            }
+            false
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    }
+
+    /// Reads frames without answering anything, until a Close or the end: for checking how the
+    /// server ends a connection. Returns the close code if one came.
+    pub async fn recv_close(&mut self, timeout: Duration) -> Result<Option<u16>, WsEnd> {
+        loop {
+            match self.recv(timeout).await {
+                Ok(_) => continue,
+                Err(WsEnd::Closed(code, _)) => return Ok(code),
+                Err(other) => return Err(other),
+            }
+        }
     }
 
     /// Sends raw text (e.g. malformed JSON).
@@ -71,9 +182,18 @@ impl WsClient {
                 Ok(Some(Ok(message))) => message,
             };
             match next {
+                Message::Text(_) if self.is_msgpack() => {
+                    return Err(WsEnd::Error(
+                        "unexpected text frame on a MessagePack connection".into(),
+                    ));
+                }
                 Message::Text(text) => {
                     return serde_json::from_str(text.as_str())
                         .map_err(|e| WsEnd::Error(format!("not JSON: {e}: {text}")));
+                }
+                Message::Binary(bytes) if self.is_msgpack() => {
+                    return rmp_serde::from_slice::<Value>(&bytes)
+                        .map_err(|e| WsEnd::Error(format!("not MessagePack: {e}")));
                 }
                 Message::Binary(bytes) => {
                     return Err(WsEnd::Error(format!(

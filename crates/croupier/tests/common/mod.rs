@@ -263,3 +263,303 @@ pub fn check_round(played: &PlayedRound, amount: i64, balance_before: i64) {
         balance_before - amount + expected
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Gateway contract tests (issue 8): GMS and GS as `croupier` processes on real NATS and
+// Postgres, gateways in this process (so a test can run two nodes, shut one down, shorten its
+// timeouts), clients over real WebSockets.
+
+/// How a [`Stack`] is put together.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Run `croupier run gms` (rounds of 1.5 s betting).
+    pub gms: bool,
+    /// Run `croupier run gs`.
+    pub gs: bool,
+    /// Gateway nodes in this process.
+    pub gateways: usize,
+    pub idle_timeout: Duration,
+    pub bet_timeout: Duration,
+    pub dev_tokens: bool,
+    /// Players credited 10 000 before anything starts.
+    pub deposits: Vec<&'static str>,
+    /// More flags for `croupier run gms`, e.g. a longer `--betting-ms`.
+    pub gms_args: Vec<&'static str>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            gms: true,
+            gs: true,
+            gateways: 1,
+            idle_timeout: Duration::from_secs(30),
+            bet_timeout: Duration::from_secs(5),
+            dev_tokens: false,
+            deposits: vec!["alice"],
+            gms_args: Vec::new(),
+        }
+    }
+}
+
+/// A gateway served by this process.
+#[derive(Debug)]
+pub struct GatewayNode {
+    pub addr: String,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+impl GatewayNode {
+    pub fn ws_url(&self, token: Option<&str>) -> String {
+        match token {
+            Some(token) => format!("ws://{}/ws?token={token}", self.addr),
+            None => format!("ws://{}/ws", self.addr),
+        }
+    }
+}
+
+/// Real NATS and Postgres, the services, and gateway nodes.
+#[derive(Debug)]
+pub struct Stack {
+    pub env: Env,
+    /// A bus handle of the test's own (same prefix), e.g. to write the betting status.
+    pub bus: bus::NatsBus,
+    pub gateways: Vec<GatewayNode>,
+    pub processes: Vec<Running>,
+    pub db: testkit::TestDb,
+}
+
+pub async fn migrated_database() -> testkit::TestDb {
+    testkit::postgres()
+        .expect("postgres")
+        .database(
+            &format!("croupier-{}", store::migrations_fingerprint()),
+            |url| async move { store::migrate_url(&url).await.map(|_| ()) },
+        )
+        .await
+        .expect("database")
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> Stack {
+        testkit::init_logging();
+        let nats = testkit::nats().expect("nats");
+        let db = migrated_database().await;
+        let env = Env {
+            nats_url: nats.url.clone(),
+            prefix: nats.prefix.clone(),
+            database_url: db.url.clone(),
+            http_addr: free_addr(),
+        };
+        for player in &options.deposits {
+            env.croupier(&[
+                "wallet",
+                "deposit",
+                "--player",
+                player,
+                "--amount",
+                "10000",
+                "--deposit-id",
+                &format!("contract-{player}"),
+            ]);
+        }
+        let bus = bus::NatsBus::connect(&nats.url, &nats.prefix, bus::NatsOptions::default())
+            .await
+            .expect("connect to NATS");
+        bus::Bus::setup(&bus, &croupier_definitions())
+            .await
+            .expect("set up streams");
+        let mut processes = Vec::new();
+        if options.gs {
+            processes.push(env.spawn(&["run", "gs"]));
+        }
+        if options.gms {
+            let mut args = vec!["run", "gms"];
+            args.extend(options.gms_args.iter().copied());
+            processes.push(env.spawn(&args));
+        }
+        if options.gs {
+            // Deposits reach the player channels through GS's outbox: wait for them, so a test
+            // that subscribes sees its players' balances.
+            for player in &options.deposits {
+                let subject = format!("player.{player}.wallet");
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                while bus::Bus::last_message(&bus, "PLAYERS", &subject)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_none()
+                {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "the deposit of {player} was never published"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let mut stack = Stack {
+            env,
+            bus,
+            gateways: Vec::new(),
+            processes,
+            db,
+        };
+        for _ in 0..options.gateways {
+            stack.add_gateway(&options).await;
+        }
+        stack
+    }
+
+    /// Starts one more gateway node on the stack's bus namespace.
+    pub async fn add_gateway(&mut self, options: &StackOptions) {
+        let bus = bus::NatsBus::connect(
+            &self.env.nats_url,
+            &self.env.prefix,
+            bus::NatsOptions::default(),
+        )
+        .await
+        .expect("connect to NATS");
+        let secret = gateway::JwtSecret::new(SECRET).expect("secret");
+        let mut config = gateway::GatewayConfig::new("127.0.0.1:0".parse().expect("addr"), secret);
+        config.idle_timeout = options.idle_timeout;
+        config.bet_timeout = options.bet_timeout;
+        config.dev_tokens = options.dev_tokens;
+        config.drain_timeout = Duration::from_secs(2);
+        config.metrics = Some(std::sync::Arc::new(|| "# metrics\n".to_string()));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let node = gateway::Gateway::build(config, bus, shutdown.clone())
+            .await
+            .expect("bind gateway");
+        let addr = node.local_addr().expect("addr").to_string();
+        let done = tokio::spawn(node.run());
+        wait_ready(&addr).await;
+        self.gateways.push(GatewayNode {
+            addr,
+            shutdown,
+            done,
+        });
+    }
+
+    pub fn gateway(&self) -> &GatewayNode {
+        &self.gateways[0]
+    }
+
+    /// A token for `player` signed with the stack's secret.
+    pub fn token(&self, player: &str) -> String {
+        let secret = gateway::JwtSecret::new(SECRET).expect("secret");
+        let player = domain::PlayerId::parse(player).expect("player");
+        gateway::auth::mint(
+            &secret,
+            &player,
+            Duration::from_secs(600),
+            gateway::auth::now_unix(),
+        )
+    }
+
+    /// Writes the betting status as GS does: key `betting` of bucket `status`, MessagePack.
+    pub async fn set_betting(&self, enabled: bool, reason: &str) {
+        use bus::{Bus, Kv};
+        let status = protocol::BettingStatus {
+            betting: if enabled {
+                protocol::Betting::Enabled
+            } else {
+                protocol::Betting::Disabled
+            },
+            reason: reason.to_string(),
+            at: domain::Timestamp::from_unix_micros(0).expect("timestamp"),
+        };
+        let kv = self.bus.kv("status").await.expect("status bucket");
+        kv.put(
+            "betting",
+            protocol::Encoding::MsgPack.encode(&status).expect("encode"),
+        )
+        .await
+        .expect("put status");
+    }
+}
+
+/// The stream and bucket definitions of the services.
+pub fn croupier_definitions() -> bus::Definitions {
+    bus::Definitions::croupier()
+}
+
+/// A client on `url` speaking `subprotocol`, past its `welcome` (returned).
+pub async fn connect(url: &str, subprotocol: &str) -> (WsClient, Value) {
+    let mut client = WsClient::connect(url, Some(subprotocol))
+        .await
+        .expect("connect");
+    assert_eq!(client.subprotocol.as_deref(), Some(subprotocol));
+    let welcome = client.recv(WAIT).await.expect("welcome");
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    (client, welcome)
+}
+
+/// Subscribes and returns the `subscribed` answer.
+pub async fn subscribe(client: &mut WsClient, request: Value) -> Value {
+    let channel = request["channel"].clone();
+    client.send_json(&request).await.expect("subscribe");
+    client
+        .recv_until(WAIT, |m| {
+            (m["type"] == "subscribed" && m["channel"] == channel) || m["type"] == "error"
+        })
+        .await
+        .expect("subscribed")
+}
+
+/// Both subprotocols, for tests that run once per encoding.
+pub const ENCODINGS: [&str; 2] = ["croupier.v1.json", "croupier.v1.msgpack"];
+
+pub const TABLE: &str = "table.roulette-1";
+
+pub fn is_table_event(message: &Value, kind: &str) -> bool {
+    is_event(message, TABLE, kind)
+}
+
+/// A bet as a client writes it.
+pub fn bet(request_id: &str, round: u64, amount: i64) -> Value {
+    json!({
+        "type": "bet", "request_id": request_id, "bet_id": uuid::Uuid::new_v4().to_string(),
+        "table": "roulette-1", "round": round, "selection": {"kind": "red"}, "amount": amount
+    })
+}
+
+/// Waits for the next `round_opened` on the table channel and returns its round.
+pub async fn next_open_round(client: &mut WsClient) -> u64 {
+    let opened = client
+        .recv_until(Duration::from_secs(30), |m| {
+            is_table_event(m, "round_opened")
+        })
+        .await
+        .expect("round_opened");
+    opened["event"]["round"].as_u64().expect("round")
+}
+
+/// `GET path` by hand over TCP: the status code and the body.
+pub async fn http_get(http_addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(http_addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {http_addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,632 @@
+//! `croupier loadgen`: many WebSocket clients on one table, some of them betting, with a
+//! latency report (DESIGN §9). A benchmark tool, not a test: it measures, it asserts nothing.
+//!
+//! - publish→client latency: from each event's `at` (stamped by its publisher) to its arrival;
+//! - bet→answer latency, for the `--bettors` clients;
+//! - messages delivered per second, unexpected drops, and closes with 4008 (slow consumer);
+//! - with `--server-pid`, the server's own RSS per connection (read from `/proc`).
+//!
+//! `--target nats` speaks the NATS protocol over WebSocket instead (nats-server's own
+//! `websocket` listener), subscribing to the same subject, so both servers can be measured
+//! side by side on the same events. `--publish-rate` makes loadgen itself publish synthetic
+//! `round_opened` events to `table.<table>.round` on JetStream at that rate, for both.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bus::Bus;
+use clap::{Args, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Resolved;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// Croupier's gateway, protocol v1 (JSON).
+    Croupier,
+    /// nats-server's WebSocket listener, NATS protocol.
+    Nats,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LoadgenArgs {
+    /// WebSocket URL, e.g. ws://127.0.0.1:8080/ws (or nats-server's ws://127.0.0.1:9222).
+    #[arg(long)]
+    pub url: String,
+    #[arg(long, value_enum, default_value = "croupier")]
+    pub target: Target,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// How many of the clients also bet (Croupier only; each gets a token for player lg-<i>).
+    #[arg(long, default_value_t = 0)]
+    pub bettors: usize,
+    /// How long to measure once every client is connected, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// The table to follow.
+    #[arg(long, default_value = "roulette-1")]
+    pub table: String,
+    /// Spread clients over this many source addresses 127.0.0.1.. (when ports run short).
+    #[arg(long, default_value_t = 1)]
+    pub source_addrs: u8,
+    /// New connections per second while ramping up.
+    #[arg(long, default_value_t = 1000)]
+    pub connect_rate: u32,
+    /// Publish synthetic events to `table.<table>.round` on JetStream at this rate (per second).
+    #[arg(long)]
+    pub publish_rate: Option<f64>,
+    /// Sample this process's RSS before and after connecting (the server under test).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// No progress bar (for scripts).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// What one run measured.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub clients: usize,
+    pub connected: u64,
+    pub connect_failures: u64,
+    pub duration_s: f64,
+    pub delivered: u64,
+    pub delivered_per_s: f64,
+    pub latency_ms: Percentiles,
+    pub bets_answered: u64,
+    pub bets_accepted: u64,
+    pub bet_latency_ms: Percentiles,
+    pub drops: u64,
+    pub slow_consumer_closes: u64,
+    pub server_rss_before_kib: Option<u64>,
+    pub server_rss_after_kib: Option<u64>,
+    pub server_rss_per_connection_kib: Option<f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub samples: u64,
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Self {
+        // Recorded in microseconds; reported in milliseconds.
+        let ms = |v: u64| v as f64 / 1000.0;
+        Self {
+            samples: histogram.len(),
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+        }
+    }
+}
+
+/// Counters shared by every client task.
+struct Shared {
+    latency: std::sync::Mutex<Histogram<u64>>,
+    bet_latency: std::sync::Mutex<Histogram<u64>>,
+    delivered: AtomicU64,
+    connected: AtomicU64,
+    connect_failures: AtomicU64,
+    drops: AtomicU64,
+    slow_closes: AtomicU64,
+    bets_answered: AtomicU64,
+    bets_accepted: AtomicU64,
+    /// 1 while measuring: deliveries during the ramp-up are not counted.
+    measuring: AtomicU64,
+}
+
+impl Shared {
+    fn is_measuring(&self) -> bool {
+        self.measuring.load(Ordering::Relaxed) == 1
+    }
+
+    fn record(histogram: &std::sync::Mutex<Histogram<u64>>, micros: u64) {
+        let mut histogram = histogram.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = histogram.record(micros.max(1));
+    }
+}
+
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    // 1 µs to 10 min, 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).context("create a histogram")
+}
+
+pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
+    if args.clients == 0 {
+        anyhow::bail!("--clients must be at least 1");
+    }
+    if args.bettors > args.clients {
+        anyhow::bail!(
+            "--bettors ({}) cannot exceed --clients ({})",
+            args.bettors,
+            args.clients
+        );
+    }
+    if args.bettors > 0 && args.target == Target::Nats {
+        anyhow::bail!("--bettors works only with --target croupier");
+    }
+    let secret = gateway::JwtSecret::new(&settings.jwt_secret).context("CROUPIER_JWT_SECRET")?;
+    let shared = Arc::new(Shared {
+        latency: std::sync::Mutex::new(histogram()?),
+        bet_latency: std::sync::Mutex::new(histogram()?),
+        delivered: AtomicU64::new(0),
+        connected: AtomicU64::new(0),
+        connect_failures: AtomicU64::new(0),
+        drops: AtomicU64::new(0),
+        slow_closes: AtomicU64::new(0),
+        bets_answered: AtomicU64::new(0),
+        bets_accepted: AtomicU64::new(0),
+        measuring: AtomicU64::new(0),
+    });
+    let stop = CancellationToken::new();
+    let rss_before = args.server_pid.and_then(rss_kib);
+
+    let publisher = match args.publish_rate {
+        Some(rate) if rate > 0.0 => {
+            let bus = bus::NatsBus::connect(
+                &settings.nats_url,
+                &settings.nats_prefix,
+                bus::NatsOptions::default(),
+            )
+            .await
+            .with_context(|| format!("connect to NATS at {} to publish", settings.nats_url))?;
+            bus.setup(&bus::Definitions::croupier())
+                .await
+                .context("streams")?;
+            Some(tokio::spawn(publish(
+                bus,
+                args.table.clone(),
+                rate,
+                stop.clone(),
+            )))
+        }
+        _ => None,
+    };
+
+    let progress = progress_bar(&args, args.clients as u64, "connecting");
+    let mut tasks = tokio::task::JoinSet::new();
+    let gap = Duration::from_secs_f64(1.0 / f64::from(args.connect_rate.max(1)));
+    for i in 0..args.clients {
+        let token = (i < args.bettors).then(|| {
+            let player =
+                domain::PlayerId::parse(&format!("lg-{i}")).map_err(|e| anyhow::anyhow!("{e}"));
+            player.map(|p| {
+                gateway::auth::mint(
+                    &secret,
+                    &p,
+                    Duration::from_secs(3600),
+                    gateway::auth::now_unix(),
+                )
+            })
+        });
+        let token = token.transpose()?;
+        let client = Client {
+            index: i,
+            url: args.url.clone(),
+            target: args.target,
+            table: args.table.clone(),
+            token,
+            source: source_addr(i, args.source_addrs),
+            shared: shared.clone(),
+            stop: stop.clone(),
+        };
+        tasks.spawn(client.run());
+        progress.set_position(shared.connected.load(Ordering::Relaxed));
+        tokio::time::sleep(gap).await;
+    }
+    // Wait (bounded) for the ramp-up to settle.
+    let ramp_deadline = Instant::now() + Duration::from_secs(60);
+    while shared.connected.load(Ordering::Relaxed) + shared.connect_failures.load(Ordering::Relaxed)
+        < args.clients as u64
+        && Instant::now() < ramp_deadline
+    {
+        progress.set_position(shared.connected.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    progress.finish_and_clear();
+    // Let the server settle before its memory is read.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = args.server_pid.and_then(rss_kib);
+
+    shared.measuring.store(1, Ordering::Relaxed);
+    let measure_start = Instant::now();
+    let delivered_before = shared.delivered.load(Ordering::Relaxed);
+    let bar = progress_bar(&args, args.duration.as_secs().max(1), "measuring (s)");
+    while measure_start.elapsed() < args.duration {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        bar.set_position(measure_start.elapsed().as_secs());
+        bar.set_message(format!(
+            "{} delivered, {} dropped",
+            shared.delivered.load(Ordering::Relaxed) - delivered_before,
+            shared.drops.load(Ordering::Relaxed)
+        ));
+    }
+    bar.finish_and_clear();
+    shared.measuring.store(0, Ordering::Relaxed);
+    let elapsed = measure_start.elapsed().as_secs_f64();
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    if let Some(publisher) = publisher {
+        let _ = publisher.await;
+    }
+
+    let delivered = shared.delivered.load(Ordering::Relaxed) - delivered_before;
+    let connected = shared.connected.load(Ordering::Relaxed);
+    let report = Report {
+        target: format!("{:?}", args.target).to_lowercase(),
+        clients: args.clients,
+        connected,
+        connect_failures: shared.connect_failures.load(Ordering::Relaxed),
+        duration_s: elapsed,
+        delivered,
+        delivered_per_s: delivered as f64 / elapsed.max(f64::EPSILON),
+        latency_ms: Percentiles::of(&shared.latency.lock().unwrap_or_else(|e| e.into_inner())),
+        bets_answered: shared.bets_answered.load(Ordering::Relaxed),
+        bets_accepted: shared.bets_accepted.load(Ordering::Relaxed),
+        bet_latency_ms: Percentiles::of(
+            &shared.bet_latency.lock().unwrap_or_else(|e| e.into_inner()),
+        ),
+        drops: shared.drops.load(Ordering::Relaxed),
+        slow_consumer_closes: shared.slow_closes.load(Ordering::Relaxed),
+        server_rss_before_kib: rss_before,
+        server_rss_after_kib: rss_after,
+        server_rss_per_connection_kib: match (rss_before, rss_after) {
+            (Some(before), Some(after)) if connected > 0 => {
+                Some((after as f64 - before as f64) / connected as f64)
+            }
+            _ => None,
+        },
+    };
+    print_report(&report);
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report).context("encode the report")?;
+        std::fs::write(path, json).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn progress_bar(args: &LoadgenArgs, len: u64, what: &str) -> indicatif::ProgressBar {
+    if args.quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} {msg}")
+    {
+        bar.set_style(style);
+    }
+    bar.set_prefix(what.to_string());
+    bar
+}
+
+fn print_report(r: &Report) {
+    println!("target                 {}", r.target);
+    println!(
+        "clients                {} ({} connected, {} failed)",
+        r.clients, r.connected, r.connect_failures
+    );
+    println!("measured               {:.1} s", r.duration_s);
+    println!(
+        "delivered              {} ({:.0}/s)",
+        r.delivered, r.delivered_per_s
+    );
+    println!(
+        "publish->client ms     p50 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}  ({} samples)",
+        r.latency_ms.p50,
+        r.latency_ms.p99,
+        r.latency_ms.p999,
+        r.latency_ms.max,
+        r.latency_ms.samples
+    );
+    if r.bets_answered > 0 {
+        println!(
+            "bet->answer ms         p50 {:.2}  p99 {:.2}  p999 {:.2}  ({} answered, {} accepted)",
+            r.bet_latency_ms.p50,
+            r.bet_latency_ms.p99,
+            r.bet_latency_ms.p999,
+            r.bets_answered,
+            r.bets_accepted
+        );
+    }
+    println!(
+        "drops                  {} ({} closed as slow consumers)",
+        r.drops, r.slow_consumer_closes
+    );
+    if let (Some(before), Some(after)) = (r.server_rss_before_kib, r.server_rss_after_kib) {
+        println!(
+            "server RSS             {before} KiB -> {after} KiB ({:.2} KiB per connection)",
+            r.server_rss_per_connection_kib.unwrap_or_default()
+        );
+    }
+}
+
+/// `VmRSS` of a process, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn source_addr(index: usize, spread: u8) -> Option<IpAddr> {
+    (spread > 1).then(|| {
+        IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (index % usize::from(spread)) as u8,
+        ))
+    })
+}
+
+/// Publishes a synthetic `round_opened` per tick, each stamped with its publish time.
+async fn publish(bus: bus::NatsBus, table: String, rate: f64, stop: CancellationToken) {
+    let Ok(table_id) = domain::TableId::parse(&table) else {
+        tracing::error!(%table, "invalid table id");
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let Ok(round) = domain::RoundId::new(n) else {
+            return;
+        };
+        let now = domain::Timestamp::from_offset_datetime(time::OffsetDateTime::now_utc())
+            .unwrap_or(domain::Timestamp::UNIX_EPOCH);
+        let closes_at = now.checked_add(Duration::from_secs(15)).unwrap_or(now);
+        let body = protocol::EventBody::RoundOpened(protocol::RoundOpened {
+            table: table_id.clone(),
+            round,
+            closes_at,
+            seed_hash: domain::ServerSeed::from_bytes([0; 32]).hash(),
+        });
+        let event = protocol::Event::new(uuid::Uuid::new_v4(), now, body);
+        let Ok(payload) = protocol::encode_event(&event) else {
+            continue;
+        };
+        let publish = bus::Publish::new(format!("table.{table}.round"), payload)
+            .msg_id(format!("loadgen:{run}:{n}"));
+        if let Err(error) = bus.publish(publish).await {
+            tracing::warn!(%error, "loadgen publish failed");
+        }
+    }
+}
+
+struct Client {
+    index: usize,
+    url: String,
+    target: Target,
+    table: String,
+    token: Option<String>,
+    source: Option<IpAddr>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+impl Client {
+    async fn run(self) {
+        let ws = match self.connect().await {
+            Ok(ws) => ws,
+            Err(error) => {
+                tracing::debug!(client = self.index, %error, "connect failed");
+                self.shared.connect_failures.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        self.shared.connected.fetch_add(1, Ordering::Relaxed);
+        let result = match self.target {
+            Target::Croupier => self.follow_croupier(ws).await,
+            Target::Nats => self.follow_nats(ws).await,
+        };
+        if let Err(code) = result {
+            self.shared.drops.fetch_add(1, Ordering::Relaxed);
+            if code == Some(4008) {
+                self.shared.slow_closes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<Ws> {
+        let url = match &self.token {
+            Some(token) => format!("{}?token={token}", self.url),
+            None => self.url.clone(),
+        };
+        let mut request = url.as_str().into_client_request()?;
+        if self.target == Target::Croupier {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static("croupier.v1.json"),
+            );
+        }
+        let uri = request.uri();
+        let host = uri.host().unwrap_or("127.0.0.1").to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let remote: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
+            .await?
+            .next()
+            .context("the URL's host resolves to nothing")?;
+        let socket = TcpSocket::new_v4()?;
+        if let Some(source) = self.source {
+            socket.bind(SocketAddr::new(source, 0))?;
+        }
+        let stream = socket.connect(remote).await?;
+        stream.set_nodelay(true)?;
+        let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+        Ok(ws)
+    }
+
+    /// Returns how the connection ended when it was not our own stop: `Err(close code)`.
+    async fn follow_croupier(&self, mut ws: Ws) -> Result<(), Option<u16>> {
+        let subscribe =
+            serde_json::json!({"type": "subscribe", "channel": format!("table.{}", self.table)});
+        ws.send(Message::text(subscribe.to_string()))
+            .await
+            .map_err(|_| None)?;
+        let mut bets_sent: HashMap<String, Instant> = HashMap::new();
+        let mut next_bet = 0u64;
+        loop {
+            let message = tokio::select! {
+                () = self.stop.cancelled() => {
+                    let _ = ws.close(None).await;
+                    return Ok(());
+                }
+                message = ws.next() => message,
+            };
+            let text = match message {
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            };
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(text.as_str()) else {
+                continue;
+            };
+            match value["type"].as_str() {
+                Some("event") => {
+                    self.on_delivery(value["event"]["at"].as_str());
+                    if self.token.is_some() && value["event"]["kind"] == "round_opened" {
+                        let Some(round) = value["event"]["round"].as_u64() else {
+                            continue;
+                        };
+                        next_bet += 1;
+                        let request_id = format!("{}-{next_bet}", self.index);
+                        let bet = serde_json::json!({
+                            "type": "bet", "request_id": request_id, "bet_id": uuid::Uuid::new_v4().to_string(),
+                            "table": self.table, "round": round, "selection": {"kind": "red"}, "amount": 10
+                        });
+                        bets_sent.insert(request_id, Instant::now());
+                        ws.send(Message::text(bet.to_string()))
+                            .await
+                            .map_err(|_| None)?;
+                    }
+                }
+                Some("bet_result") | Some("error") => {
+                    if let Some(sent) = value["request_id"]
+                        .as_str()
+                        .and_then(|id| bets_sent.remove(id))
+                    {
+                        self.shared.bets_answered.fetch_add(1, Ordering::Relaxed);
+                        if value["type"] == "bet_result" {
+                            self.shared.bets_accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if self.shared.is_measuring() {
+                            Shared::record(
+                                &self.shared.bet_latency,
+                                sent.elapsed().as_micros() as u64,
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn follow_nats(&self, mut ws: Ws) -> Result<(), Option<u16>> {
+        let hello = format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"headers\":false}}\r\nSUB table.{}.round 1\r\n",
+            self.table
+        );
+        ws.send(Message::text(hello)).await.map_err(|_| None)?;
+        let mut buffer: Vec<u8> = Vec::new();
+        loop {
+            let message = tokio::select! {
+                () = self.stop.cancelled() => {
+                    let _ = ws.close(None).await;
+                    return Ok(());
+                }
+                message = ws.next() => message,
+            };
+            match message {
+                Some(Ok(Message::Binary(bytes))) => buffer.extend_from_slice(&bytes),
+                Some(Ok(Message::Text(text))) => buffer.extend_from_slice(text.as_bytes()),
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
+            // Parse every complete NATS protocol operation in the buffer.
+            while let Some(line_end) = buffer.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&buffer[..line_end]).to_string();
+                if line.starts_with("PING") {
+                    buffer.drain(..line_end + 2);
+                    ws.send(Message::text("PONG\r\n")).await.map_err(|_| None)?;
+                    continue;
+                }
+                if let Some(rest) = line.strip_prefix("MSG ") {
+                    let Some(len) = rest
+                        .split_whitespace()
+                        .last()
+                        .and_then(|n| n.parse::<usize>().ok())
+                    else {
+                        buffer.drain(..line_end + 2);
+                        continue;
+                    };
+                    let start = line_end + 2;
+                    if buffer.len() < start + len + 2 {
+                        break; // payload not complete yet
+                    }
+                    let at = protocol::decode_event(&buffer[start..start + len])
+                        .ok()
+                        .map(|e| e.at);
+                    let at = at.map(|t| t.unix_micros());
+                    self.on_delivery_micros(at);
+                    buffer.drain(..start + len + 2);
+                    continue;
+                }
+                // +OK, INFO, PONG, -ERR: nothing to measure.
+                buffer.drain(..line_end + 2);
+            }
+        }
+    }
+
+    fn on_delivery(&self, at: Option<&str>) {
+        let at = at
+            .and_then(|s| domain::Timestamp::parse(s).ok())
+            .map(|t| t.unix_micros());
+        self.on_delivery_micros(at);
+    }
+
+    fn on_delivery_micros(&self, at_micros: Option<i64>) {
+        if !self.shared.is_measuring() {
+            return;
+        }
+        self.shared.delivered.fetch_add(1, Ordering::Relaxed);
+        if let Some(at) = at_micros {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+            let latency = (now as i64 - at).max(0) as u64;
+            Shared::record(&self.shared.latency, latency);
+        }
+    }
+}

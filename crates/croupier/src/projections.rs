@@ -1,0 +1,27 @@
+//! `croupier projections rebuild`: recreates the read models from the events (see
+//! `gs::projections`).
+
+use anyhow::Context;
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Recreate `rounds`, `bets`, `accounts` and `deposits` from the events, in one
+    /// transaction. Best run with GS stopped: its writes wait meanwhile.
+    Rebuild,
+}
+
+pub async fn run(command: ProjectionsCommand, store: store::Store) -> anyhow::Result<()> {
+    match command {
+        ProjectionsCommand::Rebuild => {
+            let report = gs::projections::rebuild(&store)
+                .await
+                .context("rebuild the read models")?;
+            println!(
+                "rebuilt from {} events: {} rounds, {} bets, {} accounts, {} deposits",
+                report.events, report.rounds, report.bets, report.accounts, report.deposits
+            );
+            Ok(())
+        }
+    }
+}

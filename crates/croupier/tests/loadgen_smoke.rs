@@ -1,0 +1,64 @@
+//! A smoke run of `croupier loadgen` (issue 9): 200 clients on a real gateway and nats-server,
+//! with loadgen publishing the events itself. It checks that the tool connects everyone, sees
+//! the events and writes its report — not how fast anything is (that is `just bench-gateway`).
+
+mod common;
+
+use common::{Env, free_addr, wait_ready};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_connects_200_clients_and_reports_what_they_received() {
+    let nats = testkit::nats().expect("nats");
+    let env = Env {
+        nats_url: nats.url.clone(),
+        prefix: nats.prefix.clone(),
+        database_url: "postgres://unused@127.0.0.1:1/unused".into(),
+        http_addr: free_addr(),
+    };
+    let _gateway = env.spawn(&["run", "gateway"]);
+    wait_ready(&env.http_addr).await;
+
+    let report = tempfile::NamedTempFile::new().expect("report file");
+    let url = format!("ws://{}/ws", env.http_addr);
+    let report_path = report.path().to_string_lossy().to_string();
+    let args: Vec<String> = [
+        "loadgen",
+        "--quiet",
+        "--url",
+        url.as_str(),
+        "--table",
+        "smoke",
+        "--clients",
+        "200",
+        "--duration",
+        "3s",
+        "--publish-rate",
+        "5",
+        "--json",
+        report_path.as_str(),
+    ]
+    .map(String::from)
+    .into();
+    let output = tokio::task::spawn_blocking({
+        let env = env.clone();
+        move || env.croupier(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .expect("loadgen ran");
+    assert!(output.contains("publish->client"), "{output}");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.path()).expect("report written"))
+            .expect("JSON report");
+    assert_eq!(report["connected"], 200, "{report}");
+    assert_eq!(report["connect_failures"], 0, "{report}");
+    assert_eq!(report["drops"], 0, "{report}");
+    let delivered = report["delivered"].as_u64().expect("delivered");
+    // 200 clients for about 3 s at 5 events/s: thousands of deliveries, each with a latency.
+    assert!(delivered >= 200, "only {delivered} deliveries: {report}");
+    assert_eq!(
+        report["latency_ms"]["samples"].as_u64(),
+        Some(delivered),
+        "{report}"
+    );
+}

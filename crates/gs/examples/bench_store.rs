@@ -1,0 +1,422 @@
+//! `just bench-store`: the store's write path against the physical anchors, on one durable
+//! Postgres (fsync on). Not a test: it prints figures and whether the targets of issue 7 hold.
+//!
+//! - our batched append (`gs::ledger::place_bets`: idempotency, chain, read models and wallet
+//!   debits included), batches of 10k bets;
+//! - a binary COPY of the same rows into a table with the same indexes as `events`;
+//! - a bare binary COPY with no indexes;
+//! - a row-at-a-time INSERT baseline (one prepared statement per row);
+//! - settlement of 10k and of 100k bets (events, payouts, balances).
+//!
+//! Uses `DATABASE_URL` when set (a fresh database is made there), else a private durable
+//! server from the test harness.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use domain::{
+    BetId, Money, PlayerId, RawSelection, RoundId, Selection, TableId, TableLimits, Timestamp,
+};
+use futures_util::pin_mut;
+use gs::ledger::{self, BetOutcome, BetRequest};
+use protocol::{BetPlaced, Event, EventBody, OutcomeDeclared, RoundOpened};
+use store::{PoolConfig, Store};
+use tokio_postgres::NoTls;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use uuid::Uuid;
+
+const BATCH: usize = 10_000;
+const APPEND_BATCHES: usize = 5;
+const ROW_AT_A_TIME: usize = 20_000;
+const PLAYERS: usize = 2_000;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn now() -> Timestamp {
+    Timestamp::from_offset_datetime(time::OffsetDateTime::now_utc())
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn player(i: usize) -> PlayerId {
+    PlayerId::parse(&format!("bench-{i}")).unwrap_or_else(|_| unreachable!())
+}
+
+fn selection(i: usize) -> Selection {
+    let raw = match i % 4 {
+        0 => RawSelection::Red,
+        1 => RawSelection::Straight {
+            numbers: vec![(i % 37) as u8],
+        },
+        2 => RawSelection::Dozen {
+            index: (i % 3 + 1) as u8,
+        },
+        _ => RawSelection::Even,
+    };
+    Selection::parse(raw).unwrap_or_else(|_| unreachable!())
+}
+
+fn bets(table: &TableId, round: u64, n: usize, offset: usize) -> Vec<BetRequest> {
+    (0..n)
+        .map(|i| BetRequest {
+            bet_id: BetId::from_uuid(Uuid::new_v4()),
+            player: player((i + offset) % PLAYERS),
+            table: table.clone(),
+            round: RoundId::new(round).unwrap_or_else(|_| unreachable!()),
+            selection: selection(i),
+            amount: Money::stake(10 + (i % 90) as i64).unwrap_or_else(|_| unreachable!()),
+        })
+        .collect()
+}
+
+async fn transition(store: &Store, body: EventBody, seq: u64) -> Result<()> {
+    ledger::record_transition(store, &Event::new(Uuid::new_v4(), now(), body), seq).await?;
+    Ok(())
+}
+
+async fn open(store: &Store, table: &TableId, round: u64, seq: u64) -> Result<()> {
+    let seed = domain::ServerSeed::from_bytes([round as u8; 32]);
+    transition(
+        store,
+        EventBody::RoundOpened(RoundOpened {
+            table: table.clone(),
+            round: RoundId::new(round)?,
+            closes_at: now()
+                .checked_add(Duration::from_secs(3600))
+                .ok_or("closes_at")?,
+            seed_hash: seed.hash(),
+        }),
+        seq,
+    )
+    .await
+}
+
+async fn declare(store: &Store, table: &TableId, round: u64, seq: u64) -> Result<()> {
+    let seed = domain::ServerSeed::from_bytes([round as u8; 32]);
+    let round_id = RoundId::new(round)?;
+    transition(
+        store,
+        EventBody::OutcomeDeclared(OutcomeDeclared {
+            table: table.clone(),
+            round: round_id,
+            outcome: domain::fairness::outcome(&seed, table, round_id),
+            server_seed: seed,
+        }),
+        seq,
+    )
+    .await
+}
+
+async fn place_all(store: &Store, bets: &[BetRequest], limits: &TableLimits) -> Result<Duration> {
+    let mut spent = Duration::ZERO;
+    for chunk in bets.chunks(BATCH) {
+        let started = Instant::now();
+        let outcomes = ledger::place_bets(store, chunk, limits, now()).await?;
+        spent += started.elapsed();
+        let refused = outcomes
+            .iter()
+            .filter(|o| matches!(o, BetOutcome::Rejected { .. }))
+            .count();
+        if refused > 0 {
+            return Err(format!(
+                "{refused} bets refused: {:?}",
+                outcomes
+                    .iter()
+                    .find(|o| matches!(o, BetOutcome::Rejected { .. }))
+            )
+            .into());
+        }
+    }
+    Ok(spent)
+}
+
+/// Bet-shaped rows for the COPY anchors: what `events` gets for a bet.
+struct Row {
+    position: i64,
+    event_id: Uuid,
+    stream: String,
+    version: i32,
+    kind: &'static str,
+    data: Bytes,
+    metadata: Vec<u8>,
+    recorded_at: time::OffsetDateTime,
+    hash: Vec<u8>,
+}
+
+fn rows(n: usize, table: &TableId) -> Result<Vec<Row>> {
+    let mut prev = store::GENESIS_HASH;
+    let mut out = Vec::with_capacity(n);
+    for (i, bet) in bets(table, 1, n, 0).into_iter().enumerate() {
+        let event = Event::new(
+            Uuid::new_v4(),
+            now(),
+            EventBody::BetPlaced(BetPlaced {
+                table: bet.table.clone(),
+                round: bet.round,
+                bet_id: bet.bet_id,
+                player: bet.player.clone(),
+                selection: bet.selection,
+                amount: bet.amount,
+                balance: Money::new(1_000_000)?,
+            }),
+        );
+        let data = protocol::encode_event(&event)?;
+        let stream = format!("player-{}", bet.player);
+        let position = i as i64 + 1;
+        let hash = store::chain_hash(&prev, position, event.id, &stream, "bet_placed", &data, &[]);
+        prev = hash;
+        out.push(Row {
+            position,
+            event_id: event.id,
+            stream,
+            version: (i / PLAYERS) as i32 + 1,
+            kind: "bet_placed",
+            data,
+            metadata: Vec::new(),
+            recorded_at: time::OffsetDateTime::now_utc(),
+            hash: hash.to_vec(),
+        });
+    }
+    Ok(out)
+}
+
+const COLUMNS: [Type; 9] = [
+    Type::INT8,
+    Type::UUID,
+    Type::TEXT,
+    Type::INT4,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::TIMESTAMPTZ,
+    Type::BYTEA,
+];
+
+async fn copy_into(
+    client: &mut tokio_postgres::Client,
+    target: &str,
+    rows: &[Row],
+) -> Result<Duration> {
+    let mut spent = Duration::ZERO;
+    for chunk in rows.chunks(BATCH) {
+        let started = Instant::now();
+        let tx = client.transaction().await?;
+        let sink = tx
+            .copy_in(&format!(
+                "COPY {target} (position, event_id, stream, version, type, data, metadata, recorded_at, hash) FROM STDIN BINARY"
+            ))
+            .await?;
+        let writer = BinaryCopyInWriter::new(sink, &COLUMNS);
+        pin_mut!(writer);
+        for row in chunk {
+            let data: &[u8] = &row.data;
+            let values: [&(dyn ToSql + Sync); 9] = [
+                &row.position,
+                &row.event_id,
+                &row.stream,
+                &row.version,
+                &row.kind,
+                &data,
+                &row.metadata,
+                &row.recorded_at,
+                &row.hash,
+            ];
+            writer.as_mut().write(&values).await?;
+        }
+        writer.finish().await?;
+        tx.commit().await?;
+        spent += started.elapsed();
+    }
+    Ok(spent)
+}
+
+async fn row_at_a_time(client: &mut tokio_postgres::Client, rows: &[Row]) -> Result<Duration> {
+    let mut spent = Duration::ZERO;
+    for chunk in rows.chunks(BATCH) {
+        let started = Instant::now();
+        let tx = client.transaction().await?;
+        let insert = tx
+            .prepare_typed(
+                "INSERT INTO bench_rows (position, event_id, stream, version, type, data, metadata, recorded_at, hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &COLUMNS,
+            )
+            .await?;
+        for row in chunk {
+            let data: &[u8] = &row.data;
+            tx.execute(
+                &insert,
+                &[
+                    &row.position,
+                    &row.event_id,
+                    &row.stream,
+                    &row.version,
+                    &row.kind,
+                    &data,
+                    &row.metadata,
+                    &row.recorded_at,
+                    &row.hash,
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        spent += started.elapsed();
+    }
+    Ok(spent)
+}
+
+fn rate(rows: usize, spent: Duration) -> f64 {
+    rows as f64 / spent.as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let _server;
+    let url = match std::env::var("DATABASE_URL") {
+        Ok(_) => {
+            let databases = testkit::postgres()?;
+            let db = databases
+                .database(
+                    &format!("bench-{}", store::migrations_fingerprint()),
+                    |url| async move { store::migrate_url(&url).await.map(|_| ()) },
+                )
+                .await?;
+            let url = db.url.clone();
+            _server = (None, Some(db));
+            url
+        }
+        Err(_) => {
+            let server = testkit::PgServer::start(testkit::PgServerOptions { durable: true })?;
+            let db = server
+                .databases()
+                .database(
+                    &format!("bench-{}", store::migrations_fingerprint()),
+                    |url| async move { store::migrate_url(&url).await.map(|_| ()) },
+                )
+                .await?;
+            let url = db.url.clone();
+            _server = (Some(server), Some(db));
+            url
+        }
+    };
+    let mut pool = PoolConfig::new(url.clone());
+    pool.max_size = 4;
+    pool.statement_timeout = Duration::from_secs(120);
+    pool.idle_in_transaction_timeout = Duration::from_secs(120);
+    pool.call_timeout = Duration::from_secs(120);
+    let store = Store::new(&pool)?;
+    let (mut client, connection) = tokio_postgres::connect(&url, NoTls).await?;
+    tokio::spawn(connection);
+    let limits = TableLimits::new(Money::new(1)?, Money::new(100_000)?, Money::MAX)?;
+    let table = TableId::parse("bench")?;
+
+    eprintln!("setting up {PLAYERS} wallets …");
+    for i in 0..PLAYERS {
+        let id = protocol::DepositId::parse(&format!("bench-deposit-{i}"))?;
+        ledger::deposit(&store, &player(i), Money::new(1_000_000_000)?, &id).await?;
+    }
+    let mut seq = 0;
+    let mut next_seq = || {
+        seq += 1;
+        seq
+    };
+
+    // 1. Our batched append.
+    open(&store, &table, 1, next_seq()).await?;
+    let appended = APPEND_BATCHES * BATCH;
+    eprintln!("batched append of {appended} bets …");
+    let ours = place_all(&store, &bets(&table, 1, appended, 0), &limits).await?;
+
+    // 2–4. The anchors.
+    client
+        .batch_execute(
+            "CREATE TABLE bench_indexed (LIKE events INCLUDING ALL);
+             CREATE TABLE bench_bare (LIKE events);
+             CREATE TABLE bench_rows (LIKE events INCLUDING ALL);",
+        )
+        .await?;
+    let anchor_rows = rows(appended, &table)?;
+    eprintln!("binary COPY with the events indexes …");
+    let indexed = copy_into(&mut client, "bench_indexed", &anchor_rows).await?;
+    eprintln!("bare binary COPY …");
+    let bare = copy_into(&mut client, "bench_bare", &anchor_rows).await?;
+    eprintln!("row-at-a-time INSERT of {ROW_AT_A_TIME} …");
+    let single = row_at_a_time(&mut client, &anchor_rows[..ROW_AT_A_TIME]).await?;
+
+    // 5. Settlement of 10k and 100k bets.
+    let mut settlements = Vec::new();
+    for (round, n) in [(2u64, 10_000usize), (3, 100_000)] {
+        open(&store, &table, round, next_seq()).await?;
+        eprintln!("placing {n} bets for settlement …");
+        place_all(&store, &bets(&table, round, n, round as usize), &limits).await?;
+        declare(&store, &table, round, next_seq()).await?;
+        let started = Instant::now();
+        let settled = ledger::settle_round(&store, &table, RoundId::new(round)?)
+            .await?
+            .ok_or("nothing to settle")?;
+        let spent = started.elapsed();
+        assert_eq!(settled.bets as usize, n);
+        settlements.push((n, spent));
+    }
+    store.verify_chain(1, |_| {}).await?;
+
+    let ours_rate = rate(appended, ours);
+    let indexed_rate = rate(appended, indexed);
+    let bare_rate = rate(appended, bare);
+    let single_rate = rate(ROW_AT_A_TIME, single);
+    println!();
+    println!("bench-store: durable Postgres (fsync on), bet-shaped rows, batches of {BATCH}");
+    println!(
+        "| what                                           |       rows |   rows/s | vs indexed COPY |"
+    );
+    println!(
+        "|------------------------------------------------|-----------:|---------:|----------------:|"
+    );
+    for (what, n, r) in [
+        (
+            "batched append (GS place_bets, all included)",
+            appended,
+            ours_rate,
+        ),
+        ("binary COPY, events' indexes", appended, indexed_rate),
+        ("binary COPY, no indexes", appended, bare_rate),
+        (
+            "row-at-a-time INSERT (prepared)",
+            ROW_AT_A_TIME,
+            single_rate,
+        ),
+    ] {
+        println!(
+            "| {what:<46} | {n:>10} | {r:>8.0} | {:>14.2}× |",
+            r / indexed_rate
+        );
+    }
+    println!();
+    println!("| settlement (claim, bet_settled × n, round_settled, payouts, balances) | seconds |");
+    println!("|----------------------------------------------------------------------|--------:|");
+    for (n, spent) in &settlements {
+        println!("| {n:>7} bets {:<57} | {:>7.3} |", "", spent.as_secs_f64());
+    }
+    println!();
+    let vs_copy = ours_rate / indexed_rate;
+    let vs_single = ours_rate / single_rate;
+    let big = settlements
+        .last()
+        .map(|(_, s)| s.as_secs_f64())
+        .unwrap_or(f64::MAX);
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!(
+        "append / indexed COPY = {vs_copy:.2} (target ≥ 0.5): {}",
+        verdict(vs_copy >= 0.5)
+    );
+    println!(
+        "append / row-at-a-time = {vs_single:.1} (target ≥ 10): {}",
+        verdict(vs_single >= 10.0)
+    );
+    println!(
+        "100k settlement = {big:.2} s (target ≤ 2 s): {}",
+        verdict(big <= 2.0)
+    );
+    Ok(())
+}

@@ -1,0 +1,380 @@
+//! GS's writes to the event store: each one transaction that appends events and updates the
+//! read models they change (DESIGN §6). Money moves only here.
+//!
+//! Streams: `round-<table>-<round>` (the round's transitions and `round_settled`),
+//! `player-<id>` (deposits and the player's bet events; its version is `accounts.version`).
+
+use bytes::Bytes;
+use domain::{BettingWindow, Money, Phase, PlayerId, RoundId, Selection, TableId, Timestamp};
+use protocol::{DepositId, Event, EventBody, FundsDeposited};
+use sha2::{Digest, Sha256};
+use store::{NewEvent, Store, StoreError};
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use crate::clock::now;
+
+mod placement;
+mod settlement;
+
+pub use placement::{BetOutcome, place_bets};
+pub use settlement::{Refund, Settlement, refund_round, settle_round};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// A business rule said no; the client gets the code.
+    #[error("{message}")]
+    Rejected {
+        code: protocol::ErrorCode,
+        message: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("encoding: {0}")]
+    Encoding(String),
+    /// A concurrent transaction inserted one of the batch's bets first; the batch is retried.
+    #[error("a concurrent batch recorded one of these bets first")]
+    Raced,
+}
+
+impl LedgerError {
+    /// Whether the database is down or too slow (the client is told `BETTING_UNAVAILABLE`).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, LedgerError::Store(e) if e.is_unavailable())
+    }
+}
+
+pub(crate) fn placement_code(rejection: &domain::BetRejection) -> protocol::ErrorCode {
+    match rejection.code() {
+        "BETTING_CLOSED" => protocol::ErrorCode::BettingClosed,
+        "INSUFFICIENT_FUNDS" => protocol::ErrorCode::InsufficientFunds,
+        _ => protocol::ErrorCode::LimitExceeded,
+    }
+}
+
+impl From<tokio_postgres::Error> for LedgerError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        LedgerError::Store(StoreError::from(error))
+    }
+}
+
+pub(crate) fn rejected(code: protocol::ErrorCode, message: impl Into<String>) -> LedgerError {
+    LedgerError::Rejected {
+        code,
+        message: message.into(),
+    }
+}
+
+pub(crate) fn round_stream(table: &TableId, round: RoundId) -> String {
+    format!("round-{table}-{}", round.get())
+}
+
+pub(crate) fn player_stream(player: &PlayerId) -> String {
+    format!("player-{player}")
+}
+
+pub(crate) fn new_event(
+    stream: String,
+    version: i32,
+    event: &Event,
+) -> Result<NewEvent, LedgerError> {
+    let data = protocol::encode_event(event).map_err(|e| LedgerError::Encoding(e.to_string()))?;
+    Ok(NewEvent {
+        event_id: event.id,
+        stream,
+        version,
+        kind: event.kind().to_string(),
+        data,
+        metadata: Bytes::new(),
+    })
+}
+
+/// Locks a player's account row (creating it at zero) and returns its balance and version.
+pub(crate) async fn lock_account(
+    tx: &Transaction<'_>,
+    player: &PlayerId,
+) -> Result<(Money, i32), LedgerError> {
+    tx.execute(
+        "INSERT INTO accounts (player, balance, version) VALUES ($1, 0, 0) ON CONFLICT DO NOTHING",
+        &[&player.as_str()],
+    )
+    .await?;
+    let row = tx
+        .query_one(
+            "SELECT balance, version FROM accounts WHERE player = $1 FOR UPDATE",
+            &[&player.as_str()],
+        )
+        .await?;
+    let balance = Money::new(row.get(0)).map_err(|e| StoreError::Corrupt {
+        position: None,
+        reason: e.to_string(),
+    })?;
+    Ok((balance, row.get(1)))
+}
+
+async fn set_account(
+    tx: &Transaction<'_>,
+    player: &PlayerId,
+    balance: Money,
+    version: i32,
+    at: Timestamp,
+) -> Result<(), LedgerError> {
+    tx.execute(
+        "UPDATE accounts SET balance = $2, version = $3, updated_at = $4 WHERE player = $1",
+        &[
+            &player.as_str(),
+            &balance.get(),
+            &version,
+            &at.as_offset_datetime(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records a deposit once per `deposit_id`; returns the balance after it (the first answer's,
+/// for a repeated id).
+pub async fn deposit(
+    store: &Store,
+    player: &PlayerId,
+    amount: Money,
+    deposit_id: &DepositId,
+) -> Result<Money, LedgerError> {
+    let mut client = store.client().await?;
+    let tx = client.transaction().await?;
+    if let Some(row) = tx
+        .query_opt(
+            "SELECT player, amount FROM deposits WHERE deposit_id = $1",
+            &[&deposit_id.as_str()],
+        )
+        .await?
+    {
+        let (same_player, same_amount): (String, i64) = (row.get(0), row.get(1));
+        if same_player != player.as_str() || same_amount != amount.get() {
+            return Err(rejected(
+                protocol::ErrorCode::BetIdConflict,
+                "deposit_id already used for another deposit",
+            ));
+        }
+        let (balance, _) = lock_account(&tx, player).await?;
+        tx.commit().await?;
+        return Ok(balance);
+    }
+    let (balance, version) = lock_account(&tx, player).await?;
+    let new_balance = domain::credit(balance, amount)
+        .map_err(|e| rejected(protocol::ErrorCode::LimitExceeded, e.to_string()))?;
+    let event = Event::new(
+        Uuid::new_v4(),
+        now(),
+        EventBody::FundsDeposited(FundsDeposited {
+            table: None,
+            player: player.clone(),
+            deposit_id: deposit_id.clone(),
+            amount,
+            balance: new_balance,
+        }),
+    );
+    let appended = store::append(
+        &tx,
+        &[new_event(player_stream(player), version + 1, &event)?],
+    )
+    .await?;
+    let position = appended.first().map(|a| a.position).unwrap_or_default();
+    set_account(&tx, player, new_balance, version + 1, event.at).await?;
+    tx.execute(
+        "INSERT INTO deposits (deposit_id, player, amount, position, recorded_at) VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &deposit_id.as_str(),
+            &player.as_str(),
+            &amount.get(),
+            &position,
+            &event.at.as_offset_datetime(),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(new_balance)
+}
+
+/// Records a round transition seen on the bus (idempotent by event id) and updates `rounds`.
+/// Returns true when the event was new.
+pub async fn record_transition(
+    store: &Store,
+    event: &Event,
+    bus_seq: u64,
+) -> Result<bool, LedgerError> {
+    let (Some(table), Some(round)) = (event.table(), event.round()) else {
+        return Ok(false);
+    };
+    let mut client = store.client().await?;
+    let tx = client.transaction().await?;
+    if tx
+        .query_opt("SELECT 1 FROM events WHERE event_id = $1", &[&event.id])
+        .await?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    let stream = round_stream(table, round);
+    let version: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream = $1",
+            &[&stream],
+        )
+        .await?
+        .get(0);
+    let seq = i64::try_from(bus_seq).unwrap_or(i64::MAX);
+    let round_no = round.get() as i64;
+    let at = event.at.as_offset_datetime();
+    match &event.body {
+        EventBody::RoundOpened(opened) => {
+            tx.execute(
+                "INSERT INTO rounds (table_id, round, phase, seed_hash, closes_at, bus_seq, opened_at, updated_at)
+                 VALUES ($1, $2, 'open', $3, $4, $5, $6, $6)
+                 ON CONFLICT (table_id, round) DO NOTHING",
+                &[&table.as_str(), &round_no, &opened.seed_hash.as_bytes().as_slice(), &opened.closes_at.as_offset_datetime(), &seq, &at],
+            )
+            .await?;
+        }
+        EventBody::BettingClosed(_) => {
+            tx.execute(
+                "UPDATE rounds SET phase = 'closed', bus_seq = $3, updated_at = $4
+                 WHERE table_id = $1 AND round = $2 AND phase = 'open'",
+                &[&table.as_str(), &round_no, &seq, &at],
+            )
+            .await?;
+        }
+        EventBody::OutcomeDeclared(declared) => {
+            tx.execute(
+                "UPDATE rounds SET phase = 'resulted', outcome = $3, server_seed = $4, bus_seq = $5, updated_at = $6
+                 WHERE table_id = $1 AND round = $2 AND phase IN ('open', 'closed')",
+                &[&table.as_str(), &round_no, &i16::from(declared.outcome.get()), &declared.server_seed.as_bytes().as_slice(), &seq, &at],
+            )
+            .await?;
+        }
+        EventBody::RoundVoided(_) => {
+            tx.execute(
+                "UPDATE rounds SET phase = 'voided', bus_seq = $3, updated_at = $4
+                 WHERE table_id = $1 AND round = $2 AND phase IN ('open', 'closed')",
+                &[&table.as_str(), &round_no, &seq, &at],
+            )
+            .await?;
+        }
+        _ => return Ok(false),
+    }
+    let mut recorded = new_event(stream, version, event)?;
+    recorded.metadata = TransitionMetadata { bus_seq }.encode();
+    match store::append(&tx, &[recorded]).await {
+        Ok(_) => {}
+        // Another GS recorded it first.
+        Err(StoreError::Conflict(_)) => return Ok(false),
+        Err(error) => return Err(error.into()),
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The `metadata` of a transition GS recorded: where it was on the `TABLES` stream, so the
+/// `rounds` read model (its `bus_seq`) can be rebuilt from the events alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransitionMetadata {
+    pub bus_seq: u64,
+}
+
+impl TransitionMetadata {
+    fn encode(self) -> Bytes {
+        rmp_serde::to_vec_named(&self)
+            .map(Bytes::from)
+            .unwrap_or_default()
+    }
+
+    /// Reads the metadata of a recorded transition (`None` for empty or foreign metadata).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        rmp_serde::from_slice(bytes).ok()
+    }
+}
+
+/// A bet as GS received it.
+#[derive(Debug, Clone)]
+pub struct BetRequest {
+    pub bet_id: domain::BetId,
+    pub player: PlayerId,
+    pub table: TableId,
+    pub round: RoundId,
+    pub selection: Selection,
+    pub amount: Money,
+}
+
+impl BetRequest {
+    pub(crate) fn fingerprint(&self) -> Vec<u8> {
+        let selection = serde_json::to_string(&self.selection).unwrap_or_default();
+        let text = format!(
+            "{}|{}|{}|{}|{}",
+            self.player,
+            self.table,
+            self.round.get(),
+            selection,
+            self.amount.get()
+        );
+        Sha256::digest(text.as_bytes()).to_vec()
+    }
+}
+
+/// Which of the rounds `bets` name GS has seen (recorded as opened, in any phase since).
+pub async fn known_rounds<'a>(
+    store: &Store,
+    bets: impl Iterator<Item = &'a BetRequest>,
+) -> Result<std::collections::HashSet<(String, u64)>, LedgerError> {
+    let wanted: std::collections::BTreeSet<(&str, i64)> = bets
+        .map(|b| (b.table.as_str(), b.round.get() as i64))
+        .collect();
+    let (tables, rounds): (Vec<&str>, Vec<i64>) = wanted.into_iter().unzip();
+    let client = store.client().await?;
+    let rows = store
+        .timed(
+            "read rounds",
+            async {
+                Ok(client
+                    .query(
+                        "SELECT r.table_id, r.round FROM rounds r \
+                         JOIN unnest($1::text[], $2::int8[]) AS u(t, n) ON r.table_id = u.t AND r.round = u.n",
+                        &[&tables, &rounds],
+                    )
+                    .await?)
+            },
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1).max(0) as u64))
+        .collect())
+}
+
+/// Where a round stands for betting, if GS has seen it.
+pub async fn betting_window(
+    store: &Store,
+    table: &TableId,
+    round: RoundId,
+) -> Result<Option<(Phase, BettingWindow)>, LedgerError> {
+    let client = store.client().await?;
+    let row = client
+        .query_opt(
+            "SELECT phase, closes_at FROM rounds WHERE table_id = $1 AND round = $2",
+            &[&table.as_str(), &(round.get() as i64)],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let phase: String = row.get(0);
+    let closes_at: Option<time::OffsetDateTime> = row.get(1);
+    let phase = match phase.as_str() {
+        "open" => Phase::Open,
+        "closed" => Phase::Closed,
+        "resulted" => Phase::Resulted,
+        "settled" => Phase::Settled,
+        _ => Phase::Voided,
+    };
+    let closes_at = closes_at
+        .and_then(|t| Timestamp::from_offset_datetime(t).ok())
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    Ok(Some((phase, BettingWindow { phase, closes_at })))
+}

@@ -1,0 +1,376 @@
+//! Settlement and refunds, each one set-based transaction per round (DESIGN §6).
+//!
+//! ```text
+//! BEGIN
+//!   UPDATE rounds SET phase = 'settled' … AND phase = 'resulted' RETURNING outcome  -- the claim
+//!   SELECT … FROM bets WHERE … status = 'accepted'
+//!   SELECT … FROM accounts … ORDER BY player FOR UPDATE     -- wallets in player order
+//!   UPDATE accounts … FROM unnest(…)                        -- payouts, set-based
+//!   store::append(bet_settled × n, round_settled)           -- head row locked last
+//!   UPDATE bets … FROM unnest(…)
+//! COMMIT
+//! ```
+//!
+//! The claim is the first statement: a second GS racing on the same round blocks on the row,
+//! and when the first commits it finds no `resulted` row and stops. A crash before the commit
+//! leaves the round `resulted`, so whichever GS reads the outcome next settles it; a crash
+//! after leaves it `settled`. Either way it is settled exactly once.
+//!
+//! A voided round is claimed by locking its `voided` row; the refunded bets leave the
+//! `accepted` status, so a racer that waited on the row finds nothing left to refund.
+
+use std::collections::{BTreeSet, HashMap};
+
+use domain::{Money, Outcome, PlayerId, RoundId, Selection, TableId, Timestamp};
+use protocol::{BetRefunded, BetSettled, Event, EventBody, RoundSettled};
+use store::{Store, StoreError};
+use tokio_postgres::Transaction;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use super::{LedgerError, new_event, player_stream, round_stream};
+use crate::clock::now;
+
+/// A round this GS settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settlement {
+    pub bets: u64,
+    pub staked: Money,
+    pub paid: Money,
+}
+
+/// A voided round whose stakes this GS refunded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refund {
+    pub bets: u64,
+    pub refunded: Money,
+}
+
+fn corrupt(reason: impl Into<String>) -> LedgerError {
+    LedgerError::Store(StoreError::Corrupt {
+        position: None,
+        reason: reason.into(),
+    })
+}
+
+/// One accepted bet of the round being settled or refunded.
+struct OpenBet {
+    bet_id: Uuid,
+    player: PlayerId,
+    selection: Selection,
+    amount: Money,
+}
+
+async fn accepted_bets(
+    tx: &Transaction<'_>,
+    table: &TableId,
+    round: i64,
+) -> Result<Vec<OpenBet>, LedgerError> {
+    let rows = tx
+        .query_typed(
+            "SELECT bet_id, player, selection::text, amount FROM bets \
+             WHERE table_id = $1 AND round = $2 AND status = 'accepted' ORDER BY player, bet_id",
+            &[(&table.as_str(), Type::TEXT), (&round, Type::INT8)],
+        )
+        .await?;
+    let mut bets = Vec::with_capacity(rows.len());
+    for row in &rows {
+        bets.push(OpenBet {
+            bet_id: row.try_get(0)?,
+            player: PlayerId::parse(row.try_get::<_, &str>(1)?)
+                .map_err(|e| corrupt(e.to_string()))?,
+            selection: serde_json::from_str(row.try_get::<_, &str>(2)?)
+                .map_err(|e| corrupt(format!("bet selection: {e}")))?,
+            amount: Money::new(row.try_get(3)?).map_err(|e| corrupt(e.to_string()))?,
+        });
+    }
+    Ok(bets)
+}
+
+/// Locks the wallets of `bets`' players in player order; player → (balance, version).
+async fn lock_wallets(
+    tx: &Transaction<'_>,
+    bets: &[OpenBet],
+) -> Result<HashMap<String, (Money, i32)>, LedgerError> {
+    let players: BTreeSet<&str> = bets.iter().map(|b| b.player.as_str()).collect();
+    let players: Vec<&str> = players.into_iter().collect();
+    let rows = tx
+        .query_typed(
+            "SELECT player, balance, version FROM accounts WHERE player = ANY($1) \
+             ORDER BY player FOR UPDATE",
+            &[(&players, Type::TEXT_ARRAY)],
+        )
+        .await?;
+    let mut wallets = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let balance = Money::new(row.try_get(1)?).map_err(|e| corrupt(e.to_string()))?;
+        wallets.insert(row.try_get::<_, String>(0)?, (balance, row.try_get(2)?));
+    }
+    if wallets.len() != players.len() {
+        return Err(corrupt("a bet's player has no account"));
+    }
+    Ok(wallets)
+}
+
+async fn write_wallets(
+    tx: &Transaction<'_>,
+    wallets: &HashMap<String, (Money, i32)>,
+    at: Timestamp,
+) -> Result<(), LedgerError> {
+    let mut players = Vec::with_capacity(wallets.len());
+    let mut balances = Vec::with_capacity(wallets.len());
+    let mut versions = Vec::with_capacity(wallets.len());
+    for (player, (balance, version)) in wallets {
+        players.push(player.as_str());
+        balances.push(balance.get());
+        versions.push(*version);
+    }
+    tx.execute_typed(
+        "UPDATE accounts SET balance = u.b, version = u.v, updated_at = $4 \
+         FROM unnest($1::text[], $2::int8[], $3::int4[]) AS u(p, b, v) \
+         WHERE accounts.player = u.p",
+        &[
+            (&players, Type::TEXT_ARRAY),
+            (&balances, Type::INT8_ARRAY),
+            (&versions, Type::INT4_ARRAY),
+            (&at.as_offset_datetime(), Type::TIMESTAMPTZ),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Runs `work` in a transaction on a pooled connection under the store's call timeout
+/// (scaled: a round of many bets is one long transaction).
+async fn in_transaction<T>(
+    store: &Store,
+    what: &'static str,
+    work: impl AsyncFnOnce(&Transaction<'_>) -> Result<Option<T>, LedgerError>,
+) -> Result<Option<T>, LedgerError> {
+    let mut client = store.client().await?;
+    let after = store.call_timeout() * 3;
+    let result = tokio::time::timeout(after, async {
+        let tx = client.transaction().await?;
+        let result = work(&tx).await?;
+        if result.is_some() {
+            tx.commit().await?;
+        }
+        Ok(result)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(LedgerError::Store(
+            store::Unavailable::TimedOut { what, after }.into(),
+        ))
+    });
+    if matches!(&result, Err(LedgerError::Store(e)) if e.is_unavailable()) {
+        Store::discard(client);
+    }
+    result
+}
+
+/// Settles a resulted round exactly once: claims it, pays every bet set-based, appends
+/// `bet_settled` per bet and `round_settled`. `None` when there was nothing to claim (settled
+/// already, by this GS or another, or not resulted).
+pub async fn settle_round(
+    store: &Store,
+    table: &TableId,
+    round: RoundId,
+) -> Result<Option<Settlement>, LedgerError> {
+    let started = std::time::Instant::now();
+    let result = in_transaction(store, "settling a round", async |tx| {
+        settle_in(tx, table, round).await
+    })
+    .await;
+    if let Ok(Some(settlement)) = &result {
+        metrics::histogram!("gs_settlement_seconds").record(started.elapsed());
+        metrics::histogram!("gs_settlement_bets").record(settlement.bets as f64);
+    }
+    result
+}
+
+async fn settle_in(
+    tx: &Transaction<'_>,
+    table: &TableId,
+    round: RoundId,
+) -> Result<Option<Settlement>, LedgerError> {
+    let at = now();
+    let round_no = round.get() as i64;
+    let Some(claimed) = tx
+        .query_typed_opt(
+            "UPDATE rounds SET phase = 'settled', updated_at = $3 \
+             WHERE table_id = $1 AND round = $2 AND phase = 'resulted' RETURNING outcome",
+            &[
+                (&table.as_str(), Type::TEXT),
+                (&round_no, Type::INT8),
+                (&at.as_offset_datetime(), Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let outcome: Option<i16> = claimed.try_get(0)?;
+    let outcome = outcome
+        .and_then(|o| u8::try_from(o).ok())
+        .and_then(|o| Outcome::new(o).ok())
+        .ok_or_else(|| corrupt("a resulted round without an outcome"))?;
+    let bets = accepted_bets(tx, table, round_no).await?;
+    let mut wallets = lock_wallets(tx, &bets).await?;
+
+    let mut events = Vec::with_capacity(bets.len() + 1);
+    let mut ids = Vec::with_capacity(bets.len());
+    let mut payouts = Vec::with_capacity(bets.len());
+    let mut staked = Money::ZERO;
+    let mut paid = Money::ZERO;
+    for bet in &bets {
+        let payout = bet
+            .selection
+            .payout(bet.amount, outcome)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let Some((balance, version)) = wallets.get_mut(bet.player.as_str()) else {
+            return Err(corrupt("a bet's player has no account"));
+        };
+        *balance = domain::credit(*balance, payout).map_err(|e| corrupt(e.to_string()))?;
+        *version += 1;
+        staked = staked.checked_add(bet.amount).unwrap_or(Money::MAX);
+        paid = paid.checked_add(payout).unwrap_or(Money::MAX);
+        ids.push(bet.bet_id);
+        payouts.push(payout.get());
+        let event = Event::new(
+            Uuid::new_v4(),
+            at,
+            EventBody::BetSettled(BetSettled {
+                table: table.clone(),
+                round,
+                bet_id: domain::BetId::from_uuid(bet.bet_id),
+                player: bet.player.clone(),
+                payout,
+                balance: *balance,
+            }),
+        );
+        events.push(new_event(player_stream(&bet.player), *version, &event)?);
+    }
+    write_wallets(tx, &wallets, at).await?;
+    let stream = round_stream(table, round);
+    let version: i32 = tx
+        .query_typed_one(
+            "SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream = $1",
+            &[(&stream, Type::TEXT)],
+        )
+        .await?
+        .try_get(0)?;
+    let settlement = Settlement {
+        bets: bets.len() as u64,
+        staked,
+        paid,
+    };
+    let summary = Event::new(
+        Uuid::new_v4(),
+        at,
+        EventBody::RoundSettled(RoundSettled {
+            table: table.clone(),
+            round,
+            bets: settlement.bets,
+            staked,
+            paid,
+        }),
+    );
+    events.push(new_event(stream, version, &summary)?);
+    let appended = store::append(tx, &events).await?;
+    let positions: Vec<i64> = appended
+        .iter()
+        .take(ids.len())
+        .map(|a| a.position)
+        .collect();
+    tx.execute_typed(
+        "UPDATE bets SET status = 'settled', payout = u.payout, settled_position = u.pos \
+         FROM unnest($1::uuid[], $2::int8[], $3::int8[]) AS u(bet_id, payout, pos) \
+         WHERE bets.table_id = $4 AND bets.round = $5 AND bets.bet_id = u.bet_id",
+        &[
+            (&ids, Type::UUID_ARRAY),
+            (&payouts, Type::INT8_ARRAY),
+            (&positions, Type::INT8_ARRAY),
+            (&table.as_str(), Type::TEXT),
+            (&round_no, Type::INT8),
+        ],
+    )
+    .await?;
+    Ok(Some(settlement))
+}
+
+/// Refunds every stake of a voided round once (`bet_refunded` per bet). `None` when the round
+/// is not voided or its bets were refunded already.
+pub async fn refund_round(
+    store: &Store,
+    table: &TableId,
+    round: RoundId,
+) -> Result<Option<Refund>, LedgerError> {
+    in_transaction(store, "refunding a round", async |tx| {
+        refund_in(tx, table, round).await
+    })
+    .await
+}
+
+async fn refund_in(
+    tx: &Transaction<'_>,
+    table: &TableId,
+    round: RoundId,
+) -> Result<Option<Refund>, LedgerError> {
+    let at = now();
+    let round_no = round.get() as i64;
+    if tx
+        .query_typed_opt(
+            "SELECT 1 FROM rounds WHERE table_id = $1 AND round = $2 AND phase = 'voided' \
+             FOR UPDATE",
+            &[(&table.as_str(), Type::TEXT), (&round_no, Type::INT8)],
+        )
+        .await?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let bets = accepted_bets(tx, table, round_no).await?;
+    if bets.is_empty() {
+        return Ok(None);
+    }
+    let mut wallets = lock_wallets(tx, &bets).await?;
+    let mut events = Vec::with_capacity(bets.len());
+    let mut ids = Vec::with_capacity(bets.len());
+    let mut refunded = Money::ZERO;
+    for bet in &bets {
+        let Some((balance, version)) = wallets.get_mut(bet.player.as_str()) else {
+            return Err(corrupt("a bet's player has no account"));
+        };
+        *balance = domain::credit(*balance, bet.amount).map_err(|e| corrupt(e.to_string()))?;
+        *version += 1;
+        refunded = refunded.checked_add(bet.amount).unwrap_or(Money::MAX);
+        ids.push(bet.bet_id);
+        let event = Event::new(
+            Uuid::new_v4(),
+            at,
+            EventBody::BetRefunded(BetRefunded {
+                table: table.clone(),
+                round,
+                bet_id: domain::BetId::from_uuid(bet.bet_id),
+                player: bet.player.clone(),
+                amount: bet.amount,
+                balance: *balance,
+            }),
+        );
+        events.push(new_event(player_stream(&bet.player), *version, &event)?);
+    }
+    write_wallets(tx, &wallets, at).await?;
+    let appended = store::append(tx, &events).await?;
+    let positions: Vec<i64> = appended.iter().map(|a| a.position).collect();
+    tx.execute_typed(
+        "UPDATE bets SET status = 'refunded', settled_position = u.pos \
+         FROM unnest($1::uuid[], $2::int8[]) AS u(bet_id, pos) WHERE bets.bet_id = u.bet_id",
+        &[(&ids, Type::UUID_ARRAY), (&positions, Type::INT8_ARRAY)],
+    )
+    .await?;
+    Ok(Some(Refund {
+        bets: bets.len() as u64,
+        refunded,
+    }))
+}

@@ -1,0 +1,352 @@
+//! Rebuilding the read models (`rounds`, `bets`, `accounts`, `deposits`) from the events alone
+//! (DESIGN §6): `croupier projections rebuild`.
+//!
+//! GS writes every column of those tables from what its events carry (timestamps are the
+//! events' `at`, a round's `bus_seq` is in its transitions' metadata), so a rebuild gives
+//! exactly the rows GS wrote. The cursors (`gs_cursor`, `outbox_cursor`) are positions of
+//! readers, not projections, and are left alone.
+//!
+//! One transaction: the four tables are locked (writers wait, readers keep reading the old
+//! rows until commit), emptied and refilled. The projection is built in memory — one entry per
+//! round, bet, player and deposit — which is fine for the store sizes this serves; a store too
+//! large for that would rebuild table by table in pages.
+
+use std::collections::{BTreeMap, HashMap};
+
+use domain::Timestamp;
+use protocol::EventBody;
+use store::{Store, StoreError};
+use time::OffsetDateTime;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use crate::ledger::{BetRequest, LedgerError, TransitionMetadata};
+
+/// Events read per query.
+const PAGE: i64 = 5_000;
+
+/// What a rebuild wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub events: u64,
+    pub rounds: u64,
+    pub bets: u64,
+    pub accounts: u64,
+    pub deposits: u64,
+}
+
+#[derive(Debug)]
+struct RoundRow {
+    phase: &'static str,
+    seed_hash: Option<Vec<u8>>,
+    closes_at: Option<OffsetDateTime>,
+    outcome: Option<i16>,
+    server_seed: Option<Vec<u8>>,
+    bus_seq: Option<i64>,
+    opened_at: Option<OffsetDateTime>,
+    updated_at: OffsetDateTime,
+}
+
+#[derive(Debug)]
+struct BetRow {
+    table: String,
+    round: i64,
+    player: String,
+    selection: String,
+    amount: i64,
+    status: &'static str,
+    payout: Option<i64>,
+    placed_position: i64,
+    settled_position: Option<i64>,
+    fingerprint: Vec<u8>,
+    placed_at: OffsetDateTime,
+}
+
+fn at(t: Timestamp) -> OffsetDateTime {
+    t.as_offset_datetime()
+}
+
+/// Recreates the read models from the events. Stop GS first (or expect its writes to wait).
+pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
+    let mut client = store.client().await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute(
+        "SET LOCAL statement_timeout = 0; \
+         LOCK TABLE rounds, bets, accounts, deposits IN EXCLUSIVE MODE",
+    )
+    .await?;
+
+    let mut rounds: BTreeMap<(String, i64), RoundRow> = BTreeMap::new();
+    let mut bets: HashMap<Uuid, BetRow> = HashMap::new();
+    let mut accounts: BTreeMap<String, (i64, i32, OffsetDateTime)> = BTreeMap::new();
+    let mut deposits: Vec<(String, String, i64, i64, OffsetDateTime)> = Vec::new();
+    let mut report = RebuildReport::default();
+
+    let mut from = 1;
+    loop {
+        let page = store::read_from(&*tx, from, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        from = last.position + 1;
+        for stored in &page {
+            report.events += 1;
+            let event = protocol::decode_event(&stored.data).map_err(|e| {
+                LedgerError::Store(StoreError::Corrupt {
+                    position: Some(stored.position),
+                    reason: format!("undecodable event: {e}"),
+                })
+            })?;
+            let bus_seq = TransitionMetadata::decode(&stored.metadata)
+                .map(|m| i64::try_from(m.bus_seq).unwrap_or(i64::MAX));
+            let when = at(event.at);
+            match &event.body {
+                EventBody::RoundOpened(e) => {
+                    rounds
+                        .entry((e.table.to_string(), e.round.get() as i64))
+                        .or_insert(RoundRow {
+                            phase: "open",
+                            seed_hash: Some(e.seed_hash.as_bytes().to_vec()),
+                            closes_at: Some(at(e.closes_at)),
+                            outcome: None,
+                            server_seed: None,
+                            bus_seq,
+                            opened_at: Some(when),
+                            updated_at: when,
+                        });
+                }
+                EventBody::BettingClosed(e) => {
+                    if let Some(row) = rounds.get_mut(&(e.table.to_string(), e.round.get() as i64))
+                        && row.phase == "open"
+                    {
+                        row.phase = "closed";
+                        row.bus_seq = bus_seq;
+                        row.updated_at = when;
+                    }
+                }
+                EventBody::OutcomeDeclared(e) => {
+                    if let Some(row) = rounds.get_mut(&(e.table.to_string(), e.round.get() as i64))
+                        && matches!(row.phase, "open" | "closed")
+                    {
+                        row.phase = "resulted";
+                        row.outcome = Some(i16::from(e.outcome.get()));
+                        row.server_seed = Some(e.server_seed.as_bytes().to_vec());
+                        row.bus_seq = bus_seq;
+                        row.updated_at = when;
+                    }
+                }
+                EventBody::RoundVoided(e) => {
+                    if let Some(row) = rounds.get_mut(&(e.table.to_string(), e.round.get() as i64))
+                        && matches!(row.phase, "open" | "closed")
+                    {
+                        row.phase = "voided";
+                        row.bus_seq = bus_seq;
+                        row.updated_at = when;
+                    }
+                }
+                EventBody::RoundSettled(e) => {
+                    if let Some(row) = rounds.get_mut(&(e.table.to_string(), e.round.get() as i64))
+                    {
+                        row.phase = "settled";
+                        row.updated_at = when;
+                    }
+                }
+                EventBody::FundsDeposited(e) => {
+                    accounts.insert(
+                        e.player.to_string(),
+                        (e.balance.get(), stored.version, when),
+                    );
+                    deposits.push((
+                        e.deposit_id.as_str().to_string(),
+                        e.player.to_string(),
+                        e.amount.get(),
+                        stored.position,
+                        when,
+                    ));
+                }
+                EventBody::BetPlaced(e) => {
+                    accounts.insert(
+                        e.player.to_string(),
+                        (e.balance.get(), stored.version, when),
+                    );
+                    let request = BetRequest {
+                        bet_id: e.bet_id,
+                        player: e.player.clone(),
+                        table: e.table.clone(),
+                        round: e.round,
+                        selection: e.selection,
+                        amount: e.amount,
+                    };
+                    bets.insert(
+                        *e.bet_id.as_uuid(),
+                        BetRow {
+                            table: e.table.to_string(),
+                            round: e.round.get() as i64,
+                            player: e.player.to_string(),
+                            selection: serde_json::to_string(&e.selection)
+                                .map_err(|e| LedgerError::Encoding(e.to_string()))?,
+                            amount: e.amount.get(),
+                            status: "accepted",
+                            payout: None,
+                            placed_position: stored.position,
+                            settled_position: None,
+                            fingerprint: request.fingerprint(),
+                            placed_at: when,
+                        },
+                    );
+                }
+                EventBody::BetSettled(e) => {
+                    accounts.insert(
+                        e.player.to_string(),
+                        (e.balance.get(), stored.version, when),
+                    );
+                    if let Some(bet) = bets.get_mut(e.bet_id.as_uuid()) {
+                        bet.status = "settled";
+                        bet.payout = Some(e.payout.get());
+                        bet.settled_position = Some(stored.position);
+                    }
+                }
+                EventBody::BetRefunded(e) => {
+                    accounts.insert(
+                        e.player.to_string(),
+                        (e.balance.get(), stored.version, when),
+                    );
+                    if let Some(bet) = bets.get_mut(e.bet_id.as_uuid()) {
+                        bet.status = "refunded";
+                        bet.settled_position = Some(stored.position);
+                    }
+                }
+            }
+        }
+    }
+
+    tx.batch_execute(
+        "DELETE FROM bets; DELETE FROM deposits; DELETE FROM accounts; DELETE FROM rounds",
+    )
+    .await?;
+
+    // rounds
+    {
+        let mut c = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut d = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((table, round), row) in &rounds {
+            c.0.push(table.as_str());
+            c.1.push(*round);
+            c.2.push(row.phase);
+            c.3.push(row.seed_hash.as_deref());
+            c.4.push(row.closes_at);
+            d.0.push(row.outcome);
+            d.1.push(row.server_seed.as_deref());
+            d.2.push(row.bus_seq);
+            d.3.push(row.opened_at);
+            d.4.push(row.updated_at);
+        }
+        report.rounds = tx
+            .execute_typed(
+                "INSERT INTO rounds (table_id, round, phase, seed_hash, closes_at, outcome, \
+                                     server_seed, bus_seq, opened_at, updated_at) \
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::bytea[], \
+                                      $5::timestamptz[], $6::int2[], $7::bytea[], $8::int8[], \
+                                      $9::timestamptz[], $10::timestamptz[])",
+                &[
+                    (&c.0, Type::TEXT_ARRAY),
+                    (&c.1, Type::INT8_ARRAY),
+                    (&c.2, Type::TEXT_ARRAY),
+                    (&c.3, Type::BYTEA_ARRAY),
+                    (&c.4, Type::TIMESTAMPTZ_ARRAY),
+                    (&d.0, Type::INT2_ARRAY),
+                    (&d.1, Type::BYTEA_ARRAY),
+                    (&d.2, Type::INT8_ARRAY),
+                    (&d.3, Type::TIMESTAMPTZ_ARRAY),
+                    (&d.4, Type::TIMESTAMPTZ_ARRAY),
+                ],
+            )
+            .await?;
+    }
+    // accounts
+    {
+        let players: Vec<&str> = accounts.keys().map(String::as_str).collect();
+        let balances: Vec<i64> = accounts.values().map(|a| a.0).collect();
+        let versions: Vec<i32> = accounts.values().map(|a| a.1).collect();
+        let updated: Vec<OffsetDateTime> = accounts.values().map(|a| a.2).collect();
+        report.accounts = tx
+            .execute_typed(
+                "INSERT INTO accounts (player, balance, version, updated_at) \
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::int4[], $4::timestamptz[])",
+                &[
+                    (&players, Type::TEXT_ARRAY),
+                    (&balances, Type::INT8_ARRAY),
+                    (&versions, Type::INT4_ARRAY),
+                    (&updated, Type::TIMESTAMPTZ_ARRAY),
+                ],
+            )
+            .await?;
+    }
+    // deposits
+    {
+        let ids: Vec<&str> = deposits.iter().map(|d| d.0.as_str()).collect();
+        let players: Vec<&str> = deposits.iter().map(|d| d.1.as_str()).collect();
+        let amounts: Vec<i64> = deposits.iter().map(|d| d.2).collect();
+        let positions: Vec<i64> = deposits.iter().map(|d| d.3).collect();
+        let recorded: Vec<OffsetDateTime> = deposits.iter().map(|d| d.4).collect();
+        report.deposits = tx
+            .execute_typed(
+                "INSERT INTO deposits (deposit_id, player, amount, position, recorded_at) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], \
+                                      $5::timestamptz[])",
+                &[
+                    (&ids, Type::TEXT_ARRAY),
+                    (&players, Type::TEXT_ARRAY),
+                    (&amounts, Type::INT8_ARRAY),
+                    (&positions, Type::INT8_ARRAY),
+                    (&recorded, Type::TIMESTAMPTZ_ARRAY),
+                ],
+            )
+            .await?;
+    }
+    // bets, in pages so one statement's arrays stay moderate
+    let all: Vec<(&Uuid, &BetRow)> = bets.iter().collect();
+    for chunk in all.chunks(PAGE as usize) {
+        let ids: Vec<Uuid> = chunk.iter().map(|(id, _)| **id).collect();
+        let tables: Vec<&str> = chunk.iter().map(|(_, b)| b.table.as_str()).collect();
+        let rounds: Vec<i64> = chunk.iter().map(|(_, b)| b.round).collect();
+        let players: Vec<&str> = chunk.iter().map(|(_, b)| b.player.as_str()).collect();
+        let selections: Vec<&str> = chunk.iter().map(|(_, b)| b.selection.as_str()).collect();
+        let amounts: Vec<i64> = chunk.iter().map(|(_, b)| b.amount).collect();
+        let statuses: Vec<&str> = chunk.iter().map(|(_, b)| b.status).collect();
+        let payouts: Vec<Option<i64>> = chunk.iter().map(|(_, b)| b.payout).collect();
+        let placed: Vec<i64> = chunk.iter().map(|(_, b)| b.placed_position).collect();
+        let settled: Vec<Option<i64>> = chunk.iter().map(|(_, b)| b.settled_position).collect();
+        let fingerprints: Vec<&[u8]> = chunk
+            .iter()
+            .map(|(_, b)| b.fingerprint.as_slice())
+            .collect();
+        let placed_at: Vec<OffsetDateTime> = chunk.iter().map(|(_, b)| b.placed_at).collect();
+        report.bets += tx
+            .execute_typed(
+                "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, status, \
+                                   payout, placed_position, settled_position, \
+                                   request_fingerprint, placed_at) \
+                 SELECT i, t, n, p, s::jsonb, a, st, po, pp, sp, f, pa \
+                 FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], \
+                             $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::int8[], \
+                             $11::bytea[], $12::timestamptz[]) \
+                      AS u(i, t, n, p, s, a, st, po, pp, sp, f, pa)",
+                &[
+                    (&ids, Type::UUID_ARRAY),
+                    (&tables, Type::TEXT_ARRAY),
+                    (&rounds, Type::INT8_ARRAY),
+                    (&players, Type::TEXT_ARRAY),
+                    (&selections, Type::TEXT_ARRAY),
+                    (&amounts, Type::INT8_ARRAY),
+                    (&statuses, Type::TEXT_ARRAY),
+                    (&payouts, Type::INT8_ARRAY),
+                    (&placed, Type::INT8_ARRAY),
+                    (&settled, Type::INT8_ARRAY),
+                    (&fingerprints, Type::BYTEA_ARRAY),
+                    (&placed_at, Type::TIMESTAMPTZ_ARRAY),
+                ],
+            )
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(report)
+}

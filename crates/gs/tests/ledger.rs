@@ -1,0 +1,455 @@
+//! GS's ledger against a real Postgres: batched placement, settlement, refunds, idempotency,
+//! the wallet rules, conservation of money, racing settlers, and rebuilding the read models.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+use domain::{RawSelection, Selection};
+use gs::ledger::{self, BetOutcome};
+use protocol::{ErrorCode, EventBody};
+
+const OPEN: Duration = Duration::from_secs(120);
+
+fn random_selection(rng: &mut Rng) -> Selection {
+    let raw = match rng.between(0, 4) {
+        0 => RawSelection::Red,
+        1 => RawSelection::Black,
+        2 => RawSelection::Straight {
+            numbers: vec![rng.between(0, 36) as u8],
+        },
+        3 => RawSelection::Dozen {
+            index: rng.between(1, 3) as u8,
+        },
+        _ => RawSelection::Odd,
+    };
+    Selection::parse(raw).expect("selection")
+}
+
+/// Every row of the four read models, as text, in key order.
+async fn read_models(client: &tokio_postgres::Client) -> Vec<String> {
+    let mut rows = Vec::new();
+    for query in [
+        "SELECT r::text FROM rounds r ORDER BY table_id, round",
+        "SELECT b::text FROM bets b ORDER BY bet_id",
+        "SELECT a::text FROM accounts a ORDER BY player",
+        "SELECT d::text FROM deposits d ORDER BY deposit_id",
+    ] {
+        for row in client.query(query, &[]).await.expect("read model") {
+            rows.push(row.get::<_, String>(0));
+        }
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_is_conserved_over_many_random_rounds_and_the_read_models_rebuild_identically() {
+    let db = migrated_db().await;
+    let store = store(&db.url, 4);
+    let client = connect(&db.url).await;
+    let table = table("roulette-1");
+    let mut rounds = Rounds::new(&store, &table);
+    let mut rng = Rng::new(0x5eed_0007);
+    let players: Vec<_> = (0..12).map(|i| player(&format!("p{i}"))).collect();
+    for who in &players {
+        deposit(&store, who, rng.between(500, 20_000) as i64).await;
+    }
+    let mut accepted_ids: HashSet<uuid::Uuid> = HashSet::new();
+    let mut rejected = 0usize;
+    for round in 1..=40u64 {
+        rounds.open(round, OPEN).await;
+        for _ in 0..rng.between(1, 4) {
+            let mut batch = Vec::new();
+            for _ in 0..rng.between(1, 30) {
+                let who = &players[rng.between(0, players.len() as u64 - 1) as usize];
+                let amount = rng.between(10, 3_000) as i64;
+                batch.push(bet(who, &table, round, random_selection(&mut rng), amount));
+            }
+            // Some retries of the same bets ride along in the batch.
+            if rng.percent(30) {
+                let again = batch[0].clone();
+                batch.push(again);
+            }
+            for (outcome, placed) in place(&store, &batch).await.into_iter().zip(&batch) {
+                match outcome {
+                    BetOutcome::Accepted { .. } => {
+                        accepted_ids.insert(*placed.bet_id.as_uuid());
+                    }
+                    BetOutcome::Rejected { .. } => rejected += 1,
+                }
+            }
+        }
+        if rng.percent(20) {
+            if rng.percent(50) {
+                rounds.close(round).await;
+            }
+            rounds.void(round).await;
+            ledger::refund_round(&store, &table, domain::RoundId::new(round).expect("round"))
+                .await
+                .expect("refund");
+        } else {
+            rounds.close(round).await;
+            rounds.declare(round).await;
+            ledger::settle_round(&store, &table, domain::RoundId::new(round).expect("round"))
+                .await
+                .expect("settle")
+                .expect("the round is settled here");
+        }
+        if rng.percent(15) {
+            let who = &players[rng.between(0, players.len() as u64 - 1) as usize];
+            deposit(&store, who, 1_000).await;
+        }
+    }
+    let accepted = accepted_ids.len();
+    assert!(accepted > 200, "enough bets were accepted: {accepted}");
+    assert!(rejected > 0, "some bets were refused for funds: {rejected}");
+
+    // Sums from the events table.
+    let (mut deposits, mut stakes, mut payouts, mut refunds) = (0i64, 0i64, 0i64, 0i64);
+    let mut last_balance: HashMap<String, i64> = HashMap::new();
+    let mut placed: HashSet<uuid::Uuid> = HashSet::new();
+    let mut closed: HashSet<uuid::Uuid> = HashSet::new();
+    let rows = client
+        .query("SELECT data FROM events ORDER BY position", &[])
+        .await
+        .expect("events");
+    for row in rows {
+        let event = protocol::decode_event(row.get::<_, &[u8]>(0)).expect("decodable");
+        match event.body {
+            EventBody::FundsDeposited(e) => {
+                deposits += e.amount.get();
+                last_balance.insert(e.player.to_string(), e.balance.get());
+            }
+            EventBody::BetPlaced(e) => {
+                stakes += e.amount.get();
+                assert!(placed.insert(*e.bet_id.as_uuid()), "placed once");
+                last_balance.insert(e.player.to_string(), e.balance.get());
+            }
+            EventBody::BetSettled(e) => {
+                payouts += e.payout.get();
+                assert!(closed.insert(*e.bet_id.as_uuid()), "settled once");
+                last_balance.insert(e.player.to_string(), e.balance.get());
+            }
+            EventBody::BetRefunded(e) => {
+                refunds += e.amount.get();
+                assert!(closed.insert(*e.bet_id.as_uuid()), "refunded once");
+                last_balance.insert(e.player.to_string(), e.balance.get());
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        placed, closed,
+        "every accepted bet is settled or refunded exactly once"
+    );
+    assert_eq!(
+        placed, accepted_ids,
+        "exactly the accepted bets were recorded"
+    );
+    let bet_rows: i64 = client
+        .query_one("SELECT count(*) FROM bets", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(bet_rows as usize, accepted);
+    let from_events: i64 = last_balance.values().sum();
+    let from_accounts: i64 = client
+        .query_one("SELECT coalesce(sum(balance), 0)::int8 FROM accounts", &[])
+        .await
+        .expect("sum")
+        .get(0);
+    let expected = deposits - stakes + payouts + refunds;
+    assert_eq!(from_events, expected, "the events' balances add up");
+    assert_eq!(from_accounts, expected, "the accounts read model adds up");
+
+    store
+        .verify_chain(1, |_| {})
+        .await
+        .expect("the chain holds");
+
+    let before = read_models(&client).await;
+    let report = gs::projections::rebuild(&store).await.expect("rebuild");
+    assert_eq!(report.rounds, 40);
+    let after = read_models(&client).await;
+    assert_eq!(before.len(), after.len());
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b, a, "a rebuilt row differs");
+    }
+}
+
+#[tokio::test]
+async fn a_retried_bet_gets_the_first_answer_and_is_debited_once() {
+    let db = migrated_db().await;
+    let store = store(&db.url, 2);
+    let client = connect(&db.url).await;
+    let t = table("t1");
+    let alice = player("alice");
+    deposit(&store, &alice, 1_000).await;
+    let mut rounds = Rounds::new(&store, &t);
+    rounds.open(1, OPEN).await;
+
+    let first = bet(&alice, &t, 1, red(), 100);
+    let answer = place(&store, std::slice::from_ref(&first)).await;
+    assert_eq!(
+        answer,
+        vec![BetOutcome::Accepted {
+            balance: money(900)
+        }]
+    );
+    // Another bet moves the balance on; the retry still gets the first answer.
+    place(&store, &[bet(&alice, &t, 1, red(), 50)]).await;
+    let retry = place(&store, std::slice::from_ref(&first)).await;
+    assert_eq!(
+        retry,
+        vec![BetOutcome::Accepted {
+            balance: money(900)
+        }]
+    );
+    assert_eq!(balance(&client, "alice").await, 850, "debited once");
+
+    // The same id with other content is a conflict, and costs nothing.
+    let mut other = first.clone();
+    other.amount = money(200);
+    assert_eq!(
+        code(&place(&store, &[other.clone()]).await[0]),
+        Some(ErrorCode::BetIdConflict)
+    );
+    // Within one batch: a repeat is answered like the first, a changed repeat is a conflict.
+    let fresh = bet(&alice, &t, 1, straight(17), 10);
+    let mut changed = fresh.clone();
+    changed.selection = straight(18);
+    let answers = place(&store, &[fresh.clone(), fresh.clone(), changed]).await;
+    assert_eq!(
+        answers[0],
+        BetOutcome::Accepted {
+            balance: money(840)
+        }
+    );
+    assert_eq!(answers[1], answers[0]);
+    assert_eq!(code(&answers[2]), Some(ErrorCode::BetIdConflict));
+    assert_eq!(balance(&client, "alice").await, 840);
+}
+
+#[tokio::test]
+async fn bets_breaking_the_wallet_rules_are_refused_and_cost_nothing() {
+    let db = migrated_db().await;
+    let store = store(&db.url, 2);
+    let client = connect(&db.url).await;
+    let t = table("t1");
+    let bob = player("bob");
+    deposit(&store, &bob, 150_000).await;
+    let mut rounds = Rounds::new(&store, &t);
+    rounds.open(1, OPEN).await;
+    rounds.open(2, Duration::from_millis(1)).await;
+    rounds.open(3, OPEN).await;
+    rounds.close(3).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let answers = place(
+        &store,
+        &[
+            bet(&bob, &t, 1, red(), 5),                // below the minimum
+            bet(&bob, &t, 1, red(), 100_001),          // above the maximum
+            bet(&bob, &t, 2, red(), 100),              // after closes_at
+            bet(&bob, &t, 3, red(), 100),              // round closed
+            bet(&bob, &t, 9, red(), 100),              // round never seen
+            bet(&player("nobody"), &t, 1, red(), 100), // no money at all
+            bet(&bob, &t, 1, red(), 100_000),          // fine
+            bet(&bob, &t, 1, red(), 60_000),           // more than is left
+        ],
+    )
+    .await;
+    let codes: Vec<_> = answers.iter().map(code).collect();
+    assert_eq!(
+        codes,
+        vec![
+            Some(ErrorCode::LimitExceeded),
+            Some(ErrorCode::LimitExceeded),
+            Some(ErrorCode::BettingClosed),
+            Some(ErrorCode::BettingClosed),
+            Some(ErrorCode::BettingClosed),
+            Some(ErrorCode::InsufficientFunds),
+            None,
+            Some(ErrorCode::InsufficientFunds),
+        ]
+    );
+    assert_eq!(balance(&client, "bob").await, 50_000);
+    let no_account: i64 = client
+        .query_one("SELECT count(*) FROM accounts WHERE player = 'nobody'", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(no_account, 0, "a refused bet leaves no trace");
+
+    // The per-round stake limit counts what is staked already.
+    let limits =
+        domain::TableLimits::new(money(10), money(100_000), money(120_000)).expect("limits");
+    let answers = ledger::place_bets(&store, &[bet(&bob, &t, 1, red(), 30_000)], &limits, now())
+        .await
+        .expect("batch");
+    assert_eq!(code(&answers[0]), Some(ErrorCode::LimitExceeded));
+    // A refused bet is not recorded: the same bet_id may succeed later.
+    let retry = bet(&bob, &t, 1, red(), 20_000);
+    let answers = ledger::place_bets(&store, std::slice::from_ref(&retry), &limits, now())
+        .await
+        .expect("batch");
+    assert_eq!(
+        answers[0],
+        BetOutcome::Accepted {
+            balance: money(30_000)
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_settlers_racing_on_a_round_settle_it_exactly_once() {
+    let db = migrated_db().await;
+    let store_a = store(&db.url, 2);
+    let store_b = store(&db.url, 2);
+    let client = connect(&db.url).await;
+    let t = table("t1");
+    let mut rounds = Rounds::new(&store_a, &t);
+    let players: Vec<_> = (0..20).map(|i| player(&format!("r{i}"))).collect();
+    for who in &players {
+        deposit(&store_a, who, 10_000).await;
+    }
+    for round in 1..=5u64 {
+        rounds.open(round, OPEN).await;
+        let batch: Vec<_> = players
+            .iter()
+            .flat_map(|who| {
+                [
+                    bet(who, &t, round, red(), 100),
+                    bet(who, &t, round, straight(3), 10),
+                ]
+            })
+            .collect();
+        place(&store_a, &batch).await;
+        rounds.close(round).await;
+        rounds.declare(round).await;
+        let id = domain::RoundId::new(round).expect("round");
+        let (a, b) = tokio::join!(
+            ledger::settle_round(&store_a, &t, id),
+            ledger::settle_round(&store_b, &t, id)
+        );
+        let settled = [a.expect("settler a"), b.expect("settler b")];
+        assert_eq!(
+            settled.iter().filter(|s| s.is_some()).count(),
+            1,
+            "exactly one settles round {round}"
+        );
+        // Settling again later finds nothing to claim.
+        assert!(
+            ledger::settle_round(&store_a, &t, id)
+                .await
+                .expect("again")
+                .is_none()
+        );
+    }
+    let settled: i64 = client
+        .query_one(
+            "SELECT count(*) FROM events WHERE type = 'bet_settled'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(settled, 5 * 40);
+    let summaries: i64 = client
+        .query_one(
+            "SELECT count(*) FROM events WHERE type = 'round_settled'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(summaries, 5);
+}
+
+#[tokio::test]
+async fn a_voided_round_refunds_every_stake_once() {
+    let db = migrated_db().await;
+    let store = store(&db.url, 2);
+    let client = connect(&db.url).await;
+    let t = table("t1");
+    let carol = player("carol");
+    deposit(&store, &carol, 1_000).await;
+    let mut rounds = Rounds::new(&store, &t);
+    rounds.open(1, OPEN).await;
+    place(
+        &store,
+        &[
+            bet(&carol, &t, 1, red(), 300),
+            bet(&carol, &t, 1, straight(0), 200),
+        ],
+    )
+    .await;
+    assert_eq!(balance(&client, "carol").await, 500);
+    rounds.void(1).await;
+    let id = domain::RoundId::new(1).expect("round");
+    let refund = ledger::refund_round(&store, &t, id)
+        .await
+        .expect("refund")
+        .expect("refunded");
+    assert_eq!(refund.bets, 2);
+    assert_eq!(refund.refunded, money(500));
+    assert!(
+        ledger::refund_round(&store, &t, id)
+            .await
+            .expect("again")
+            .is_none()
+    );
+    assert_eq!(balance(&client, "carol").await, 1_000);
+    // A voided round takes no more bets and is never settled.
+    assert_eq!(
+        code(&place(&store, &[bet(&carol, &t, 1, red(), 100)]).await[0]),
+        Some(ErrorCode::BettingClosed)
+    );
+    assert!(
+        ledger::settle_round(&store, &t, id)
+            .await
+            .expect("settle")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn one_changed_byte_of_a_bet_event_is_found_by_the_chain_verifier_at_its_position() {
+    let db = migrated_db().await;
+    let store = store(&db.url, 2);
+    let client = connect(&db.url).await;
+    let t = table("t1");
+    let dave = player("dave");
+    deposit(&store, &dave, 1_000).await;
+    let mut rounds = Rounds::new(&store, &t);
+    rounds.open(1, OPEN).await;
+    place(
+        &store,
+        &[bet(&dave, &t, 1, red(), 100), bet(&dave, &t, 1, red(), 100)],
+    )
+    .await;
+    let position: i64 = client
+        .query_one(
+            "SELECT min(position) FROM events WHERE type = 'bet_placed'",
+            &[],
+        )
+        .await
+        .expect("position")
+        .get(0);
+    store.verify_chain(1, |_| {}).await.expect("intact");
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE events DISABLE TRIGGER USER;
+             UPDATE events SET data = set_byte(data, 3, get_byte(data, 3) # 1) WHERE position = {position};
+             ALTER TABLE events ENABLE ALWAYS TRIGGER events_refuse_update_delete;
+             ALTER TABLE events ENABLE ALWAYS TRIGGER events_refuse_truncate;"
+        ))
+        .await
+        .expect("tamper as superuser");
+    match store.verify_chain(1, |_| {}).await {
+        Err(store::VerifyError::Broken(broken)) => assert_eq!(broken.position, position),
+        other => panic!("expected a broken chain at {position}, got {other:?}"),
+    }
+}
