@@ -154,19 +154,33 @@ async fn every_message_and_error_code_a_player_meets_in_both_encodings() {
         // bet_result, then bet_placed on the player's channel
         let accepted = bet(&format!("ok-{pass}"), round, 100);
         client.send_json(&accepted).await.expect("bet");
-        let result = answer_to(&mut client, &format!("ok-{pass}")).await;
+        // GS answers the request and its outbox publishes `bet_placed` independently, so the
+        // two may reach the client in either order: wait for both.
+        let request_id = format!("ok-{pass}");
+        let (mut result, mut placed) = (None, None);
+        while result.is_none() || placed.is_none() {
+            let message = client
+                .recv_until(WAIT, |m| {
+                    m["request_id"] == request_id.as_str()
+                        || (m["type"] == "event"
+                            && m["channel"] == "player.alice"
+                            && m["event"]["kind"] == "bet_placed")
+                })
+                .await
+                .expect("bet_result and bet_placed");
+            if message["request_id"] == request_id.as_str() {
+                result = Some(message);
+            } else {
+                placed = Some(message);
+            }
+        }
+        let (Some(result), Some(placed)) = (result, placed) else {
+            unreachable!("the loop ends with both")
+        };
         assert_eq!(result["type"], "bet_result", "{result}");
         assert_eq!(result["status"], "accepted");
         assert_eq!(result["bet_id"], accepted["bet_id"]);
         assert_eq!(result["balance"].as_i64(), Some(balance - 100));
-        let placed = client
-            .recv_until(WAIT, |m| {
-                m["type"] == "event"
-                    && m["channel"] == "player.alice"
-                    && m["event"]["kind"] == "bet_placed"
-            })
-            .await
-            .expect("bet_placed");
         assert_eq!(placed["event"]["bet_id"], accepted["bet_id"]);
 
         // BET_ID_CONFLICT: the same bet_id with other content
