@@ -109,6 +109,41 @@ pub struct RunArgs {
         action = clap::ArgAction::Set
     )]
     pub dev_tokens: bool,
+    /// Gateway: open WebSocket connections per node; beyond it an upgrade gets HTTP 503
+    /// (default 50000; ADR 0012).
+    #[arg(long, env = "CROUPIER_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// Gateway: WebSocket handshakes accepted per second per node; beyond it HTTP 503 with
+    /// `Retry-After: 1` (default 1000).
+    #[arg(long, env = "CROUPIER_HANDSHAKES_PER_S", value_parser = clap::value_parser!(u32).range(1..))]
+    pub handshakes_per_s: Option<u32>,
+    /// Gateway: handshakes accepted at once before the rate applies (default: the rate).
+    #[arg(long, env = "CROUPIER_HANDSHAKE_BURST", value_parser = clap::value_parser!(u32).range(1..))]
+    pub handshake_burst: Option<u32>,
+    /// Gateway: messages per second one client may send; beyond it `RATE_LIMITED` (default 10).
+    #[arg(long, env = "CROUPIER_CLIENT_MSGS_PER_S", value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_msgs_per_s: Option<u32>,
+    /// Gateway: messages one client may send at once before the rate applies (default 20).
+    #[arg(long, env = "CROUPIER_CLIENT_BURST", value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_burst: Option<u32>,
+    /// Gateway: bets waiting on GS across the node; beyond it `OVERLOADED` (default 10000).
+    #[arg(long, env = "CROUPIER_MAX_BETS_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_bets_in_flight: Option<u32>,
+    /// Gateway: bytes of events one connection may have waiting before it is closed with 4008
+    /// (default 1048576).
+    #[arg(long, env = "CROUPIER_OUTBOUND_MAX_BYTES", value_parser = clap::value_parser!(u32).range(1..))]
+    pub outbound_max_bytes: Option<u32>,
+    /// Gateway: events one connection may have waiting before it is closed with 4008
+    /// (default 1024, the channel ring).
+    #[arg(long, env = "CROUPIER_OUTBOUND_MAX_MESSAGES", value_parser = clap::value_parser!(u32).range(1..))]
+    pub outbound_max_messages: Option<u32>,
+    /// Gateway: how long one write to a client may take before it is closed with 4008, in
+    /// milliseconds (default 10000).
+    #[arg(long, env = "CROUPIER_WRITE_TIMEOUT_MS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_timeout_ms: Option<u32>,
+    /// Gateway: `SO_SNDBUF` of client sockets in bytes (default: the kernel's autotuning).
+    #[arg(long, env = "CROUPIER_WS_SEND_BUFFER", value_parser = clap::value_parser!(u32).range(1024..))]
+    pub ws_send_buffer: Option<u32>,
 }
 
 /// Everything `run` needs, validated together before anything starts.
@@ -277,6 +312,7 @@ async fn run_roles<B: Bus>(
             drain_timeout: Duration::from_millis(args.drain_ms),
             idle_timeout: Duration::from_millis(args.ws_idle_ms.max(1)),
             dev_tokens: args.dev_tokens,
+            limits: gateway_limits(&args),
             metrics: Some(renderer),
         };
         if args.dev_tokens {
@@ -305,6 +341,30 @@ async fn run_roles<B: Bus>(
         tracing::warn!("some work did not finish within the drain deadline");
     }
     Ok(())
+}
+
+/// The gateway's throttling and back-pressure bounds from their flags (ADR 0012); clap has
+/// already refused zeros.
+fn gateway_limits(args: &RunArgs) -> gateway::GatewayLimits {
+    let defaults = gateway::GatewayLimits::default();
+    let size = |value: Option<u32>, default: usize| {
+        value.map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
+    };
+    let handshakes_per_s = args.handshakes_per_s.unwrap_or(defaults.handshakes_per_s);
+    gateway::GatewayLimits {
+        max_connections: size(args.max_connections, defaults.max_connections),
+        handshakes_per_s,
+        handshake_burst: args.handshake_burst.unwrap_or(handshakes_per_s),
+        client_msgs_per_s: args.client_msgs_per_s.unwrap_or(defaults.client_msgs_per_s),
+        client_burst: args.client_burst.unwrap_or(defaults.client_burst),
+        max_bets_in_flight: size(args.max_bets_in_flight, defaults.max_bets_in_flight),
+        outbound_max_bytes: size(args.outbound_max_bytes, defaults.outbound_max_bytes),
+        outbound_max_messages: size(args.outbound_max_messages, defaults.outbound_max_messages),
+        write_timeout: args.write_timeout_ms.map_or(defaults.write_timeout, |ms| {
+            Duration::from_millis(ms.into())
+        }),
+        send_buffer: args.ws_send_buffer,
+    }
 }
 
 /// GMS lease settings from `CROUPIER_LEASE_TTL_MS` / `CROUPIER_LEASE_RENEW_MS` (ADR 0009).

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 
 use crate::Shared;
 use crate::auth;
+use crate::limits::Refusal;
 
 type Body = Full<Bytes>;
 
@@ -126,6 +127,23 @@ fn upgrade<B: Bus>(mut request: Request<Incoming>, shared: Arc<Shared<B>>) -> Re
             }
         },
     };
+    // Admission last, so that a refused token or subprotocol does not spend a handshake.
+    let slot = match shared.admission.admit() {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            metrics::counter!("gateway_rejected_connections_total", "reason" => refusal.label())
+                .increment(1);
+            let message = match refusal {
+                Refusal::ConnectionLimit => "this node is at its connection limit; retry later\n",
+                Refusal::HandshakeRate => "too many handshakes on this node; retry shortly\n",
+            };
+            let mut response = text(StatusCode::SERVICE_UNAVAILABLE, message);
+            response
+                .headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+    };
     let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(parts) => parts,
         Err(error) => {
@@ -138,7 +156,7 @@ fn upgrade<B: Bus>(mut request: Request<Incoming>, shared: Arc<Shared<B>>) -> Re
     let session_shared = shared.clone();
     shared.tasks.spawn(async move {
         match upgraded.await {
-            Ok(ws) => crate::session::run(ws, encoding, player, session_shared).await,
+            Ok(ws) => crate::session::run(ws, encoding, player, session_shared, slot).await,
             Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
         }
     });

@@ -34,6 +34,9 @@ pub(crate) struct Outgoing {
     pub seq: u64,
     pub json: Bytes,
     pub msgpack: Bytes,
+    /// Where the feed stood once this event was sent: what a subscriber that has taken it
+    /// has consumed (see [`Totals`]).
+    pub mark: Totals,
 }
 
 impl Outgoing {
@@ -45,12 +48,34 @@ impl Outgoing {
     }
 }
 
+/// Running totals of what a feed has sent: events, and bytes per encoding. A subscriber's
+/// backlog is the feed's totals minus the totals of the last event it took, so each
+/// connection's outbound queue is bounded in messages and bytes (ADR 0012) without a queue
+/// or a counter of its own beyond one [`Totals`] per channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    pub messages: u64,
+    pub json_bytes: u64,
+    pub msgpack_bytes: u64,
+}
+
+impl Totals {
+    pub fn bytes(&self, encoding: Encoding) -> u64 {
+        match encoding {
+            Encoding::Json => self.json_bytes,
+            Encoding::MsgPack => self.msgpack_bytes,
+        }
+    }
+}
+
 /// A live channel: its broadcast ring and where it stands. Dropping the last handle stops its
 /// bus subscription.
 #[derive(Debug)]
 pub(crate) struct Feed {
     sender: broadcast::Sender<Arc<Outgoing>>,
     position: Arc<std::sync::Mutex<Position>>,
+    /// What the feed has sent so far.
+    sent: Arc<std::sync::Mutex<Totals>>,
     epoch: String,
     stop: CancellationToken,
 }
@@ -73,6 +98,11 @@ impl Feed {
         &self.epoch
     }
 
+    /// What the feed has sent so far.
+    pub fn sent(&self) -> Totals {
+        *self.sent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The channel's state as of the subscription's `seq`.
     pub fn state(&self) -> ChannelState {
         self.position().standing.to_state()
@@ -93,6 +123,8 @@ pub(crate) struct Subscription {
     /// The last sequence on the channel when the subscription started; only later events
     /// follow.
     pub seq: u64,
+    /// The feed's totals just before the receiver joined: its backlog is measured from here.
+    pub start: Totals,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,12 +179,16 @@ impl<B: Bus> Hub<B> {
         // Subscribe first, then read where the feed stands: an event stored before the read is
         // also in the receiver, and the session skips events at or below `seq`, so nothing is
         // lost and nothing is doubled.
+        // Totals read before joining: an event sent in between counts as waiting until the
+        // receiver takes the next one (an overestimate for an instant, never an underestimate).
+        let start = feed.sent();
         let receiver = feed.sender.subscribe();
         let seq = feed.position().seq;
         Ok(Subscription {
             feed,
             receiver,
             seq,
+            start,
         })
     }
 
@@ -233,9 +269,11 @@ impl<B: Bus> Hub<B> {
             standing,
         }));
         let stop = self.shutdown.child_token();
+        let sent = Arc::new(std::sync::Mutex::new(Totals::default()));
         let feed = Feed {
             sender: sender.clone(),
             position: position.clone(),
+            sent: sent.clone(),
             epoch: state.epoch,
             stop: stop.clone(),
         };
@@ -277,12 +315,21 @@ impl<B: Bus> Hub<B> {
                     position.standing.apply(&event);
                 }
                 metrics::counter!("gateway_events_relayed_total").increment(1);
+                // Totals move under the lock and the send happens while it is held, so a
+                // subscriber reading them never sees an event counted that it cannot receive
+                // next (see `Hub::subscribe`).
+                let mut totals = sent.lock().unwrap_or_else(|e| e.into_inner());
+                totals.messages += 1;
+                totals.json_bytes += json.len() as u64;
+                totals.msgpack_bytes += msgpack.len() as u64;
                 // No receiver is fine: the feed stops when the last handle goes.
                 let _ = sender.send(Arc::new(Outgoing {
                     seq: message.seq,
                     json,
                     msgpack,
+                    mark: *totals,
                 }));
+                drop(totals);
             }
         });
         Ok(feed)

@@ -11,6 +11,7 @@ pub mod auth;
 mod betting;
 mod http;
 mod hub;
+mod limits;
 mod session;
 mod state;
 
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::JwtSecret;
+pub use limits::GatewayLimits;
 
 /// Renders the node's metrics in the Prometheus text format (the binary owns the recorder).
 pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
@@ -43,6 +45,8 @@ pub struct GatewayConfig {
     /// Serve `GET /dev/token?player=P` (mints a one-hour token for anyone who asks). For
     /// development stacks only (`CROUPIER_DEV_TOKENS=1`, ADR 0011); off by default.
     pub dev_tokens: bool,
+    /// Throttling, shedding and back-pressure bounds (ADR 0012).
+    pub limits: GatewayLimits,
     pub metrics: Option<MetricsRenderer>,
 }
 
@@ -56,6 +60,7 @@ impl GatewayConfig {
             drain_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             dev_tokens: false,
+            limits: GatewayLimits::default(),
             metrics: None,
         }
     }
@@ -69,8 +74,27 @@ impl std::fmt::Debug for GatewayConfig {
             .field("drain_timeout", &self.drain_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("dev_tokens", &self.dev_tokens)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
+}
+
+/// How many connections may wait to be accepted (the listen backlog; tokio's default).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds the listener; accepted sockets inherit its `SO_SNDBUF` when one is set.
+fn listen(addr: SocketAddr, send_buffer: Option<u32>) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    if let Some(bytes) = send_buffer {
+        socket.set_send_buffer_size(bytes)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// What every connection of the node shares.
@@ -82,6 +106,8 @@ pub(crate) struct Shared<B> {
     pub shutdown: CancellationToken,
     /// The betting status as last read from the `status` bucket; sessions watch it.
     pub betting: tokio::sync::watch::Sender<betting::Current>,
+    /// Connection slots, the handshake bucket and the node's bets in flight.
+    pub admission: Arc<limits::Admission>,
 }
 
 /// A bound, not yet serving gateway.
@@ -105,11 +131,13 @@ impl<B: Bus> Gateway<B> {
         bus: B,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(config.http_addr).await?;
+        let listener = listen(config.http_addr, config.limits.send_buffer)?;
         let tasks = TaskTracker::new();
         // Learn the betting status before the first client is welcomed.
         let (betting, _) = tokio::sync::watch::channel(betting::initial(&bus).await);
+        let admission = Arc::new(limits::Admission::new(&config.limits));
         let shared = Arc::new(Shared {
+            admission,
             hub: hub::Hub::new(bus.clone(), tasks.clone(), shutdown.clone()),
             bus,
             config,

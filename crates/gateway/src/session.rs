@@ -5,8 +5,13 @@
 //! fragments under the size cap and decodes messages; and the session, which owns the write
 //! half and everything else — subscriptions and resumes, bets in flight, betting status, idle
 //! checks, shutdown — and is the only writer.
+//!
+//! Back-pressure (ADR 0012): a connection's outbound queue is its position in each channel's
+//! broadcast ring, bounded in events and bytes (`GatewayLimits::outbound_max_*`, measured with
+//! the hub's running totals), and every flush has a deadline (`write_timeout`). A client past
+//! either bound is closed with 4008; the hub never waits for it, so nobody else is delayed.
+//! Events ready together are written into one buffer and flushed once.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,15 +20,15 @@ use std::time::Duration;
 use bus::{Bus, RequestError};
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketRead, WebSocketWrite};
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use protocol::{
     Channel, ClientMessage, DecodeError, Encoding, ErrorCode, MAX_MESSAGE_BYTES, PlaceBetReply,
     ServerMessage, Subscribed, encode_event_message,
 };
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
@@ -34,7 +39,8 @@ use tokio_util::sync::CancellationToken;
 use crate::Shared;
 use crate::auth::Verified;
 use crate::betting;
-use crate::hub::{Feed, Outgoing, Subscription};
+use crate::hub::{Feed, Outgoing, Subscription, Totals};
+use crate::limits::{BetTicket, Slot, TokenBucket};
 
 type Io = TokioIo<Upgraded>;
 type BetFuture = Pin<Box<dyn Future<Output = ServerMessage> + Send>>;
@@ -52,6 +58,19 @@ pub(crate) mod close {
 const INBOUND_QUEUE: usize = 16;
 /// Bets a connection may have waiting on GS at once; more are refused with `RATE_LIMITED`.
 const MAX_BETS_IN_FLIGHT: usize = 8;
+/// Frames written into one buffer before it is flushed: events that are ready together leave
+/// in one write instead of one each, without letting one burst hold a large buffer.
+const COALESCE_FRAMES: usize = 64;
+/// Bytes buffered before a flush is forced, whatever the frame count. The buffer is allocated
+/// only while frames wait and freed after a flush if it grew past `KEEP_WRITE_BUFFER`, so an
+/// idle connection holds none.
+const COALESCE_BYTES: usize = 32 * 1024;
+/// Capacity of the write buffer kept between flushes.
+const KEEP_WRITE_BUFFER: usize = 4 * 1024;
+/// How long the Close 4008 of a slow consumer may take to leave before the connection is
+/// simply dropped (its window is likely shut).
+const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Events one resume (`subscribe` with `since`) may replay. A client further behind gets
 /// `recovered: false` and reloads: the replay is held in memory until it reaches the live point,
 /// so this bounds what one client can make the node hold (a few hundred bytes an event).
@@ -60,10 +79,12 @@ const MAX_REPLAY_EVENTS: usize = 2048;
 /// `recovered: false` instead.
 const REPLAY_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Boxed payloads keep this small: the inbound queue's storage is `INBOUND_QUEUE`-sized blocks
+/// of it, allocated for every connection.
 enum Inbound {
-    Message(ClientMessage),
+    Message(Box<ClientMessage>),
     /// A frame that did not decode: answered with `BAD_MESSAGE`.
-    Malformed(ServerMessage),
+    Malformed(Box<ServerMessage>),
     /// A control frame the protocol obliges us to send (pong, close echo).
     Obligated(OpCode, Vec<u8>),
     /// The reader stopped for this reason; the session closes with it.
@@ -92,8 +113,16 @@ pub(crate) async fn run<B: Bus>(
     encoding: Encoding,
     token: Option<Verified>,
     shared: Arc<Shared<B>>,
+    slot: Slot,
 ) {
-    let (read, write) = ws.split(tokio::io::split);
+    let (read, mut write) = ws.split(|io| {
+        let (read, write) = tokio::io::split(io);
+        (read, Coalescing::new(write))
+    });
+    // Every frame goes through the coalescing buffer as header + payload (no copy into the
+    // library's own write buffer, which would otherwise grow to the largest frame and stay).
+    write.set_writev(true);
+    write.set_writev_threshold(0);
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let reader_stop = CancellationToken::new();
     let heard = Arc::new(Heard::default());
@@ -104,7 +133,8 @@ pub(crate) async fn run<B: Bus>(
         heard.clone(),
         reader_stop.clone(),
     ));
-    metrics::gauge!("gateway_connections").increment(1);
+    let limits = &shared.config.limits;
+    let inbound_bucket = TokenBucket::new(limits.client_msgs_per_s, limits.client_burst);
     let mut session = Session {
         write,
         encoding,
@@ -112,15 +142,15 @@ pub(crate) async fn run<B: Bus>(
         betting: shared.betting.subscribe(),
         shared,
         subscriptions: StreamMap::new(),
-        last_seq: HashMap::new(),
         bets: FuturesUnordered::new(),
+        inbound_bucket,
         heard,
         heard_count: 0,
         quiet_since: Instant::now(),
         ping_sent: None,
     };
     session.serve(inbound_rx).await;
-    metrics::gauge!("gateway_connections").decrement(1);
+    drop(slot);
     // The reader may be parked in `read_frame` on a silent peer: cancel it (it checks between
     // frames) and drop the TCP connection by dropping both halves — after a Close we do not wait
     // for the peer's answer.
@@ -217,10 +247,10 @@ async fn read_loop(
         }
         let decoded = decode(encoding, message_opcode, &message);
         let item = match decoded {
-            Ok(message) => Inbound::Message(message),
-            Err(error) => {
-                Inbound::Malformed(ServerMessage::bad_message(&message, encoding, &error))
-            }
+            Ok(message) => Inbound::Message(Box::new(message)),
+            Err(error) => Inbound::Malformed(Box::new(ServerMessage::bad_message(
+                &message, encoding, &error,
+            ))),
         };
         if inbound.send(item).await.is_err() {
             return;
@@ -239,17 +269,16 @@ fn decode(encoding: Encoding, opcode: OpCode, bytes: &[u8]) -> Result<ClientMess
 }
 
 struct Session<B> {
-    write: WebSocketWrite<WriteHalf<Io>>,
+    write: WebSocketWrite<Coalescing<WriteHalf<Io>>>,
     encoding: Encoding,
     /// The connection's token; `None` for a spectator.
     token: Option<Verified>,
     betting: watch::Receiver<betting::Current>,
     shared: Arc<Shared<B>>,
     subscriptions: StreamMap<Channel, FeedStream>,
-    /// Per channel, the last sequence delivered (or announced in `subscribed`): anything at or
-    /// below it is not sent again.
-    last_seq: HashMap<Channel, u64>,
     bets: FuturesUnordered<BetFuture>,
+    /// The client's messages: `client_burst` at once, `client_msgs_per_s` sustained.
+    inbound_bucket: TokenBucket,
     heard: Arc<Heard>,
     /// The frame count at the last idle check, and since when it has not moved.
     heard_count: u64,
@@ -287,11 +316,14 @@ impl<B: Bus> Session<B> {
                     return;
                 }
                 item = inbound.recv() => match item {
-                    Some(item) => self.on_inbound(item).await,
+                    // Boxed: a client's message is rare next to events, and handling it inline
+                    // would size every idle connection's task for the largest path (a third
+                    // of the task).
+                    Some(item) => Box::pin(self.on_inbound(item)).await,
                     None => return,
                 },
                 Some((channel, item)) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
-                    self.on_event(channel, item).await
+                    self.on_events(channel, item).await
                 }
                 Some(answer) = self.bets.next(), if !self.bets.is_empty() => self.send(&answer).await,
                 changed = self.betting.changed(), if betting_open => match changed {
@@ -337,10 +369,41 @@ impl<B: Bus> Session<B> {
         }
     }
 
+    /// Whether the client may send one more message now; counted when not.
+    fn admit_message(&mut self) -> bool {
+        let admitted = self.inbound_bucket.try_take(Instant::now());
+        if !admitted {
+            metrics::counter!("gateway_rate_limited_total").increment(1);
+        }
+        admitted
+    }
+
     async fn on_inbound(&mut self, item: Inbound) -> Result<(), Closed> {
         match item {
-            Inbound::Message(message) => self.on_message(message).await,
-            Inbound::Malformed(answer) => self.send(&answer).await,
+            Inbound::Message(message) => {
+                if !self.admit_message() {
+                    let request_id = match &*message {
+                        ClientMessage::Bet(bet) => Some(bet.request_id.clone()),
+                        _ => None,
+                    };
+                    return self
+                        .error(
+                            request_id,
+                            ErrorCode::RateLimited,
+                            "too many messages; slow down",
+                        )
+                        .await;
+                }
+                self.on_message(*message).await
+            }
+            Inbound::Malformed(answer) => {
+                if !self.admit_message() {
+                    return self
+                        .error(None, ErrorCode::RateLimited, "too many messages; slow down")
+                        .await;
+                }
+                self.send(&answer).await
+            }
             Inbound::Obligated(opcode, payload) => {
                 let frame = Frame::new(true, opcode, None, Payload::Owned(payload));
                 self.write_frame(frame).await?;
@@ -388,13 +451,13 @@ impl<B: Bus> Session<B> {
                         Some(_) => {}
                     }
                 }
-                self.subscribe(channel, subscribe.since, subscribe.epoch)
-                    .await
+                // Boxed: the resume path is large and rare; inline it would size every idle
+                // connection's task for it.
+                Box::pin(self.subscribe(channel, subscribe.since, subscribe.epoch)).await
             }
             ClientMessage::Unsubscribe(unsubscribe) => match unsubscribe.parse_channel() {
                 Ok(channel) => {
                     self.subscriptions.remove(&channel);
-                    self.last_seq.remove(&channel);
                     Ok(())
                 }
                 Err(error) => self.error(None, error.code(), error.to_string()).await,
@@ -439,12 +502,26 @@ impl<B: Bus> Session<B> {
                         )
                         .await;
                 }
+                let max = self.shared.config.limits.max_bets_in_flight;
+                let Some(ticket) = BetTicket::take(&self.shared.admission, max) else {
+                    metrics::counter!("gateway_overloaded_total").increment(1);
+                    return self
+                        .error(
+                            Some(request_id),
+                            ErrorCode::Overloaded,
+                            "the gateway is overloaded; retry shortly with the same bet_id",
+                        )
+                        .await;
+                };
                 let table = bet.table.clone();
                 let request = bet.into_request(token.player);
                 let bus = self.shared.bus.clone();
                 let timeout = self.shared.config.bet_timeout;
-                self.bets
-                    .push(Box::pin(forward_bet(bus, table, request, timeout)));
+                self.bets.push(Box::pin(async move {
+                    let answer = forward_bet(bus, table, request, timeout).await;
+                    drop(ticket);
+                    answer
+                }));
                 Ok(())
             }
         }
@@ -464,6 +541,7 @@ impl<B: Bus> Session<B> {
             feed,
             receiver,
             seq,
+            start,
         } = match self.shared.hub.subscribe(&channel).await {
             Ok(subscription) => subscription,
             Err(error) => {
@@ -505,42 +583,99 @@ impl<B: Bus> Session<B> {
             recovered,
             state: feed.state(),
         });
-        self.last_seq.insert(channel.clone(), last);
         self.subscriptions.insert(
             channel,
             FeedStream {
                 events: BroadcastStream::new(receiver),
-                _feed: feed,
+                feed,
+                last_seq: last,
+                taken: start,
             },
         );
-        self.send(&answer).await?;
+        self.queue(&answer).await?;
         for bytes in replayed {
-            self.send_bytes(bytes).await?;
+            self.queue_bytes(bytes).await?;
+        }
+        self.flush().await
+    }
+
+    /// Handles `first` and every event already waiting behind it (up to `COALESCE_FRAMES`),
+    /// writing them into one buffer flushed once; then checks the connection's backlog.
+    async fn on_events(
+        &mut self,
+        channel: Channel,
+        first: Result<Arc<Outgoing>, BroadcastStreamRecvError>,
+    ) -> Result<(), Closed> {
+        let mut item = Some((channel, first));
+        let mut frames = 0;
+        while let Some((channel, event)) = item.take() {
+            let Ok(event) = event else {
+                // A whole ring behind: the hub already dropped events for it.
+                return self.slow_consumer("a whole ring behind").await;
+            };
+            if self.take_event(&channel, &event) {
+                let bytes = event.bytes(self.encoding).clone();
+                self.queue_bytes(bytes).await?;
+                frames += 1;
+            }
+            if frames < COALESCE_FRAMES {
+                item = self.subscriptions.next().now_or_never().flatten();
+            }
+        }
+        self.flush().await?;
+        let (messages, bytes) = self.backlog();
+        let limits = &self.shared.config.limits;
+        if messages > limits.outbound_max_messages as u64
+            || bytes > limits.outbound_max_bytes as u64
+        {
+            return self.slow_consumer("outbound backlog over its bound").await;
         }
         Ok(())
     }
 
-    async fn on_event(
-        &mut self,
-        channel: Channel,
-        item: Result<Arc<Outgoing>, BroadcastStreamRecvError>,
-    ) -> Result<(), Closed> {
-        match item {
-            Ok(event) => {
-                let last = self.last_seq.entry(channel).or_insert(0);
-                if event.seq <= *last {
-                    return Ok(());
-                }
-                *last = event.seq;
-                let bytes = event.bytes(self.encoding).clone();
-                self.send_bytes(bytes).await
-            }
-            Err(_lagged) => {
-                metrics::counter!("gateway_slow_consumers_total").increment(1);
-                let _ = self.close(close::SLOW_CONSUMER, "slow consumer").await;
-                Err(Closed)
-            }
+    /// Records that the connection took `event` from `channel`'s ring; whether to send it (an
+    /// event at or below the last one delivered on the channel is not sent again).
+    fn take_event(&mut self, channel: &Channel, event: &Outgoing) -> bool {
+        let Some((_, stream)) = self.subscriptions.iter_mut().find(|(c, _)| c == channel) else {
+            return false;
+        };
+        stream.taken = event.mark;
+        if event.seq <= stream.last_seq {
+            return false;
         }
+        stream.last_seq = event.seq;
+        true
+    }
+
+    /// Events and bytes broadcast on the connection's channels that it has not taken yet.
+    fn backlog(&self) -> (u64, u64) {
+        self.subscriptions
+            .iter()
+            .fold((0, 0), |(messages, bytes), (_, stream)| {
+                let sent = stream.feed.sent();
+                (
+                    messages + sent.messages.saturating_sub(stream.taken.messages),
+                    bytes
+                        + sent
+                            .bytes(self.encoding)
+                            .saturating_sub(stream.taken.bytes(self.encoding)),
+                )
+            })
+    }
+
+    /// Closes the connection with 4008: best effort within a short grace, since the reason is
+    /// usually that its window is shut.
+    async fn slow_consumer(&mut self, why: &'static str) -> Result<(), Closed> {
+        tracing::debug!(why, "slow consumer disconnected");
+        metrics::counter!("gateway_slow_consumers_total").increment(1);
+        let frame = Frame::close(close::SLOW_CONSUMER, b"slow consumer");
+        let _ = tokio::time::timeout(SLOW_CLOSE_GRACE, async {
+            if self.write.write_frame(frame).await.is_ok() {
+                let _ = self.write.flush().await;
+            }
+        })
+        .await;
+        Err(Closed)
     }
 
     async fn error(
@@ -553,9 +688,16 @@ impl<B: Bus> Session<B> {
             .await
     }
 
+    /// Writes one message now.
     async fn send(&mut self, message: &ServerMessage) -> Result<(), Closed> {
+        self.queue(message).await?;
+        self.flush().await
+    }
+
+    /// Adds one message to the write buffer (sent at the next flush).
+    async fn queue(&mut self, message: &ServerMessage) -> Result<(), Closed> {
         match message.encode(self.encoding) {
-            Ok(bytes) => self.send_bytes(bytes).await,
+            Ok(bytes) => self.queue_bytes(bytes).await,
             Err(error) => {
                 tracing::error!(%error, kind = message.message_type(), "message could not be encoded");
                 Ok(())
@@ -563,25 +705,48 @@ impl<B: Bus> Session<B> {
         }
     }
 
-    async fn send_bytes(&mut self, bytes: Bytes) -> Result<(), Closed> {
+    async fn queue_bytes(&mut self, bytes: Bytes) -> Result<(), Closed> {
         let opcode = if self.encoding.is_binary() {
             OpCode::Binary
         } else {
             OpCode::Text
         };
         let frame = Frame::new(true, opcode, None, Payload::Borrowed(&bytes));
-        self.write_frame(frame).await
+        self.queue_frame(frame).await
     }
 
-    /// Writes one frame. A peer that does not take it within the idle timeout (its TCP window
-    /// stays shut) is dead or hopelessly slow: the connection is dropped rather than holding
-    /// the session forever.
-    async fn write_frame(&mut self, frame: Frame<'_>) -> Result<(), Closed> {
-        let idle = self.shared.config.idle_timeout;
-        match tokio::time::timeout(idle, self.write.write_frame(frame)).await {
+    /// Adds one frame to the write buffer; this writes to the socket only when the buffer is
+    /// over `COALESCE_BYTES`, under the same deadline as a flush.
+    async fn queue_frame(&mut self, frame: Frame<'_>) -> Result<(), Closed> {
+        let deadline = self.shared.config.limits.write_timeout;
+        let written = tokio::time::timeout(deadline, self.write.write_frame(frame)).await;
+        self.after_write(written.map(|r| r.map_err(|_| ()))).await
+    }
+
+    /// Writes everything buffered. A peer that does not take it within `write_timeout` (its
+    /// TCP window stays shut) is a slow consumer: closed with 4008 rather than holding the
+    /// session.
+    async fn flush(&mut self) -> Result<(), Closed> {
+        let deadline = self.shared.config.limits.write_timeout;
+        let written = tokio::time::timeout(deadline, self.write.flush()).await;
+        self.after_write(written.map(|r| r.map_err(|_| ()))).await
+    }
+
+    async fn after_write(
+        &mut self,
+        written: Result<Result<(), ()>, tokio::time::error::Elapsed>,
+    ) -> Result<(), Closed> {
+        match written {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) | Err(_) => Err(Closed),
+            Ok(Err(())) => Err(Closed),
+            Err(_) => self.slow_consumer("write deadline passed").await,
         }
+    }
+
+    /// Writes one frame now.
+    async fn write_frame(&mut self, frame: Frame<'_>) -> Result<(), Closed> {
+        self.queue_frame(frame).await?;
+        self.flush().await
     }
 
     async fn close(&mut self, code: u16, reason: &str) -> Result<(), Closed> {
@@ -647,7 +812,13 @@ async fn replay<B: Bus>(
 /// for the channel alive while anyone is subscribed; the last one to leave stops it.
 struct FeedStream {
     events: BroadcastStream<Arc<Outgoing>>,
-    _feed: Arc<Feed>,
+    feed: Arc<Feed>,
+    /// The last sequence delivered (or announced in `subscribed`): anything at or below it is
+    /// not sent again.
+    last_seq: u64,
+    /// The feed's totals as of the last event taken from the ring: the backlog is measured
+    /// from here.
+    taken: Totals,
 }
 
 impl futures_util::Stream for FeedStream {
@@ -708,5 +879,98 @@ async fn forward_bet<B: Bus>(
             ErrorCode::Timeout,
             "the game service did not answer in time; retry with the same bet_id",
         ),
+    }
+}
+
+/// The socket's write side behind a write buffer that exists only while frames wait for a
+/// flush: frames queued together leave in one `write`, and an idle connection holds no buffer
+/// (at most `KEEP_WRITE_BUFFER` is kept between flushes). Writes only buffer until the buffer
+/// holds `COALESCE_BYTES`; then it is written out first.
+struct Coalescing<W> {
+    inner: W,
+    buffer: Vec<u8>,
+    /// How much of `buffer` has been written to `inner`.
+    written: usize,
+}
+
+impl<W: AsyncWrite + Unpin> Coalescing<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            buffer: Vec::new(),
+            written: 0,
+        }
+    }
+
+    /// Writes the buffer out to `inner`; the buffer is then empty.
+    fn poll_drain(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        while self.written < self.buffer.len() {
+            let n = std::task::ready!(
+                Pin::new(&mut self.inner).poll_write(cx, &self.buffer[self.written..])
+            )?;
+            if n == 0 {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.written = 0;
+        if self.buffer.capacity() > KEEP_WRITE_BUFFER {
+            self.buffer = Vec::new();
+        } else {
+            self.buffer.clear();
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Coalescing<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.buffer.len() >= COALESCE_BYTES {
+            std::task::ready!(this.poll_drain(cx))?;
+        }
+        let mut total = 0;
+        for buf in bufs {
+            this.buffer.extend_from_slice(buf);
+            total += buf.len();
+        }
+        std::task::Poll::Ready(Ok(total))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }

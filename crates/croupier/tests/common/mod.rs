@@ -563,3 +563,58 @@ pub async fn http_get(http_addr: &str, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Gateway limits tests (issue 9): one gateway node in this process on real NATS, nothing else.
+
+/// A gateway node on `nats` (no GMS, GS or Postgres) with its limits set by `configure`, and a
+/// bus handle of the test's own on the same namespace (to publish events).
+pub async fn lone_gateway(
+    nats: &testkit::TestNats,
+    configure: impl FnOnce(&mut gateway::GatewayConfig),
+) -> (GatewayNode, bus::NatsBus) {
+    let connect = || bus::NatsBus::connect(&nats.url, &nats.prefix, bus::NatsOptions::default());
+    let bus = connect().await.expect("connect to NATS");
+    bus::Bus::setup(&bus, &croupier_definitions())
+        .await
+        .expect("set up streams");
+    let secret = gateway::JwtSecret::new(SECRET).expect("secret");
+    let mut config = gateway::GatewayConfig::new("127.0.0.1:0".parse().expect("addr"), secret);
+    config.drain_timeout = Duration::from_secs(2);
+    configure(&mut config);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let node = gateway::Gateway::build(config, connect().await.expect("connect"), shutdown.clone())
+        .await
+        .expect("bind gateway");
+    let addr = node.local_addr().expect("addr").to_string();
+    let done = tokio::spawn(node.run());
+    wait_ready(&addr).await;
+    let node = GatewayNode {
+        addr,
+        shutdown,
+        done,
+    };
+    (node, bus)
+}
+
+/// Publishes a synthetic `round_opened` of `table` (round `round`) to JetStream as GMS would;
+/// returns its stream sequence.
+pub async fn publish_round_opened(bus: &bus::NatsBus, table: &str, round: u64) -> u64 {
+    let table_id = domain::TableId::parse(table).expect("table");
+    let now = domain::Timestamp::from_unix_micros(1_700_000_000_000_000).expect("timestamp");
+    let body = protocol::EventBody::RoundOpened(protocol::RoundOpened {
+        table: table_id,
+        round: domain::RoundId::new(round).expect("round"),
+        closes_at: now,
+        seed_hash: domain::ServerSeed::from_bytes([7; 32]).hash(),
+    });
+    let event = protocol::Event::new(uuid::Uuid::new_v4(), now, body);
+    let payload = protocol::encode_event(&event).expect("encode");
+    let published = bus::Bus::publish(
+        bus,
+        bus::Publish::new(format!("table.{table}.round"), payload),
+    )
+    .await
+    .expect("publish");
+    published.seq
+}
