@@ -4,19 +4,14 @@
 
 mod common;
 
-use common::{Env, check_round, free_addr, migrated_database, play_a_round, wait_ready};
+use common::{Env, check_round, play_a_round, wait_ready};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_all_on_the_local_bus_settles_a_bet_placed_over_websocket() {
     testkit::init_logging();
-    let db = migrated_database().await;
-    let env = Env {
-        // Never used by the local bus; a closed port makes any accidental use fail loudly.
-        nats_url: "nats://127.0.0.1:1".into(),
-        prefix: testkit::unique_prefix(),
-        database_url: db.url.clone(),
-        http_addr: free_addr(),
-    };
+    let (mut env, _db) = Env::fresh().await;
+    // Never used by the local bus; a closed port makes any accidental use fail loudly.
+    env.nats_url = "nats://127.0.0.1:1".into();
     let deposit = env.croupier(&[
         "wallet",
         "deposit",

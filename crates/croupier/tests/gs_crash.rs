@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bus::{Bus, NatsBus, NatsOptions};
-use common::{Env, free_addr};
+use common::Env;
 use futures_util::future::join_all;
 use protocol::{Encoding, ErrorCode, PlaceBetReply, PlaceBetRequest};
 
@@ -68,21 +68,7 @@ async fn place(bus: &NatsBus, request: PlaceBetRequest) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_gs_and_one_killed_mid_batch_every_accepted_bet_is_settled_exactly_once() {
     testkit::init_logging();
-    let nats = testkit::nats().expect("nats");
-    let db = testkit::postgres()
-        .expect("postgres")
-        .database(
-            &format!("croupier-{}", store::migrations_fingerprint()),
-            |url| async move { store::migrate_url(&url).await.map(|_| ()) },
-        )
-        .await
-        .expect("database");
-    let env = Env {
-        nats_url: nats.url.clone(),
-        prefix: nats.prefix.clone(),
-        database_url: db.url.clone(),
-        http_addr: free_addr(),
-    };
+    let (env, db) = Env::fresh().await;
     let store = store::Store::new(&store::PoolConfig::new(db.url.clone())).expect("store");
     let players: Vec<domain::PlayerId> = (0..PLAYERS)
         .map(|i| domain::PlayerId::parse(&format!("k{i}")).expect("player"))
@@ -106,7 +92,7 @@ async fn with_two_gs_and_one_killed_mid_batch_every_accepted_bet_is_settled_exac
     let mut gs_a = env.spawn(&["run", "gs"]);
     let _gs_b = env.spawn(&["run", "gs"]);
     let _gms = env.spawn(&["run", "gms"]);
-    let bus = NatsBus::connect(&nats.url, &nats.prefix, NatsOptions::default())
+    let bus = NatsBus::connect(&env.nats_url, &env.prefix, NatsOptions::default())
         .await
         .expect("bus");
 

@@ -4,26 +4,12 @@
 
 mod common;
 
-use common::{Env, check_round, free_addr, play_a_round, wait_ready};
+use common::{Env, check_round, play_a_round, wait_ready};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bet_placed_over_websocket_is_settled_with_the_fair_payout() {
     testkit::init_logging();
-    let nats = testkit::nats().expect("nats");
-    let db = testkit::postgres()
-        .expect("postgres")
-        .database(
-            &format!("croupier-{}", store::migrations_fingerprint()),
-            |url| async move { store::migrate_url(&url).await.map(|_| ()) },
-        )
-        .await
-        .expect("database");
-    let env = Env {
-        nats_url: nats.url.clone(),
-        prefix: nats.prefix.clone(),
-        database_url: db.url.clone(),
-        http_addr: free_addr(),
-    };
+    let (env, db) = Env::fresh().await;
     let deposit = env.croupier(&[
         "wallet",
         "deposit",

@@ -22,6 +22,21 @@ pub struct Env {
 }
 
 impl Env {
+    /// The usual environment of an end-to-end test: the harness's NATS with a fresh prefix, a
+    /// freshly migrated database (returned too: it lives as long as the test holds it) and a
+    /// free gateway address.
+    pub async fn fresh() -> (Env, testkit::TestDb) {
+        let nats = testkit::nats().expect("nats");
+        let db = migrated_database().await;
+        let env = Env {
+            nats_url: nats.url,
+            prefix: nats.prefix,
+            database_url: db.url.clone(),
+            http_addr: free_addr(),
+        };
+        (env, db)
+    }
+
     pub fn apply<'a>(&self, command: &'a mut Command) -> &'a mut Command {
         command
             .env("NATS_URL", &self.nats_url)
