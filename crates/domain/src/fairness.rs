@@ -7,7 +7,8 @@
 //!   `word mod n`. For roulette n = 37 and the limit is 4294967289 = 37 × 116080197, the largest
 //!   multiple of 37 that fits, so every pocket is hit by exactly 116080197 words: no modulo bias.
 //!
-//! The seed itself comes from the caller (GMS reads the OS CSPRNG); this module only computes.
+//! The seed itself comes from the caller (GMS derives it from its master secret, ADR 0007);
+//! this module only computes.
 //! `docs/fairness-test-vectors.md` lists vectors for outside implementations, and a test here
 //! checks every one of them.
 
