@@ -414,7 +414,7 @@ async fn publish(bus: bus::NatsBus, table: String, rate: f64, stop: Cancellation
         let Ok(payload) = protocol::encode_event(&event) else {
             continue;
         };
-        let publish = bus::Publish::new(format!("table.{table}.round"), payload)
+        let publish = bus::Publish::new(protocol::subject::table_round_subject(&table_id), payload)
             .msg_id(format!("loadgen:{run}:{n}"));
         if let Err(error) = bus.publish(publish).await {
             tracing::warn!(%error, "loadgen publish failed");

@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use bus::Bus;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use protocol::{Channel, ChannelState, Encoding, encode_event_message};
+use protocol::{Channel, ChannelState, Encoding, encode_event_message, subject};
 use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -137,10 +137,10 @@ pub(crate) enum HubError {
 pub(crate) fn channel_subjects(channel: &Channel) -> Vec<String> {
     match channel {
         Channel::Table(table) => vec![
-            format!("table.{table}.round"),
-            format!("table.{table}.result"),
+            subject::table_round_subject(table),
+            subject::table_result_subject(table),
         ],
-        Channel::Player(player) => vec![format!("player.{player}.wallet")],
+        Channel::Player(player) => vec![subject::player_wallet_subject(player)],
     }
 }
 
@@ -257,7 +257,7 @@ impl<B: Bus> Hub<B> {
             }
         }
         let state = self.bus.stream_state(stream).await.map_err(bus_error)?;
-        let filter = format!("{channel}.>");
+        let filter = channel.subject_filter();
         let mut messages = self
             .bus
             .replay(stream, &filter, last_seq + 1)

@@ -775,7 +775,7 @@ async fn replay<B: Bus>(
             return Err("events after `since` are no longer retained");
         }
         let mut messages = bus
-            .replay(stream, &format!("{channel}.>"), since + 1)
+            .replay(stream, &channel.subject_filter(), since + 1)
             .await
             .map_err(|_| "replay unavailable")?;
         let mut events = Vec::new();
@@ -851,7 +851,7 @@ async fn forward_bet<B: Bus>(
             );
         }
     };
-    let subject = format!("bets.place.{table}");
+    let subject = protocol::subject::bets_place_subject(&table);
     match bus.request(&subject, payload, timeout).await {
         Ok(reply) => match Encoding::MsgPack.decode::<PlaceBetReply>(&reply) {
             Ok(PlaceBetReply::Accepted(accepted)) => {

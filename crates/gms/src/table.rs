@@ -63,7 +63,7 @@ pub(crate) async fn run<B: Bus>(
     let mut driver = Driver {
         bus,
         config,
-        subject: format!("table.{table}.round"),
+        subject: protocol::subject::table_round_subject(&table),
         table,
         shutdown,
     };

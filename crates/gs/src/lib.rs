@@ -70,7 +70,10 @@ impl<B: Bus> Gs<B> {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), bus::BusError> {
         let requests = self
             .bus
-            .serve("bets.place.*", protocol::subject::GS_QUEUE_GROUP)
+            .serve(
+                &protocol::subject::bets_place_wildcard(),
+                protocol::subject::GS_QUEUE_GROUP,
+            )
             .await?;
         let tasks = TaskTracker::new();
         tasks.spawn(transitions::run(

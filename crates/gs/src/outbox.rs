@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bus::{Bus, Publish};
 use futures_util::StreamExt;
-use protocol::EventBody;
+use protocol::Producer;
 use store::{Store, TailOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -55,15 +55,9 @@ async fn publish_from_cursor<B: Bus>(bus: &B, store: &Store) -> Result<(), Strin
     while let Some(stored) = events.next().await {
         let stored = stored.map_err(|e| e.to_string())?;
         let subject = match protocol::decode_event(&stored.data) {
-            Ok(event) => match &event.body {
-                EventBody::BetPlaced(e) => Some(format!("player.{}.wallet", e.player)),
-                EventBody::BetSettled(e) => Some(format!("player.{}.wallet", e.player)),
-                EventBody::BetRefunded(e) => Some(format!("player.{}.wallet", e.player)),
-                EventBody::FundsDeposited(e) => Some(format!("player.{}.wallet", e.player)),
-                EventBody::RoundSettled(e) => Some(format!("table.{}.result", e.table)),
-                // Round transitions came from the bus; they are not published again.
-                _ => None,
-            },
+            // Round transitions came from the bus (GMS); only GS's own events go out.
+            Ok(event) => (event.event_kind().producer() == Producer::Gs)
+                .then(|| protocol::subject_for(&event)),
             Err(error) => {
                 tracing::warn!(position = stored.position, %error, "undecodable event not published");
                 None

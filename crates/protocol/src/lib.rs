@@ -7,7 +7,7 @@
 //! - [`ws`]: WebSocket messages, both directions, and channels.
 //! - [`bus_rpc`]: the `bets.place.<t>` request and reply.
 //! - [`status`]: the betting status (KV bucket `status`, `welcome`, `status` messages).
-//! - [`subject`]: NATS subjects, streams, buckets and the `CROUPIER_NATS_PREFIX` namespacing.
+//! - [`subject`]: NATS subjects, streams and buckets, in logical names (the bus applies the prefix).
 //! - [`codec`]: JSON and MessagePack, the size limit, typed encode and decode errors.
 //! - [`error_code`]: the error codes clients see.
 //! - [`schema`]: JSON Schemas generated from these types (checked in under `schemas/`).
@@ -33,7 +33,7 @@ pub use event::{
     EventKind, FundsDeposited, OutcomeDeclared, Producer, RoundOpened, RoundSettled, RoundVoided,
 };
 pub use status::{Betting, BettingStatus};
-pub use subject::{Namespace, gms_msg_id, subject_for};
+pub use subject::{gms_msg_id, subject_for};
 pub use ws::{
     BetResult, Channel, ChannelError, ChannelState, ClientMessage, ErrorMessage, EventMessage,
     PlaceBet, PlayerState, ServerMessage, StatusMessage, Subscribe, Subscribed, TableState,

@@ -24,7 +24,6 @@ use crate::event::{
 };
 use crate::serde_util::{buffer_object, from_buffer, tag};
 use crate::status::Betting;
-use crate::subject::Namespace;
 
 /// A channel: `table.<table>` (public: the table's round events and results) or `player.<id>`
 /// (private to that player: wallet events).
@@ -70,9 +69,9 @@ impl Channel {
     }
 
     /// The JetStream filter subject of this channel (DESIGN §5): `table.<t>.>` on stream
-    /// `TABLES`, `player.<p>.>` on stream `PLAYERS`, namespaced by the prefix.
-    pub fn subject_filter(&self, ns: &Namespace) -> String {
-        ns.subject(&format!("{self}.>"))
+    /// `TABLES`, `player.<p>.>` on stream `PLAYERS` (logical: the bus applies the prefix).
+    pub fn subject_filter(&self) -> String {
+        format!("{self}.>")
     }
 
     /// The (unprefixed) name of the stream that carries this channel.

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use domain::{Money, RoundEvent, RoundId, TableId};
-use protocol::subject::{self, Namespace};
+use protocol::subject;
 use protocol::*;
 use serde_json::{Value, json};
 
@@ -282,7 +282,6 @@ fn event_new_writes_the_current_version() {
 
 #[test]
 fn each_event_is_published_on_the_subject_of_the_contract() {
-    let root = Namespace::root();
     let cases = [
         ("round_opened", "table.roulette-1.round"),
         ("betting_closed", "table.roulette-1.round"),
@@ -295,13 +294,8 @@ fn each_event_is_published_on_the_subject_of_the_contract() {
         ("funds_deposited", "player.alice.wallet"),
     ];
     for (kind, expected) in cases {
-        assert_eq!(subject_for(&root, &example_event(kind)), expected, "{kind}");
+        assert_eq!(subject_for(&example_event(kind)), expected, "{kind}");
     }
-    let ns = Namespace::parse("t123").expect("valid");
-    assert_eq!(
-        subject_for(&ns, &example_event("round_opened")),
-        "t123.table.roulette-1.round"
-    );
 }
 
 #[test]
@@ -319,56 +313,32 @@ fn gms_message_ids_are_table_round_kind_and_gs_events_have_none() {
     }
 }
 
+// The CROUPIER_NATS_PREFIX mapping of these names is the bus adapter's, tested there
+// (`bus::nats::names`, and `names_are_prefixed_on_the_server_and_logical_on_the_way_back`).
 #[test]
-fn a_prefix_namespaces_subjects_with_a_dot_and_names_with_an_underscore() {
+fn logical_names_are_those_of_the_contract() {
     let table = TableId::parse("roulette-1").expect("valid");
     let player = domain::PlayerId::parse("alice").expect("valid");
-    let root = Namespace::root();
     assert_eq!(
-        subject::table_round_subject(&root, &table),
+        subject::table_round_subject(&table),
         "table.roulette-1.round"
     );
     assert_eq!(
-        subject::table_result_subject(&root, &table),
+        subject::table_result_subject(&table),
         "table.roulette-1.result"
     );
     assert_eq!(
-        subject::player_wallet_subject(&root, &player),
+        subject::player_wallet_subject(&player),
         "player.alice.wallet"
     );
-    assert_eq!(
-        subject::bets_place_subject(&root, &table),
-        "bets.place.roulette-1"
-    );
-    assert_eq!(subject::bets_place_wildcard(&root), "bets.place.*");
-    assert_eq!(root.name(subject::TABLES_STREAM), "TABLES");
-    assert_eq!(root.subject(subject::TABLES_SUBJECTS), "table.>");
-
-    let ns = Namespace::parse("t-42_x").expect("valid");
-    assert_eq!(
-        subject::bets_place_subject(&ns, &table),
-        "t-42_x.bets.place.roulette-1"
-    );
-    assert_eq!(ns.subject(subject::PLAYERS_SUBJECTS), "t-42_x.player.>");
-    assert_eq!(ns.name(subject::TABLES_STREAM), "t-42_x_TABLES");
-    assert_eq!(ns.name(subject::GMS_LEASES_BUCKET), "t-42_x_gms_leases");
-    assert_eq!(ns.name(subject::STATUS_BUCKET), "t-42_x_status");
-    assert_eq!(
-        ns.strip("t-42_x.table.roulette-1.round"),
-        Some("table.roulette-1.round")
-    );
-    assert_eq!(ns.strip("t-42_xtable.roulette-1.round"), None);
-    assert_eq!(ns.strip("table.roulette-1.round"), None);
+    assert_eq!(subject::bets_place_subject(&table), "bets.place.roulette-1");
+    assert_eq!(subject::bets_place_wildcard(), "bets.place.*");
+    assert_eq!(subject::TABLES_STREAM, "TABLES");
+    assert_eq!(subject::TABLES_SUBJECTS, "table.>");
+    assert_eq!(subject::PLAYERS_SUBJECTS, "player.>");
+    assert_eq!(subject::GMS_LEASES_BUCKET, "gms_leases");
+    assert_eq!(subject::STATUS_BUCKET, "status");
     assert_eq!(subject::GS_QUEUE_GROUP, "gs");
-}
-
-#[test]
-fn a_prefix_that_would_break_a_subject_or_a_name_is_refused() {
-    assert!(Namespace::parse("").expect("empty is the root").is_root());
-    for bad in ["a.b", "a b", "*", ">", "a/b", "é", &"p".repeat(65)] {
-        assert!(Namespace::parse(bad).is_err(), "{bad:?}");
-    }
-    assert!(Namespace::parse(&"p".repeat(64)).is_ok());
 }
 
 #[test]

@@ -321,14 +321,10 @@ fn channels_are_table_or_player_names_and_map_to_stream_filters() {
     let player: Channel = "player.alice".parse().expect("valid");
     assert_eq!(table.to_string(), "table.roulette-1");
     assert_eq!(player.to_string(), "player.alice");
-    assert_eq!(
-        table.subject_filter(&Namespace::root()),
-        "table.roulette-1.>"
-    );
+    assert_eq!(table.subject_filter(), "table.roulette-1.>");
     assert_eq!(table.stream(), "TABLES");
     assert_eq!(player.stream(), "PLAYERS");
-    let ns = Namespace::parse("t123").expect("valid prefix");
-    assert_eq!(player.subject_filter(&ns), "t123.player.alice.>");
+    assert_eq!(player.subject_filter(), "player.alice.>");
     assert_eq!(
         serde_json::to_string(&table).expect("encodes"),
         r#""table.roulette-1""#
