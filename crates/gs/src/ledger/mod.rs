@@ -10,6 +10,7 @@ use protocol::{DepositId, Event, EventBody, FundsDeposited};
 use sha2::{Digest, Sha256};
 use store::{NewEvent, Store, StoreError};
 use tokio_postgres::Transaction;
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::clock::now;
@@ -110,6 +111,34 @@ pub(crate) async fn lock_account(
         reason: e.to_string(),
     })?;
     Ok((balance, row.get(1)))
+}
+
+/// Writes new balances and stream versions of many accounts in one set-based statement (the
+/// rows are already locked by the caller, in player order).
+pub(crate) async fn write_wallets<'a>(
+    tx: &Transaction<'_>,
+    wallets: impl Iterator<Item = (&'a str, Money, i32)>,
+    at: Timestamp,
+) -> Result<(), LedgerError> {
+    let (mut players, mut balances, mut versions) = (Vec::new(), Vec::new(), Vec::new());
+    for (player, balance, version) in wallets {
+        players.push(player);
+        balances.push(balance.get());
+        versions.push(version);
+    }
+    tx.execute_typed(
+        "UPDATE accounts SET balance = u.b, version = u.v, updated_at = $4 \
+         FROM unnest($1::text[], $2::int8[], $3::int4[]) AS u(p, b, v) \
+         WHERE accounts.player = u.p",
+        &[
+            (&players, Type::TEXT_ARRAY),
+            (&balances, Type::INT8_ARRAY),
+            (&versions, Type::INT4_ARRAY),
+            (&at.as_offset_datetime(), Type::TIMESTAMPTZ),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 async fn set_account(

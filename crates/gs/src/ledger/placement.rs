@@ -33,7 +33,7 @@ use store::{Store, StoreError};
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::{BetRequest, LedgerError, new_event, player_stream};
+use super::{BetRequest, LedgerError, new_event, player_stream, write_wallets};
 
 fn conflict() -> BetOutcome {
     metrics::counter!("gs_bets_rejected_total", "code" => ErrorCode::BetIdConflict.as_str())
@@ -367,26 +367,13 @@ async fn transact(
         let at = now.as_offset_datetime();
 
         // Debits, set-based, before the head row is locked.
-        let mut w_players = Vec::new();
-        let mut w_balances = Vec::new();
-        let mut w_versions = Vec::new();
-        for (player, (balance, version, changed)) in &wallets {
-            if *changed {
-                w_players.push(player.as_str());
-                w_balances.push(balance.get());
-                w_versions.push(*version);
-            }
-        }
-        tx.execute_typed(
-            "UPDATE accounts SET balance = u.b, version = u.v, updated_at = $4 \
-             FROM unnest($1::text[], $2::int8[], $3::int4[]) AS u(p, b, v) \
-             WHERE accounts.player = u.p",
-            &[
-                (&w_players, Type::TEXT_ARRAY),
-                (&w_balances, Type::INT8_ARRAY),
-                (&w_versions, Type::INT4_ARRAY),
-                (&at, Type::TIMESTAMPTZ),
-            ],
+        write_wallets(
+            &tx,
+            wallets
+                .iter()
+                .filter(|(_, (_, _, changed))| *changed)
+                .map(|(p, (b, v, _))| (p.as_str(), *b, *v)),
+            now,
         )
         .await?;
 

@@ -21,14 +21,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use domain::{Money, Outcome, PlayerId, RoundId, Selection, TableId, Timestamp};
+use domain::{Money, Outcome, PlayerId, RoundId, Selection, TableId};
 use protocol::{BetRefunded, BetSettled, Event, EventBody, RoundSettled};
 use store::{Store, StoreError};
 use tokio_postgres::Transaction;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::{LedgerError, new_event, player_stream, round_stream};
+use super::{LedgerError, new_event, player_stream, round_stream, write_wallets};
 use crate::clock::now;
 
 /// A round this GS settled.
@@ -110,34 +110,6 @@ async fn lock_wallets(
         return Err(corrupt("a bet's player has no account"));
     }
     Ok(wallets)
-}
-
-async fn write_wallets(
-    tx: &Transaction<'_>,
-    wallets: &HashMap<String, (Money, i32)>,
-    at: Timestamp,
-) -> Result<(), LedgerError> {
-    let mut players = Vec::with_capacity(wallets.len());
-    let mut balances = Vec::with_capacity(wallets.len());
-    let mut versions = Vec::with_capacity(wallets.len());
-    for (player, (balance, version)) in wallets {
-        players.push(player.as_str());
-        balances.push(balance.get());
-        versions.push(*version);
-    }
-    tx.execute_typed(
-        "UPDATE accounts SET balance = u.b, version = u.v, updated_at = $4 \
-         FROM unnest($1::text[], $2::int8[], $3::int4[]) AS u(p, b, v) \
-         WHERE accounts.player = u.p",
-        &[
-            (&players, Type::TEXT_ARRAY),
-            (&balances, Type::INT8_ARRAY),
-            (&versions, Type::INT4_ARRAY),
-            (&at.as_offset_datetime(), Type::TIMESTAMPTZ),
-        ],
-    )
-    .await?;
-    Ok(())
 }
 
 /// Runs `work` in a transaction on a pooled connection under the store's call timeout
@@ -251,7 +223,12 @@ async fn settle_in(
         );
         events.push(new_event(player_stream(&bet.player), *version, &event)?);
     }
-    write_wallets(tx, &wallets, at).await?;
+    write_wallets(
+        tx,
+        wallets.iter().map(|(p, (b, v))| (p.as_str(), *b, *v)),
+        at,
+    )
+    .await?;
     let stream = round_stream(table, round);
     let version: i32 = tx
         .query_typed_one(
@@ -360,7 +337,12 @@ async fn refund_in(
         );
         events.push(new_event(player_stream(&bet.player), *version, &event)?);
     }
-    write_wallets(tx, &wallets, at).await?;
+    write_wallets(
+        tx,
+        wallets.iter().map(|(p, (b, v))| (p.as_str(), *b, *v)),
+        at,
+    )
+    .await?;
     let appended = store::append(tx, &events).await?;
     let positions: Vec<i64> = appended.iter().map(|a| a.position).collect();
     tx.execute_typed(
