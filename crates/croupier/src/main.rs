@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a role (gms, gs, gateway) or all of them in this process.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Apply the event store's migrations (each once).
     Migrate,
     /// Print a development token for a player, signed with the configured secret.
@@ -102,7 +102,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn async_main(command: Command, settings: config::Resolved) -> anyhow::Result<()> {
     match command {
-        Command::Run(args) => run::run(args, settings).await,
+        Command::Run(args) => run::run(*args, settings).await,
         Command::Migrate => {
             let store = open_store(&settings)?;
             let report = store.migrate().await.context("apply migrations")?;

@@ -43,16 +43,24 @@ pub async fn serve_metrics(
         .await
         .with_context(|| format!("bind the metrics listener on {addr}"))?;
     tracing::info!(%addr, "metrics listening");
+    // Scrapes are few, but each connection is still tracked and ends with the shutdown.
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, _) = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(_) => continue,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "metrics accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
             },
         };
         let handle = handle.clone();
-        tokio::spawn(async move {
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
             let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let handle = handle.clone();
                 async move {
@@ -67,9 +75,18 @@ pub async fn serve_metrics(
                     Ok::<_, Infallible>(response)
                 }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
         });
     }
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }
