@@ -87,6 +87,11 @@ pub struct RunArgs {
     /// Postgres connections per GS.
     #[arg(long, env = "CROUPIER_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
+    /// Names this GS's cursor on the TABLES stream, so a restarted GS resumes where it stood.
+    /// Default: `gs-<hostname>`. Instances may share a name: transitions are recorded
+    /// idempotently in the shared database and the cursor only moves forward.
+    #[arg(long, env = "CROUPIER_GS_INSTANCE")]
+    pub gs_instance: Option<String>,
     /// GS: most bets written in one transaction.
     #[arg(long, env = "CROUPIER_BET_BATCH", default_value_t = gs::GsConfig::DEFAULT_BATCH_SIZE)]
     pub bet_batch: usize,
@@ -278,7 +283,7 @@ async fn run_roles<B: Bus>(
             limits: plan.limits,
             batch_size: args.bet_batch.max(1),
             linger: Duration::from_millis(args.bet_linger_ms),
-            ..gs::GsConfig::new(format!("gs-{}", uuid::Uuid::new_v4().simple()))
+            ..gs::GsConfig::new(args.gs_instance.clone().unwrap_or_else(default_gs_instance))
         };
         let gs = gs::Gs::build(config, bus.clone(), store);
         let token = shutdown.clone();
@@ -408,5 +413,27 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+/// `gs-<hostname>`: stable across restarts of the same machine (a random name per start would
+/// make every restart replay the whole TABLES stream and leave a cursor row behind).
+fn default_gs_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if host.is_empty() {
+        "gs".into()
+    } else {
+        format!("gs-{host}")
     }
 }
