@@ -18,8 +18,13 @@ pub async fn run(command: ProjectionsCommand, store: store::Store) -> anyhow::Re
                 .await
                 .context("rebuild the read models")?;
             println!(
-                "rebuilt from {} events: {} rounds, {} bets, {} accounts, {} deposits",
-                report.events, report.rounds, report.bets, report.accounts, report.deposits
+                "rebuilt from {} events: {} rounds, {} bets, {} round stakes, {} accounts, {} deposits",
+                report.events,
+                report.rounds,
+                report.bets,
+                report.round_stakes,
+                report.accounts,
+                report.deposits
             );
             Ok(())
         }

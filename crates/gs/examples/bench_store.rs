@@ -8,6 +8,8 @@
 //! - a row-at-a-time INSERT baseline (one prepared statement per row);
 //! - settlement of 10k and of 100k bets (events, payouts, balances).
 //!
+//! `BENCH_STAGES=1` prints where each batch's and settlement's time went.
+//!
 //! Uses `DATABASE_URL` when set (a fresh database is made there), else a private durable
 //! server from the test harness.
 
@@ -272,6 +274,13 @@ fn rate(rows: usize, spent: Duration) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
+    // `BENCH_STAGES=1`: every ledger transaction's stage breakdown on stderr.
+    if std::env::var_os("BENCH_STAGES").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter("gs::stages=debug")
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let _server;
     let url = match std::env::var("DATABASE_URL") {
         Ok(_) => {

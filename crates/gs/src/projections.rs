@@ -1,4 +1,5 @@
-//! Rebuilding the read models (`rounds`, `bets`, `accounts`, `deposits`) from the events alone
+//! Rebuilding the read models (`rounds`, `bets`, `round_stakes`, `accounts`, `deposits`) from
+//! the events alone
 //! (DESIGN §6): `croupier projections rebuild`.
 //!
 //! GS writes every column of those tables from what its events carry (timestamps are the
@@ -31,6 +32,7 @@ pub struct RebuildReport {
     pub events: u64,
     pub rounds: u64,
     pub bets: u64,
+    pub round_stakes: u64,
     pub accounts: u64,
     pub deposits: u64,
 }
@@ -72,12 +74,14 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
     let tx = client.transaction().await?;
     tx.batch_execute(
         "SET LOCAL statement_timeout = 0; \
-         LOCK TABLE rounds, bets, accounts, deposits IN EXCLUSIVE MODE",
+         LOCK TABLE rounds, bets, round_stakes, accounts, deposits IN EXCLUSIVE MODE",
     )
     .await?;
 
     let mut rounds: BTreeMap<(String, i64), RoundRow> = BTreeMap::new();
     let mut bets: HashMap<Uuid, BetRow> = HashMap::new();
+    // (table, round, player) → (staked, bets)
+    let mut stakes: BTreeMap<(String, i64, String), (i64, i32)> = BTreeMap::new();
     let mut accounts: BTreeMap<String, (i64, i32, OffsetDateTime)> = BTreeMap::new();
     let mut deposits: Vec<(String, String, i64, i64, OffsetDateTime)> = Vec::new();
     let mut report = RebuildReport::default();
@@ -163,6 +167,14 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
                     ));
                 }
                 EventBody::BetPlaced(e) => {
+                    let stake = stakes
+                        .entry((
+                            e.table.to_string(),
+                            e.round.get() as i64,
+                            e.player.to_string(),
+                        ))
+                        .or_insert((0, 0));
+                    *stake = (stake.0.saturating_add(e.amount.get()), stake.1 + 1);
                     accounts.insert(
                         e.player.to_string(),
                         (e.balance.get(), stored.version, when),
@@ -188,7 +200,7 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
                             payout: None,
                             placed_position: stored.position,
                             settled_position: None,
-                            fingerprint: request.fingerprint(),
+                            fingerprint: request.fingerprint().to_vec(),
                             placed_at: when,
                         },
                     );
@@ -219,7 +231,8 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
     }
 
     tx.batch_execute(
-        "DELETE FROM bets; DELETE FROM deposits; DELETE FROM accounts; DELETE FROM rounds",
+        "DELETE FROM bets; DELETE FROM round_stakes; DELETE FROM deposits; DELETE FROM accounts; \
+         DELETE FROM rounds",
     )
     .await?;
 
@@ -257,6 +270,31 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
                     (&d.2, Type::INT8_ARRAY),
                     (&d.3, Type::TIMESTAMPTZ_ARRAY),
                     (&d.4, Type::TIMESTAMPTZ_ARRAY),
+                ],
+            )
+            .await?;
+    }
+    // round_stakes
+    {
+        let mut c = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((table, round, player), (staked, count)) in &stakes {
+            c.0.push(table.as_str());
+            c.1.push(*round);
+            c.2.push(player.as_str());
+            c.3.push(*staked);
+            c.4.push(*count);
+        }
+        report.round_stakes = tx
+            .execute_typed(
+                "INSERT INTO round_stakes (table_id, round, player, staked, bets) \
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], \
+                                      $5::int4[])",
+                &[
+                    (&c.0, Type::TEXT_ARRAY),
+                    (&c.1, Type::INT8_ARRAY),
+                    (&c.2, Type::TEXT_ARRAY),
+                    (&c.3, Type::INT8_ARRAY),
+                    (&c.4, Type::INT4_ARRAY),
                 ],
             )
             .await?;

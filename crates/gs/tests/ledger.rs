@@ -34,6 +34,7 @@ async fn read_models(client: &tokio_postgres::Client) -> Vec<String> {
     for query in [
         "SELECT r::text FROM rounds r ORDER BY table_id, round",
         "SELECT b::text FROM bets b ORDER BY bet_id",
+        "SELECT s::text FROM round_stakes s ORDER BY table_id, round, player",
         "SELECT a::text FROM accounts a ORDER BY player",
         "SELECT d::text FROM deposits d ORDER BY deposit_id",
     ] {
@@ -452,4 +453,73 @@ async fn one_changed_byte_of_a_bet_event_is_found_by_the_chain_verifier_at_its_p
         Err(store::VerifyError::Broken(broken)) => assert_eq!(broken.position, position),
         other => panic!("expected a broken chain at {position}, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_retry_among_new_bets_or_after_betting_closed_gets_the_first_answer() {
+    let db = migrated_db().await;
+    let store = store(&db.url, 2);
+    let client = connect(&db.url).await;
+    let t = table("t1");
+    let (alice, bob) = (player("alice"), player("bob"));
+    deposit(&store, &alice, 1_000).await;
+    deposit(&store, &bob, 1_000).await;
+    let mut rounds = Rounds::new(&store, &t);
+    rounds.open(1, OPEN).await;
+
+    let first = bet(&alice, &t, 1, red(), 100);
+    place(&store, std::slice::from_ref(&first)).await;
+    // The retry sits in a batch of new bets: the optimistic attempt trips on its stored id,
+    // the batch is judged again, and every bet still gets the right answer, debited once.
+    let new_alice = bet(&alice, &t, 1, straight(3), 10);
+    let new_bob = bet(&bob, &t, 1, red(), 30);
+    let answers = place(&store, &[new_alice.clone(), first.clone(), new_bob.clone()]).await;
+    assert_eq!(
+        answers,
+        vec![
+            BetOutcome::Accepted {
+                balance: money(890)
+            },
+            BetOutcome::Accepted {
+                balance: money(900)
+            },
+            BetOutcome::Accepted {
+                balance: money(970)
+            },
+        ]
+    );
+    assert_eq!(balance(&client, "alice").await, 890);
+    assert_eq!(balance(&client, "bob").await, 970);
+
+    // After betting closed, a retry of an accepted bet is still answered with its first
+    // answer (not BETTING_CLOSED), a changed one is a conflict, a new one is refused.
+    rounds.close(1).await;
+    let mut changed = new_bob.clone();
+    changed.amount = money(31);
+    let late = bet(&bob, &t, 1, red(), 5);
+    let answers = place(&store, &[first.clone(), changed, late]).await;
+    assert_eq!(
+        answers[0],
+        BetOutcome::Accepted {
+            balance: money(900)
+        }
+    );
+    assert_eq!(code(&answers[1]), Some(ErrorCode::BetIdConflict));
+    assert_eq!(code(&answers[2]), Some(ErrorCode::BettingClosed));
+    assert_eq!(balance(&client, "alice").await, 890);
+    assert_eq!(balance(&client, "bob").await, 970);
+    let stakes: Vec<(String, i64, i32)> = client
+        .query(
+            "SELECT player, staked, bets FROM round_stakes ORDER BY player",
+            &[],
+        )
+        .await
+        .expect("round_stakes")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        stakes,
+        vec![("alice".to_string(), 110, 2), ("bob".to_string(), 30, 1)]
+    );
 }

@@ -1,5 +1,5 @@
-//! Appending events: one multi-row `INSERT … SELECT FROM unnest(…)` per batch, positions taken
-//! from the head row, hashes chained in Rust (DESIGN §6).
+//! Appending events: one binary `COPY` per batch, positions taken from the head row, hashes
+//! chained in Rust (DESIGN §6).
 //!
 //! # How a write transaction is shaped
 //!
@@ -27,7 +27,9 @@
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
+use time::OffsetDateTime;
 use tokio_postgres::Transaction;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
@@ -69,9 +71,10 @@ pub struct Appended {
 /// Appends `events`, in order, inside the caller's transaction (nothing is visible before the
 /// caller commits; a rollback gives the positions back).
 ///
-/// Takes the head row lock, so call it *last* in the transaction and commit soon after. Three
-/// statements: the streams' current versions (before the lock), the head lock, and one
-/// `INSERT … SELECT FROM unnest(…)` that also moves the head and notifies [`EVENTS_CHANNEL`].
+/// Takes the head row lock, so call it *last* in the transaction and commit soon after. Four
+/// round trips: the streams' current versions (before the lock), the head lock (which also reads
+/// the database clock, after the lock, for `recorded_at`), one binary `COPY` of the rows, and one
+/// statement that moves the head and notifies [`EVENTS_CHANNEL`].
 ///
 /// Errors: [`Conflict::DuplicateEvent`] when an `event_id` is stored already (or repeated in the
 /// batch), [`Conflict::VersionConflict`] when a version is not the next of its stream;
@@ -89,19 +92,31 @@ pub async fn append(
     let firsts = check_batch(events)?;
     check_stream_versions(tx, &firsts).await?;
 
+    // The clock is read after the lock is granted (the CTE is materialized first), so
+    // `recorded_at` grows with the position across transactions.
     let head = tx
         .query_typed_opt(
-            "SELECT position, hash FROM public.event_head WHERE id FOR UPDATE",
+            "WITH head AS MATERIALIZED ( \
+                 SELECT position, hash FROM public.event_head WHERE id FOR UPDATE \
+             ) SELECT position, hash, clock_timestamp() FROM head",
             &[],
         )
         .await?
         .ok_or_else(|| StoreError::corrupt(None, "the event_head row is missing"))?;
     let (head_position, mut prev) = parse_head(&head)?;
+    let recorded_at: OffsetDateTime = head.try_get(2)?;
 
     let count = i64::try_from(events.len())
         .map_err(|_| StoreError::InvalidBatch("too many events in one batch".into()))?;
-    let mut positions = Vec::with_capacity(events.len());
-    let mut hashes = Vec::with_capacity(events.len());
+    let sink = tx
+        .copy_in(
+            "COPY public.events \
+                 (position, event_id, stream, version, type, data, metadata, recorded_at, hash) \
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    futures_util::pin_mut!(writer);
     let mut appended = Vec::with_capacity(events.len());
     for (offset, event) in (1..=count).zip(events) {
         let position = head_position + offset;
@@ -114,8 +129,22 @@ pub async fn append(
             &event.data,
             &event.metadata,
         );
-        positions.push(position);
-        hashes.push(hash.to_vec());
+        let (data, metadata, hash_bytes): (&[u8], &[u8], &[u8]) =
+            (&event.data, &event.metadata, &hash);
+        writer
+            .as_mut()
+            .write(&[
+                &position,
+                &event.event_id,
+                &event.stream,
+                &event.version,
+                &event.kind,
+                &data,
+                &metadata,
+                &recorded_at,
+                &hash_bytes,
+            ])
+            .await?;
         appended.push(Appended {
             position,
             event_id: event.event_id,
@@ -123,57 +152,43 @@ pub async fn append(
         });
         prev = hash;
     }
-    let new_head = head_position + count;
-
-    let event_ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-    let streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();
-    let versions: Vec<i32> = events.iter().map(|e| e.version).collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    let data: Vec<&[u8]> = events.iter().map(|e| e.data.as_ref()).collect();
-    let metadata: Vec<&[u8]> = events.iter().map(|e| e.metadata.as_ref()).collect();
-    let head_hash = prev.as_slice();
-
-    // One statement: insert the rows, move the head, notify tailers (delivered on commit).
-    // recorded_at is taken after the head lock, so it grows with the position.
-    let row = tx
-        .query_typed_one(
-            "WITH inserted AS ( \
-                 INSERT INTO public.events \
-                     (position, event_id, stream, version, type, data, metadata, recorded_at, hash) \
-                 SELECT p, e, s, v, t, d, m, clock_timestamp(), h \
-                 FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::int4[], $5::text[], \
-                             $6::bytea[], $7::bytea[], $8::bytea[]) AS u(p, e, s, v, t, d, m, h) \
-                 RETURNING 1 \
-             ), moved AS ( \
-                 UPDATE public.event_head SET position = $9, hash = $10 WHERE id \
-                 RETURNING position \
-             ) \
-             SELECT (SELECT count(*) FROM inserted), pg_notify($11, moved.position::text) \
-             FROM moved",
-            &[
-                (&positions, Type::INT8_ARRAY),
-                (&event_ids, Type::UUID_ARRAY),
-                (&streams, Type::TEXT_ARRAY),
-                (&versions, Type::INT4_ARRAY),
-                (&kinds, Type::TEXT_ARRAY),
-                (&data, Type::BYTEA_ARRAY),
-                (&metadata, Type::BYTEA_ARRAY),
-                (&hashes, Type::BYTEA_ARRAY),
-                (&new_head, Type::INT8),
-                (&head_hash, Type::BYTEA),
-                (&EVENTS_CHANNEL, Type::TEXT),
-            ],
-        )
-        .await?;
-    let inserted: i64 = row.try_get(0)?;
-    if inserted != count {
+    let inserted = writer.finish().await?;
+    if inserted != count as u64 {
         return Err(StoreError::corrupt(
             None,
             format!("inserted {inserted} events of a batch of {count}"),
         ));
     }
+
+    // Move the head and notify tailers (delivered on commit).
+    let new_head = head_position + count;
+    let head_hash = prev.as_slice();
+    tx.query_typed_one(
+        "WITH moved AS ( \
+             UPDATE public.event_head SET position = $1, hash = $2 WHERE id RETURNING position \
+         ) SELECT pg_notify($3, moved.position::text) FROM moved",
+        &[
+            (&new_head, Type::INT8),
+            (&head_hash, Type::BYTEA),
+            (&EVENTS_CHANNEL, Type::TEXT),
+        ],
+    )
+    .await?;
     Ok(appended)
 }
+
+/// The column types of the `COPY` into `events`, in the order the statement names them.
+const COPY_TYPES: [Type; 9] = [
+    Type::INT8,
+    Type::UUID,
+    Type::TEXT,
+    Type::INT4,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::TIMESTAMPTZ,
+    Type::BYTEA,
+];
 
 /// Checks what can be checked without the database; returns, per stream, the first version the
 /// batch gives it.

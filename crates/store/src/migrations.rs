@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "bets_by_player",
         sql: include_str!("../../../migrations/0003_bets_by_player.sql"),
     },
+    Migration {
+        version: 4,
+        name: "write_path",
+        sql: include_str!("../../../migrations/0004_write_path.sql"),
+    },
 ];
 
 /// The key of the advisory lock that serialises migrators ("croupier" in ASCII, minus one,

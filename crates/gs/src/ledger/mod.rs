@@ -17,6 +17,7 @@ use crate::clock::now;
 
 mod placement;
 mod settlement;
+mod stages;
 
 pub use placement::{BetOutcome, place_bets};
 pub use settlement::{Refund, Settlement, refund_round, settle_round};
@@ -335,7 +336,7 @@ pub struct BetRequest {
 }
 
 impl BetRequest {
-    pub(crate) fn fingerprint(&self) -> Vec<u8> {
+    pub(crate) fn fingerprint(&self) -> [u8; 32] {
         let selection = serde_json::to_string(&self.selection).unwrap_or_default();
         let text = format!(
             "{}|{}|{}|{}|{}",
@@ -345,7 +346,7 @@ impl BetRequest {
             selection,
             self.amount.get()
         );
-        Sha256::digest(text.as_bytes()).to_vec()
+        Sha256::digest(text.as_bytes()).into()
     }
 }
 

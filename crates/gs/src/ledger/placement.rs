@@ -30,9 +30,12 @@ use std::collections::{BTreeSet, HashMap};
 use domain::{BettingWindow, Money, Phase, TableLimits, Timestamp};
 use protocol::{BetPlaced, ErrorCode, Event, EventBody};
 use store::{Store, StoreError};
-use tokio_postgres::types::Type;
+use tokio_postgres::Transaction;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{Json, Type};
 use uuid::Uuid;
 
+use super::stages::Stages;
 use super::{BetRequest, LedgerError, new_event, player_stream, write_wallets};
 
 fn conflict() -> BetOutcome {
@@ -45,7 +48,7 @@ fn conflict() -> BetOutcome {
 }
 
 /// How often a batch is tried again after a concurrent transaction got in its way.
-const ATTEMPTS: usize = 3;
+const ATTEMPTS: usize = 4;
 
 /// The answer to one bet of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +70,13 @@ impl BetOutcome {
 
 /// Places `bets` in one transaction and answers each (in the same order). `now` is GS's clock
 /// for `closes_at`. Errors are infrastructure failures: nothing of the batch was recorded.
+///
+/// The first attempt is optimistic: it does not look every bet up before judging it (a
+/// retried bet is rare, and the insert into `bets` checks every id anyway). A bet judged
+/// accepted whose id is stored already makes that insert fail; the transaction is rolled back
+/// (positions, debits and all) and the batch is judged again, this time looking every bet up
+/// first, so the retry gets its first answer. Bets judged rejected are looked up in the same
+/// transaction either way (a retry of an accepted bet must not be told `BETTING_CLOSED`).
 pub async fn place_bets(
     store: &Store,
     bets: &[BetRequest],
@@ -79,7 +89,12 @@ pub async fn place_bets(
     let mut attempt = 1;
     loop {
         let started = std::time::Instant::now();
-        let result = place_once(store, bets, limits, now).await;
+        let lookup = if attempt == 1 {
+            Lookup::Rejected
+        } else {
+            Lookup::Every
+        };
+        let result = place_once(store, bets, limits, now, lookup).await;
         match result {
             Err(LedgerError::Store(StoreError::Conflict(_)) | LedgerError::Raced)
                 if attempt < ATTEMPTS =>
@@ -102,18 +117,28 @@ pub async fn place_bets(
     }
 }
 
+/// Which bets of a batch are looked up among the stored ones before the batch is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// Only those judged rejected (the optimistic first attempt).
+    Rejected,
+    /// Every bet, before judging (after the optimistic attempt found a stored one).
+    Every,
+}
+
 async fn place_once(
     store: &Store,
     bets: &[BetRequest],
     limits: &TableLimits,
     now: Timestamp,
+    lookup: Lookup,
 ) -> Result<Vec<BetOutcome>, LedgerError> {
     let waited = std::time::Instant::now();
     let mut client = store.client().await?;
     metrics::histogram!("gs_pool_wait_seconds").record(waited.elapsed());
     let result = match tokio::time::timeout(
         store.call_timeout(),
-        transact(&mut client, bets, limits, now),
+        transact(&mut client, bets, limits, now, lookup),
     )
     .await
     {
@@ -135,15 +160,73 @@ async fn place_once(
 /// What is known about one distinct bet of the batch while it is judged.
 struct Judged {
     index: usize,
-    fingerprint: Vec<u8>,
+    fingerprint: [u8; 32],
 }
+
+/// A stored bet's request fingerprint and the balance its first answer gave.
+type Stored = HashMap<Uuid, (Option<Vec<u8>>, Money)>;
+
+/// Looks `ids` up among the stored bets.
+async fn stored_bets(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Stored, LedgerError> {
+    if ids.is_empty() {
+        return Ok(Stored::new());
+    }
+    let rows = tx
+        .query_typed(
+            "SELECT b.bet_id, b.request_fingerprint, e.data \
+             FROM unnest($1::uuid[]) AS u(id) JOIN bets b ON b.bet_id = u.id \
+             JOIN events e ON e.position = b.placed_position",
+            &[(&ids, Type::UUID_ARRAY)],
+        )
+        .await?;
+    let mut stored = Stored::with_capacity(rows.len());
+    for row in rows {
+        let id: Uuid = row.try_get(0)?;
+        let fingerprint: Option<Vec<u8>> = row.try_get(1)?;
+        let data: &[u8] = row.try_get(2)?;
+        let first =
+            protocol::decode_event(data).map_err(|e| LedgerError::Encoding(e.to_string()))?;
+        let EventBody::BetPlaced(placed) = first.body else {
+            return Err(LedgerError::Encoding(
+                "a bet row points at a non-bet event".into(),
+            ));
+        };
+        stored.insert(id, (fingerprint, placed.balance));
+    }
+    Ok(stored)
+}
+
+/// The first answer to a bet stored already, or a conflict when the content differs.
+fn first_answer(stored: &(Option<Vec<u8>>, Money), fingerprint: &[u8; 32]) -> BetOutcome {
+    if stored.0.as_deref() == Some(fingerprint.as_slice()) {
+        metrics::counter!("gs_bets_retried_total").increment(1);
+        BetOutcome::Accepted { balance: stored.1 }
+    } else {
+        conflict()
+    }
+}
+
+/// The columns of the `COPY` into `bets`, in the order the statement names them.
+const BET_COLUMNS: [Type; 9] = [
+    Type::UUID,
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::JSONB,
+    Type::INT8,
+    Type::BYTEA,
+    Type::TIMESTAMPTZ,
+    Type::INT8,
+];
 
 async fn transact(
     client: &mut tokio_postgres::Client,
     bets: &[BetRequest],
     limits: &TableLimits,
     now: Timestamp,
+    lookup: Lookup,
 ) -> Result<Vec<BetOutcome>, LedgerError> {
+    let mut stages = Stages::start("place");
     let tx = client.transaction().await?;
     let mut outcomes: Vec<Option<BetOutcome>> = vec![None; bets.len()];
 
@@ -164,6 +247,8 @@ async fn transact(
             }
         }
     }
+
+    stages.mark("begin");
 
     // Rounds, share-locked in a fixed order.
     let rounds: BTreeSet<(&str, i64)> = bets
@@ -201,6 +286,8 @@ async fn transact(
         );
     }
 
+    stages.mark("rounds");
+
     // Wallets, locked in player order (as every writer locks them).
     let players: BTreeSet<&str> = bets.iter().map(|b| b.player.as_str()).collect();
     let players: Vec<&str> = players.into_iter().collect();
@@ -221,35 +308,25 @@ async fn transact(
         wallets.insert(row.try_get(0)?, (balance, row.try_get(2)?, false));
     }
 
-    // Bets stored already: retries (answered with the first answer) or conflicts.
-    let ids: Vec<Uuid> = distinct
-        .iter()
-        .map(|j| *bets[j.index].bet_id.as_uuid())
-        .collect();
-    let rows = tx
-        .query_typed(
-            "SELECT b.bet_id, b.request_fingerprint, e.data \
-             FROM unnest($1::uuid[]) AS u(id) JOIN bets b ON b.bet_id = u.id \
-             JOIN events e ON e.position = b.placed_position",
-            &[(&ids, Type::UUID_ARRAY)],
-        )
-        .await?;
-    let mut stored: HashMap<Uuid, (Option<Vec<u8>>, Money)> = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let id: Uuid = row.try_get(0)?;
-        let fingerprint: Option<Vec<u8>> = row.try_get(1)?;
-        let data: &[u8] = row.try_get(2)?;
-        let first =
-            protocol::decode_event(data).map_err(|e| LedgerError::Encoding(e.to_string()))?;
-        let EventBody::BetPlaced(placed) = first.body else {
-            return Err(LedgerError::Encoding(
-                "a bet row points at a non-bet event".into(),
-            ));
-        };
-        stored.insert(id, (fingerprint, placed.balance));
-    }
+    stages.mark("wallets");
 
-    // Stakes already on each (table, round, player) of the batch.
+    // Bets stored already: retries (answered with the first answer) or conflicts. Under the
+    // wallet locks, so no bet of these players can be stored between this look and the write.
+    let stored = match lookup {
+        Lookup::Every => {
+            let ids: Vec<Uuid> = distinct
+                .iter()
+                .map(|j| *bets[j.index].bet_id.as_uuid())
+                .collect();
+            stored_bets(&tx, &ids).await?
+        }
+        Lookup::Rejected => Stored::new(),
+    };
+
+    stages.mark("lookup");
+
+    // What each player has staked on each round of the batch so far (the wallet lock covers
+    // these rows too: every writer of a player's stakes holds it).
     let mut keys: BTreeSet<(&str, i64, &str)> = BTreeSet::new();
     for bet in bets {
         keys.insert((
@@ -266,10 +343,9 @@ async fn transact(
     }
     let rows = tx
         .query_typed(
-            "SELECT b.table_id, b.round, b.player, sum(b.amount)::int8 FROM bets b \
+            "SELECT s.table_id, s.round, s.player, s.staked FROM round_stakes s \
              JOIN unnest($1::text[], $2::int8[], $3::text[]) AS u(t, n, p) \
-               ON b.table_id = u.t AND b.round = u.n AND b.player = u.p \
-             GROUP BY 1, 2, 3",
+               ON s.table_id = u.t AND s.round = u.n AND s.player = u.p",
             &[
                 (&kt, Type::TEXT_ARRAY),
                 (&kr, Type::INT8_ARRAY),
@@ -277,24 +353,24 @@ async fn transact(
             ],
         )
         .await?;
-    let mut staked: HashMap<(String, i64, String), Money> = HashMap::with_capacity(rows.len());
+    let mut staked: HashMap<(String, i64, String), Money> = HashMap::with_capacity(keys.len());
     for row in rows {
         let amount = Money::new(row.try_get(3)?).unwrap_or(Money::MAX);
         staked.insert((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?), amount);
     }
+    // (table, round, player) → (stake, bets) this batch adds.
+    let mut added: HashMap<(String, i64, String), (Money, i32)> = HashMap::new();
+
+    stages.mark("stakes");
 
     // Judge each distinct bet in arrival order against running balances and stakes.
-    let mut accepted: Vec<(usize, Event, i32, &Vec<u8>)> = Vec::new();
-    for judged in &distinct {
+    let mut accepted: Vec<(usize, Event, i32, &[u8; 32])> = Vec::new();
+    let mut refused: Vec<usize> = Vec::new();
+    for (position, judged) in distinct.iter().enumerate() {
         let bet = &bets[judged.index];
         let id = *bet.bet_id.as_uuid();
-        if let Some((fingerprint, balance)) = stored.get(&id) {
-            outcomes[judged.index] = Some(if fingerprint.as_deref() == Some(&judged.fingerprint) {
-                metrics::counter!("gs_bets_retried_total").increment(1);
-                BetOutcome::Accepted { balance: *balance }
-            } else {
-                conflict()
-            });
+        if let Some(first) = stored.get(&id) {
+            outcomes[judged.index] = Some(first_answer(first, &judged.fingerprint));
             continue;
         }
         let key = (bet.table.to_string(), bet.round.get() as i64);
@@ -307,19 +383,23 @@ async fn transact(
         let already = staked.get(&stake_key).copied().unwrap_or(Money::ZERO);
         match domain::validate_bet(window, now, bet.amount, limits, already, balance) {
             Err(rejection) => {
-                metrics::counter!("gs_bets_rejected_total", "code" => rejection.code())
-                    .increment(1);
                 outcomes[judged.index] = Some(BetOutcome::rejected(
                     super::placement_code(&rejection),
                     rejection.to_string(),
                 ));
+                refused.push(position);
             }
             Ok(new_balance) => {
                 let version = version + 1;
                 wallets.insert(bet.player.to_string(), (new_balance, version, true));
                 staked.insert(
-                    stake_key,
+                    stake_key.clone(),
                     already.checked_add(bet.amount).unwrap_or(Money::MAX),
+                );
+                let sum = added.entry(stake_key).or_insert((Money::ZERO, 0));
+                *sum = (
+                    sum.0.checked_add(bet.amount).unwrap_or(Money::MAX),
+                    sum.1 + 1,
                 );
                 let event = Event::new(
                     Uuid::new_v4(),
@@ -342,31 +422,34 @@ async fn transact(
         }
     }
 
-    if !accepted.is_empty() {
-        // The bets first: only those inserted here get events and debits.
-        let mut b_ids = Vec::with_capacity(accepted.len());
-        let mut b_tables = Vec::with_capacity(accepted.len());
-        let mut b_rounds = Vec::with_capacity(accepted.len());
-        let mut b_players = Vec::with_capacity(accepted.len());
-        let mut b_selections = Vec::with_capacity(accepted.len());
-        let mut b_amounts = Vec::with_capacity(accepted.len());
-        let mut b_fingerprints: Vec<&[u8]> = Vec::with_capacity(accepted.len());
-        for (index, _, _, fingerprint) in &accepted {
-            let bet = &bets[*index];
-            b_ids.push(*bet.bet_id.as_uuid());
-            b_tables.push(bet.table.as_str());
-            b_rounds.push(bet.round.get() as i64);
-            b_players.push(bet.player.as_str());
-            b_selections.push(
-                serde_json::to_string(&bet.selection)
-                    .map_err(|e| LedgerError::Encoding(e.to_string()))?,
-            );
-            b_amounts.push(bet.amount.get());
-            b_fingerprints.push(fingerprint.as_slice());
-        }
-        let at = now.as_offset_datetime();
+    stages.mark("judge");
 
-        // Debits, set-based, before the head row is locked.
+    // A refused bet may be the retry of an accepted one: that one gets its first answer.
+    if lookup == Lookup::Rejected && !refused.is_empty() {
+        let ids: Vec<Uuid> = refused
+            .iter()
+            .map(|&p| *bets[distinct[p].index].bet_id.as_uuid())
+            .collect();
+        let found = stored_bets(&tx, &ids).await?;
+        for &p in &refused {
+            let judged = &distinct[p];
+            if let Some(first) = found.get(bets[judged.index].bet_id.as_uuid()) {
+                outcomes[judged.index] = Some(first_answer(first, &judged.fingerprint));
+            }
+        }
+    }
+    for &p in &refused {
+        if let Some(Some(BetOutcome::Rejected { code, .. })) = outcomes.get(distinct[p].index) {
+            if *code != ErrorCode::BetIdConflict {
+                metrics::counter!("gs_bets_rejected_total", "code" => code.as_str()).increment(1);
+            }
+        }
+    }
+
+    stages.mark("refused");
+
+    if !accepted.is_empty() {
+        // Debits and stake totals, set-based, before the head row is locked.
         write_wallets(
             &tx,
             wallets
@@ -376,6 +459,9 @@ async fn transact(
             now,
         )
         .await?;
+        stages.mark("debits");
+        add_stakes(&tx, &added).await?;
+        stages.mark("stake_totals");
 
         let mut events = Vec::with_capacity(accepted.len());
         for (index, event, version, _) in &accepted {
@@ -385,38 +471,49 @@ async fn transact(
                 event,
             )?);
         }
+        stages.mark("encode");
         let appended_at = std::time::Instant::now();
         let appended = store::append(&tx, &events).await?;
-        let positions: Vec<i64> = appended.iter().map(|a| a.position).collect();
+        stages.mark("append");
 
-        // The bets, with their positions; only those inserted here may keep their events.
-        let inserted = tx
-            .query_typed(
-                "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, \
-                                   request_fingerprint, placed_at, placed_position) \
-                 SELECT i, t, n, p, s::jsonb, a, f, $8, pos \
-                 FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], \
-                             $6::int8[], $7::bytea[], $9::int8[]) AS u(i, t, n, p, s, a, f, pos) \
-                 ON CONFLICT (bet_id) DO NOTHING RETURNING bet_id",
-                &[
-                    (&b_ids, Type::UUID_ARRAY),
-                    (&b_tables, Type::TEXT_ARRAY),
-                    (&b_rounds, Type::INT8_ARRAY),
-                    (&b_players, Type::TEXT_ARRAY),
-                    (&b_selections, Type::TEXT_ARRAY),
-                    (&b_amounts, Type::INT8_ARRAY),
-                    (&b_fingerprints, Type::BYTEA_ARRAY),
-                    (&at, Type::TIMESTAMPTZ),
-                    (&positions, Type::INT8_ARRAY),
-                ],
+        // The bets, with their positions. An id stored already (a retry judged as new by the
+        // optimistic attempt, or another player's bet reusing the id that committed first)
+        // fails the COPY: the whole transaction goes, and the batch is judged again.
+        let at = now.as_offset_datetime();
+        let sink = tx
+            .copy_in(
+                "COPY bets (bet_id, table_id, round, player, selection, amount, \
+                            request_fingerprint, placed_at, placed_position) \
+                 FROM STDIN (FORMAT binary)",
             )
             .await?;
-        if inserted.len() != accepted.len() {
-            // A concurrent batch (of another player reusing one of these ids) committed it
-            // first: roll back — the positions go back too — and judge the batch afresh.
-            return Err(LedgerError::Raced);
+        let writer = BinaryCopyInWriter::new(sink, &BET_COLUMNS);
+        futures_util::pin_mut!(writer);
+        for ((index, _, _, fingerprint), appended) in accepted.iter().zip(&appended) {
+            let bet = &bets[*index];
+            let round = bet.round.get() as i64;
+            let fingerprint: &[u8] = fingerprint.as_slice();
+            let written = writer
+                .as_mut()
+                .write(&[
+                    bet.bet_id.as_uuid(),
+                    &bet.table.as_str(),
+                    &round,
+                    &bet.player.as_str(),
+                    &Json(&bet.selection),
+                    &bet.amount.get(),
+                    &fingerprint,
+                    &at,
+                    &appended.position,
+                ])
+                .await;
+            written.map_err(raced_on_bet_id)?;
         }
+        writer.finish().await.map_err(raced_on_bet_id)?;
+        stages.mark("bets");
         tx.commit().await?;
+        stages.mark("commit");
+        stages.finish(accepted.len());
         metrics::histogram!("gs_append_seconds").record(appended_at.elapsed());
         metrics::counter!("gs_bets_accepted_total").increment(accepted.len() as u64);
     } else {
@@ -436,4 +533,48 @@ async fn transact(
             o.unwrap_or_else(|| BetOutcome::rejected(ErrorCode::BettingUnavailable, "unanswered"))
         })
         .collect())
+}
+
+/// A bet id stored already is a race (or a retry judged as new): the batch is judged again.
+fn raced_on_bet_id(error: tokio_postgres::Error) -> LedgerError {
+    match StoreError::from(error) {
+        StoreError::Conflict(store::Conflict::Unique { constraint })
+            if constraint == "bets_pkey" =>
+        {
+            LedgerError::Raced
+        }
+        other => LedgerError::Store(other),
+    }
+}
+
+/// Adds this batch's stakes to each (table, round, player)'s total.
+async fn add_stakes(
+    tx: &Transaction<'_>,
+    added: &HashMap<(String, i64, String), (Money, i32)>,
+) -> Result<(), LedgerError> {
+    let (mut tables, mut rounds, mut players, mut stakes, mut counts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((table, round, player), (stake, count)) in added {
+        tables.push(table.as_str());
+        rounds.push(*round);
+        players.push(player.as_str());
+        stakes.push(stake.get());
+        counts.push(*count);
+    }
+    tx.execute_typed(
+        "INSERT INTO round_stakes (table_id, round, player, staked, bets) \
+         SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int4[]) \
+         ON CONFLICT (table_id, round, player) DO UPDATE \
+         SET staked = round_stakes.staked + excluded.staked, \
+             bets = round_stakes.bets + excluded.bets",
+        &[
+            (&tables, Type::TEXT_ARRAY),
+            (&rounds, Type::INT8_ARRAY),
+            (&players, Type::TEXT_ARRAY),
+            (&stakes, Type::INT8_ARRAY),
+            (&counts, Type::INT4_ARRAY),
+        ],
+    )
+    .await?;
+    Ok(())
 }

@@ -28,6 +28,7 @@ use tokio_postgres::Transaction;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
+use super::stages::Stages;
 use super::{LedgerError, new_event, player_stream, round_stream, write_wallets};
 use crate::clock::now;
 
@@ -166,6 +167,7 @@ async fn settle_in(
     table: &TableId,
     round: RoundId,
 ) -> Result<Option<Settlement>, LedgerError> {
+    let mut stages = Stages::start("settle");
     let at = now();
     let round_no = round.get() as i64;
     let Some(claimed) = tx
@@ -187,8 +189,11 @@ async fn settle_in(
         .and_then(|o| u8::try_from(o).ok())
         .and_then(|o| Outcome::new(o).ok())
         .ok_or_else(|| corrupt("a resulted round without an outcome"))?;
+    stages.mark("claim");
     let bets = accepted_bets(tx, table, round_no).await?;
+    stages.mark("read_bets");
     let mut wallets = lock_wallets(tx, &bets).await?;
+    stages.mark("wallets");
 
     let mut events = Vec::with_capacity(bets.len() + 1);
     let mut ids = Vec::with_capacity(bets.len());
@@ -223,12 +228,14 @@ async fn settle_in(
         );
         events.push(new_event(player_stream(&bet.player), *version, &event)?);
     }
+    stages.mark("encode");
     write_wallets(
         tx,
         wallets.iter().map(|(p, (b, v))| (p.as_str(), *b, *v)),
         at,
     )
     .await?;
+    stages.mark("credits");
     let stream = round_stream(table, round);
     let version: i32 = tx
         .query_typed_one(
@@ -254,7 +261,9 @@ async fn settle_in(
         }),
     );
     events.push(new_event(stream, version, &summary)?);
+    stages.mark("summary");
     let appended = store::append(tx, &events).await?;
+    stages.mark("append");
     let positions: Vec<i64> = appended
         .iter()
         .take(ids.len())
@@ -273,6 +282,8 @@ async fn settle_in(
         ],
     )
     .await?;
+    stages.mark("bets");
+    stages.finish(ids.len());
     Ok(Some(settlement))
 }
 
