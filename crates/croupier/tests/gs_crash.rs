@@ -141,7 +141,10 @@ async fn with_two_gs_and_one_killed_mid_batch_every_accepted_bet_is_settled_exac
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let open: i64 = client
-            .query_one("SELECT count(*) FROM bets WHERE status = 'accepted'", &[])
+            .query_one(
+                "SELECT count(*) FROM bets_with_results WHERE status = 'accepted'",
+                &[],
+            )
             .await
             .expect("count")
             .get(0);

@@ -1,5 +1,5 @@
-//! Rebuilding the read models (`rounds`, `bets`, `round_stakes`, `accounts`, `deposits`) from
-//! the events alone
+//! Rebuilding the read models (`rounds`, `bets`, `bet_results`, `round_stakes`, `accounts`,
+//! `deposits`) from the events alone
 //! (DESIGN §6): `croupier projections rebuild`.
 //!
 //! GS writes every column of those tables from what its events carry (timestamps are the
@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use crate::ledger::{BetRequest, LedgerError, TransitionMetadata};
+use crate::ledger::{LedgerError, TransitionMetadata};
 
 /// Events read per query.
 const PAGE: i64 = 5_000;
@@ -32,6 +32,7 @@ pub struct RebuildReport {
     pub events: u64,
     pub rounds: u64,
     pub bets: u64,
+    pub bet_results: u64,
     pub round_stakes: u64,
     pub accounts: u64,
     pub deposits: u64,
@@ -49,6 +50,9 @@ struct RoundRow {
     updated_at: OffsetDateTime,
 }
 
+/// A bet's result: status, payout (none for a refund), position of its event.
+type BetResult = (&'static str, Option<i64>, i64);
+
 #[derive(Debug)]
 struct BetRow {
     table: String,
@@ -56,11 +60,7 @@ struct BetRow {
     player: String,
     selection: String,
     amount: i64,
-    status: &'static str,
-    payout: Option<i64>,
     placed_position: i64,
-    settled_position: Option<i64>,
-    fingerprint: Vec<u8>,
     placed_at: OffsetDateTime,
 }
 
@@ -74,12 +74,13 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
     let tx = client.transaction().await?;
     tx.batch_execute(
         "SET LOCAL statement_timeout = 0; \
-         LOCK TABLE rounds, bets, round_stakes, accounts, deposits IN EXCLUSIVE MODE",
+         LOCK TABLE rounds, bets, bet_results, round_stakes, accounts, deposits IN EXCLUSIVE MODE",
     )
     .await?;
 
     let mut rounds: BTreeMap<(String, i64), RoundRow> = BTreeMap::new();
     let mut bets: HashMap<Uuid, BetRow> = HashMap::new();
+    let mut results: HashMap<Uuid, BetResult> = HashMap::new();
     // (table, round, player) → (staked, bets)
     let mut stakes: BTreeMap<(String, i64, String), (i64, i32)> = BTreeMap::new();
     let mut accounts: BTreeMap<String, (i64, i32, OffsetDateTime)> = BTreeMap::new();
@@ -179,14 +180,6 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
                         e.player.to_string(),
                         (e.balance.get(), stored.version, when),
                     );
-                    let request = BetRequest {
-                        bet_id: e.bet_id,
-                        player: e.player.clone(),
-                        table: e.table.clone(),
-                        round: e.round,
-                        selection: e.selection,
-                        amount: e.amount,
-                    };
                     bets.insert(
                         *e.bet_id.as_uuid(),
                         BetRow {
@@ -196,11 +189,7 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
                             selection: serde_json::to_string(&e.selection)
                                 .map_err(|e| LedgerError::Encoding(e.to_string()))?,
                             amount: e.amount.get(),
-                            status: "accepted",
-                            payout: None,
                             placed_position: stored.position,
-                            settled_position: None,
-                            fingerprint: request.fingerprint().to_vec(),
                             placed_at: when,
                         },
                     );
@@ -210,28 +199,24 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
                         e.player.to_string(),
                         (e.balance.get(), stored.version, when),
                     );
-                    if let Some(bet) = bets.get_mut(e.bet_id.as_uuid()) {
-                        bet.status = "settled";
-                        bet.payout = Some(e.payout.get());
-                        bet.settled_position = Some(stored.position);
-                    }
+                    results.insert(
+                        *e.bet_id.as_uuid(),
+                        ("settled", Some(e.payout.get()), stored.position),
+                    );
                 }
                 EventBody::BetRefunded(e) => {
                     accounts.insert(
                         e.player.to_string(),
                         (e.balance.get(), stored.version, when),
                     );
-                    if let Some(bet) = bets.get_mut(e.bet_id.as_uuid()) {
-                        bet.status = "refunded";
-                        bet.settled_position = Some(stored.position);
-                    }
+                    results.insert(*e.bet_id.as_uuid(), ("refunded", None, stored.position));
                 }
             }
         }
     }
 
     tx.batch_execute(
-        "DELETE FROM bets; DELETE FROM round_stakes; DELETE FROM deposits; DELETE FROM accounts; \
+        "DELETE FROM bet_results; DELETE FROM bets; DELETE FROM round_stakes; DELETE FROM deposits; DELETE FROM accounts; \
          DELETE FROM rounds",
     )
     .await?;
@@ -340,7 +325,7 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
             )
             .await?;
     }
-    // bets, in pages so one statement's arrays stay moderate
+    // bets and their results, in pages so one statement's arrays stay moderate
     let all: Vec<(&Uuid, &BetRow)> = bets.iter().collect();
     for chunk in all.chunks(PAGE as usize) {
         let ids: Vec<Uuid> = chunk.iter().map(|(id, _)| **id).collect();
@@ -349,25 +334,16 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
         let players: Vec<&str> = chunk.iter().map(|(_, b)| b.player.as_str()).collect();
         let selections: Vec<&str> = chunk.iter().map(|(_, b)| b.selection.as_str()).collect();
         let amounts: Vec<i64> = chunk.iter().map(|(_, b)| b.amount).collect();
-        let statuses: Vec<&str> = chunk.iter().map(|(_, b)| b.status).collect();
-        let payouts: Vec<Option<i64>> = chunk.iter().map(|(_, b)| b.payout).collect();
         let placed: Vec<i64> = chunk.iter().map(|(_, b)| b.placed_position).collect();
-        let settled: Vec<Option<i64>> = chunk.iter().map(|(_, b)| b.settled_position).collect();
-        let fingerprints: Vec<&[u8]> = chunk
-            .iter()
-            .map(|(_, b)| b.fingerprint.as_slice())
-            .collect();
         let placed_at: Vec<OffsetDateTime> = chunk.iter().map(|(_, b)| b.placed_at).collect();
         report.bets += tx
             .execute_typed(
-                "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, status, \
-                                   payout, placed_position, settled_position, \
-                                   request_fingerprint, placed_at) \
-                 SELECT i, t, n, p, s::jsonb, a, st, po, pp, sp, f, pa \
+                "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, \
+                                   placed_position, placed_at) \
+                 SELECT i, t, n, p, s::jsonb, a, pp, pa \
                  FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], \
-                             $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::int8[], \
-                             $11::bytea[], $12::timestamptz[]) \
-                      AS u(i, t, n, p, s, a, st, po, pp, sp, f, pa)",
+                             $6::int8[], $7::int8[], $8::timestamptz[]) \
+                      AS u(i, t, n, p, s, a, pp, pa)",
                 &[
                     (&ids, Type::UUID_ARRAY),
                     (&tables, Type::TEXT_ARRAY),
@@ -375,12 +351,27 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
                     (&players, Type::TEXT_ARRAY),
                     (&selections, Type::TEXT_ARRAY),
                     (&amounts, Type::INT8_ARRAY),
+                    (&placed, Type::INT8_ARRAY),
+                    (&placed_at, Type::TIMESTAMPTZ_ARRAY),
+                ],
+            )
+            .await?;
+    }
+    let all: Vec<(&Uuid, &BetResult)> = results.iter().collect();
+    for chunk in all.chunks(PAGE as usize) {
+        let ids: Vec<Uuid> = chunk.iter().map(|(id, _)| **id).collect();
+        let statuses: Vec<&str> = chunk.iter().map(|(_, r)| r.0).collect();
+        let payouts: Vec<Option<i64>> = chunk.iter().map(|(_, r)| r.1).collect();
+        let positions: Vec<i64> = chunk.iter().map(|(_, r)| r.2).collect();
+        report.bet_results += tx
+            .execute_typed(
+                "INSERT INTO bet_results (bet_id, status, payout, position) \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[])",
+                &[
+                    (&ids, Type::UUID_ARRAY),
                     (&statuses, Type::TEXT_ARRAY),
                     (&payouts, Type::INT8_ARRAY),
-                    (&placed, Type::INT8_ARRAY),
-                    (&settled, Type::INT8_ARRAY),
-                    (&fingerprints, Type::BYTEA_ARRAY),
-                    (&placed_at, Type::TIMESTAMPTZ_ARRAY),
+                    (&positions, Type::INT8_ARRAY),
                 ],
             )
             .await?;

@@ -34,6 +34,7 @@ async fn read_models(client: &tokio_postgres::Client) -> Vec<String> {
     for query in [
         "SELECT r::text FROM rounds r ORDER BY table_id, round",
         "SELECT b::text FROM bets b ORDER BY bet_id",
+        "SELECT r::text FROM bet_results r ORDER BY bet_id",
         "SELECT s::text FROM round_stakes s ORDER BY table_id, round, player",
         "SELECT a::text FROM accounts a ORDER BY player",
         "SELECT d::text FROM deposits d ORDER BY deposit_id",

@@ -22,7 +22,7 @@ mod read;
 mod tail;
 mod verify;
 
-pub use append::{Appended, EVENTS_CHANNEL, NewEvent, append};
+pub use append::{Appended, EVENTS_CHANNEL, NewEvent, append, append_with_locked_versions};
 pub use error::{Conflict, MigrationError, StoreError, Unavailable};
 pub use hash::{GENESIS_HASH, chain_hash};
 pub use migrations::{

@@ -1,10 +1,13 @@
 //! Chain verification for auditors: recompute every hash from the stored fields, in position
-//! order, and check the positions are gapless and the head agrees with the last event.
+//! order, and check the positions are gapless, every stream's versions consecutive (1, 2, 3,
+//! … in position order) and the head agrees with the last event.
 //!
-//! Rows are read in keyset pages of [`VERIFY_PAGE`], so memory stays constant however long the
-//! store; each page is a separate short query (rows never change, so no long snapshot is
+//! Rows are read in keyset pages of [`VERIFY_PAGE`], so memory does not grow with the number
+//! of events (only with the number of streams: one version per stream); each page is a separate short query (rows never change, so no long snapshot is
 //! needed). The end is fixed before the first page: the head as it was when verification
 //! began, so concurrent appends neither race nor lengthen the run.
+
+use std::collections::HashMap;
 
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
@@ -62,6 +65,15 @@ pub enum ChainFault {
         hex::encode(computed)
     )]
     BadHash { stored: Vec<u8>, computed: [u8; 32] },
+    /// The event's version is not the next of its stream (`expected` is `None` when the
+    /// verification began after the stream's earlier events, and the stream's first version
+    /// seen there is not checked).
+    #[error("stream {stream} jumps from version {} to {found}", expected.map_or(0, |v| v - 1))]
+    VersionGap {
+        stream: String,
+        expected: Option<i32>,
+        found: i32,
+    },
     /// The event before `from`, whose hash the verification starts from, is missing or has a
     /// malformed hash.
     #[error("the event before the starting position is missing or malformed")]
@@ -137,10 +149,12 @@ pub async fn verify_chain<C: GenericClient>(
 
     let mut expected = from;
     let mut verified = 0u64;
+    // stream → its last version seen.
+    let mut versions: HashMap<String, i32> = HashMap::new();
     while expected <= end {
         let rows = client
             .query_typed(
-                "SELECT position, event_id, stream, type, data, metadata, hash \
+                "SELECT position, event_id, stream, type, data, metadata, hash, version \
                  FROM public.events WHERE position >= $1 AND position <= $2 \
                  ORDER BY position LIMIT $3",
                 &[
@@ -185,6 +199,29 @@ pub async fn verify_chain<C: GenericClient>(
                     },
                 }
                 .into());
+            }
+            let version: i32 = row.try_get(7).map_err(StoreError::from)?;
+            let next = match versions.get(stream) {
+                Some(&last) => Some(last + 1),
+                None if from == 1 => Some(1),
+                None => None,
+            };
+            if next.is_some_and(|next| next != version) {
+                return Err(ChainError {
+                    position,
+                    reason: ChainFault::VersionGap {
+                        stream: stream.to_string(),
+                        expected: next,
+                        found: version,
+                    },
+                }
+                .into());
+            }
+            match versions.get_mut(stream) {
+                Some(last) => *last = version,
+                None => {
+                    versions.insert(stream.to_string(), version);
+                }
             }
             prev = computed;
             expected += 1;

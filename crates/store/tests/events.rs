@@ -229,6 +229,41 @@ async fn a_removed_event_is_reported_as_a_gap() -> TestResult {
 }
 
 #[tokio::test]
+async fn a_changed_stream_version_is_reported_though_the_hash_does_not_cover_it() -> TestResult {
+    let db = migrated_db().await;
+    let store = store(&db.url, 2);
+    let batch: Vec<_> = (1..=4)
+        .map(|v| event("player-erin", v, "funds_deposited", b"\x80"))
+        .collect();
+    store.append_batch(&batch).await?;
+    store.verify_chain(1, |_| {}).await?;
+    let client = connect(&db.url).await;
+    client
+        .batch_execute(
+            "ALTER TABLE events DISABLE TRIGGER USER;
+             UPDATE events SET version = 7 WHERE position = 3;
+             ALTER TABLE events ENABLE ALWAYS TRIGGER events_refuse_update_delete;
+             ALTER TABLE events ENABLE ALWAYS TRIGGER events_refuse_truncate;",
+        )
+        .await?;
+    match store.verify_chain(1, |_| {}).await {
+        Err(VerifyError::Broken(broken)) => {
+            assert_eq!(broken.position, 3, "{broken}");
+            assert_eq!(
+                broken.reason,
+                ChainFault::VersionGap {
+                    stream: "player-erin".into(),
+                    expected: Some(3),
+                    found: 7
+                }
+            );
+        }
+        other => panic!("expected a version gap at 3, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_duplicate_event_id_is_refused_as_a_duplicate_event() -> TestResult {
     let db = migrated_db().await;
     let store = store(&db.url, 2);

@@ -7,7 +7,6 @@
 use bytes::Bytes;
 use domain::{BettingWindow, Money, Phase, PlayerId, RoundId, Selection, TableId, Timestamp};
 use protocol::{DepositId, Event, EventBody, FundsDeposited};
-use sha2::{Digest, Sha256};
 use store::{NewEvent, Store, StoreError};
 use tokio_postgres::Transaction;
 use tokio_postgres::types::Type;
@@ -336,17 +335,23 @@ pub struct BetRequest {
 }
 
 impl BetRequest {
-    pub(crate) fn fingerprint(&self) -> [u8; 32] {
-        let selection = serde_json::to_string(&self.selection).unwrap_or_default();
-        let text = format!(
-            "{}|{}|{}|{}|{}",
-            self.player,
-            self.table,
-            self.round.get(),
-            selection,
-            self.amount.get()
-        );
-        Sha256::digest(text.as_bytes()).into()
+    /// Whether `other` asks for the same bet (a retry), not just with the same id.
+    pub(crate) fn is_same_bet_as(&self, other: &BetRequest) -> bool {
+        self.player == other.player
+            && self.table == other.table
+            && self.round == other.round
+            && self.selection == other.selection
+            && self.amount == other.amount
+    }
+
+    /// Whether `placed` recorded this very bet (so this request is a retry of it).
+    pub(crate) fn is_placed_as(&self, placed: &protocol::BetPlaced) -> bool {
+        self.bet_id == placed.bet_id
+            && self.player == placed.player
+            && self.table == placed.table
+            && self.round == placed.round
+            && self.selection == placed.selection
+            && self.amount == placed.amount
     }
 }
 

@@ -157,14 +157,8 @@ async fn place_once(
     result
 }
 
-/// What is known about one distinct bet of the batch while it is judged.
-struct Judged {
-    index: usize,
-    fingerprint: [u8; 32],
-}
-
-/// A stored bet's request fingerprint and the balance its first answer gave.
-type Stored = HashMap<Uuid, (Option<Vec<u8>>, Money)>;
+/// The stored `bet_placed` of bets recorded already, by bet id.
+type Stored = HashMap<Uuid, BetPlaced>;
 
 /// Looks `ids` up among the stored bets.
 async fn stored_bets(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Stored, LedgerError> {
@@ -173,7 +167,7 @@ async fn stored_bets(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Stored, Ledge
     }
     let rows = tx
         .query_typed(
-            "SELECT b.bet_id, b.request_fingerprint, e.data \
+            "SELECT b.bet_id, e.data \
              FROM unnest($1::uuid[]) AS u(id) JOIN bets b ON b.bet_id = u.id \
              JOIN events e ON e.position = b.placed_position",
             &[(&ids, Type::UUID_ARRAY)],
@@ -182,8 +176,7 @@ async fn stored_bets(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Stored, Ledge
     let mut stored = Stored::with_capacity(rows.len());
     for row in rows {
         let id: Uuid = row.try_get(0)?;
-        let fingerprint: Option<Vec<u8>> = row.try_get(1)?;
-        let data: &[u8] = row.try_get(2)?;
+        let data: &[u8] = row.try_get(1)?;
         let first =
             protocol::decode_event(data).map_err(|e| LedgerError::Encoding(e.to_string()))?;
         let EventBody::BetPlaced(placed) = first.body else {
@@ -191,30 +184,31 @@ async fn stored_bets(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Stored, Ledge
                 "a bet row points at a non-bet event".into(),
             ));
         };
-        stored.insert(id, (fingerprint, placed.balance));
+        stored.insert(id, placed);
     }
     Ok(stored)
 }
 
 /// The first answer to a bet stored already, or a conflict when the content differs.
-fn first_answer(stored: &(Option<Vec<u8>>, Money), fingerprint: &[u8; 32]) -> BetOutcome {
-    if stored.0.as_deref() == Some(fingerprint.as_slice()) {
+fn first_answer(stored: &BetPlaced, retry: &BetRequest) -> BetOutcome {
+    if retry.is_placed_as(stored) {
         metrics::counter!("gs_bets_retried_total").increment(1);
-        BetOutcome::Accepted { balance: stored.1 }
+        BetOutcome::Accepted {
+            balance: stored.balance,
+        }
     } else {
         conflict()
     }
 }
 
 /// The columns of the `COPY` into `bets`, in the order the statement names them.
-const BET_COLUMNS: [Type; 9] = [
+const BET_COLUMNS: [Type; 8] = [
     Type::UUID,
     Type::TEXT,
     Type::INT8,
     Type::TEXT,
     Type::JSONB,
     Type::INT8,
-    Type::BYTEA,
     Type::TIMESTAMPTZ,
     Type::INT8,
 ];
@@ -232,7 +226,7 @@ async fn transact(
 
     // The same bet_id twice in one batch: the later ones are answered like retries.
     let mut first_of: HashMap<Uuid, usize> = HashMap::with_capacity(bets.len());
-    let mut distinct: Vec<Judged> = Vec::with_capacity(bets.len());
+    let mut distinct: Vec<usize> = Vec::with_capacity(bets.len());
     let mut repeats: Vec<(usize, usize)> = Vec::new();
     for (index, bet) in bets.iter().enumerate() {
         let id = *bet.bet_id.as_uuid();
@@ -240,10 +234,7 @@ async fn transact(
             Some(&first) => repeats.push((index, first)),
             None => {
                 first_of.insert(id, index);
-                distinct.push(Judged {
-                    index,
-                    fingerprint: bet.fingerprint(),
-                });
+                distinct.push(index);
             }
         }
     }
@@ -256,6 +247,8 @@ async fn transact(
         .map(|b| (b.table.as_str(), b.round.get() as i64))
         .collect();
     let (round_tables, round_numbers): (Vec<&str>, Vec<i64>) = rounds.iter().copied().unzip();
+    let round_index: HashMap<(&str, i64), usize> =
+        rounds.iter().enumerate().map(|(i, k)| (*k, i)).collect();
     let rows = tx
         .query_typed(
             "SELECT r.table_id, r.round, r.phase, r.closes_at FROM rounds r \
@@ -267,7 +260,7 @@ async fn transact(
             ],
         )
         .await?;
-    let mut windows: HashMap<(String, i64), BettingWindow> = HashMap::new();
+    let mut windows: Vec<Option<BettingWindow>> = vec![None; rounds.len()];
     for row in rows {
         let phase = match row.try_get::<_, &str>(2)? {
             "open" => Phase::Open,
@@ -280,12 +273,10 @@ async fn transact(
         let closes_at = closes_at
             .and_then(|t| Timestamp::from_offset_datetime(t).ok())
             .unwrap_or(Timestamp::UNIX_EPOCH);
-        windows.insert(
-            (row.try_get(0)?, row.try_get(1)?),
-            BettingWindow { phase, closes_at },
-        );
+        if let Some(&i) = round_index.get(&(row.try_get::<_, &str>(0)?, row.try_get(1)?)) {
+            windows[i] = Some(BettingWindow { phase, closes_at });
+        }
     }
-
     stages.mark("rounds");
 
     // Wallets, locked in player order (as every writer locks them).
@@ -307,7 +298,6 @@ async fn transact(
         })?;
         wallets.insert(row.try_get(0)?, (balance, row.try_get(2)?, false));
     }
-
     stages.mark("wallets");
 
     // Bets stored already: retries (answered with the first answer) or conflicts. Under the
@@ -316,31 +306,28 @@ async fn transact(
         Lookup::Every => {
             let ids: Vec<Uuid> = distinct
                 .iter()
-                .map(|j| *bets[j.index].bet_id.as_uuid())
+                .map(|&i| *bets[i].bet_id.as_uuid())
                 .collect();
             stored_bets(&tx, &ids).await?
         }
         Lookup::Rejected => Stored::new(),
     };
-
     stages.mark("lookup");
 
     // What each player has staked on each round of the batch so far (the wallet lock covers
     // these rows too: every writer of a player's stakes holds it).
-    let mut keys: BTreeSet<(&str, i64, &str)> = BTreeSet::new();
-    for bet in bets {
-        keys.insert((
-            bet.table.as_str(),
-            bet.round.get() as i64,
-            bet.player.as_str(),
-        ));
-    }
-    let (mut kt, mut kr, mut kp) = (Vec::new(), Vec::new(), Vec::new());
-    for (t, r, p) in &keys {
-        kt.push(*t);
-        kr.push(*r);
-        kp.push(*p);
-    }
+    let keys: BTreeSet<(&str, i64, &str)> = bets
+        .iter()
+        .map(|b| (b.table.as_str(), b.round.get() as i64, b.player.as_str()))
+        .collect();
+    let keys: Vec<(&str, i64, &str)> = keys.into_iter().collect();
+    let key_index: HashMap<(&str, i64, &str), usize> =
+        keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+    let (kt, kr, kp): (Vec<&str>, Vec<i64>, Vec<&str>) = (
+        keys.iter().map(|k| k.0).collect(),
+        keys.iter().map(|k| k.1).collect(),
+        keys.iter().map(|k| k.2).collect(),
+    );
     let rows = tx
         .query_typed(
             "SELECT s.table_id, s.round, s.player, s.staked FROM round_stakes s \
@@ -353,54 +340,46 @@ async fn transact(
             ],
         )
         .await?;
-    let mut staked: HashMap<(String, i64, String), Money> = HashMap::with_capacity(keys.len());
+    // Per key: (staked so far, whether a row exists, stake and bets this batch adds).
+    let mut stakes: Vec<StakeTotal> = vec![StakeTotal::default(); keys.len()];
     for row in rows {
-        let amount = Money::new(row.try_get(3)?).unwrap_or(Money::MAX);
-        staked.insert((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?), amount);
+        let key = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        if let Some(&i) = key_index.get(&key) {
+            stakes[i].staked = Money::new(row.try_get(3)?).unwrap_or(Money::MAX);
+            stakes[i].stored = true;
+        }
     }
-    // (table, round, player) → (stake, bets) this batch adds.
-    let mut added: HashMap<(String, i64, String), (Money, i32)> = HashMap::new();
-
     stages.mark("stakes");
 
     // Judge each distinct bet in arrival order against running balances and stakes.
-    let mut accepted: Vec<(usize, Event, i32, &[u8; 32])> = Vec::new();
+    let mut accepted: Vec<(usize, Event, i32)> = Vec::new();
     let mut refused: Vec<usize> = Vec::new();
-    for (position, judged) in distinct.iter().enumerate() {
-        let bet = &bets[judged.index];
+    for &index in &distinct {
+        let bet = &bets[index];
         let id = *bet.bet_id.as_uuid();
         if let Some(first) = stored.get(&id) {
-            outcomes[judged.index] = Some(first_answer(first, &judged.fingerprint));
+            outcomes[index] = Some(first_answer(first, bet));
             continue;
         }
-        let key = (bet.table.to_string(), bet.round.get() as i64);
-        let window = windows.get(&key).copied();
-        let (balance, version) = wallets
-            .get(bet.player.as_str())
-            .map(|(b, v, _)| (*b, *v))
-            .unwrap_or((Money::ZERO, 0));
-        let stake_key = (key.0, key.1, bet.player.to_string());
-        let already = staked.get(&stake_key).copied().unwrap_or(Money::ZERO);
-        match domain::validate_bet(window, now, bet.amount, limits, already, balance) {
-            Err(rejection) => {
-                outcomes[judged.index] = Some(BetOutcome::rejected(
-                    super::placement_code(&rejection),
-                    rejection.to_string(),
-                ));
-                refused.push(position);
-            }
-            Ok(new_balance) => {
-                let version = version + 1;
-                wallets.insert(bet.player.to_string(), (new_balance, version, true));
-                staked.insert(
-                    stake_key.clone(),
-                    already.checked_add(bet.amount).unwrap_or(Money::MAX),
-                );
-                let sum = added.entry(stake_key).or_insert((Money::ZERO, 0));
-                *sum = (
-                    sum.0.checked_add(bet.amount).unwrap_or(Money::MAX),
-                    sum.1 + 1,
-                );
+        let round = bet.round.get() as i64;
+        let window = round_index
+            .get(&(bet.table.as_str(), round))
+            .and_then(|&i| windows[i]);
+        let stake = key_index
+            .get(&(bet.table.as_str(), round, bet.player.as_str()))
+            .map(|&i| &mut stakes[i]);
+        let wallet = wallets.get_mut(bet.player.as_str());
+        let (balance, already) = (
+            wallet.as_ref().map_or(Money::ZERO, |w| w.0),
+            stake.as_ref().map_or(Money::ZERO, |s| s.staked),
+        );
+        let verdict = domain::validate_bet(window, now, bet.amount, limits, already, balance);
+        match (verdict, wallet, stake) {
+            (Ok(new_balance), Some(wallet), Some(stake)) => {
+                *wallet = (new_balance, wallet.1 + 1, true);
+                stake.staked = already.checked_add(bet.amount).unwrap_or(Money::MAX);
+                stake.added = stake.added.checked_add(bet.amount).unwrap_or(Money::MAX);
+                stake.bets += 1;
                 let event = Event::new(
                     Uuid::new_v4(),
                     now,
@@ -414,66 +393,83 @@ async fn transact(
                         balance: new_balance,
                     }),
                 );
-                outcomes[judged.index] = Some(BetOutcome::Accepted {
+                outcomes[index] = Some(BetOutcome::Accepted {
                     balance: new_balance,
                 });
-                accepted.push((judged.index, event, version, &judged.fingerprint));
+                accepted.push((index, event, wallet.1));
+            }
+            (Ok(_), _, _) => {
+                // Covered with no wallet row: cannot happen (a missing wallet has nothing).
+                return Err(LedgerError::Store(StoreError::Corrupt {
+                    position: None,
+                    reason: format!("bet {id} judged covered without a wallet"),
+                }));
+            }
+            (Err(rejection), _, _) => {
+                outcomes[index] = Some(BetOutcome::rejected(
+                    super::placement_code(&rejection),
+                    rejection.to_string(),
+                ));
+                refused.push(index);
             }
         }
     }
-
     stages.mark("judge");
 
     // A refused bet may be the retry of an accepted one: that one gets its first answer.
     if lookup == Lookup::Rejected && !refused.is_empty() {
-        let ids: Vec<Uuid> = refused
-            .iter()
-            .map(|&p| *bets[distinct[p].index].bet_id.as_uuid())
-            .collect();
+        let ids: Vec<Uuid> = refused.iter().map(|&i| *bets[i].bet_id.as_uuid()).collect();
         let found = stored_bets(&tx, &ids).await?;
-        for &p in &refused {
-            let judged = &distinct[p];
-            if let Some(first) = found.get(bets[judged.index].bet_id.as_uuid()) {
-                outcomes[judged.index] = Some(first_answer(first, &judged.fingerprint));
+        for &index in &refused {
+            if let Some(first) = found.get(bets[index].bet_id.as_uuid()) {
+                outcomes[index] = Some(first_answer(first, &bets[index]));
             }
         }
     }
-    for &p in &refused {
-        if let Some(Some(BetOutcome::Rejected { code, .. })) = outcomes.get(distinct[p].index) {
+    for &index in &refused {
+        if let Some(Some(BetOutcome::Rejected { code, .. })) = outcomes.get(index) {
             if *code != ErrorCode::BetIdConflict {
                 metrics::counter!("gs_bets_rejected_total", "code" => code.as_str()).increment(1);
             }
         }
     }
-
     stages.mark("refused");
 
     if !accepted.is_empty() {
-        // Debits and stake totals, set-based, before the head row is locked.
-        write_wallets(
-            &tx,
-            wallets
-                .iter()
-                .filter(|(_, (_, _, changed))| *changed)
-                .map(|(p, (b, v, _))| (p.as_str(), *b, *v)),
-            now,
-        )
-        .await?;
-        stages.mark("debits");
-        add_stakes(&tx, &added).await?;
-        stages.mark("stake_totals");
-
-        let mut events = Vec::with_capacity(accepted.len());
-        for (index, event, version, _) in &accepted {
-            events.push(new_event(
-                player_stream(&bets[*index].player),
-                *version,
-                event,
-            )?);
-        }
-        stages.mark("encode");
+        // Debits and stake totals, set-based, before the head row is locked. The two
+        // statements are pipelined, and the events are encoded while the database works.
+        let encode = async {
+            let mut events = Vec::with_capacity(accepted.len());
+            for (index, event, version) in &accepted {
+                events.push(new_event(
+                    player_stream(&bets[*index].player),
+                    *version,
+                    event,
+                )?);
+            }
+            Ok::<_, LedgerError>(events)
+        };
+        let (debited, staked, events) = tokio::join!(
+            write_wallets(
+                &tx,
+                wallets
+                    .iter()
+                    .filter(|(_, (_, _, changed))| *changed)
+                    .map(|(p, (b, v, _))| (p.as_str(), *b, *v)),
+                now,
+            ),
+            add_stakes(&tx, &keys, &stakes),
+            encode,
+        );
+        debited?;
+        staked?;
+        let events = events?;
+        stages.mark("writes");
         let appended_at = std::time::Instant::now();
-        let appended = store::append(&tx, &events).await?;
+        // Every player stream's version came from its `accounts` row, locked above.
+        let appended = store::append_with_locked_versions(&tx, &events)
+            .await
+            .map_err(raced_on_event_id)?;
         stages.mark("append");
 
         // The bets, with their positions. An id stored already (a retry judged as new by the
@@ -482,17 +478,16 @@ async fn transact(
         let at = now.as_offset_datetime();
         let sink = tx
             .copy_in(
-                "COPY bets (bet_id, table_id, round, player, selection, amount, \
-                            request_fingerprint, placed_at, placed_position) \
+                "COPY bets (bet_id, table_id, round, player, selection, amount, placed_at, \
+                            placed_position) \
                  FROM STDIN (FORMAT binary)",
             )
             .await?;
         let writer = BinaryCopyInWriter::new(sink, &BET_COLUMNS);
         futures_util::pin_mut!(writer);
-        for ((index, _, _, fingerprint), appended) in accepted.iter().zip(&appended) {
+        for ((index, _, _), appended) in accepted.iter().zip(&appended) {
             let bet = &bets[*index];
             let round = bet.round.get() as i64;
-            let fingerprint: &[u8] = fingerprint.as_slice();
             let written = writer
                 .as_mut()
                 .write(&[
@@ -502,7 +497,6 @@ async fn transact(
                     &bet.player.as_str(),
                     &Json(&bet.selection),
                     &bet.amount.get(),
-                    &fingerprint,
                     &at,
                     &appended.position,
                 ])
@@ -521,7 +515,7 @@ async fn transact(
     }
 
     for (index, first) in repeats {
-        outcomes[index] = if bets[index].fingerprint() == bets[first].fingerprint() {
+        outcomes[index] = if bets[index].is_same_bet_as(&bets[first]) {
             outcomes[first].clone()
         } else {
             Some(conflict())
@@ -533,6 +527,17 @@ async fn transact(
             o.unwrap_or_else(|| BetOutcome::rejected(ErrorCode::BettingUnavailable, "unanswered"))
         })
         .collect())
+}
+
+/// An event id or version stored already: a concurrent writer got there first; the batch is
+/// judged again.
+fn raced_on_event_id(error: StoreError) -> LedgerError {
+    match error {
+        StoreError::Conflict(
+            store::Conflict::DuplicateEvent | store::Conflict::VersionConflict { .. },
+        ) => LedgerError::Raced,
+        other => LedgerError::Store(other),
+    }
 }
 
 /// A bet id stored already is a race (or a retry judged as new): the batch is judged again.
@@ -547,34 +552,66 @@ fn raced_on_bet_id(error: tokio_postgres::Error) -> LedgerError {
     }
 }
 
-/// Adds this batch's stakes to each (table, round, player)'s total.
+/// One (table, round, player)'s stake total while a batch is judged.
+#[derive(Debug, Clone, Copy, Default)]
+struct StakeTotal {
+    /// Staked so far, this batch's accepted bets included.
+    staked: Money,
+    /// Whether `round_stakes` has a row for it already.
+    stored: bool,
+    /// What this batch adds: stake and bets.
+    added: Money,
+    bets: i32,
+}
+
+/// Adds this batch's stakes to each (table, round, player)'s total: rows that exist are
+/// updated, new ones inserted, in one statement.
 async fn add_stakes(
     tx: &Transaction<'_>,
-    added: &HashMap<(String, i64, String), (Money, i32)>,
+    keys: &[(&str, i64, &str)],
+    stakes: &[StakeTotal],
 ) -> Result<(), LedgerError> {
-    let (mut tables, mut rounds, mut players, mut stakes, mut counts) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for ((table, round, player), (stake, count)) in added {
-        tables.push(table.as_str());
-        rounds.push(*round);
-        players.push(player.as_str());
-        stakes.push(stake.get());
-        counts.push(*count);
+    let (mut old, mut new) = (Columns::default(), Columns::default());
+    for (key, stake) in keys.iter().zip(stakes).filter(|(_, s)| s.bets > 0) {
+        let to = if stake.stored { &mut old } else { &mut new };
+        to.tables.push(key.0);
+        to.rounds.push(key.1);
+        to.players.push(key.2);
+        to.stakes.push(stake.added.get());
+        to.counts.push(stake.bets);
     }
     tx.execute_typed(
-        "INSERT INTO round_stakes (table_id, round, player, staked, bets) \
-         SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int4[]) \
-         ON CONFLICT (table_id, round, player) DO UPDATE \
-         SET staked = round_stakes.staked + excluded.staked, \
-             bets = round_stakes.bets + excluded.bets",
+        "WITH updated AS ( \
+             UPDATE round_stakes s SET staked = s.staked + u.a, bets = s.bets + u.c \
+             FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int4[]) \
+                  AS u(t, n, p, a, c) \
+             WHERE s.table_id = u.t AND s.round = u.n AND s.player = u.p \
+         ) \
+         INSERT INTO round_stakes (table_id, round, player, staked, bets) \
+         SELECT * FROM unnest($6::text[], $7::int8[], $8::text[], $9::int8[], $10::int4[])",
         &[
-            (&tables, Type::TEXT_ARRAY),
-            (&rounds, Type::INT8_ARRAY),
-            (&players, Type::TEXT_ARRAY),
-            (&stakes, Type::INT8_ARRAY),
-            (&counts, Type::INT4_ARRAY),
+            (&old.tables, Type::TEXT_ARRAY),
+            (&old.rounds, Type::INT8_ARRAY),
+            (&old.players, Type::TEXT_ARRAY),
+            (&old.stakes, Type::INT8_ARRAY),
+            (&old.counts, Type::INT4_ARRAY),
+            (&new.tables, Type::TEXT_ARRAY),
+            (&new.rounds, Type::INT8_ARRAY),
+            (&new.players, Type::TEXT_ARRAY),
+            (&new.stakes, Type::INT8_ARRAY),
+            (&new.counts, Type::INT4_ARRAY),
         ],
     )
     .await?;
     Ok(())
+}
+
+/// The columns of a set of `round_stakes` changes, as statement parameters.
+#[derive(Default)]
+struct Columns<'a> {
+    tables: Vec<&'a str>,
+    rounds: Vec<i64>,
+    players: Vec<&'a str>,
+    stakes: Vec<i64>,
+    counts: Vec<i32>,
 }

@@ -3,11 +3,11 @@
 //! ```text
 //! BEGIN
 //!   UPDATE rounds SET phase = 'settled' … AND phase = 'resulted' RETURNING outcome  -- the claim
-//!   SELECT … FROM bets WHERE … status = 'accepted'
+//!   SELECT … FROM bets WHERE table_id = … AND round = …
 //!   SELECT … FROM accounts … ORDER BY player FOR UPDATE     -- wallets in player order
 //!   UPDATE accounts … FROM unnest(…)                        -- payouts, set-based
 //!   store::append(bet_settled × n, round_settled)           -- head row locked last
-//!   UPDATE bets … FROM unnest(…)
+//!   COPY bet_results … FROM STDIN (FORMAT binary)           -- one row per bet
 //! COMMIT
 //! ```
 //!
@@ -16,8 +16,12 @@
 //! leaves the round `resulted`, so whichever GS reads the outcome next settles it; a crash
 //! after leaves it `settled`. Either way it is settled exactly once.
 //!
-//! A voided round is claimed by locking its `voided` row; the refunded bets leave the
-//! `accepted` status, so a racer that waited on the row finds nothing left to refund.
+//! A voided round is claimed by locking its `voided` row; the refunded bets get their row in
+//! `bet_results`, so a racer that waited on the row finds nothing left to refund. Either way
+//! the primary key of `bet_results` refuses a second result for a bet.
+//!
+//! Results are inserted, not written over the `bets` rows: an UPDATE of every bet of a round
+//! cost more than appending the round's events (ADR 0014).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -25,6 +29,7 @@ use domain::{Money, Outcome, PlayerId, RoundId, Selection, TableId};
 use protocol::{BetRefunded, BetSettled, Event, EventBody, RoundSettled};
 use store::{Store, StoreError};
 use tokio_postgres::Transaction;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
@@ -62,15 +67,27 @@ struct OpenBet {
     amount: Money,
 }
 
-async fn accepted_bets(
+/// The bets of a round without a result yet, in player order. `claimed`: the round was just
+/// claimed for settlement, so none of its bets can have a result (one claim per round), and
+/// the anti-join is skipped.
+async fn open_bets(
     tx: &Transaction<'_>,
     table: &TableId,
     round: i64,
+    claimed: bool,
 ) -> Result<Vec<OpenBet>, LedgerError> {
+    let query = if claimed {
+        "SELECT bet_id, player, selection::text, amount FROM bets b \
+         WHERE table_id = $1 AND round = $2 ORDER BY player, bet_id"
+    } else {
+        "SELECT bet_id, player, selection::text, amount FROM bets b \
+         WHERE table_id = $1 AND round = $2 \
+           AND NOT EXISTS (SELECT 1 FROM bet_results r WHERE r.bet_id = b.bet_id) \
+         ORDER BY player, bet_id"
+    };
     let rows = tx
         .query_typed(
-            "SELECT bet_id, player, selection::text, amount FROM bets \
-             WHERE table_id = $1 AND round = $2 AND status = 'accepted' ORDER BY player, bet_id",
+            query,
             &[(&table.as_str(), Type::TEXT), (&round, Type::INT8)],
         )
         .await?;
@@ -190,7 +207,7 @@ async fn settle_in(
         .and_then(|o| Outcome::new(o).ok())
         .ok_or_else(|| corrupt("a resulted round without an outcome"))?;
     stages.mark("claim");
-    let bets = accepted_bets(tx, table, round_no).await?;
+    let bets = open_bets(tx, table, round_no, true).await?;
     stages.mark("read_bets");
     let mut wallets = lock_wallets(tx, &bets).await?;
     stages.mark("wallets");
@@ -264,25 +281,15 @@ async fn settle_in(
     stages.mark("summary");
     let appended = store::append(tx, &events).await?;
     stages.mark("append");
-    let positions: Vec<i64> = appended
-        .iter()
-        .take(ids.len())
-        .map(|a| a.position)
-        .collect();
-    tx.execute_typed(
-        "UPDATE bets SET status = 'settled', payout = u.payout, settled_position = u.pos \
-         FROM unnest($1::uuid[], $2::int8[], $3::int8[]) AS u(bet_id, payout, pos) \
-         WHERE bets.table_id = $4 AND bets.round = $5 AND bets.bet_id = u.bet_id",
-        &[
-            (&ids, Type::UUID_ARRAY),
-            (&payouts, Type::INT8_ARRAY),
-            (&positions, Type::INT8_ARRAY),
-            (&table.as_str(), Type::TEXT),
-            (&round_no, Type::INT8),
-        ],
+    record_results(
+        tx,
+        ids.iter()
+            .zip(&payouts)
+            .zip(&appended)
+            .map(|((id, payout), appended)| (id, Some(*payout), appended.position)),
     )
     .await?;
-    stages.mark("bets");
+    stages.mark("results");
     stages.finish(ids.len());
     Ok(Some(settlement))
 }
@@ -318,7 +325,7 @@ async fn refund_in(
     {
         return Ok(None);
     }
-    let bets = accepted_bets(tx, table, round_no).await?;
+    let bets = open_bets(tx, table, round_no, false).await?;
     if bets.is_empty() {
         return Ok(None);
     }
@@ -355,15 +362,44 @@ async fn refund_in(
     )
     .await?;
     let appended = store::append(tx, &events).await?;
-    let positions: Vec<i64> = appended.iter().map(|a| a.position).collect();
-    tx.execute_typed(
-        "UPDATE bets SET status = 'refunded', settled_position = u.pos \
-         FROM unnest($1::uuid[], $2::int8[]) AS u(bet_id, pos) WHERE bets.bet_id = u.bet_id",
-        &[(&ids, Type::UUID_ARRAY), (&positions, Type::INT8_ARRAY)],
+    record_results(
+        tx,
+        ids.iter()
+            .zip(&appended)
+            .map(|(id, appended)| (id, None, appended.position)),
     )
     .await?;
     Ok(Some(Refund {
         bets: bets.len() as u64,
         refunded,
     }))
+}
+
+/// The columns of the `COPY` into `bet_results`, in the order the statement names them.
+const RESULT_COLUMNS: [Type; 4] = [Type::UUID, Type::TEXT, Type::INT8, Type::INT8];
+
+/// Records each bet's result: (bet id, payout, position of its event); a payout means
+/// settled, none refunded.
+async fn record_results<'a>(
+    tx: &Transaction<'_>,
+    results: impl Iterator<Item = (&'a Uuid, Option<i64>, i64)>,
+) -> Result<(), LedgerError> {
+    let sink = tx
+        .copy_in("COPY bet_results (bet_id, status, payout, position) FROM STDIN (FORMAT binary)")
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &RESULT_COLUMNS);
+    futures_util::pin_mut!(writer);
+    for (bet_id, payout, position) in results {
+        let status = if payout.is_some() {
+            "settled"
+        } else {
+            "refunded"
+        };
+        writer
+            .as_mut()
+            .write(&[bet_id, &status, &payout, &position])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(())
 }
