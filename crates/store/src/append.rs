@@ -6,23 +6,24 @@
 //! ```text
 //! BEGIN
 //!   -- the caller's own work first: read models, wallet rows locked in player order, e.g.
-//!   INSERT INTO bets … ON CONFLICT (bet_id) DO NOTHING RETURNING bet_id   -- only new bets …
-//!   UPDATE accounts … ;                                                   -- … are debited
-//!   append(&tx, events_of_the_new_bets)   -- locks the head row LAST, inserts, moves the head
+//!   SELECT … FROM accounts … ORDER BY player FOR UPDATE
+//!   UPDATE accounts … ;
+//!   append(&tx, events)   -- locks the head row LAST, copies the rows in, moves the head
+//!   COPY bets … ;         -- read models that need the positions
 //! COMMIT
 //! ```
 //!
-//! The head row is the one point every writer passes, so it is taken last, to hold it for as
+//! The head row is the one point every writer passes, so it is taken late, to hold it for as
 //! short a time as possible; and since it is held until commit, transactions commit in position
 //! order and readers never see a gap. A rolled-back transaction gives its positions back.
 //!
 //! "Append if not already there": the store does not skip duplicates silently, because an
 //! event whose `event_id` is stored already is either a retry (answer with the first answer)
-//! or a defect. Idempotent callers decide *upstream*, in the same transaction, which events are
-//! new — GS inserts the bets with `ON CONFLICT (bet_id) DO NOTHING RETURNING bet_id` and builds
-//! events only for the ids returned — then append those. A [`Conflict::DuplicateEvent`] from
-//! `append` therefore means a concurrent duplicate slipped past that check: roll back and retry,
-//! and the retry finds the row.
+//! or a defect. Idempotent callers decide which events are new in the same transaction — GS
+//! looks bets up by id, or lets the unique index of `bets` trip and judges the batch again
+//! (ADR 0014) — and append only those. A [`Conflict::DuplicateEvent`] from `append` therefore
+//! means a concurrent duplicate slipped past that check: roll back and retry, and the retry
+//! finds the row.
 
 use std::collections::{HashMap, HashSet};
 

@@ -4,11 +4,12 @@
 //! BEGIN
 //!   SELECT … FROM rounds … FOR SHARE            -- the rounds, in (table, round) order
 //!   SELECT … FROM accounts … ORDER BY player FOR UPDATE   -- wallets, in player order
-//!   SELECT … FROM bets WHERE bet_id = ANY(…)    -- retries: answered with the first answer
-//!   -- validate every bet in Rust, in arrival order, against running balances and stakes
-//!   UPDATE accounts … FROM unnest(…)            -- debits, set-based
-//!   store::append(bet_placed × n)               -- head row locked last
-//!   INSERT INTO bets (…, placed_position) … ON CONFLICT (bet_id) DO NOTHING RETURNING bet_id
+//!   SELECT … FROM round_stakes …                -- each player's stake on each round so far
+//!   -- judge every bet in Rust, in arrival order, against running balances and stakes;
+//!   -- look up the refused ones (a retry of an accepted bet gets its first answer)
+//!   UPDATE accounts … ; UPDATE/INSERT round_stakes …   -- pipelined, set-based
+//!   store::append_with_locked_versions(bet_placed × n) -- head row locked last, binary COPY
+//!   COPY bets … FROM STDIN (FORMAT binary)      -- with their positions
 //! COMMIT
 //! ```
 //!
@@ -16,14 +17,12 @@
 //! `UPDATE`) waits for a batch that saw the round open, and then sees its bets; a batch that
 //! comes after the claim sees the round settled and refuses its bets.
 //!
-//! Accounts are locked before any bet is looked up, and every bet of a player passes through
-//! that lock, so a retry of a bet can only race with a bet of *another* player reusing its id:
-//! then `ON CONFLICT … RETURNING` comes back short, the transaction is rolled back (positions,
-//! debits and all) and the batch is judged again, and the retry finds the committed row.
-//!
-//! The bets are inserted after the append, with their positions, rather than before it and
-//! then updated with them: one statement instead of two on every bet (ADR 0010). The outcome
-//! is the same — events and debits survive only for the bets this transaction inserted.
+//! Retries (ADR 0014): the first attempt does not look every bet up. A bet judged accepted
+//! whose id is stored already — a client's retry, or another player's bet reusing the id that
+//! committed first — makes the `bets` COPY fail on its primary key; the transaction is rolled
+//! back (positions, debits and all) and the batch is judged again with every id looked up
+//! first, under the wallet locks: every bet of a player passes that player's lock, so nothing
+//! of these players can be stored between that look and the write.
 
 use std::collections::{BTreeSet, HashMap};
 
