@@ -25,7 +25,7 @@ use protocol::{BetPlaced, Event, EventBody, OutcomeDeclared, RoundOpened};
 use store::{PoolConfig, Store};
 use tokio_postgres::NoTls;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 const BATCH: usize = 10_000;
@@ -182,18 +182,6 @@ fn rows(n: usize, table: &TableId) -> Result<Vec<Row>> {
     Ok(out)
 }
 
-const COLUMNS: [Type; 9] = [
-    Type::INT8,
-    Type::UUID,
-    Type::TEXT,
-    Type::INT4,
-    Type::TEXT,
-    Type::BYTEA,
-    Type::BYTEA,
-    Type::TIMESTAMPTZ,
-    Type::BYTEA,
-];
-
 async fn copy_into(
     client: &mut tokio_postgres::Client,
     target: &str,
@@ -205,10 +193,11 @@ async fn copy_into(
         let tx = client.transaction().await?;
         let sink = tx
             .copy_in(&format!(
-                "COPY {target} (position, event_id, stream, version, type, data, metadata, recorded_at, hash) FROM STDIN BINARY"
+                "COPY {target} ({}) FROM STDIN BINARY",
+                store::EVENT_COLUMNS
             ))
             .await?;
-        let writer = BinaryCopyInWriter::new(sink, &COLUMNS);
+        let writer = BinaryCopyInWriter::new(sink, &store::EVENT_COLUMN_TYPES);
         pin_mut!(writer);
         for row in chunk {
             let data: &[u8] = &row.data;
@@ -239,9 +228,11 @@ async fn row_at_a_time(client: &mut tokio_postgres::Client, rows: &[Row]) -> Res
         let tx = client.transaction().await?;
         let insert = tx
             .prepare_typed(
-                "INSERT INTO bench_rows (position, event_id, stream, version, type, data, metadata, recorded_at, hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                &COLUMNS,
+                &format!(
+                    "INSERT INTO bench_rows ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    store::EVENT_COLUMNS
+                ),
+                &store::EVENT_COLUMN_TYPES,
             )
             .await?;
         for row in chunk {

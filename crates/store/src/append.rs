@@ -132,13 +132,11 @@ async fn write(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Appended
     let count = i64::try_from(events.len())
         .map_err(|_| StoreError::InvalidBatch("too many events in one batch".into()))?;
     let sink = tx
-        .copy_in(
-            "COPY public.events \
-                 (position, event_id, stream, version, type, data, metadata, recorded_at, hash) \
-             FROM STDIN (FORMAT binary)",
-        )
+        .copy_in(&format!(
+            "COPY public.events ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))
         .await?;
-    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    let writer = BinaryCopyInWriter::new(sink, &EVENT_COLUMN_TYPES);
     futures_util::pin_mut!(writer);
     let mut appended = Vec::with_capacity(events.len());
     for (offset, event) in (1..=count).zip(events) {
@@ -200,8 +198,12 @@ async fn write(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Appended
     Ok(appended)
 }
 
-/// The column types of the `COPY` into `events`, in the order the statement names them.
-const COPY_TYPES: [Type; 9] = [
+/// The columns of `events` a `COPY` writes, in order (every column: DESIGN §6), and their
+/// types; the benchmark's anchors copy the same rows with these.
+pub const EVENT_COLUMNS: &str =
+    "position, event_id, stream, version, type, data, metadata, recorded_at, hash";
+/// See [`EVENT_COLUMNS`].
+pub const EVENT_COLUMN_TYPES: [Type; 9] = [
     Type::INT8,
     Type::UUID,
     Type::TEXT,

@@ -22,7 +22,10 @@ mod read;
 mod tail;
 mod verify;
 
-pub use append::{Appended, EVENTS_CHANNEL, NewEvent, append, append_with_locked_versions};
+pub use append::{
+    Appended, EVENT_COLUMN_TYPES, EVENT_COLUMNS, EVENTS_CHANNEL, NewEvent, append,
+    append_with_locked_versions,
+};
 pub use error::{Conflict, MigrationError, StoreError, Unavailable};
 pub use hash::{GENESIS_HASH, chain_hash};
 pub use migrations::{
