@@ -29,6 +29,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
+use protocol::Encoding;
+
 use crate::config::Resolved;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -466,6 +468,13 @@ struct IncomingEvent<'a> {
     round: Option<u64>,
 }
 
+/// The one field of an event (on the bus, MessagePack) that latency needs; the others are
+/// skipped, not decoded.
+#[derive(serde::Deserialize)]
+struct EventTime {
+    at: domain::Timestamp,
+}
+
 struct Client {
     index: usize,
     url: String,
@@ -553,9 +562,13 @@ impl Client {
             .map_err(|_| None)?;
         let mut bets_sent: HashMap<String, Instant> = HashMap::new();
         let mut next_bet = 0u64;
+        // One wait for the whole run: re-creating it per message joins and leaves a waiter list
+        // shared by every client, under its lock.
+        let stopped = self.stop.cancelled();
+        tokio::pin!(stopped);
         loop {
             let message = tokio::select! {
-                () = self.stop.cancelled() => {
+                () = &mut stopped => {
                     let _ = ws.close(None).await;
                     return Ok(());
                 }
@@ -623,9 +636,11 @@ impl Client {
         );
         ws.send(Message::text(hello)).await.map_err(|_| None)?;
         let mut buffer: Vec<u8> = Vec::new();
+        let stopped = self.stop.cancelled();
+        tokio::pin!(stopped);
         loop {
             let message = tokio::select! {
-                () = self.stop.cancelled() => {
+                () = &mut stopped => {
                     let _ = ws.close(None).await;
                     return Ok(());
                 }
@@ -638,38 +653,41 @@ impl Client {
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return Err(None),
             }
-            // Parse every complete NATS protocol operation in the buffer.
-            while let Some(line_end) = buffer.windows(2).position(|w| w == b"\r\n") {
-                let line = String::from_utf8_lossy(&buffer[..line_end]).to_string();
-                if line.starts_with("PING") {
-                    buffer.drain(..line_end + 2);
+            // Parse every complete NATS protocol operation in the buffer, in place.
+            let mut consumed = 0;
+            while let Some(line_len) = buffer[consumed..].windows(2).position(|w| w == b"\r\n") {
+                let line = &buffer[consumed..consumed + line_len];
+                let body = consumed + line_len + 2;
+                if line.starts_with(b"PING") {
+                    consumed = body;
                     ws.send(Message::text("PONG\r\n")).await.map_err(|_| None)?;
                     continue;
                 }
-                if let Some(rest) = line.strip_prefix("MSG ") {
-                    let Some(len) = rest
-                        .split_whitespace()
-                        .last()
-                        .and_then(|n| n.parse::<usize>().ok())
-                    else {
-                        buffer.drain(..line_end + 2);
+                if let Some(rest) = line.strip_prefix(b"MSG ") {
+                    // `MSG <subject> <sid> [reply-to] <#bytes>`: the size is the last field.
+                    let len = std::str::from_utf8(rest)
+                        .ok()
+                        .and_then(|rest| rest.split_ascii_whitespace().last())
+                        .and_then(|n| n.parse::<usize>().ok());
+                    let Some(len) = len else {
+                        consumed = body;
                         continue;
                     };
-                    let start = line_end + 2;
-                    if buffer.len() < start + len + 2 {
+                    if buffer.len() < body + len + 2 {
                         break; // payload not complete yet
                     }
-                    let at = protocol::decode_event(&buffer[start..start + len])
+                    let at = Encoding::MsgPack
+                        .decode::<EventTime>(&buffer[body..body + len])
                         .ok()
-                        .map(|e| e.at);
-                    let at = at.map(|t| t.unix_micros());
+                        .map(|e| e.at.unix_micros());
                     self.on_delivery_micros(at);
-                    buffer.drain(..start + len + 2);
+                    consumed = body + len + 2;
                     continue;
                 }
                 // +OK, INFO, PONG, -ERR: nothing to measure.
-                buffer.drain(..line_end + 2);
+                consumed = body;
             }
+            buffer.drain(..consumed);
         }
     }
 
