@@ -94,7 +94,12 @@ fn main() -> anyhow::Result<()> {
         }
         command => {
             telemetry::init_logs();
-            let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+            let runtime = match &command {
+                // Sized for a benchmark that shares the machine with the server it measures.
+                Command::Loadgen(args) => loadgen::runtime(args),
+                _ => tokio::runtime::Runtime::new(),
+            }
+            .context("start the async runtime")?;
             runtime.block_on(async_main(command, settings))
         }
     }
