@@ -524,3 +524,45 @@ async fn a_retry_among_new_bets_or_after_betting_closed_gets_the_first_answer() 
         vec![("alice".to_string(), 110, 2), ("bob".to_string(), 30, 1)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_players_racing_with_one_bet_id_get_one_acceptance_and_one_conflict() {
+    let db = migrated_db().await;
+    let store = store(&db.url, 4);
+    let client = connect(&db.url).await;
+    let t = table("t1");
+    let (alice, bob) = (player("alice"), player("bob"));
+    deposit(&store, &alice, 100_000).await;
+    deposit(&store, &bob, 100_000).await;
+    let mut rounds = Rounds::new(&store, &t);
+    rounds.open(1, OPEN).await;
+
+    // Each batch also carries bets of its own, so a batch that loses the race is judged
+    // again as a whole and its other bets still go through, once.
+    let (mut alice_spent, mut bob_spent) = (0, 0);
+    for _ in 0..20 {
+        let contested = bet(&alice, &t, 1, red(), 10);
+        let mut reused = bet(&bob, &t, 1, straight(7), 20);
+        reused.bet_id = contested.bet_id;
+        let alice_batch = vec![bet(&alice, &t, 1, red(), 11), contested];
+        let bob_batch = vec![reused, bet(&bob, &t, 1, red(), 12)];
+        let (a, b) = tokio::join!(place(&store, &alice_batch), place(&store, &bob_batch));
+        let alice_won = matches!(a[1], BetOutcome::Accepted { .. });
+        let bob_won = matches!(b[0], BetOutcome::Accepted { .. });
+        assert!(alice_won != bob_won, "exactly one wins: {a:?} {b:?}");
+        let loser = if alice_won { &b[0] } else { &a[1] };
+        assert_eq!(code(loser), Some(ErrorCode::BetIdConflict));
+        assert!(matches!(a[0], BetOutcome::Accepted { .. }), "{a:?}");
+        assert!(matches!(b[1], BetOutcome::Accepted { .. }), "{b:?}");
+        alice_spent += 11 + if alice_won { 10 } else { 0 };
+        bob_spent += 12 + if bob_won { 20 } else { 0 };
+    }
+    assert_eq!(balance(&client, "alice").await, 100_000 - alice_spent);
+    assert_eq!(balance(&client, "bob").await, 100_000 - bob_spent);
+    let bets: i64 = client
+        .query_one("SELECT count(*) FROM bets", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(bets, 60, "two own bets and one contested bet per race");
+}
