@@ -84,10 +84,7 @@ async fn with_two_gs_and_one_killed_mid_batch_every_accepted_bet_is_settled_exac
         .await
         .expect("deposit");
     }
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
+    let client = db.client().await.expect("connect");
 
     let mut gs_a = env.spawn(&["run", "gs"]);
     let _gs_b = env.spawn(&["run", "gs"]);

@@ -68,10 +68,7 @@ async fn replay_passes_on_an_intact_store_and_names_the_first_tampered_position(
     assert_eq!(report["ok"], true);
     assert_eq!(report["events"], 4);
 
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
+    let client = db.client().await.expect("connect");
     client
         .batch_execute(
             "ALTER TABLE events DISABLE TRIGGER USER;

@@ -44,10 +44,7 @@ async fn a_bet_placed_over_websocket_is_settled_with_the_fair_payout() {
     check_round(&played, 100, 10_000);
 
     // The balance in Postgres is the one the client was told.
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
+    let client = db.client().await.expect("connect");
     let balance: i64 = client
         .query_one("SELECT balance FROM accounts WHERE player = 'alice'", &[])
         .await

@@ -87,11 +87,10 @@ pub async fn append(
     tx: &Transaction<'_>,
     events: &[NewEvent],
 ) -> Result<Vec<Appended>, StoreError> {
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
     let firsts = check_batch(events)?;
-    check_stream_versions(tx, &firsts).await?;
+    if !firsts.is_empty() {
+        check_stream_versions(tx, &firsts).await?;
+    }
     write(tx, events).await
 }
 
@@ -106,15 +105,16 @@ pub async fn append_with_locked_versions(
     tx: &Transaction<'_>,
     events: &[NewEvent],
 ) -> Result<Vec<Appended>, StoreError> {
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
     check_batch(events)?;
     write(tx, events).await
 }
 
-/// Locks the head, copies the events in with their positions and hashes, moves the head.
+/// Locks the head, copies the events in with their positions and hashes, moves the head
+/// (nothing at all for an empty batch).
 async fn write(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Appended>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
     // The clock is read after the lock is granted (the CTE is materialized first), so
     // `recorded_at` grows with the position across transactions.
     let head = tx

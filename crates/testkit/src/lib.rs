@@ -24,7 +24,7 @@ pub mod ws;
 
 pub use error::HarnessError;
 pub use nats::{NatsInfo, NatsServer, TestNats, check_nats_adequate, nats, nats_server_binary};
-pub use postgres::{PgServer, PgServerOptions, TestDb, postgres};
+pub use postgres::{PgServer, PgServerOptions, TestDb, connect as pg_connect, postgres};
 pub use ws::{WsClient, WsEnd};
 
 use std::path::PathBuf;

@@ -191,6 +191,14 @@ impl TestPostgres {
     }
 }
 
+impl TestDb {
+    /// A plain connection to this database (as the harness's superuser), its connection task
+    /// driven on the current runtime.
+    pub async fn client(&self) -> Result<tokio_postgres::Client, HarnessError> {
+        connect(&self.url).await
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if !self.external {
@@ -219,8 +227,9 @@ impl Drop for TestDb {
     }
 }
 
-/// Connects and drives the connection on the current runtime.
-async fn connect(url: &str) -> Result<tokio_postgres::Client, HarnessError> {
+/// A plain connection to `url` (tests use it as the harness's superuser), its connection
+/// task driven on the current runtime.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, HarnessError> {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
         .map_err(HarnessError::pg(format!("connect to {url}")))?;

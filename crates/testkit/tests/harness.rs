@@ -50,10 +50,7 @@ async fn migrated_db() -> TestDb {
 async fn one_test(owner: &str) -> (Vec<String>, Vec<String>) {
     let db = migrated_db().await;
     let TestNats { url, prefix } = testkit::nats().expect("nats");
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
+    let client = db.client().await.expect("connect");
     client
         .execute("INSERT INTO marks VALUES ($1)", &[&owner])
         .await
@@ -122,10 +119,7 @@ async fn databases_are_cloned_from_a_template_prepared_once() {
     let second = migrated_db().await;
     assert_ne!(first.name, second.name);
     for db in [&first, &second] {
-        let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(connection);
+        let client = db.client().await.expect("connect");
         let count: i64 = client
             .query_one("SELECT count(*) FROM marks", &[])
             .await

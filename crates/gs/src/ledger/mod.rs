@@ -335,25 +335,38 @@ pub struct BetRequest {
 }
 
 impl BetRequest {
+    /// What makes two requests with one `bet_id` the same bet (a retry) rather than a
+    /// conflict: player, table, round, selection and amount.
+    fn content(&self) -> BetContent<'_> {
+        (
+            &self.player,
+            &self.table,
+            self.round,
+            &self.selection,
+            self.amount,
+        )
+    }
+
     /// Whether `other` asks for the same bet (a retry), not just with the same id.
     pub(crate) fn is_same_bet_as(&self, other: &BetRequest) -> bool {
-        self.player == other.player
-            && self.table == other.table
-            && self.round == other.round
-            && self.selection == other.selection
-            && self.amount == other.amount
+        self.content() == other.content()
     }
 
     /// Whether `placed` recorded this very bet (so this request is a retry of it).
     pub(crate) fn is_placed_as(&self, placed: &protocol::BetPlaced) -> bool {
-        self.bet_id == placed.bet_id
-            && self.player == placed.player
-            && self.table == placed.table
-            && self.round == placed.round
-            && self.selection == placed.selection
-            && self.amount == placed.amount
+        let recorded = (
+            &placed.player,
+            &placed.table,
+            placed.round,
+            &placed.selection,
+            placed.amount,
+        );
+        self.bet_id == placed.bet_id && self.content() == recorded
     }
 }
+
+/// See [`BetRequest::content`].
+type BetContent<'a> = (&'a PlayerId, &'a TableId, RoundId, &'a Selection, Money);
 
 /// Which of the rounds `bets` name GS has seen (recorded as opened, in any phase since).
 pub async fn known_rounds<'a>(

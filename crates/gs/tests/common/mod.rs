@@ -9,7 +9,7 @@ use gs::ledger::{self, BetOutcome, BetRequest};
 use protocol::{BettingClosed, Event, EventBody, OutcomeDeclared, RoundOpened, RoundVoided};
 use store::{PoolConfig, Store};
 use testkit::TestDb;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 pub async fn migrated_db() -> TestDb {
@@ -31,11 +31,9 @@ pub fn store(url: &str, max_size: usize) -> Store {
 }
 
 pub async fn connect(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+    testkit::pg_connect(url)
         .await
-        .expect("connect to the test database");
-    tokio::spawn(connection);
-    client
+        .expect("connect to the test database")
 }
 
 pub fn now() -> Timestamp {

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use store::{NewEvent, PoolConfig, Store};
 use testkit::TestDb;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -33,11 +33,9 @@ pub fn store(url: &str, max_size: usize) -> Store {
 
 /// A plain connection (as the harness's superuser), driven on the current runtime.
 pub async fn connect(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+    testkit::pg_connect(url)
         .await
-        .expect("connect to the test database");
-    tokio::spawn(connection);
-    client
+        .expect("connect to the test database")
 }
 
 /// An event with a random id and a small MessagePack-ish payload.
