@@ -18,11 +18,12 @@ pub async fn run(command: ProjectionsCommand, store: store::Store) -> anyhow::Re
                 .await
                 .context("rebuild the read models")?;
             println!(
-                "rebuilt from {} events: {} rounds, {} bets, {} bet results, {} round stakes, \
-                 {} accounts, {} deposits",
+                "rebuilt from {} events: {} rounds, {} bets ({} from before migration 0005), \
+                 {} bet results, {} round stakes, {} accounts, {} deposits",
                 report.events,
                 report.rounds,
                 report.bets,
+                report.legacy_bets,
                 report.bet_results,
                 report.round_stakes,
                 report.accounts,

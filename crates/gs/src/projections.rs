@@ -1,6 +1,6 @@
-//! Rebuilding the read models (`rounds`, `bets`, `bet_results`, `round_stakes`, `accounts`,
-//! `deposits`) from the events alone
-//! (DESIGN §6): `croupier projections rebuild`.
+//! Rebuilding the read models (`rounds`, `bets`, `legacy_bets`, `bet_results`,
+//! `round_stakes`, `accounts`, `deposits`) from the events alone (DESIGN §6):
+//! `croupier projections rebuild`.
 //!
 //! GS writes every column of those tables from what its events carry (timestamps are the
 //! events' `at`, a round's `bus_seq` is in its transitions' metadata), so a rebuild gives
@@ -32,6 +32,8 @@ pub struct RebuildReport {
     pub events: u64,
     pub rounds: u64,
     pub bets: u64,
+    /// Of them, placed before migration 0005 (`legacy_bets`).
+    pub legacy_bets: u64,
     pub bet_results: u64,
     pub round_stakes: u64,
     pub accounts: u64,
@@ -62,6 +64,8 @@ struct BetRow {
     amount: i64,
     placed_position: i64,
     placed_at: OffsetDateTime,
+    /// Whether the `bet_placed` event's id is not derived from the bet id (`legacy_bets`).
+    legacy: bool,
 }
 
 fn at(t: Timestamp) -> OffsetDateTime {
@@ -74,7 +78,8 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
     let tx = client.transaction().await?;
     tx.batch_execute(
         "SET LOCAL statement_timeout = 0; \
-         LOCK TABLE rounds, bets, bet_results, round_stakes, accounts, deposits IN EXCLUSIVE MODE",
+         LOCK TABLE rounds, bets, legacy_bets, bet_results, round_stakes, accounts, deposits \
+         IN EXCLUSIVE MODE",
     )
     .await?;
 
@@ -191,6 +196,8 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
                             amount: e.amount.get(),
                             placed_position: stored.position,
                             placed_at: when,
+                            // Placed before migration 0005 (ADR 0016).
+                            legacy: stored.event_id != crate::ledger::bet_placed_id(&e.bet_id),
                         },
                     );
                 }
@@ -216,8 +223,8 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
     }
 
     tx.batch_execute(
-        "DELETE FROM bet_results; DELETE FROM bets; DELETE FROM round_stakes; DELETE FROM deposits; DELETE FROM accounts; \
-         DELETE FROM rounds",
+        "DELETE FROM bet_results; DELETE FROM bets; DELETE FROM legacy_bets; \
+         DELETE FROM round_stakes; DELETE FROM deposits; DELETE FROM accounts; DELETE FROM rounds",
     )
     .await?;
 
@@ -354,6 +361,24 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
                     (&placed, Type::INT8_ARRAY),
                     (&placed_at, Type::TIMESTAMPTZ_ARRAY),
                 ],
+            )
+            .await?;
+    }
+    // bets placed before migration 0005, by bet id (ADR 0016)
+    let (legacy_ids, legacy_positions): (Vec<Uuid>, Vec<i64>) = bets
+        .iter()
+        .filter(|(_, b)| b.legacy)
+        .map(|(id, b)| (*id, b.placed_position))
+        .unzip();
+    for (ids, positions) in legacy_ids
+        .chunks(PAGE as usize)
+        .zip(legacy_positions.chunks(PAGE as usize))
+    {
+        report.legacy_bets += tx
+            .execute_typed(
+                "INSERT INTO legacy_bets (bet_id, placed_position) \
+                 SELECT * FROM unnest($1::uuid[], $2::int8[])",
+                &[(&ids, Type::UUID_ARRAY), (&positions, Type::INT8_ARRAY)],
             )
             .await?;
     }

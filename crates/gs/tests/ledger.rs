@@ -28,12 +28,13 @@ fn random_selection(rng: &mut Rng) -> Selection {
     Selection::parse(raw).expect("selection")
 }
 
-/// Every row of the four read models, as text, in key order.
+/// Every row of the read models, as text, in key order.
 async fn read_models(client: &tokio_postgres::Client) -> Vec<String> {
     let mut rows = Vec::new();
     for query in [
         "SELECT r::text FROM rounds r ORDER BY table_id, round",
         "SELECT b::text FROM bets b ORDER BY bet_id",
+        "SELECT l::text FROM legacy_bets l ORDER BY bet_id",
         "SELECT r::text FROM bet_results r ORDER BY bet_id",
         "SELECT s::text FROM round_stakes s ORDER BY table_id, round, player",
         "SELECT a::text FROM accounts a ORDER BY player",
@@ -565,4 +566,151 @@ async fn two_players_racing_with_one_bet_id_get_one_acceptance_and_one_conflict(
         .expect("count")
         .get(0);
     assert_eq!(bets, 60, "two own bets and one contested bet per race");
+}
+
+/// Writes `bet` as GS did before migration 0005: its `bet_placed` event has a random id, and
+/// (as the migration does for such bets) `legacy_bets` records where it is.
+async fn place_as_before_0005(store: &store::Store, bet: &gs::ledger::BetRequest, balance: i64) {
+    let mut client = store.client().await.expect("client");
+    let tx = client.transaction().await.expect("begin");
+    let player = bet.player.as_str();
+    let version: i32 = tx
+        .query_one(
+            "SELECT version FROM accounts WHERE player = $1 FOR UPDATE",
+            &[&player],
+        )
+        .await
+        .expect("account")
+        .get(0);
+    let at = now();
+    let event = protocol::Event::new(
+        uuid::Uuid::new_v4(),
+        at,
+        EventBody::BetPlaced(protocol::BetPlaced {
+            table: bet.table.clone(),
+            round: bet.round,
+            bet_id: bet.bet_id,
+            player: bet.player.clone(),
+            selection: bet.selection,
+            amount: bet.amount,
+            balance: money(balance),
+        }),
+    );
+    let appended = store::append(
+        &tx,
+        &[store::NewEvent {
+            event_id: event.id,
+            stream: format!("player-{player}"),
+            version: version + 1,
+            kind: "bet_placed".into(),
+            data: protocol::encode_event(&event).expect("encode"),
+            metadata: bytes::Bytes::new(),
+        }],
+    )
+    .await
+    .expect("append");
+    let (position, when) = (appended[0].position, at.as_offset_datetime());
+    let (round, amount) = (bet.round.get() as i64, bet.amount.get());
+    tx.execute(
+        "UPDATE accounts SET balance = $2, version = $3, updated_at = $4 WHERE player = $1",
+        &[&player, &balance, &(version + 1), &when],
+    )
+    .await
+    .expect("debit");
+    tx.execute(
+        "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, placed_at, \
+                           placed_position) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            bet.bet_id.as_uuid(),
+            &bet.table.as_str(),
+            &round,
+            &player,
+            &tokio_postgres::types::Json(&bet.selection),
+            &amount,
+            &when,
+            &position,
+        ],
+    )
+    .await
+    .expect("bet");
+    tx.execute(
+        "INSERT INTO round_stakes (table_id, round, player, staked, bets) VALUES ($1, $2, $3, $4, 1)",
+        &[&bet.table.as_str(), &round, &player, &amount],
+    )
+    .await
+    .expect("stake");
+    tx.execute(
+        "INSERT INTO legacy_bets (bet_id, placed_position) VALUES ($1, $2)",
+        &[bet.bet_id.as_uuid(), &position],
+    )
+    .await
+    .expect("legacy bet");
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn bets_are_keyed_by_their_event_id_and_bets_from_before_0005_keep_their_first_answer() {
+    let db = migrated_db().await;
+    let store = store(&db.url, 2);
+    let client = connect(&db.url).await;
+    let t = table("t1");
+    let (alice, bob) = (player("alice"), player("bob"));
+    deposit(&store, &alice, 1_000).await;
+    deposit(&store, &bob, 1_000).await;
+    let mut rounds = Rounds::new(&store, &t);
+    rounds.open(1, OPEN).await;
+
+    // A new bet's event id is derived from its bet id.
+    let new = bet(&bob, &t, 1, red(), 10);
+    place(&store, std::slice::from_ref(&new)).await;
+    let derived: i64 = client
+        .query_one(
+            "SELECT count(*) FROM events WHERE type = 'bet_placed' AND event_id = $1",
+            &[&ledger::bet_placed_id(&new.bet_id)],
+        )
+        .await
+        .expect("event")
+        .get(0);
+    assert_eq!(derived, 1);
+
+    // A bet from before migration 0005 (random event id): its retry, alone or among new
+    // bets, gets the first answer and is not debited again; another player reusing its id
+    // is a conflict.
+    let old = bet(&alice, &t, 1, red(), 100);
+    place_as_before_0005(&store, &old, 900).await;
+    let first = BetOutcome::Accepted {
+        balance: money(900),
+    };
+    assert_eq!(
+        place(&store, std::slice::from_ref(&old)).await,
+        vec![first.clone()]
+    );
+    let mut reused = bet(&bob, &t, 1, straight(7), 20);
+    reused.bet_id = old.bet_id;
+    let fresh = bet(&alice, &t, 1, straight(3), 10);
+    let answers = place(&store, &[fresh, old.clone(), reused]).await;
+    assert_eq!(
+        answers[0],
+        BetOutcome::Accepted {
+            balance: money(890)
+        }
+    );
+    assert_eq!(answers[1], first);
+    assert_eq!(code(&answers[2]), Some(ErrorCode::BetIdConflict));
+    assert_eq!(balance(&client, "alice").await, 890);
+    assert_eq!(balance(&client, "bob").await, 990);
+
+    // Settled like any other bet, and the rebuild finds it again from its event.
+    rounds.close(1).await;
+    rounds.declare(1).await;
+    let settled = ledger::settle_round(&store, &t, domain::RoundId::new(1).expect("round"))
+        .await
+        .expect("settle")
+        .expect("settled");
+    assert_eq!(settled.bets, 3);
+    let before = read_models(&client).await;
+    let report = gs::projections::rebuild(&store).await.expect("rebuild");
+    assert_eq!((report.bets, report.legacy_bets), (3, 1));
+    assert_eq!(read_models(&client).await, before);
 }

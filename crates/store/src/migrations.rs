@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "write_path",
         sql: include_str!("../../../migrations/0004_write_path.sql"),
     },
+    Migration {
+        version: 5,
+        name: "write_path_keys",
+        sql: include_str!("../../../migrations/0005_write_path_keys.sql"),
+    },
 ];
 
 /// The key of the advisory lock that serialises migrators ("croupier" in ASCII, minus one,

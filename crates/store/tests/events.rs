@@ -441,8 +441,8 @@ async fn read_models_are_mutable_and_refuse_invalid_money() -> TestResult {
              UPDATE accounts SET balance = 40, version = 2 WHERE player = 'alice';
              INSERT INTO rounds (table_id, round, phase) VALUES ('roulette-1', 1, 'open');
              UPDATE rounds SET phase = 'closed' WHERE table_id = 'roulette-1' AND round = 1;
-             INSERT INTO bets (bet_id, table_id, round, player, selection, amount)
-                 VALUES (gen_random_uuid(), 'roulette-1', 1, 'alice', '{\"kind\":\"red\"}', 60);
+             INSERT INTO bets (bet_id, table_id, round, player, selection, amount, placed_position)
+                 VALUES (gen_random_uuid(), 'roulette-1', 1, 'alice', '{\"kind\":\"red\"}', 60, 1);
              INSERT INTO deposits (deposit_id, player, amount, position) VALUES ('d1', 'alice', 100, 1);
              INSERT INTO gs_cursor (consumer, stream_seq) VALUES ('gs-1', 17);
              INSERT INTO outbox_cursor (name, position) VALUES ('results', 0);
@@ -463,8 +463,8 @@ async fn read_models_are_mutable_and_refuse_invalid_money() -> TestResult {
             "rounds_phase",
         ),
         (
-            "INSERT INTO bets (bet_id, table_id, round, player, selection, amount)
-                 VALUES (gen_random_uuid(), 'roulette-1', 1, 'alice', '{}', 0)",
+            "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, placed_position)
+                 VALUES (gen_random_uuid(), 'roulette-1', 1, 'alice', '{}', 0, 2)",
             "bets_amount_range",
         ),
     ] {

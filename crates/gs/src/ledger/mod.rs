@@ -74,6 +74,17 @@ pub(crate) fn player_stream(player: &PlayerId) -> String {
     format!("player-{player}")
 }
 
+/// The namespace of [`bet_placed_id`] (a fixed, random UUID: ADR 0016).
+const BET_PLACED_NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_27d4_93b8_4c0e_a5f2_0d8e_61b7_c349);
+
+/// The id of the `bet_placed` event that records bet `bet_id`: a UUIDv5 of the bet id in GS's
+/// namespace, so one bet id can be placed once by the events' own unique `event_id`
+/// (DESIGN §6: "idempotency with no time window"), and a retry finds its first answer by
+/// that id (ADR 0016).
+pub fn bet_placed_id(bet_id: &domain::BetId) -> Uuid {
+    Uuid::new_v5(&BET_PLACED_NAMESPACE, bet_id.as_uuid().as_bytes())
+}
+
 pub(crate) fn new_event(
     stream: String,
     version: i32,

@@ -9,7 +9,7 @@
 //!   -- look up the refused ones (a retry of an accepted bet gets its first answer)
 //!   UPDATE accounts … ; UPDATE/INSERT round_stakes …   -- pipelined, set-based
 //!   store::append_with_locked_versions(bet_placed × n) -- head row locked last, binary COPY
-//!   COPY bets … FROM STDIN (FORMAT binary)      -- with their positions
+//!   COPY bets … FROM STDIN (FORMAT binary)      -- keyed by their positions
 //! COMMIT
 //! ```
 //!
@@ -17,12 +17,14 @@
 //! `UPDATE`) waits for a batch that saw the round open, and then sees its bets; a batch that
 //! comes after the claim sees the round settled and refuses its bets.
 //!
-//! Retries (ADR 0014): the first attempt does not look every bet up. A bet judged accepted
-//! whose id is stored already — a client's retry, or another player's bet reusing the id that
-//! committed first — makes the `bets` COPY fail on its primary key; the transaction is rolled
-//! back (positions, debits and all) and the batch is judged again with every id looked up
-//! first, under the wallet locks: every bet of a player passes that player's lock, so nothing
-//! of these players can be stored between that look and the write.
+//! Retries (ADR 0014, 0016): a `bet_placed` event's id is derived from its bet id, so the
+//! events' unique `event_id` is the bets' idempotency key. The first attempt does not look
+//! every bet up. A bet judged accepted whose id is stored already — a client's retry, or
+//! another player's bet reusing the id that committed first — makes the events' COPY fail on
+//! that key; the transaction is rolled back (positions, debits and all) and the batch is
+//! judged again with every id looked up first, under the wallet locks: every bet of a player
+//! passes that player's lock, so nothing of these players can be stored between that look and
+//! the write.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -31,7 +33,7 @@ use protocol::{BetPlaced, ErrorCode, Event, EventBody};
 use store::{Store, StoreError};
 use tokio_postgres::Transaction;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{Json, Type};
+use tokio_postgres::types::{Json, ToSql, Type};
 use uuid::Uuid;
 
 use super::stages::Stages;
@@ -71,11 +73,12 @@ impl BetOutcome {
 /// for `closes_at`. Errors are infrastructure failures: nothing of the batch was recorded.
 ///
 /// The first attempt is optimistic: it does not look every bet up before judging it (a
-/// retried bet is rare, and the insert into `bets` checks every id anyway). A bet judged
-/// accepted whose id is stored already makes that insert fail; the transaction is rolled back
-/// (positions, debits and all) and the batch is judged again, this time looking every bet up
-/// first, so the retry gets its first answer. Bets judged rejected are looked up in the same
-/// transaction either way (a retry of an accepted bet must not be told `BETTING_CLOSED`).
+/// retried bet is rare, and the append checks every id anyway: a `bet_placed` event's id is
+/// derived from its bet id). A bet judged accepted whose id is stored already makes that
+/// append fail; the transaction is rolled back (positions, debits and all) and the batch is
+/// judged again, this time looking every bet up first, so the retry gets its first answer.
+/// Bets judged rejected are looked up in the same transaction either way (a retry of an
+/// accepted bet must not be told `BETTING_CLOSED`).
 pub async fn place_bets(
     store: &Store,
     bets: &[BetRequest],
@@ -159,33 +162,61 @@ async fn place_once(
 /// The stored `bet_placed` of bets recorded already, by bet id.
 type Stored = HashMap<Uuid, BetPlaced>;
 
-/// Looks `ids` up among the stored bets.
-async fn stored_bets(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<Stored, LedgerError> {
+/// Looks bets up among the stored ones: by their `bet_placed` event's derived id, and — only
+/// in a database with bets from before migration 0005 — by bet id through `legacy_bets`.
+async fn stored_bets(
+    tx: &Transaction<'_>,
+    ids: &[Uuid],
+    random_ids: RandomIds,
+) -> Result<Stored, LedgerError> {
     if ids.is_empty() {
         return Ok(Stored::new());
     }
-    let rows = tx
-        .query_typed(
-            "SELECT b.bet_id, e.data \
-             FROM unnest($1::uuid[]) AS u(id) JOIN bets b ON b.bet_id = u.id \
-             JOIN events e ON e.position = b.placed_position",
-            &[(&ids, Type::UUID_ARRAY)],
-        )
-        .await?;
+    let event_ids: Vec<Uuid> = ids
+        .iter()
+        .map(|id| super::bet_placed_id(&domain::BetId::from_uuid(*id)))
+        .collect();
+    let rows = match random_ids {
+        RandomIds::None => {
+            tx.query_typed(
+                "SELECT e.data FROM events e WHERE e.event_id = ANY($1::uuid[])",
+                &[(&event_ids, Type::UUID_ARRAY)],
+            )
+            .await?
+        }
+        RandomIds::Some => {
+            tx.query_typed(
+                "SELECT e.data FROM events e WHERE e.event_id = ANY($1::uuid[]) \
+                 UNION ALL \
+                 SELECT e.data FROM legacy_bets l JOIN events e ON e.position = l.placed_position \
+                 WHERE l.bet_id = ANY($2::uuid[])",
+                &[(&event_ids, Type::UUID_ARRAY), (&ids, Type::UUID_ARRAY)],
+            )
+            .await?
+        }
+    };
     let mut stored = Stored::with_capacity(rows.len());
     for row in rows {
-        let id: Uuid = row.try_get(0)?;
-        let data: &[u8] = row.try_get(1)?;
+        let data: &[u8] = row.try_get(0)?;
         let first =
             protocol::decode_event(data).map_err(|e| LedgerError::Encoding(e.to_string()))?;
         let EventBody::BetPlaced(placed) = first.body else {
             return Err(LedgerError::Encoding(
-                "a bet row points at a non-bet event".into(),
+                "a bet's id leads to a non-bet event".into(),
             ));
         };
-        stored.insert(id, placed);
+        stored.insert(*placed.bet_id.as_uuid(), placed);
     }
     Ok(stored)
+}
+
+/// Whether the database holds bets whose `bet_placed` event id is random (placed before
+/// migration 0005): only then can a bet id be stored under an event id other than the
+/// derived one, so the optimistic first attempt must look every bet up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RandomIds {
+    None,
+    Some,
 }
 
 /// The first answer to a bet stored already, or a conflict when the content differs.
@@ -248,17 +279,37 @@ async fn transact(
     let (round_tables, round_numbers): (Vec<&str>, Vec<i64>) = rounds.iter().copied().unzip();
     let round_index: HashMap<(&str, i64), usize> =
         rounds.iter().enumerate().map(|(i, k)| (*k, i)).collect();
-    let rows = tx
-        .query_typed(
+    // Pipelined with it: whether any bet id is stored under a random event id (a database
+    // with bets from before migration 0005; `legacy_bets` is empty otherwise).
+    let round_params: [(&(dyn ToSql + Sync), Type); 2] = [
+        (&round_tables, Type::TEXT_ARRAY),
+        (&round_numbers, Type::INT8_ARRAY),
+    ];
+    let (rows, random_ids) = tokio::join!(
+        tx.query_typed(
             "SELECT r.table_id, r.round, r.phase, r.closes_at FROM rounds r \
              JOIN unnest($1::text[], $2::int8[]) AS u(t, n) ON r.table_id = u.t AND r.round = u.n \
              ORDER BY r.table_id, r.round FOR SHARE OF r",
-            &[
-                (&round_tables, Type::TEXT_ARRAY),
-                (&round_numbers, Type::INT8_ARRAY),
-            ],
-        )
-        .await?;
+            &round_params,
+        ),
+        tx.query_typed("SELECT EXISTS (SELECT 1 FROM legacy_bets)", &[],),
+    );
+    let rows = rows?;
+    let random_ids = if random_ids?
+        .first()
+        .map(|row| row.try_get::<_, bool>(0))
+        .transpose()?
+        .unwrap_or(false)
+    {
+        RandomIds::Some
+    } else {
+        RandomIds::None
+    };
+    // A bet id stored under a random event id does not trip the events' key: look it up.
+    let lookup = match random_ids {
+        RandomIds::Some => Lookup::Every,
+        RandomIds::None => lookup,
+    };
     let mut windows: Vec<Option<BettingWindow>> = vec![None; rounds.len()];
     for row in rows {
         let phase = match row.try_get::<_, &str>(2)? {
@@ -307,7 +358,7 @@ async fn transact(
                 .iter()
                 .map(|&i| *bets[i].bet_id.as_uuid())
                 .collect();
-            stored_bets(&tx, &ids).await?
+            stored_bets(&tx, &ids, random_ids).await?
         }
         Lookup::Rejected => Stored::new(),
     };
@@ -380,7 +431,7 @@ async fn transact(
                 stake.added = stake.added.checked_add(bet.amount).unwrap_or(Money::MAX);
                 stake.bets += 1;
                 let event = Event::new(
-                    Uuid::new_v4(),
+                    super::bet_placed_id(&bet.bet_id),
                     now,
                     EventBody::BetPlaced(BetPlaced {
                         table: bet.table.clone(),
@@ -418,7 +469,7 @@ async fn transact(
     // A refused bet may be the retry of an accepted one: that one gets its first answer.
     if lookup == Lookup::Rejected && !refused.is_empty() {
         let ids: Vec<Uuid> = refused.iter().map(|&i| *bets[i].bet_id.as_uuid()).collect();
-        let found = stored_bets(&tx, &ids).await?;
+        let found = stored_bets(&tx, &ids, random_ids).await?;
         for &index in &refused {
             if let Some(first) = found.get(bets[index].bet_id.as_uuid()) {
                 outcomes[index] = Some(first_answer(first, &bets[index]));
@@ -465,15 +516,17 @@ async fn transact(
         let events = events?;
         stages.mark("writes");
         let appended_at = std::time::Instant::now();
-        // Every player stream's version came from its `accounts` row, locked above.
+        // Every player stream's version came from its `accounts` row, locked above. A bet id
+        // stored already (a retry judged as new by the optimistic attempt, or another player's
+        // bet reusing the id that committed first) has its derived event id stored already:
+        // the COPY fails on `events_event_id_key`, the whole transaction goes, and the batch
+        // is judged again.
         let appended = store::append_with_locked_versions(&tx, &events)
             .await
             .map_err(raced_on_event_id)?;
         stages.mark("append");
 
-        // The bets, with their positions. An id stored already (a retry judged as new by the
-        // optimistic attempt, or another player's bet reusing the id that committed first)
-        // fails the COPY: the whole transaction goes, and the batch is judged again.
+        // The bets, keyed by their positions.
         let at = now.as_offset_datetime();
         let sink = tx
             .copy_in(
@@ -487,7 +540,7 @@ async fn transact(
         for ((index, _, _), appended) in accepted.iter().zip(&appended) {
             let bet = &bets[*index];
             let round = bet.round.get() as i64;
-            let written = writer
+            writer
                 .as_mut()
                 .write(&[
                     bet.bet_id.as_uuid(),
@@ -499,10 +552,9 @@ async fn transact(
                     &at,
                     &appended.position,
                 ])
-                .await;
-            written.map_err(raced_on_bet_id)?;
+                .await?;
         }
-        writer.finish().await.map_err(raced_on_bet_id)?;
+        writer.finish().await?;
         stages.mark("bets");
         tx.commit().await?;
         stages.mark("commit");
@@ -535,18 +587,6 @@ fn raced_on_event_id(error: StoreError) -> LedgerError {
         StoreError::Conflict(
             store::Conflict::DuplicateEvent | store::Conflict::VersionConflict { .. },
         ) => LedgerError::Raced,
-        other => LedgerError::Store(other),
-    }
-}
-
-/// A bet id stored already is a race (or a retry judged as new): the batch is judged again.
-fn raced_on_bet_id(error: tokio_postgres::Error) -> LedgerError {
-    match StoreError::from(error) {
-        StoreError::Conflict(store::Conflict::Unique { constraint })
-            if constraint == "bets_pkey" =>
-        {
-            LedgerError::Raced
-        }
         other => LedgerError::Store(other),
     }
 }
