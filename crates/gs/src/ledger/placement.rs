@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! BEGIN
-//!   SELECT … FROM rounds … FOR SHARE            -- the rounds, in (table, round) order
-//!   SELECT … FROM accounts … ORDER BY player FOR UPDATE   -- wallets, in player order
+//!   SELECT … FROM rounds … FOR SHARE            -- the rounds, in (table, round) order;
+//!   SELECT … FROM accounts … ORDER BY player FOR UPDATE   -- wallets, in player order;
 //!   SELECT … FROM round_stakes …                -- each player's stake on each round so far
+//!                                               -- (these three pipelined: one round trip)
 //!   -- judge every bet in Rust, in arrival order, against running balances and stakes;
 //!   -- look up the refused ones (a retry of an accepted bet gets its first answer)
 //!   UPDATE accounts … ; UPDATE/INSERT round_stakes …   -- pipelined, set-based
@@ -271,7 +272,7 @@ async fn transact(
 
     stages.mark("begin");
 
-    // Rounds, share-locked in a fixed order.
+    // The batch's rounds, players and (round, player) stake keys, each in a fixed order.
     let rounds: BTreeSet<(&str, i64)> = bets
         .iter()
         .map(|b| (b.table.as_str(), b.round.get() as i64))
@@ -279,22 +280,59 @@ async fn transact(
     let (round_tables, round_numbers): (Vec<&str>, Vec<i64>) = rounds.iter().copied().unzip();
     let round_index: HashMap<(&str, i64), usize> =
         rounds.iter().enumerate().map(|(i, k)| (*k, i)).collect();
-    // Pipelined with it: whether any bet id is stored under a random event id (a database
-    // with bets from before migration 0005; `legacy_bets` is empty otherwise).
+    let players: BTreeSet<&str> = bets.iter().map(|b| b.player.as_str()).collect();
+    let players: Vec<&str> = players.into_iter().collect();
+    let keys: BTreeSet<(&str, i64, &str)> = bets
+        .iter()
+        .map(|b| (b.table.as_str(), b.round.get() as i64, b.player.as_str()))
+        .collect();
+    let keys: Vec<(&str, i64, &str)> = keys.into_iter().collect();
+    let key_index: HashMap<(&str, i64, &str), usize> =
+        keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+    let (kt, kr, kp): (Vec<&str>, Vec<i64>, Vec<&str>) = (
+        keys.iter().map(|k| k.0).collect(),
+        keys.iter().map(|k| k.1).collect(),
+        keys.iter().map(|k| k.2).collect(),
+    );
+
+    // Four reads in one round trip; the server runs them in this order:
+    // 1. the rounds, share-locked in a fixed order;
+    // 2. whether any bet id is stored under a random event id (a database with bets from
+    //    before migration 0005; `legacy_bets` is empty otherwise);
+    // 3. the wallets, locked in player order (as every writer locks them);
+    // 4. what each player has staked on each round so far (read after 3 took the wallet
+    //    locks, which cover these rows too: every writer of a player's stakes holds it).
     let round_params: [(&(dyn ToSql + Sync), Type); 2] = [
         (&round_tables, Type::TEXT_ARRAY),
         (&round_numbers, Type::INT8_ARRAY),
     ];
-    let (rows, random_ids) = tokio::join!(
+    let wallet_params: [(&(dyn ToSql + Sync), Type); 1] = [(&players, Type::TEXT_ARRAY)];
+    let stake_params: [(&(dyn ToSql + Sync), Type); 3] = [
+        (&kt, Type::TEXT_ARRAY),
+        (&kr, Type::INT8_ARRAY),
+        (&kp, Type::TEXT_ARRAY),
+    ];
+    let (round_rows, random_ids, wallet_rows, stake_rows) = tokio::join!(
         tx.query_typed(
             "SELECT r.table_id, r.round, r.phase, r.closes_at FROM rounds r \
              JOIN unnest($1::text[], $2::int8[]) AS u(t, n) ON r.table_id = u.t AND r.round = u.n \
              ORDER BY r.table_id, r.round FOR SHARE OF r",
             &round_params,
         ),
-        tx.query_typed("SELECT EXISTS (SELECT 1 FROM legacy_bets)", &[],),
+        tx.query_typed("SELECT EXISTS (SELECT 1 FROM legacy_bets)", &[]),
+        tx.query_typed(
+            "SELECT player, balance, version FROM accounts WHERE player = ANY($1) \
+             ORDER BY player FOR UPDATE",
+            &wallet_params,
+        ),
+        tx.query_typed(
+            "SELECT s.table_id, s.round, s.player, s.staked FROM round_stakes s \
+             JOIN unnest($1::text[], $2::int8[], $3::text[]) AS u(t, n, p) \
+               ON s.table_id = u.t AND s.round = u.n AND s.player = u.p",
+            &stake_params,
+        ),
     );
-    let rows = rows?;
+    let (round_rows, wallet_rows, stake_rows) = (round_rows?, wallet_rows?, stake_rows?);
     let random_ids = if random_ids?
         .first()
         .map(|row| row.try_get::<_, bool>(0))
@@ -311,7 +349,7 @@ async fn transact(
         RandomIds::None => lookup,
     };
     let mut windows: Vec<Option<BettingWindow>> = vec![None; rounds.len()];
-    for row in rows {
+    for row in round_rows {
         let phase = match row.try_get::<_, &str>(2)? {
             "open" => Phase::Open,
             "closed" => Phase::Closed,
@@ -327,28 +365,26 @@ async fn transact(
             windows[i] = Some(BettingWindow { phase, closes_at });
         }
     }
-    stages.mark("rounds");
-
-    // Wallets, locked in player order (as every writer locks them).
-    let players: BTreeSet<&str> = bets.iter().map(|b| b.player.as_str()).collect();
-    let players: Vec<&str> = players.into_iter().collect();
-    let rows = tx
-        .query_typed(
-            "SELECT player, balance, version FROM accounts WHERE player = ANY($1) \
-             ORDER BY player FOR UPDATE",
-            &[(&players, Type::TEXT_ARRAY)],
-        )
-        .await?;
     // player → (balance, version, changed)
-    let mut wallets: HashMap<String, (Money, i32, bool)> = HashMap::with_capacity(rows.len());
-    for row in rows {
+    let mut wallets: HashMap<String, (Money, i32, bool)> =
+        HashMap::with_capacity(wallet_rows.len());
+    for row in wallet_rows {
         let balance = Money::new(row.try_get(1)?).map_err(|e| StoreError::Corrupt {
             position: None,
             reason: e.to_string(),
         })?;
         wallets.insert(row.try_get(0)?, (balance, row.try_get(2)?, false));
     }
-    stages.mark("wallets");
+    // Per key: (staked so far, whether a row exists, stake and bets this batch adds).
+    let mut stakes: Vec<StakeTotal> = vec![StakeTotal::default(); keys.len()];
+    for row in stake_rows {
+        let key = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        if let Some(&i) = key_index.get(&key) {
+            stakes[i].staked = Money::new(row.try_get(3)?).unwrap_or(Money::MAX);
+            stakes[i].stored = true;
+        }
+    }
+    stages.mark("reads");
 
     // Bets stored already: retries (answered with the first answer) or conflicts. Under the
     // wallet locks, so no bet of these players can be stored between this look and the write.
@@ -363,43 +399,6 @@ async fn transact(
         Lookup::Rejected => Stored::new(),
     };
     stages.mark("lookup");
-
-    // What each player has staked on each round of the batch so far (the wallet lock covers
-    // these rows too: every writer of a player's stakes holds it).
-    let keys: BTreeSet<(&str, i64, &str)> = bets
-        .iter()
-        .map(|b| (b.table.as_str(), b.round.get() as i64, b.player.as_str()))
-        .collect();
-    let keys: Vec<(&str, i64, &str)> = keys.into_iter().collect();
-    let key_index: HashMap<(&str, i64, &str), usize> =
-        keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
-    let (kt, kr, kp): (Vec<&str>, Vec<i64>, Vec<&str>) = (
-        keys.iter().map(|k| k.0).collect(),
-        keys.iter().map(|k| k.1).collect(),
-        keys.iter().map(|k| k.2).collect(),
-    );
-    let rows = tx
-        .query_typed(
-            "SELECT s.table_id, s.round, s.player, s.staked FROM round_stakes s \
-             JOIN unnest($1::text[], $2::int8[], $3::text[]) AS u(t, n, p) \
-               ON s.table_id = u.t AND s.round = u.n AND s.player = u.p",
-            &[
-                (&kt, Type::TEXT_ARRAY),
-                (&kr, Type::INT8_ARRAY),
-                (&kp, Type::TEXT_ARRAY),
-            ],
-        )
-        .await?;
-    // Per key: (staked so far, whether a row exists, stake and bets this batch adds).
-    let mut stakes: Vec<StakeTotal> = vec![StakeTotal::default(); keys.len()];
-    for row in rows {
-        let key = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        if let Some(&i) = key_index.get(&key) {
-            stakes[i].staked = Money::new(row.try_get(3)?).unwrap_or(Money::MAX);
-            stakes[i].stored = true;
-        }
-    }
-    stages.mark("stakes");
 
     // Judge each distinct bet in arrival order against running balances and stakes.
     let mut accepted: Vec<(usize, Event, i32)> = Vec::new();
