@@ -347,7 +347,7 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
             .execute_typed(
                 "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, \
                                    placed_position, placed_at) \
-                 SELECT i, t, n, p, s::jsonb, a, pp, pa \
+                 SELECT i, t, n, p, s, a, pp, pa \
                  FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], \
                              $6::int8[], $7::int8[], $8::timestamptz[]) \
                       AS u(i, t, n, p, s, a, pp, pa)",

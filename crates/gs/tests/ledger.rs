@@ -626,7 +626,7 @@ async fn place_as_before_0005(store: &store::Store, bet: &gs::ledger::BetRequest
             &bet.table.as_str(),
             &round,
             &player,
-            &tokio_postgres::types::Json(&bet.selection),
+            &serde_json::to_string(&bet.selection).expect("selection"),
             &amount,
             &when,
             &position,

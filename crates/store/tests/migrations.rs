@@ -110,3 +110,84 @@ async fn a_changed_checksum_of_an_applied_migration_is_refused() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn migration_5_keeps_bets_placed_before_it_findable_and_their_selections_compact()
+-> TestResult {
+    let db = empty_db().await;
+    let mut client = connect(&db.url).await;
+    // The schema as migration 4 left it, recorded as `migrate` records it, with two bets.
+    let tx = client.transaction().await?;
+    tx.batch_execute(
+        "CREATE TABLE public.schema_migrations (version integer NOT NULL PRIMARY KEY, \
+         name text NOT NULL, checksum bytea NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await?;
+    for migration in MIGRATIONS.iter().filter(|m| m.version <= 4) {
+        tx.batch_execute(migration.sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &[
+                &migration.version,
+                &migration.name,
+                &migration.checksum().as_slice(),
+            ],
+        )
+        .await?;
+    }
+    tx.batch_execute(
+        "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, placed_position)
+         VALUES ('00000000-0000-4000-8000-000000000001', 't1', 1, 'alice',
+                 '{\"kind\":\"straight\",\"numbers\":[17]}', 10, 7),
+                ('00000000-0000-4000-8000-000000000002', 't1', 1, 'bob',
+                 '{\"kind\":\"dozen\",\"index\":2}', 20, 9);
+         INSERT INTO bet_results (bet_id, status, payout, position)
+         VALUES ('00000000-0000-4000-8000-000000000002', 'settled', 60, 12);",
+    )
+    .await?;
+    tx.commit().await?;
+
+    let report = store::migrate_url(&db.url).await?;
+    assert!(report.applied.contains(&5), "{report:?}");
+    let rows: Vec<(String, String, Option<i64>)> = client
+        .query(
+            "SELECT b.player, b.selection, b.payout FROM bets_with_results b ORDER BY player",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "alice".to_string(),
+                r#"{"kind":"straight","numbers":[17]}"#.to_string(),
+                None
+            ),
+            (
+                "bob".to_string(),
+                r#"{"kind":"dozen","index":2}"#.to_string(),
+                Some(60)
+            ),
+        ]
+    );
+    let legacy: Vec<(uuid::Uuid, i64)> = client
+        .query(
+            "SELECT bet_id, placed_position FROM legacy_bets ORDER BY placed_position",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        legacy,
+        vec![
+            (uuid::Uuid::from_u128(0x4000_8000_0000_0000_0001), 7),
+            (uuid::Uuid::from_u128(0x4000_8000_0000_0000_0002), 9),
+        ]
+    );
+    Ok(())
+}

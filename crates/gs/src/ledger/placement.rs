@@ -10,7 +10,7 @@
 //!   -- look up the refused ones (a retry of an accepted bet gets its first answer)
 //!   UPDATE accounts … ; UPDATE/INSERT round_stakes …   -- pipelined, set-based
 //!   store::append_with_locked_versions(bet_placed × n) -- head row locked last, binary COPY
-//!   COPY bets … FROM STDIN (FORMAT binary)      -- keyed by their positions
+//!   COPY bets … FROM STDIN (FORMAT binary)      -- with their events' positions
 //! COMMIT
 //! ```
 //!
@@ -34,7 +34,7 @@ use protocol::{BetPlaced, ErrorCode, Event, EventBody};
 use store::{Store, StoreError};
 use tokio_postgres::Transaction;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{Json, ToSql, Type};
+use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use super::stages::Stages;
@@ -238,7 +238,7 @@ const BET_COLUMNS: [Type; 8] = [
     Type::TEXT,
     Type::INT8,
     Type::TEXT,
-    Type::JSONB,
+    Type::TEXT,
     Type::INT8,
     Type::TIMESTAMPTZ,
     Type::INT8,
@@ -525,7 +525,7 @@ async fn transact(
             .map_err(raced_on_event_id)?;
         stages.mark("append");
 
-        // The bets, keyed by their positions.
+        // The bets, with the positions of their events.
         let at = now.as_offset_datetime();
         let sink = tx
             .copy_in(
@@ -539,6 +539,8 @@ async fn transact(
         for ((index, _, _), appended) in accepted.iter().zip(&appended) {
             let bet = &bets[*index];
             let round = bet.round.get() as i64;
+            let selection = serde_json::to_string(&bet.selection)
+                .map_err(|e| LedgerError::Encoding(e.to_string()))?;
             writer
                 .as_mut()
                 .write(&[
@@ -546,7 +548,7 @@ async fn transact(
                     &bet.table.as_str(),
                     &round,
                     &bet.player.as_str(),
-                    &Json(&bet.selection),
+                    &selection,
                     &bet.amount.get(),
                     &at,
                     &appended.position,

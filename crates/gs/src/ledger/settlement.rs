@@ -77,10 +77,10 @@ async fn open_bets(
     claimed: bool,
 ) -> Result<Vec<OpenBet>, LedgerError> {
     let query = if claimed {
-        "SELECT bet_id, player, selection::text, amount FROM bets b \
+        "SELECT bet_id, player, selection, amount FROM bets b \
          WHERE table_id = $1 AND round = $2 ORDER BY player, bet_id"
     } else {
-        "SELECT bet_id, player, selection::text, amount FROM bets b \
+        "SELECT bet_id, player, selection, amount FROM bets b \
          WHERE table_id = $1 AND round = $2 \
            AND NOT EXISTS (SELECT 1 FROM bet_results r WHERE r.bet_id = b.bet_id) \
          ORDER BY player, bet_id"
