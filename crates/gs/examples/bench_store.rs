@@ -275,8 +275,10 @@ fn rate(rows: usize, spent: Duration) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    // `BENCH_STAGES=1`: every ledger transaction's stage breakdown on stderr.
-    if std::env::var_os("BENCH_STAGES").is_some() {
+    // `BENCH_STAGES=1`: every ledger transaction's stage breakdown, and each batch's times, on
+    // stderr.
+    let stages = std::env::var_os("BENCH_STAGES").is_some();
+    if stages {
         tracing_subscriber::fmt()
             .with_env_filter("gs::stages=debug")
             .with_writer(std::io::stderr)
@@ -354,6 +356,15 @@ async fn main() -> Result<()> {
         bare.push(copy_into(&mut client, "bench_bare", &anchor_rows[range.clone()]).await?);
         if batch < ROW_AT_A_TIME_BATCHES {
             single.push(row_at_a_time(&mut client, &anchor_rows[range]).await?);
+        }
+        if stages {
+            eprintln!(
+                "batch {}: ours {:.1} ms, indexed COPY {:.1} ms, bare COPY {:.1} ms",
+                batch + 1,
+                ours[batch].as_secs_f64() * 1e3,
+                indexed[batch].as_secs_f64() * 1e3,
+                bare[batch].as_secs_f64() * 1e3
+            );
         }
     }
 

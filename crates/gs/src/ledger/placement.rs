@@ -401,7 +401,9 @@ async fn transact(
     stages.mark("lookup");
 
     // Judge each distinct bet in arrival order against running balances and stakes.
-    let mut accepted: Vec<(usize, Event, i32)> = Vec::new();
+    // (bet index, balance after it, the player stream's version of its event); the events
+    // themselves are built and encoded later, while the database runs the debits.
+    let mut accepted: Vec<(usize, Money, i32)> = Vec::with_capacity(distinct.len());
     let mut refused: Vec<usize> = Vec::new();
     for &index in &distinct {
         let bet = &bets[index];
@@ -429,23 +431,10 @@ async fn transact(
                 stake.staked = already.checked_add(bet.amount).unwrap_or(Money::MAX);
                 stake.added = stake.added.checked_add(bet.amount).unwrap_or(Money::MAX);
                 stake.bets += 1;
-                let event = Event::new(
-                    super::bet_placed_id(&bet.bet_id),
-                    now,
-                    EventBody::BetPlaced(BetPlaced {
-                        table: bet.table.clone(),
-                        round: bet.round,
-                        bet_id: bet.bet_id,
-                        player: bet.player.clone(),
-                        selection: bet.selection,
-                        amount: bet.amount,
-                        balance: new_balance,
-                    }),
-                );
                 outcomes[index] = Some(BetOutcome::Accepted {
                     balance: new_balance,
                 });
-                accepted.push((index, event, wallet.1));
+                accepted.push((index, new_balance, wallet.1));
             }
             (Ok(_), _, _) => {
                 // Covered with no wallet row: cannot happen (a missing wallet has nothing).
@@ -489,12 +478,22 @@ async fn transact(
         // statements are pipelined, and the events are encoded while the database works.
         let encode = async {
             let mut events = Vec::with_capacity(accepted.len());
-            for (index, event, version) in &accepted {
-                events.push(new_event(
-                    player_stream(&bets[*index].player),
-                    *version,
-                    event,
-                )?);
+            for &(index, balance, version) in &accepted {
+                let bet = &bets[index];
+                let event = Event::new(
+                    super::bet_placed_id(&bet.bet_id),
+                    now,
+                    EventBody::BetPlaced(BetPlaced {
+                        table: bet.table.clone(),
+                        round: bet.round,
+                        bet_id: bet.bet_id,
+                        player: bet.player.clone(),
+                        selection: bet.selection,
+                        amount: bet.amount,
+                        balance,
+                    }),
+                );
+                events.push(new_event(player_stream(&bet.player), version, &event)?);
             }
             Ok::<_, LedgerError>(events)
         };
