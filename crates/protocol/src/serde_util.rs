@@ -18,7 +18,8 @@ pub(crate) mod uuid_string {
     use uuid::Uuid;
 
     pub(crate) fn serialize<S: Serializer>(id: &Uuid, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&id.hyphenated())
+        let mut text = Uuid::encode_buffer();
+        serializer.serialize_str(id.hyphenated().encode_lower(&mut text))
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
