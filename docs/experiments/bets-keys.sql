@@ -1,18 +1,17 @@
 -- What the shape of `bets` and the fill of `accounts` cost per 10k-bet batch (ADR 0016).
 -- Run against any scratch Postgres >= 13 with durable settings, e.g. the stack's:
 --   psql "$DATABASE_URL" -f docs/experiments/bets-keys.sql
--- It works in its own schema and drops it at the end. Seven rounds, the variants interleaved
--- so a noisy neighbour falls on all of them alike. Medians per variant:
---   psql "$DATABASE_URL" -f docs/experiments/bets-keys.sql 2>/dev/null \
---     | awk '/^[a-z_0-9]+$/ {v=$1} /^Time/ && v {print v, $2; v=""}' | sort -k1,1 -k2n \
---     | awk '{t[$1]=t[$1] " " $2; n[$1]++} END {for (v in t) {split(t[v], a, " "); print v, a[int((n[v]+1)/2)]}}'
+-- It works in its own schema and drops it at the end, and prints each variant's median over
+-- seven rounds; in each round the variants run one after another (each statement committed
+-- on its own, so its WAL flush counts), so a noisy neighbour falls on all of them alike.
 --
 -- Variants: `bets` keyed on the bet id plus an index on (table_id, round) (migration 0004),
--- keyed on (table_id, round, placed_position) alone (0005), each with the selection as jsonb
--- and as text; and 2,000 `accounts` rows updated at fill factor 100 and 50.
+-- or keyed on (table_id, round, placed_position) alone (0005), each with the selection as
+-- jsonb and as text; and 2,000 `accounts` rows updated at fill factor 100 and at 50.
 \set ON_ERROR_STOP on
-\timing on
+SET client_min_messages = warning;
 DROP SCHEMA IF EXISTS bets_keys_experiment CASCADE;
+RESET client_min_messages;
 CREATE SCHEMA bets_keys_experiment;
 SET search_path = bets_keys_experiment;
 
@@ -42,187 +41,43 @@ CREATE TABLE debits AS
 SELECT array_agg('bench-' || g) AS p, array_agg(999999::int8 - g) AS b
 FROM generate_series(0, 1999) g;
 
-\echo each round: by_bet_id, by_bet_id_text, by_position, by_position_text, accounts_fill100, accounts_fill50
-\echo by_bet_id
-\o /dev/null
-INSERT INTO by_bet_id SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos + 1 * 100000 FROM src;
-\o
-\echo by_bet_id_text
-\o /dev/null
-INSERT INTO by_bet_id_text SELECT gen_random_uuid(), t, n, p, s, a, pos + 1 * 100000 FROM src;
-\o
-\echo by_position
-\o /dev/null
-INSERT INTO by_position SELECT id, t, n, p, s::jsonb, a, pos + 1 * 100000 FROM src;
-\o
-\echo by_position_text
-\o /dev/null
-INSERT INTO by_position_text SELECT id, t, n, p, s, a, pos + 1 * 100000 FROM src;
-\o
-\echo accounts_fill100
-\o /dev/null
-UPDATE accounts_fill100 a SET balance = d.b - 1, version = a.version + 1, updated_at = now()
-FROM debits, unnest(debits.p, debits.b) AS d(p, b) WHERE a.player = d.p;
-\o
-\echo accounts_fill50
-\o /dev/null
-UPDATE accounts_fill50 a SET balance = d.b - 1, version = a.version + 1, updated_at = now()
-FROM debits, unnest(debits.p, debits.b) AS d(p, b) WHERE a.player = d.p;
-\o
-\echo by_bet_id
-\o /dev/null
-INSERT INTO by_bet_id SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos + 2 * 100000 FROM src;
-\o
-\echo by_bet_id_text
-\o /dev/null
-INSERT INTO by_bet_id_text SELECT gen_random_uuid(), t, n, p, s, a, pos + 2 * 100000 FROM src;
-\o
-\echo by_position
-\o /dev/null
-INSERT INTO by_position SELECT id, t, n, p, s::jsonb, a, pos + 2 * 100000 FROM src;
-\o
-\echo by_position_text
-\o /dev/null
-INSERT INTO by_position_text SELECT id, t, n, p, s, a, pos + 2 * 100000 FROM src;
-\o
-\echo accounts_fill100
-\o /dev/null
-UPDATE accounts_fill100 a SET balance = d.b - 2, version = a.version + 1, updated_at = now()
-FROM debits, unnest(debits.p, debits.b) AS d(p, b) WHERE a.player = d.p;
-\o
-\echo accounts_fill50
-\o /dev/null
-UPDATE accounts_fill50 a SET balance = d.b - 2, version = a.version + 1, updated_at = now()
-FROM debits, unnest(debits.p, debits.b) AS d(p, b) WHERE a.player = d.p;
-\o
-\echo by_bet_id
-\o /dev/null
-INSERT INTO by_bet_id SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos + 3 * 100000 FROM src;
-\o
-\echo by_bet_id_text
-\o /dev/null
-INSERT INTO by_bet_id_text SELECT gen_random_uuid(), t, n, p, s, a, pos + 3 * 100000 FROM src;
-\o
-\echo by_position
-\o /dev/null
-INSERT INTO by_position SELECT id, t, n, p, s::jsonb, a, pos + 3 * 100000 FROM src;
-\o
-\echo by_position_text
-\o /dev/null
-INSERT INTO by_position_text SELECT id, t, n, p, s, a, pos + 3 * 100000 FROM src;
-\o
-\echo accounts_fill100
-\o /dev/null
-UPDATE accounts_fill100 a SET balance = d.b - 3, version = a.version + 1, updated_at = now()
-FROM debits, unnest(debits.p, debits.b) AS d(p, b) WHERE a.player = d.p;
-\o
-\echo accounts_fill50
-\o /dev/null
-UPDATE accounts_fill50 a SET balance = d.b - 3, version = a.version + 1, updated_at = now()
-FROM debits, unnest(debits.p, debits.b) AS d(p, b) WHERE a.player = d.p;
-\o
-\echo by_bet_id
-\o /dev/null
-INSERT INTO by_bet_id SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos + 4 * 100000 FROM src;
-\o
-\echo by_bet_id_text
-\o /dev/null
-INSERT INTO by_bet_id_text SELECT gen_random_uuid(), t, n, p, s, a, pos + 4 * 100000 FROM src;
-\o
-\echo by_position
-\o /dev/null
-INSERT INTO by_position SELECT id, t, n, p, s::jsonb, a, pos + 4 * 100000 FROM src;
-\o
-\echo by_position_text
-\o /dev/null
-INSERT INTO by_position_text SELECT id, t, n, p, s, a, pos + 4 * 100000 FROM src;
-\o
-\echo accounts_fill100
-\o /dev/null
-UPDATE accounts_fill100 a SET balance = d.b - 4, version = a.version + 1, updated_at = now()
-FROM debits, unnest(debits.p, debits.b) AS d(p, b) WHERE a.player = d.p;
-\o
-\echo accounts_fill50
-\o /dev/null
-UPDATE accounts_fill50 a SET balance = d.b - 4, version = a.version + 1, updated_at = now()
-FROM debits, unnest(debits.p, debits.b) AS d(p, b) WHERE a.player = d.p;
-\o
-\echo by_bet_id
-\o /dev/null
-INSERT INTO by_bet_id SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos + 5 * 100000 FROM src;
-\o
-\echo by_bet_id_text
-\o /dev/null
-INSERT INTO by_bet_id_text SELECT gen_random_uuid(), t, n, p, s, a, pos + 5 * 100000 FROM src;
-\o
-\echo by_position
-\o /dev/null
-INSERT INTO by_position SELECT id, t, n, p, s::jsonb, a, pos + 5 * 100000 FROM src;
-\o
-\echo by_position_text
-\o /dev/null
-INSERT INTO by_position_text SELECT id, t, n, p, s, a, pos + 5 * 100000 FROM src;
-\o
-\echo accounts_fill100
-\o /dev/null
-UPDATE accounts_fill100 a SET balance = d.b - 5, version = a.version + 1, updated_at = now()
-FROM debits, unnest(debits.p, debits.b) AS d(p, b) WHERE a.player = d.p;
-\o
-\echo accounts_fill50
-\o /dev/null
-UPDATE accounts_fill50 a SET balance = d.b - 5, version = a.version + 1, updated_at = now()
-FROM debits, unnest(debits.p, debits.b) AS d(p, b) WHERE a.player = d.p;
-\o
-\echo by_bet_id
-\o /dev/null
-INSERT INTO by_bet_id SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos + 6 * 100000 FROM src;
-\o
-\echo by_bet_id_text
-\o /dev/null
-INSERT INTO by_bet_id_text SELECT gen_random_uuid(), t, n, p, s, a, pos + 6 * 100000 FROM src;
-\o
-\echo by_position
-\o /dev/null
-INSERT INTO by_position SELECT id, t, n, p, s::jsonb, a, pos + 6 * 100000 FROM src;
-\o
-\echo by_position_text
-\o /dev/null
-INSERT INTO by_position_text SELECT id, t, n, p, s, a, pos + 6 * 100000 FROM src;
-\o
-\echo accounts_fill100
-\o /dev/null
-UPDATE accounts_fill100 a SET balance = d.b - 6, version = a.version + 1, updated_at = now()
-FROM debits, unnest(debits.p, debits.b) AS d(p, b) WHERE a.player = d.p;
-\o
-\echo accounts_fill50
-\o /dev/null
-UPDATE accounts_fill50 a SET balance = d.b - 6, version = a.version + 1, updated_at = now()
-FROM debits, unnest(debits.p, debits.b) AS d(p, b) WHERE a.player = d.p;
-\o
-\echo by_bet_id
-\o /dev/null
-INSERT INTO by_bet_id SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos + 7 * 100000 FROM src;
-\o
-\echo by_bet_id_text
-\o /dev/null
-INSERT INTO by_bet_id_text SELECT gen_random_uuid(), t, n, p, s, a, pos + 7 * 100000 FROM src;
-\o
-\echo by_position
-\o /dev/null
-INSERT INTO by_position SELECT id, t, n, p, s::jsonb, a, pos + 7 * 100000 FROM src;
-\o
-\echo by_position_text
-\o /dev/null
-INSERT INTO by_position_text SELECT id, t, n, p, s, a, pos + 7 * 100000 FROM src;
-\o
-\echo accounts_fill100
-\o /dev/null
-UPDATE accounts_fill100 a SET balance = d.b - 7, version = a.version + 1, updated_at = now()
-FROM debits, unnest(debits.p, debits.b) AS d(p, b) WHERE a.player = d.p;
-\o
-\echo accounts_fill50
-\o /dev/null
-UPDATE accounts_fill50 a SET balance = d.b - 7, version = a.version + 1, updated_at = now()
-FROM debits, unnest(debits.p, debits.b) AS d(p, b) WHERE a.player = d.p;
-\o
+CREATE TABLE timings (variant text NOT NULL, ms float8 NOT NULL);
+
+DO $$
+DECLARE
+    variant text;
+    started timestamptz;
+BEGIN
+    FOR round IN 1..7 LOOP
+        FOREACH variant IN ARRAY ARRAY['by_bet_id', 'by_bet_id_text', 'by_position',
+                                       'by_position_text', 'accounts_fill100',
+                                       'accounts_fill50'] LOOP
+            started := clock_timestamp();
+            IF variant LIKE 'accounts%' THEN
+                EXECUTE format(
+                    'UPDATE %I a SET balance = d.b - %s, version = a.version + 1, '
+                    'updated_at = now() FROM debits, unnest(debits.p, debits.b) AS d(p, b) '
+                    'WHERE a.player = d.p', variant, round);
+            ELSE
+                EXECUTE format(
+                    'INSERT INTO %I SELECT %s, t, n, p, %s, a, pos + %s * 100000 FROM src',
+                    variant,
+                    CASE WHEN variant LIKE 'by_bet_id%' THEN 'gen_random_uuid()' ELSE 'id' END,
+                    CASE WHEN variant LIKE '%text' THEN 's' ELSE 's::jsonb' END,
+                    round);
+            END IF;
+            COMMIT;
+            INSERT INTO timings
+            VALUES (variant, extract(epoch FROM clock_timestamp() - started) * 1000);
+            COMMIT;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+SELECT variant, round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) AS median_ms,
+       round(min(ms)::numeric, 1) AS min_ms, round(max(ms)::numeric, 1) AS max_ms
+FROM timings GROUP BY variant ORDER BY variant;
+
+SET client_min_messages = warning;
 DROP SCHEMA bets_keys_experiment CASCADE;

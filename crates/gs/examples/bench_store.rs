@@ -26,7 +26,7 @@ use domain::{
 };
 use futures_util::pin_mut;
 use gs::ledger::{self, BetOutcome, BetRequest};
-use protocol::{BetPlaced, Event, EventBody, OutcomeDeclared, RoundOpened};
+use protocol::{Event, EventBody, OutcomeDeclared, RoundOpened};
 use store::{PoolConfig, Store};
 use tokio_postgres::NoTls;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -155,17 +155,9 @@ fn rows(n: usize, table: &TableId) -> Result<Vec<Row>> {
     let mut out = Vec::with_capacity(n);
     for (i, bet) in bets(table, 1, n, 0).into_iter().enumerate() {
         let event = Event::new(
-            Uuid::new_v4(),
+            ledger::bet_placed_id(&bet.bet_id),
             now(),
-            EventBody::BetPlaced(BetPlaced {
-                table: bet.table.clone(),
-                round: bet.round,
-                bet_id: bet.bet_id,
-                player: bet.player.clone(),
-                selection: bet.selection,
-                amount: bet.amount,
-                balance: Money::new(1_000_000)?,
-            }),
+            EventBody::BetPlaced(bet.placed(Money::new(1_000_000)?)),
         );
         let data = protocol::encode_event(&event)?;
         let stream = format!("player-{}", bet.player);

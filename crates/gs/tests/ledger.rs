@@ -28,6 +28,38 @@ fn random_selection(rng: &mut Rng) -> Selection {
     Selection::parse(raw).expect("selection")
 }
 
+/// Table `t1` with round 1 open, and two funded players.
+struct Open {
+    _db: testkit::TestDb,
+    store: store::Store,
+    client: tokio_postgres::Client,
+    t: domain::TableId,
+    alice: domain::PlayerId,
+    bob: domain::PlayerId,
+    rounds: Rounds,
+}
+
+async fn alice_and_bob_at_round_1(pool: usize, funds: i64) -> Open {
+    let db = migrated_db().await;
+    let store = store(&db.url, pool);
+    let client = connect(&db.url).await;
+    let t = table("t1");
+    let (alice, bob) = (player("alice"), player("bob"));
+    deposit(&store, &alice, funds).await;
+    deposit(&store, &bob, funds).await;
+    let mut rounds = Rounds::new(&store, &t);
+    rounds.open(1, OPEN).await;
+    Open {
+        _db: db,
+        store,
+        client,
+        t,
+        alice,
+        bob,
+        rounds,
+    }
+}
+
 /// Every row of the read models, as text, in key order.
 async fn read_models(client: &tokio_postgres::Client) -> Vec<String> {
     let mut rows = Vec::new();
@@ -459,15 +491,15 @@ async fn one_changed_byte_of_a_bet_event_is_found_by_the_chain_verifier_at_its_p
 
 #[tokio::test]
 async fn a_retry_among_new_bets_or_after_betting_closed_gets_the_first_answer() {
-    let db = migrated_db().await;
-    let store = store(&db.url, 2);
-    let client = connect(&db.url).await;
-    let t = table("t1");
-    let (alice, bob) = (player("alice"), player("bob"));
-    deposit(&store, &alice, 1_000).await;
-    deposit(&store, &bob, 1_000).await;
-    let mut rounds = Rounds::new(&store, &t);
-    rounds.open(1, OPEN).await;
+    let Open {
+        _db,
+        store,
+        client,
+        t,
+        alice,
+        bob,
+        mut rounds,
+    } = alice_and_bob_at_round_1(2, 1_000).await;
 
     let first = bet(&alice, &t, 1, red(), 100);
     place(&store, std::slice::from_ref(&first)).await;
@@ -528,15 +560,15 @@ async fn a_retry_among_new_bets_or_after_betting_closed_gets_the_first_answer() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_players_racing_with_one_bet_id_get_one_acceptance_and_one_conflict() {
-    let db = migrated_db().await;
-    let store = store(&db.url, 4);
-    let client = connect(&db.url).await;
-    let t = table("t1");
-    let (alice, bob) = (player("alice"), player("bob"));
-    deposit(&store, &alice, 100_000).await;
-    deposit(&store, &bob, 100_000).await;
-    let mut rounds = Rounds::new(&store, &t);
-    rounds.open(1, OPEN).await;
+    let Open {
+        _db,
+        store,
+        client,
+        t,
+        alice,
+        bob,
+        rounds: _,
+    } = alice_and_bob_at_round_1(4, 100_000).await;
 
     // Each batch also carries bets of its own, so a batch that loses the race is judged
     // again as a whole and its other bets still go through, once.
@@ -586,15 +618,7 @@ async fn place_as_before_0005(store: &store::Store, bet: &gs::ledger::BetRequest
     let event = protocol::Event::new(
         uuid::Uuid::new_v4(),
         at,
-        EventBody::BetPlaced(protocol::BetPlaced {
-            table: bet.table.clone(),
-            round: bet.round,
-            bet_id: bet.bet_id,
-            player: bet.player.clone(),
-            selection: bet.selection,
-            amount: bet.amount,
-            balance: money(balance),
-        }),
+        EventBody::BetPlaced(bet.placed(money(balance))),
     );
     let appended = store::append(
         &tx,
@@ -651,15 +675,15 @@ async fn place_as_before_0005(store: &store::Store, bet: &gs::ledger::BetRequest
 
 #[tokio::test]
 async fn bets_are_keyed_by_their_event_id_and_bets_from_before_0005_keep_their_first_answer() {
-    let db = migrated_db().await;
-    let store = store(&db.url, 2);
-    let client = connect(&db.url).await;
-    let t = table("t1");
-    let (alice, bob) = (player("alice"), player("bob"));
-    deposit(&store, &alice, 1_000).await;
-    deposit(&store, &bob, 1_000).await;
-    let mut rounds = Rounds::new(&store, &t);
-    rounds.open(1, OPEN).await;
+    let Open {
+        _db,
+        store,
+        client,
+        t,
+        alice,
+        bob,
+        mut rounds,
+    } = alice_and_bob_at_round_1(2, 1_000).await;
 
     // A new bet's event id is derived from its bet id.
     let new = bet(&bob, &t, 1, red(), 10);

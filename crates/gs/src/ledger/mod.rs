@@ -358,6 +358,19 @@ impl BetRequest {
         )
     }
 
+    /// The `bet_placed` fields recording this bet, with the balance after it.
+    pub fn placed(&self, balance: Money) -> protocol::BetPlaced {
+        protocol::BetPlaced {
+            table: self.table.clone(),
+            round: self.round,
+            bet_id: self.bet_id,
+            player: self.player.clone(),
+            selection: self.selection,
+            amount: self.amount,
+            balance,
+        }
+    }
+
     /// Whether `other` asks for the same bet (a retry), not just with the same id.
     pub(crate) fn is_same_bet_as(&self, other: &BetRequest) -> bool {
         self.content() == other.content()

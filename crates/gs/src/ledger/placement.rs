@@ -483,15 +483,7 @@ async fn transact(
                 let event = Event::new(
                     super::bet_placed_id(&bet.bet_id),
                     now,
-                    EventBody::BetPlaced(BetPlaced {
-                        table: bet.table.clone(),
-                        round: bet.round,
-                        bet_id: bet.bet_id,
-                        player: bet.player.clone(),
-                        selection: bet.selection,
-                        amount: bet.amount,
-                        balance,
-                    }),
+                    EventBody::BetPlaced(bet.placed(balance)),
                 );
                 events.push(new_event(player_stream(&bet.player), version, &event)?);
             }
