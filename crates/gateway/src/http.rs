@@ -168,16 +168,12 @@ fn upgrade<B: Bus>(mut request: Request<Incoming>, shared: Arc<Shared<B>>) -> Re
         };
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
+                // Usually empty, but a view of hyper's whole read buffer: copied, so that the
+                // buffer is freed rather than held for the connection's life.
+                let leftover = Bytes::copy_from_slice(&parts.read_buf);
+                drop(parts.read_buf);
                 let stream = parts.io.into_inner();
-                crate::session::run(
-                    stream,
-                    parts.read_buf,
-                    encoding,
-                    player,
-                    session_shared,
-                    slot,
-                )
-                .await;
+                crate::session::run(stream, leftover, encoding, player, session_shared, slot).await;
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }
