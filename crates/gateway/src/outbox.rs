@@ -102,7 +102,7 @@ struct Outbox {
     queued: u64,
     written: u64,
     /// The channels this connection receives.
-    subs: Vec<Sub>,
+    subs: Subs,
     state: Option<State>,
     stalled_since: Option<Instant>,
 }
@@ -122,6 +122,46 @@ struct Sub {
     /// While a `subscribe` is answered (state read, replay fetched), live events wait here with
     /// their sequences instead of going out ahead of `subscribed` and the replay.
     held: Option<Vec<(u64, Bytes)>>,
+}
+
+/// Channels a connection usually has at once (its table and its own player channel): kept in
+/// the connection itself, so that delivering an event touches no allocation of its own.
+const INLINE_SUBS: usize = 2;
+
+/// A connection's channels: the first [`INLINE_SUBS`] inline, any more on the heap.
+#[derive(Default)]
+struct Subs {
+    inline: [Option<Sub>; INLINE_SUBS],
+    more: Vec<Sub>,
+}
+
+impl Subs {
+    fn find(&mut self, feed: FeedId) -> Option<&mut Sub> {
+        self.inline
+            .iter_mut()
+            .flatten()
+            .chain(self.more.iter_mut())
+            .find(|s| s.feed == feed)
+    }
+
+    fn push(&mut self, sub: Sub) {
+        match self.inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(sub),
+            None => self.more.push(sub),
+        }
+    }
+
+    fn remove(&mut self, feed: FeedId) -> Option<Sub> {
+        if let Some(slot) = self
+            .inline
+            .iter_mut()
+            .find(|slot| slot.as_ref().is_some_and(|s| s.feed == feed))
+        {
+            return slot.take();
+        }
+        let index = self.more.iter().position(|s| s.feed == feed)?;
+        Some(self.more.swap_remove(index))
+    }
 }
 
 impl Outbox {
@@ -197,7 +237,7 @@ impl Conn {
         if outbox.state() != State::Open {
             return;
         }
-        let Some(sub) = outbox.subs.iter_mut().find(|s| s.feed == feed) else {
+        let Some(sub) = outbox.subs.find(feed) else {
             return;
         };
         if seq <= sub.last_seq {
@@ -245,7 +285,7 @@ impl Conn {
     pub fn hold(&self, feed: FeedId) -> bool {
         let mut guard = self.lock();
         let outbox = &mut *guard;
-        match outbox.subs.iter_mut().find(|s| s.feed == feed) {
+        match outbox.subs.find(feed) {
             Some(sub) => {
                 let dropped = sub.held.replace(Vec::new()).unwrap_or_default();
                 sub.last_seq = 0;
@@ -274,7 +314,7 @@ impl Conn {
         if matches!(outbox.state(), State::Closing | State::Broken) {
             return Err(Gone);
         }
-        let held = match outbox.subs.iter_mut().find(|s| s.feed == feed) {
+        let held = match outbox.subs.find(feed) {
             Some(sub) => {
                 let held = sub.held.take().unwrap_or_default();
                 sub.last_seq = held
@@ -304,8 +344,7 @@ impl Conn {
     pub fn release(&self, feed: FeedId) {
         let mut guard = self.lock();
         let outbox = &mut *guard;
-        if let Some(index) = outbox.subs.iter().position(|s| s.feed == feed) {
-            let sub = outbox.subs.swap_remove(index);
+        if let Some(sub) = outbox.subs.remove(feed) {
             for (_, frame) in sub.held.unwrap_or_default() {
                 outbox.discount(frame.len());
             }
