@@ -244,10 +244,11 @@ impl Conn {
             return;
         }
         sub.last_seq = seq;
-        if let Some(held) = &mut sub.held {
-            held.push((seq, frame.clone()));
+        if sub.held.is_some() {
             if !outbox.admit(frame.len(), self.bounds) {
                 self.wake.notify_one();
+            } else if let Some(held) = outbox.subs.find(feed).and_then(|s| s.held.as_mut()) {
+                held.push((seq, frame.clone()));
             }
             return;
         }
@@ -613,5 +614,48 @@ mod tests {
         let (seqs, close) = read_all(&mut client).await;
         assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
         assert_eq!(close, Some(1001));
+    }
+
+    #[tokio::test]
+    async fn a_connection_on_three_channels_gets_theirs_and_nothing_of_one_it_left() {
+        let bounds = Bounds {
+            events: 64,
+            bytes: 1 << 20,
+        };
+        let (conn, mut client) = pair(bounds).await;
+        for feed in [1, 2, 3] {
+            assert!(conn.hold(feed));
+            conn.go_live(feed, 0, Vec::new()).expect("open");
+        }
+        conn.deliver(3, 10, &event(10));
+        conn.deliver(1, 11, &event(11));
+        conn.release(2);
+        conn.deliver(2, 12, &event(12));
+        conn.deliver(2, 13, &event(13));
+        conn.deliver(3, 14, &event(14));
+        conn.push_close(crate::frame::close(1000, "done"))
+            .expect("close");
+        while !conn.write_queued().drained {
+            conn.writable().await.expect("writable");
+        }
+        let (seqs, close) = read_all(&mut client).await;
+        assert_eq!(seqs, vec![10, 11, 14]);
+        assert_eq!(close, Some(1000));
+    }
+
+    #[tokio::test]
+    async fn events_held_past_the_bound_make_the_connection_slow() {
+        let bounds = Bounds {
+            events: 3,
+            bytes: 1 << 20,
+        };
+        let (conn, _client) = pair(bounds).await;
+        assert!(conn.hold(1));
+        for seq in 1..=3 {
+            conn.deliver(1, seq, &event(seq));
+        }
+        assert_eq!(conn.progress().state, State::Open, "three fit");
+        conn.deliver(1, 4, &event(4));
+        assert_eq!(conn.progress().state, State::Slow);
     }
 }
