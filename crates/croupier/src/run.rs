@@ -139,11 +139,11 @@ pub struct RunArgs {
     #[arg(long, env = "CROUPIER_OUTBOUND_MAX_BYTES", value_parser = clap::value_parser!(u32).range(1..))]
     pub outbound_max_bytes: Option<u32>,
     /// Gateway: events one connection may have waiting before it is closed with 4008
-    /// (default 1024, the channel ring).
+    /// (default 1024).
     #[arg(long, env = "CROUPIER_OUTBOUND_MAX_MESSAGES", value_parser = clap::value_parser!(u32).range(1..))]
     pub outbound_max_messages: Option<u32>,
-    /// Gateway: how long one write to a client may take before it is closed with 4008, in
-    /// milliseconds (default 10000).
+    /// Gateway: how long a client's socket may take nothing while frames wait for it before it
+    /// is closed with 4008, in milliseconds (default 10000).
     #[arg(long, env = "CROUPIER_WRITE_TIMEOUT_MS", value_parser = clap::value_parser!(u32).range(1..))]
     pub write_timeout_ms: Option<u32>,
     /// Gateway: `SO_SNDBUF` of client sockets in bytes (default: the kernel's autotuning).

@@ -144,7 +144,11 @@ fn upgrade<B: Bus>(mut request: Request<Incoming>, shared: Arc<Shared<B>>) -> Re
             return response;
         }
     };
-    let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut request) {
+    // The upgrade is taken from hyper before the library builds the response (whose own
+    // upgrade future then stays unused): the session needs the TCP socket itself, whose write
+    // side the hub's fan-out writers share (ADR 0015).
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let (response, _) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(parts) => parts,
         Err(error) => {
             return text(
@@ -155,9 +159,23 @@ fn upgrade<B: Bus>(mut request: Request<Incoming>, shared: Arc<Shared<B>>) -> Re
     };
     let session_shared = shared.clone();
     shared.tasks.spawn(async move {
-        match upgraded.await {
-            Ok(ws) => crate::session::run(ws, encoding, player, session_shared, slot).await,
-            Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "websocket upgrade failed");
+                return;
+            }
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                // Usually empty, but a view of hyper's whole read buffer: copied, so that the
+                // buffer is freed rather than held for the connection's life.
+                let leftover = Bytes::copy_from_slice(&parts.read_buf);
+                drop(parts.read_buf);
+                let stream = parts.io.into_inner();
+                crate::session::run(stream, leftover, encoding, player, session_shared, slot).await;
+            }
+            Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }
     });
     let (mut parts, _) = response.into_parts();

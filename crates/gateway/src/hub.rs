@@ -1,25 +1,36 @@
 //! Fan-out: one bus subscription per channel per node, shared by every connection subscribed
-//! to it. Each event is decoded once, encoded once per encoding, and the same bytes are handed
-//! to every subscriber through a bounded broadcast ring; a subscriber that falls a whole ring
-//! behind is a slow consumer and gets closed (4008) instead of slowing anyone else.
+//! to it. Each event is decoded once and built once per encoding into a whole WebSocket frame;
+//! a few writer tasks (one per runtime worker, each serving its share of the connections) write
+//! those same bytes to every subscriber's socket without waking its session (ADR 0015). A
+//! connection whose socket would block gets the event on its own bounded queue instead
+//! (`outbox`), and one over its bounds is closed (4008) instead of slowing anyone else.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use bus::Bus;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use protocol::{Channel, ChannelState, Encoding, encode_event_message, subject};
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::frame;
+use crate::outbox::{Conn, FeedId};
 use crate::state::Standing;
 
-/// Events a subscriber may fall behind before it is cut off as a slow consumer. Rounds emit a
-/// handful of events per second per table, so 1024 is minutes of slack for a live client while
-/// bounding the node's memory per channel.
-pub(crate) const CHANNEL_RING: usize = 1024;
+/// Events waiting for one fan-out writer, across all channels. A writer falls behind only when
+/// the node's CPU does (it never waits for a client), and then a feed waits for room while its
+/// bus subscription buffers: 1024 is minutes of a busy table's events, and bounds what the
+/// node holds for its writers to a few hundred KiB.
+const WRITER_QUEUE: usize = 1024;
+
+/// Deliveries a writer makes before it lets its worker run other tasks: a few milliseconds of
+/// socket writes, so that sessions, the bus client and the listener are not held up for the
+/// whole of a 10k-subscriber fan-out.
+const DELIVERIES_PER_TURN: usize = 256;
 
 /// How far back (in stream sequences) a new table feed looks for recent outcomes: a round is
 /// about five messages of `TABLES` per table, so this is dozens of rounds for one table and
@@ -28,19 +39,16 @@ const RECENT_SCAN: u64 = 200;
 /// How long that look back may take before the feed starts without it.
 const RECENT_SCAN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// One event of a channel, encoded once per encoding.
+/// One event of a channel as a whole WebSocket frame, built once per encoding.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     pub seq: u64,
-    pub json: Bytes,
-    pub msgpack: Bytes,
-    /// Where the feed stood once this event was sent: what a subscriber that has taken it
-    /// has consumed (see [`Totals`]).
-    pub mark: Totals,
+    json: Bytes,
+    msgpack: Bytes,
 }
 
 impl Outgoing {
-    pub fn bytes(&self, encoding: Encoding) -> &Bytes {
+    pub fn frame(&self, encoding: Encoding) -> &Bytes {
         match encoding {
             Encoding::Json => &self.json,
             Encoding::MsgPack => &self.msgpack,
@@ -48,34 +56,51 @@ impl Outgoing {
     }
 }
 
-/// Running totals of what a feed has sent: events, and bytes per encoding. A subscriber's
-/// backlog is the feed's totals minus the totals of the last event it took, so each
-/// connection's outbound queue is bounded in messages and bytes (ADR 0012) without a queue
-/// or a counter of its own beyond one [`Totals`] per channel.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Totals {
-    pub messages: u64,
-    pub json_bytes: u64,
-    pub msgpack_bytes: u64,
+/// The connections receiving a channel, one list per fan-out writer. A writer iterates a
+/// snapshot (the `Arc`) without holding the lock, so a connection joining or leaving never waits
+/// for a fan-out in progress; it copies the list instead when a writer holds it.
+#[derive(Debug)]
+pub(crate) struct Members {
+    id: FeedId,
+    shards: Box<[Share]>,
 }
 
-impl Totals {
-    pub fn bytes(&self, encoding: Encoding) -> u64 {
-        match encoding {
-            Encoding::Json => self.json_bytes,
-            Encoding::MsgPack => self.msgpack_bytes,
+/// One writer's share of a channel's connections.
+type Share = std::sync::Mutex<Arc<Vec<Arc<Conn>>>>;
+
+impl Members {
+    fn new(shards: usize) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            shards: (0..shards).map(|_| Default::default()).collect(),
+        }
+    }
+
+    fn list(&self, shard: usize) -> std::sync::MutexGuard<'_, Arc<Vec<Arc<Conn>>>> {
+        self.shards[shard % self.shards.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn join(&self, conn: &Arc<Conn>) {
+        Arc::make_mut(&mut self.list(conn.shard())).push(conn.clone());
+    }
+
+    fn leave(&self, conn: &Arc<Conn>) {
+        let mut list = self.list(conn.shard());
+        if let Some(index) = list.iter().position(|c| Arc::ptr_eq(c, conn)) {
+            Arc::make_mut(&mut list).swap_remove(index);
         }
     }
 }
 
-/// A live channel: its broadcast ring and where it stands. Dropping the last handle stops its
+/// A live channel: who receives it and where it stands. Dropping the last handle stops its
 /// bus subscription.
 #[derive(Debug)]
 pub(crate) struct Feed {
-    sender: broadcast::Sender<Arc<Outgoing>>,
+    members: Arc<Members>,
     position: Arc<std::sync::Mutex<Position>>,
-    /// What the feed has sent so far.
-    sent: Arc<std::sync::Mutex<Totals>>,
     epoch: String,
     stop: CancellationToken,
 }
@@ -98,9 +123,14 @@ impl Feed {
         &self.epoch
     }
 
-    /// What the feed has sent so far.
-    pub fn sent(&self) -> Totals {
-        *self.sent.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn id(&self) -> FeedId {
+        self.members.id
+    }
+
+    /// Takes `conn` off the channel.
+    pub fn leave(&self, conn: &Arc<Conn>) {
+        self.members.leave(conn);
+        conn.release(self.id());
     }
 
     /// The channel's state as of the subscription's `seq`.
@@ -115,16 +145,20 @@ impl Drop for Feed {
     }
 }
 
-/// A connection's view of a channel: the events after `seq`, in order.
+/// A connection's view of a channel: the events after `seq`, in order, held on the connection
+/// (`Conn::hold`) until its session lets them follow its answer (`Conn::go_live`).
 #[derive(Debug)]
 pub(crate) struct Subscription {
     pub feed: Arc<Feed>,
-    pub receiver: broadcast::Receiver<Arc<Outgoing>>,
     /// The last sequence on the channel when the subscription started; only later events
     /// follow.
     pub seq: u64,
-    /// The feed's totals just before the receiver joined: its backlog is measured from here.
-    pub start: Totals,
+}
+
+/// One event for one writer: the connections of its share in `members`.
+struct Delivery {
+    members: Arc<Members>,
+    event: Arc<Outgoing>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,27 +178,63 @@ pub(crate) fn channel_subjects(channel: &Channel) -> Vec<String> {
     }
 }
 
-/// The node's channels.
+/// The node's channels and its fan-out writers.
 #[derive(Debug)]
 pub(crate) struct Hub<B> {
     bus: B,
     feeds: Mutex<HashMap<Channel, Weak<Feed>>>,
+    writers: Vec<mpsc::Sender<Delivery>>,
+    /// Connections handed out so far, which spreads them over the writers.
+    connections: AtomicUsize,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("seq", &self.event.seq)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<B: Bus> Hub<B> {
+    /// Starts one fan-out writer per runtime worker. Must run inside the runtime.
     pub fn new(bus: B, tasks: TaskTracker, shutdown: CancellationToken) -> Self {
+        let count = tokio::runtime::Handle::current()
+            .metrics()
+            .num_workers()
+            .max(1);
+        let writers = (0..count)
+            .map(|shard| {
+                let (sender, receiver) = mpsc::channel(WRITER_QUEUE);
+                tasks.spawn(write_events(shard, receiver, shutdown.clone()));
+                sender
+            })
+            .collect();
         Self {
             bus,
             feeds: Mutex::new(HashMap::new()),
+            writers,
+            connections: AtomicUsize::new(0),
             tasks,
             shutdown,
         }
     }
 
-    /// Subscribes to `channel`, starting its bus subscription if this node has none yet.
-    pub async fn subscribe(&self, channel: &Channel) -> Result<Subscription, HubError> {
+    /// The writer shard for a new connection.
+    pub fn next_shard(&self) -> usize {
+        self.connections.fetch_add(1, Ordering::Relaxed) % self.writers.len()
+    }
+
+    /// Subscribes `conn` to `channel`, starting its bus subscription if this node has none yet.
+    /// The channel's live events are held on `conn` from here until its session calls
+    /// `Conn::go_live`.
+    pub async fn subscribe(
+        &self,
+        channel: &Channel,
+        conn: &Arc<Conn>,
+    ) -> Result<Subscription, HubError> {
         let mut feeds = self.feeds.lock().await;
         let feed = match feeds.get(channel).and_then(Weak::upgrade) {
             Some(feed) => feed,
@@ -176,20 +246,15 @@ impl<B: Bus> Hub<B> {
             }
         };
         drop(feeds);
-        // Subscribe first, then read where the feed stands: an event stored before the read is
-        // also in the receiver, and the session skips events at or below `seq`, so nothing is
-        // lost and nothing is doubled.
-        // Totals read before joining: an event sent in between counts as waiting until the
-        // receiver takes the next one (an overestimate for an instant, never an underestimate).
-        let start = feed.sent();
-        let receiver = feed.sender.subscribe();
+        // Join first, then read where the feed stands: the feed moves its position before it
+        // hands an event to the writers, so an event not counted in `seq` reaches the held
+        // connection, and one counted is dropped by the connection's sequence filter; nothing
+        // is lost and nothing is doubled.
+        if conn.hold(feed.id()) {
+            feed.members.join(conn);
+        }
         let seq = feed.position().seq;
-        Ok(Subscription {
-            feed,
-            receiver,
-            seq,
-            start,
-        })
+        Ok(Subscription { feed, seq })
     }
 
     /// Best effort: folds the round events on `subject` in the [`RECENT_SCAN`] stream sequences
@@ -263,17 +328,16 @@ impl<B: Bus> Hub<B> {
             .replay(stream, &filter, last_seq + 1)
             .await
             .map_err(bus_error)?;
-        let (sender, _) = broadcast::channel(CHANNEL_RING);
+        let members = Arc::new(Members::new(self.writers.len()));
+        let writers = self.writers.clone();
         let position = Arc::new(std::sync::Mutex::new(Position {
             seq: last_seq,
             standing,
         }));
         let stop = self.shutdown.child_token();
-        let sent = Arc::new(std::sync::Mutex::new(Totals::default()));
         let feed = Feed {
-            sender: sender.clone(),
+            members: members.clone(),
             position: position.clone(),
-            sent: sent.clone(),
             epoch: state.epoch,
             stop: stop.clone(),
         };
@@ -292,8 +356,8 @@ impl<B: Bus> Hub<B> {
                     }
                     None => break,
                 };
-                let event = match protocol::decode_event(&message.payload) {
-                    Ok(event) => event,
+                let decoded = match protocol::decode_event(&message.payload) {
+                    Ok(decoded) => decoded,
                     Err(error) => {
                         // A foreign or corrupt payload is skipped, never relayed.
                         tracing::warn!(%channel, seq = message.seq, %error, "undecodable event skipped");
@@ -302,36 +366,71 @@ impl<B: Bus> Hub<B> {
                     }
                 };
                 let encoded = (
-                    encode_event_message(Encoding::Json, &channel, message.seq, &event),
-                    encode_event_message(Encoding::MsgPack, &channel, message.seq, &event),
+                    encode_event_message(Encoding::Json, &channel, message.seq, &decoded),
+                    encode_event_message(Encoding::MsgPack, &channel, message.seq, &decoded),
                 );
                 let (Ok(json), Ok(msgpack)) = encoded else {
                     tracing::warn!(%channel, seq = message.seq, "event could not be encoded");
                     continue;
                 };
+                let event = Arc::new(Outgoing {
+                    seq: message.seq,
+                    json: frame::message(Encoding::Json, &json),
+                    msgpack: frame::message(Encoding::MsgPack, &msgpack),
+                });
                 {
                     let mut position = position.lock().unwrap_or_else(|e| e.into_inner());
                     position.seq = message.seq;
-                    position.standing.apply(&event);
+                    position.standing.apply(&decoded);
                 }
                 metrics::counter!("gateway_events_relayed_total").increment(1);
-                // Totals move under the lock and the send happens while it is held, so a
-                // subscriber reading them never sees an event counted that it cannot receive
-                // next (see `Hub::subscribe`).
-                let mut totals = sent.lock().unwrap_or_else(|e| e.into_inner());
-                totals.messages += 1;
-                totals.json_bytes += json.len() as u64;
-                totals.msgpack_bytes += msgpack.len() as u64;
-                // No receiver is fine: the feed stops when the last handle goes.
-                let _ = sender.send(Arc::new(Outgoing {
-                    seq: message.seq,
-                    json,
-                    msgpack,
-                    mark: *totals,
-                }));
-                drop(totals);
+                // After the position moved (see `Hub::subscribe`). A writer with none of the
+                // channel's connections is not woken; one that joins after this look was
+                // counted in the position already.
+                for (shard, writer) in writers.iter().enumerate() {
+                    if members.list(shard).is_empty() {
+                        continue;
+                    }
+                    let delivery = Delivery {
+                        members: members.clone(),
+                        event: event.clone(),
+                    };
+                    let sent = tokio::select! {
+                        () = stop.cancelled() => break,
+                        sent = writer.send(delivery) => sent,
+                    };
+                    if sent.is_err() {
+                        break;
+                    }
+                }
             }
         });
         Ok(feed)
+    }
+}
+
+/// One fan-out writer: for each event, the frame of each of its connections' encodings goes to
+/// each of its connections (`Conn::deliver`: a non-blocking write, or the connection's queue).
+async fn write_events(
+    shard: usize,
+    mut deliveries: mpsc::Receiver<Delivery>,
+    stop: CancellationToken,
+) {
+    loop {
+        let delivery = tokio::select! {
+            () = stop.cancelled() => return,
+            delivery = deliveries.recv() => match delivery {
+                Some(delivery) => delivery,
+                None => return,
+            },
+        };
+        let conns = delivery.members.list(shard).clone();
+        let (id, seq) = (delivery.members.id, delivery.event.seq);
+        for (i, conn) in conns.iter().enumerate() {
+            if i > 0 && i % DELIVERIES_PER_TURN == 0 {
+                tokio::task::yield_now().await;
+            }
+            conn.deliver(id, seq, delivery.event.frame(conn.encoding()));
+        }
     }
 }

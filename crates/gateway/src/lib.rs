@@ -9,9 +9,11 @@
 
 pub mod auth;
 mod betting;
+mod frame;
 mod http;
 mod hub;
 mod limits;
+mod outbox;
 mod session;
 mod state;
 

@@ -34,8 +34,8 @@ pub struct GatewayLimits {
     /// Bytes of broadcast events one connection may have waiting (received by the node, not
     /// yet written to its socket) before it is closed with 4008.
     pub outbound_max_bytes: usize,
-    /// Events one connection may have waiting before it is closed with 4008 (at most the
-    /// hub's ring, `CHANNEL_RING`, which cuts off anyone a whole ring behind anyway).
+    /// Events one connection may have waiting (queued behind its blocked socket, or held while
+    /// a `subscribe` is answered) before it is closed with 4008.
     pub outbound_max_messages: usize,
     /// How long one flush to a client's socket may take; a client whose TCP window stays shut
     /// longer is a slow consumer and is closed with 4008.
@@ -58,7 +58,8 @@ impl Default for GatewayLimits {
             // A few thousand typical events (a few hundred bytes each): the message bound
             // trips first unless events are unusually large.
             outbound_max_bytes: 1 << 20,
-            outbound_max_messages: crate::hub::CHANNEL_RING,
+            // Minutes of a busy table's events for a client that stalls for a moment.
+            outbound_max_messages: 1024,
             write_timeout: Duration::from_secs(10),
             send_buffer: None,
         }

@@ -2,15 +2,19 @@
 //!
 //! Two tasks per connection, never one per message: a reader that owns the read half (so
 //! `read_frame`, which is not cancel-safe, is never raced in a `select!`), reassembles
-//! fragments under the size cap and decodes messages; and the session, which owns the write
-//! half and everything else — subscriptions and resumes, bets in flight, betting status, idle
-//! checks, shutdown — and is the only writer.
+//! fragments under the size cap and decodes messages; and the session, which owns everything
+//! else — subscriptions and resumes, bets in flight, betting status, idle checks, shutdown.
 //!
-//! Back-pressure (ADR 0012): a connection's outbound queue is its position in each channel's
-//! broadcast ring, bounded in events and bytes (`GatewayLimits::outbound_max_*`, measured with
-//! the hub's running totals), and every flush has a deadline (`write_timeout`). A client past
-//! either bound is closed with 4008; the hub never waits for it, so nobody else is delayed.
-//! Events ready together are written into one buffer and flushed once.
+//! Writing (ADR 0015): the socket's write half is the connection's [`Conn`], shared with the
+//! hub's fan-out writers, which write broadcast events to it directly without waking the
+//! session. The session is woken only when the socket would block (it then writes the queue
+//! out as the socket drains), when the connection goes over its bounds, and for its own frames,
+//! which take the same queue so that one order holds for all.
+//!
+//! Back-pressure (ADR 0012): events waiting on a connection are bounded in number and bytes
+//! (`GatewayLimits::outbound_max_*`), and frames may wait at most `write_timeout` without the
+//! socket taking any of their bytes. A client past either bound is closed with 4008; the writers
+//! never wait for it, so nobody else is delayed.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,29 +23,30 @@ use std::time::Duration;
 
 use bus::{Bus, RequestError};
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Role, WebSocketRead};
+use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use protocol::{
     Channel, ClientMessage, DecodeError, Encoding, ErrorCode, MAX_MESSAGE_BYTES, PlaceBetReply,
     ServerMessage, Subscribed, encode_event_message,
 };
-use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, Chain};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::auth::Verified;
 use crate::betting;
-use crate::hub::{Feed, Outgoing, Subscription, Totals};
+use crate::frame;
+use crate::hub::{Feed, Subscription};
 use crate::limits::{BetTicket, Slot, TokenBucket};
+use crate::outbox::{Bounds, Conn, Gone, Mark, Progress, State};
 
-type Io = TokioIo<Upgraded>;
+/// The read side: bytes hyper read past the upgrade request first, then the socket.
+type ReadIo = Chain<std::io::Cursor<Bytes>, OwnedReadHalf>;
 type BetFuture = Pin<Box<dyn Future<Output = ServerMessage> + Send>>;
 
 /// Close codes of DESIGN §7 and RFC 6455.
@@ -57,15 +62,6 @@ pub(crate) mod close {
 const INBOUND_QUEUE: usize = 16;
 /// Bets a connection may have waiting on GS at once; more are refused with `RATE_LIMITED`.
 const MAX_BETS_IN_FLIGHT: usize = 8;
-/// Frames written into one buffer before it is flushed: events that are ready together leave
-/// in one write instead of one each, without letting one burst hold a large buffer.
-const COALESCE_FRAMES: usize = 64;
-/// Bytes buffered before a flush is forced, whatever the frame count. The buffer is allocated
-/// only while frames wait and freed after a flush if it grew past `KEEP_WRITE_BUFFER`, so an
-/// idle connection holds none.
-const COALESCE_BYTES: usize = 32 * 1024;
-/// Capacity of the write buffer kept between flushes.
-const KEEP_WRITE_BUFFER: usize = 4 * 1024;
 /// How long the Close 4008 of a slow consumer may take to leave before the connection is
 /// simply dropped (its window is likely shut).
 const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -106,22 +102,30 @@ impl Heard {
     }
 }
 
-/// Runs one connection to its end.
+/// Runs one connection to its end. `stream` has completed the WebSocket handshake; `leftover`
+/// is what the HTTP server had read past it.
 pub(crate) async fn run<B: Bus>(
-    ws: WebSocket<Io>,
+    stream: TcpStream,
+    leftover: Bytes,
     encoding: Encoding,
     token: Option<Verified>,
     shared: Arc<Shared<B>>,
     slot: Slot,
 ) {
-    let (read, mut write) = ws.split(|io| {
-        let (read, write) = tokio::io::split(io);
-        (read, Coalescing::new(write))
-    });
-    // Every frame goes through the coalescing buffer as header + payload (no copy into the
-    // library's own write buffer, which would otherwise grow to the largest frame and stay).
-    write.set_writev(true);
-    write.set_writev_threshold(0);
+    let (read, write) = stream.into_split();
+    // Frames are written by `outbox` (whole frames built by `frame`), never by the library:
+    // its write side is a sink.
+    let (read, _) = fastwebsockets::after_handshake_split(
+        std::io::Cursor::new(leftover).chain(read),
+        tokio::io::sink(),
+        Role::Server,
+    );
+    let limits = &shared.config.limits;
+    let bounds = Bounds {
+        events: limits.outbound_max_messages,
+        bytes: limits.outbound_max_bytes,
+    };
+    let conn = Arc::new(Conn::new(write, encoding, shared.hub.next_shard(), bounds));
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let reader_stop = CancellationToken::new();
     let heard = Arc::new(Heard::default());
@@ -132,10 +136,10 @@ pub(crate) async fn run<B: Bus>(
         heard.clone(),
         reader_stop.clone(),
     ));
-    let limits = &shared.config.limits;
     let inbound_bucket = TokenBucket::new(limits.client_msgs_per_s, limits.client_burst);
     let mut session = Session {
-        write,
+        conn: conn.clone(),
+        backlogged: None,
         encoding,
         token,
         betting: shared.betting.subscribe(),
@@ -149,6 +153,9 @@ pub(crate) async fn run<B: Bus>(
         ping_sent: None,
     };
     session.serve(inbound_rx).await;
+    // Off every channel (the writers skip it meanwhile), so that the socket closes now.
+    conn.abandon();
+    drop(session);
     drop(slot);
     // The reader may be parked in `read_frame` on a silent peer: cancel it (it checks between
     // frames) and drop the TCP connection by dropping both halves — after a Close we do not wait
@@ -158,7 +165,7 @@ pub(crate) async fn run<B: Bus>(
 }
 
 async fn read_loop(
-    read: WebSocketRead<ReadHalf<Io>>,
+    read: WebSocketRead<ReadIo>,
     encoding: Encoding,
     inbound: mpsc::Sender<Inbound>,
     heard: Arc<Heard>,
@@ -268,7 +275,10 @@ fn decode(encoding: Encoding, opcode: OpCode, bytes: &[u8]) -> Result<ClientMess
 }
 
 struct Session<B> {
-    write: WebSocketWrite<Coalescing<WriteHalf<Io>>>,
+    conn: Arc<Conn>,
+    /// While frames wait behind a blocked socket: when the connection is a slow consumer
+    /// unless the socket takes some of them (`write_timeout` after it last did).
+    backlogged: Option<Instant>,
     encoding: Encoding,
     /// The connection's token; `None` for a spectator.
     token: Option<Verified>,
@@ -308,6 +318,7 @@ impl<B: Bus> Session<B> {
         // they would live across every handler's await and add about 0.25 KiB to each idle
         // connection, for no CPU difference measurable at 10k clients.
         let shutdown = self.shared.shutdown.clone();
+        let conn = self.conn.clone();
         let idle = self.shared.config.idle_timeout;
         let mut idle_check = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
         idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -325,8 +336,13 @@ impl<B: Bus> Session<B> {
                     Some(item) => Box::pin(self.on_inbound(item)).await,
                     None => return,
                 },
-                Some((index, item)) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
-                    self.on_events(index, item).await
+                () = conn.woken() => self.write_queued().await,
+                ready = conn.writable(), if self.backlogged.is_some() => match ready {
+                    Ok(()) => self.write_queued().await,
+                    Err(_) => Err(Closed),
+                },
+                () = tokio::time::sleep_until(self.backlogged.unwrap_or_else(Instant::now)), if self.backlogged.is_some() => {
+                    self.slow_consumer("write deadline passed").await
                 }
                 Some(answer) = self.bets.next(), if !self.bets.is_empty() => self.send(&answer).await,
                 changed = self.betting.changed(), if betting_open => match changed {
@@ -365,8 +381,7 @@ impl<B: Bus> Session<B> {
             Some(_) => Ok(()),
             None if self.quiet_since.elapsed() >= idle => {
                 self.ping_sent = Some(Instant::now());
-                let frame = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"idle"));
-                self.write_frame(frame).await
+                self.write(frame::ping(b"idle")).await
             }
             None => Ok(()),
         }
@@ -408,12 +423,12 @@ impl<B: Bus> Session<B> {
                 self.send(&answer).await
             }
             Inbound::Obligated(opcode, payload) => {
-                let frame = Frame::new(true, opcode, None, Payload::Owned(payload));
-                self.write_frame(frame).await?;
+                let frame = frame::control(opcode, &payload);
                 if opcode == OpCode::Close {
+                    let _ = self.write_close(frame).await;
                     Err(Closed)
                 } else {
-                    Ok(())
+                    self.write(frame).await
                 }
             }
             Inbound::Close(code, reason) => {
@@ -531,21 +546,17 @@ impl<B: Bus> Session<B> {
     }
 
     /// Subscribes to `channel`: live events after `subscribed.seq`, and with `since` first every
-    /// event after it. The live feed is joined first and buffers (in its bounded ring) while the
-    /// replay runs; the replay stops at the live point and the live events it overlaps are
-    /// skipped by sequence, so there is no gap and no duplicate.
+    /// event after it. The live feed is joined first and its events are held on the connection
+    /// (within its bounds) while the replay runs; the replay stops at the live point and the
+    /// live events it overlaps are skipped by sequence, so there is no gap and no duplicate.
     async fn subscribe(
         &mut self,
         channel: Channel,
         since: Option<u64>,
         epoch: Option<String>,
     ) -> Result<(), Closed> {
-        let Subscription {
-            feed,
-            receiver,
-            seq,
-            start,
-        } = match self.shared.hub.subscribe(&channel).await {
+        let Subscription { feed, seq } = match self.shared.hub.subscribe(&channel, &self.conn).await
+        {
             Ok(subscription) => subscription,
             Err(error) => {
                 tracing::warn!(%channel, %error, "subscribe failed");
@@ -586,85 +597,66 @@ impl<B: Bus> Session<B> {
             recovered,
             state: feed.state(),
         });
-        self.subscriptions.insert(
-            channel,
-            FeedStream {
-                events: BroadcastStream::new(receiver),
-                feed,
-                last_seq: last,
-                taken: start,
-            },
-        );
-        self.queue(&answer).await?;
-        for bytes in replayed {
-            self.queue_bytes(bytes).await?;
+        let id = feed.id();
+        self.subscriptions.insert(channel, feed, &self.conn);
+        let mut frames = Vec::with_capacity(1 + replayed.len());
+        if let Some(answer) = self.frame(&answer) {
+            frames.push(answer);
         }
-        self.flush().await
+        frames.extend(
+            replayed
+                .iter()
+                .map(|bytes| frame::message(self.encoding, bytes)),
+        );
+        match self.conn.go_live(id, last, frames) {
+            Ok(mark) => self.write_out(mark).await,
+            Err(Gone) => Err(Closed),
+        }
     }
 
-    /// Handles `first` and every event already waiting behind it (up to `COALESCE_FRAMES`),
-    /// writing them into one buffer flushed once; then checks the connection's backlog.
-    async fn on_events(
-        &mut self,
-        index: usize,
-        first: Result<Arc<Outgoing>, BroadcastStreamRecvError>,
-    ) -> Result<(), Closed> {
-        let mut item = Some((index, first));
-        let mut frames = 0;
-        while let Some((index, event)) = item.take() {
-            let Ok(event) = event else {
-                // A whole ring behind: the hub already dropped events for it.
-                return self.slow_consumer("a whole ring behind").await;
-            };
-            if self.take_event(index, &event) {
-                let bytes = event.bytes(self.encoding).clone();
-                self.queue_bytes(bytes).await?;
-                frames += 1;
-            }
-            if frames < COALESCE_FRAMES {
-                item = self.subscriptions.next().now_or_never().flatten();
-            }
+    /// Writes what waits (the socket became writable, or a writer queued events behind it, or
+    /// the connection went over its bounds), without waiting.
+    async fn write_queued(&mut self) -> Result<(), Closed> {
+        let progress = self.conn.write_queued();
+        self.after(progress).await
+    }
+
+    /// Takes stock after a write attempt: a slow or broken connection ends; frames still
+    /// waiting keep the session watching the socket, with the write deadline running.
+    async fn after(&mut self, progress: Progress) -> Result<(), Closed> {
+        match progress.state {
+            State::Broken => return Err(Closed),
+            State::Slow => return self.slow_consumer("outbound backlog over its bound").await,
+            State::Open | State::Closing => {}
         }
-        self.flush().await?;
-        let (messages, bytes) = self.backlog();
-        let limits = &self.shared.config.limits;
-        if messages > limits.outbound_max_messages as u64
-            || bytes > limits.outbound_max_bytes as u64
-        {
-            return self.slow_consumer("outbound backlog over its bound").await;
-        }
+        let timeout = self.shared.config.limits.write_timeout;
+        self.backlogged = (!progress.drained)
+            .then(|| progress.stalled_since.unwrap_or_else(Instant::now) + timeout);
         Ok(())
     }
 
-    /// Records that the connection took `event` from the ring of its subscription `index`;
-    /// whether to send it (an event at or below the last one delivered on the channel is not
-    /// sent again).
-    fn take_event(&mut self, index: usize, event: &Outgoing) -> bool {
-        let Some(stream) = self.subscriptions.get_mut(index) else {
-            return false;
-        };
-        stream.taken = event.mark;
-        if event.seq <= stream.last_seq {
-            return false;
+    /// Writes until the frames up to `mark` are out. A peer that takes none of what waits for
+    /// `write_timeout` (its TCP window stays shut) is a slow consumer: closed with 4008 rather
+    /// than holding the session.
+    async fn write_out(&mut self, mark: Mark) -> Result<(), Closed> {
+        loop {
+            let progress = self.conn.write_queued();
+            let written = progress.written;
+            self.after(progress).await?;
+            let Some(deadline) = self.backlogged else {
+                return Ok(());
+            };
+            if written >= mark {
+                return Ok(());
+            }
+            tokio::select! {
+                ready = self.conn.writable() => ready.map_err(|_| Closed)?,
+                () = self.conn.woken() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return self.slow_consumer("write deadline passed").await;
+                }
+            }
         }
-        stream.last_seq = event.seq;
-        true
-    }
-
-    /// Events and bytes broadcast on the connection's channels that it has not taken yet.
-    fn backlog(&self) -> (u64, u64) {
-        self.subscriptions
-            .iter()
-            .fold((0, 0), |(messages, bytes), stream| {
-                let sent = stream.feed.sent();
-                (
-                    messages + sent.messages.saturating_sub(stream.taken.messages),
-                    bytes
-                        + sent
-                            .bytes(self.encoding)
-                            .saturating_sub(stream.taken.bytes(self.encoding)),
-                )
-            })
     }
 
     /// Closes the connection with 4008: best effort within a short grace, since the reason is
@@ -672,10 +664,23 @@ impl<B: Bus> Session<B> {
     async fn slow_consumer(&mut self, why: &'static str) -> Result<(), Closed> {
         tracing::debug!(why, "slow consumer disconnected");
         metrics::counter!("gateway_slow_consumers_total").increment(1);
-        let frame = Frame::close(close::SLOW_CONSUMER, b"slow consumer");
-        let _ = tokio::time::timeout(SLOW_CLOSE_GRACE, async {
-            if self.write.write_frame(frame).await.is_ok() {
-                let _ = self.write.flush().await;
+        // After what already waits (a frame begun must end), within a short grace.
+        let Ok(mark) = self
+            .conn
+            .push_close(frame::close(close::SLOW_CONSUMER, "slow consumer"))
+        else {
+            return Err(Closed);
+        };
+        let conn = self.conn.clone();
+        let _ = tokio::time::timeout(SLOW_CLOSE_GRACE, async move {
+            loop {
+                let progress = conn.write_queued();
+                if progress.written >= mark || progress.state == State::Broken {
+                    return;
+                }
+                if conn.writable().await.is_err() {
+                    return;
+                }
             }
         })
         .await;
@@ -694,68 +699,41 @@ impl<B: Bus> Session<B> {
 
     /// Writes one message now.
     async fn send(&mut self, message: &ServerMessage) -> Result<(), Closed> {
-        self.queue(message).await?;
-        self.flush().await
+        match self.frame(message) {
+            Some(frame) => self.write(frame).await,
+            None => Ok(()),
+        }
     }
 
-    /// Adds one message to the write buffer (sent at the next flush).
-    async fn queue(&mut self, message: &ServerMessage) -> Result<(), Closed> {
+    /// `message` as a frame of the connection's encoding.
+    fn frame(&self, message: &ServerMessage) -> Option<Bytes> {
         match message.encode(self.encoding) {
-            Ok(bytes) => self.queue_bytes(bytes).await,
+            Ok(bytes) => Some(frame::message(self.encoding, &bytes)),
             Err(error) => {
                 tracing::error!(%error, kind = message.message_type(), "message could not be encoded");
-                Ok(())
+                None
             }
         }
     }
 
-    async fn queue_bytes(&mut self, bytes: Bytes) -> Result<(), Closed> {
-        let opcode = if self.encoding.is_binary() {
-            OpCode::Binary
-        } else {
-            OpCode::Text
-        };
-        let frame = Frame::new(true, opcode, None, Payload::Borrowed(&bytes));
-        self.queue_frame(frame).await
-    }
-
-    /// Adds one frame to the write buffer; this writes to the socket only when the buffer is
-    /// over `COALESCE_BYTES`, under the same deadline as a flush.
-    async fn queue_frame(&mut self, frame: Frame<'_>) -> Result<(), Closed> {
-        let deadline = self.shared.config.limits.write_timeout;
-        let written = tokio::time::timeout(deadline, self.write.write_frame(frame)).await;
-        self.after_write(written.map(|r| r.map_err(|_| ()))).await
-    }
-
-    /// Writes everything buffered. A peer that does not take it within `write_timeout` (its
-    /// TCP window stays shut) is a slow consumer: closed with 4008 rather than holding the
-    /// session.
-    async fn flush(&mut self) -> Result<(), Closed> {
-        let deadline = self.shared.config.limits.write_timeout;
-        let written = tokio::time::timeout(deadline, self.write.flush()).await;
-        self.after_write(written.map(|r| r.map_err(|_| ()))).await
-    }
-
-    async fn after_write(
-        &mut self,
-        written: Result<Result<(), ()>, tokio::time::error::Elapsed>,
-    ) -> Result<(), Closed> {
-        match written {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(())) => Err(Closed),
-            Err(_) => self.slow_consumer("write deadline passed").await,
+    /// Writes one frame now, after whatever waits.
+    async fn write(&mut self, frame: Bytes) -> Result<(), Closed> {
+        match self.conn.push(frame) {
+            Ok(mark) => self.write_out(mark).await,
+            Err(Gone) => Err(Closed),
         }
     }
 
-    /// Writes one frame now.
-    async fn write_frame(&mut self, frame: Frame<'_>) -> Result<(), Closed> {
-        self.queue_frame(frame).await?;
-        self.flush().await
+    /// Writes a Close frame, the last one.
+    async fn write_close(&mut self, frame: Bytes) -> Result<(), Closed> {
+        match self.conn.push_close(frame) {
+            Ok(mark) => self.write_out(mark).await,
+            Err(Gone) => Err(Closed),
+        }
     }
 
     async fn close(&mut self, code: u16, reason: &str) -> Result<(), Closed> {
-        let frame = Frame::close(code, reason.as_bytes());
-        self.write_frame(frame).await
+        self.write_close(frame::close(code, reason)).await
     }
 }
 
@@ -812,91 +790,48 @@ async fn replay<B: Bus>(
         .unwrap_or(Err("replay did not reach the live point in time"))
 }
 
-/// A connection's channels. Not `tokio_stream::StreamMap`: that clones its key (the channel's
-/// name, a `String`) for every item it yields, an allocation and a copy per event per
-/// connection. An item here carries the subscription's index instead, valid until the next
-/// `insert` or `remove` (which only a client's message does, never while events are handled).
+/// A connection's channels. Holding a feed keeps the node's bus subscription for the channel
+/// alive while anyone is subscribed; the last one to leave stops it.
 #[derive(Default)]
 struct Subscriptions {
-    streams: Vec<(Channel, FeedStream)>,
-    /// Where the next poll starts, so that a busy channel cannot starve another.
-    start: usize,
+    joined: Vec<(Channel, Joined)>,
 }
 
 impl Subscriptions {
-    fn is_empty(&self) -> bool {
-        self.streams.is_empty()
-    }
-
-    /// Subscribes to `channel`, replacing an earlier subscription to it.
-    fn insert(&mut self, channel: Channel, stream: FeedStream) {
-        match self.streams.iter_mut().find(|(c, _)| *c == channel) {
-            Some((_, existing)) => *existing = stream,
-            None => self.streams.push((channel, stream)),
+    /// Records that `conn` receives `channel` through `feed` (a second subscribe of a channel
+    /// keeps its place on the feed).
+    fn insert(&mut self, channel: Channel, feed: Arc<Feed>, conn: &Arc<Conn>) {
+        let existing = self.joined.iter_mut().find(|(c, _)| *c == channel);
+        if let Some((_, joined)) = &existing
+            && Arc::ptr_eq(&joined.feed, &feed)
+        {
+            return;
+        }
+        let joined = Joined {
+            feed,
+            conn: conn.clone(),
+        };
+        match existing {
+            Some((_, existing)) => *existing = joined,
+            None => self.joined.push((channel, joined)),
         }
     }
 
     fn remove(&mut self, channel: &Channel) {
-        self.streams.retain(|(c, _)| c != channel);
-    }
-
-    fn get_mut(&mut self, index: usize) -> Option<&mut FeedStream> {
-        self.streams.get_mut(index).map(|(_, stream)| stream)
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &FeedStream> {
-        self.streams.iter().map(|(_, stream)| stream)
-    }
-
-    /// The next event of any channel, with the index of its subscription; `None` when there
-    /// are no subscriptions left (a channel whose feed ended is dropped).
-    fn poll_next(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<(usize, FeedItem)>> {
-        let mut turns = self.streams.len();
-        while turns > 0 {
-            turns -= 1;
-            let index = self.start % self.streams.len();
-            match self.streams[index].1.events.poll_next_unpin(cx) {
-                std::task::Poll::Ready(Some(item)) => {
-                    self.start = index + 1;
-                    return std::task::Poll::Ready(Some((index, item)));
-                }
-                std::task::Poll::Ready(None) => {
-                    self.streams.remove(index);
-                    if self.streams.is_empty() {
-                        break;
-                    }
-                }
-                std::task::Poll::Pending => self.start = index + 1,
-            }
-        }
-        if self.streams.is_empty() {
-            std::task::Poll::Ready(None)
-        } else {
-            std::task::Poll::Pending
-        }
-    }
-
-    async fn next(&mut self) -> Option<(usize, FeedItem)> {
-        std::future::poll_fn(|cx| self.poll_next(cx)).await
+        self.joined.retain(|(c, _)| c != channel);
     }
 }
 
-type FeedItem = Result<Arc<Outgoing>, BroadcastStreamRecvError>;
-
-/// A connection's stream of one channel. Holding the feed keeps the node's bus subscription
-/// for the channel alive while anyone is subscribed; the last one to leave stops it.
-struct FeedStream {
-    events: BroadcastStream<Arc<Outgoing>>,
+/// A connection on a feed; dropping it takes the connection off.
+struct Joined {
     feed: Arc<Feed>,
-    /// The last sequence delivered (or announced in `subscribed`): anything at or below it is
-    /// not sent again.
-    last_seq: u64,
-    /// The feed's totals as of the last event taken from the ring: the backlog is measured
-    /// from here.
-    taken: Totals,
+    conn: Arc<Conn>,
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        self.feed.leave(&self.conn);
+    }
 }
 
 /// Sends a bet to GS and turns every outcome into an answer for the client: `bet_result`, or an
@@ -946,98 +881,5 @@ async fn forward_bet<B: Bus>(
             ErrorCode::Timeout,
             "the game service did not answer in time; retry with the same bet_id",
         ),
-    }
-}
-
-/// The socket's write side behind a write buffer that exists only while frames wait for a
-/// flush: frames queued together leave in one `write`, and an idle connection holds no buffer
-/// (at most `KEEP_WRITE_BUFFER` is kept between flushes). Writes only buffer until the buffer
-/// holds `COALESCE_BYTES`; then it is written out first.
-struct Coalescing<W> {
-    inner: W,
-    buffer: Vec<u8>,
-    /// How much of `buffer` has been written to `inner`.
-    written: usize,
-}
-
-impl<W: AsyncWrite + Unpin> Coalescing<W> {
-    fn new(inner: W) -> Self {
-        Self {
-            inner,
-            buffer: Vec::new(),
-            written: 0,
-        }
-    }
-
-    /// Writes the buffer out to `inner`; the buffer is then empty.
-    fn poll_drain(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        while self.written < self.buffer.len() {
-            let n = std::task::ready!(
-                Pin::new(&mut self.inner).poll_write(cx, &self.buffer[self.written..])
-            )?;
-            if n == 0 {
-                return std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-            }
-            self.written += n;
-        }
-        self.written = 0;
-        if self.buffer.capacity() > KEEP_WRITE_BUFFER {
-            self.buffer = Vec::new();
-        } else {
-            self.buffer.clear();
-        }
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-impl<W: AsyncWrite + Unpin> AsyncWrite for Coalescing<W> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        if this.buffer.len() >= COALESCE_BYTES {
-            std::task::ready!(this.poll_drain(cx))?;
-        }
-        let mut total = 0;
-        for buf in bufs {
-            this.buffer.extend_from_slice(buf);
-            total += buf.len();
-        }
-        std::task::Poll::Ready(Ok(total))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        std::task::ready!(this.poll_drain(cx))?;
-        Pin::new(&mut this.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        std::task::ready!(this.poll_drain(cx))?;
-        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }

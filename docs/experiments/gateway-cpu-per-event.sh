@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The measurement behind ADR 0015: one gateway binary against 10k clients (croupier's side of
+# `just bench-gateway` only) and `perf stat -e task-clock` of the gateway for 10 s in the middle
+# of the measurement, so CPU per event = task-clock / 50 (5 events/s). Run it for two builds in
+# turn, under the benchmark lock, several times, and compare medians:
+#
+#   for i in 1 2 3; do for b in old new; do
+#     flock /tmp/bench.lock docs/experiments/gateway-cpu-per-event.sh /tmp/bin-$b/croupier $b
+#   done; done
+#
+# usage: gateway-cpu-per-event.sh <croupier binary to run as gateway> <label>
+# env: LOADGEN (croupier binary for loadgen; default: the first argument, use one for every run),
+#      N (clients, 10000), DUR (20s), PERF_DELAY (15 s: after the ramp-up), PERF_RECORD=1 (also
+#      `perf record -g` for 10 s), OUT (/tmp/gateway-cpu-results).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+gw=$1; label=$2
+lg=${LOADGEN:-$gw}
+n=${N:-10000}; dur=${DUR:-20s}
+out=${OUT:-/tmp/gateway-cpu-results}; mkdir -p "$out"
+work=$(mktemp -d /tmp/gwcpu-XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+nats_port=$(free_port); ws_port=$(free_port); http_port=$(free_port)
+sed "s/127.0.0.1:9222/127.0.0.1:$ws_port/" "$root/ops/nats/bench-ws.conf" >"$work/ws.conf"
+"$root/.tools/venv/bin/nats-server" -c "$work/ws.conf" -a 127.0.0.1 -p "$nats_port" -sd "$work/js" >"$work/nats.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
+export NATS_URL="nats://127.0.0.1:$nats_port" CROUPIER_HTTP_ADDR="127.0.0.1:$http_port"
+export CROUPIER_JWT_SECRET=bench-secret-bench-secret-bench-secret CROUPIER_ENDPOINTS_FILE=/nonexistent RUST_LOG=warn
+"$gw" run gateway >"$work/gateway.log" 2>&1 &
+gw_pid=$!; pids+=($gw_pid)
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$http_port") 2>/dev/null && break; sleep 0.1; done
+run="$out/$label-$(date +%H%M%S)"
+(
+  sleep "${PERF_DELAY:-15}"
+  if [ -n "${PERF_RECORD:-}" ]; then
+    perf record -F 999 -g -o "$run.data" -p "$gw_pid" -- sleep 10 >/dev/null 2>&1
+  else
+    perf stat -e task-clock -x, -o "$run.perf" -p "$gw_pid" -- sleep 10
+  fi
+) &
+perf_pid=$!
+"$lg" loadgen --quiet --url "ws://127.0.0.1:$http_port/ws" --target croupier --table bench \
+  --clients "$n" --duration "$dur" --publish-rate 5 --source-addrs 4 \
+  --server-pid "$gw_pid" --json "$run.json" >"$run.txt"
+wait "$perf_pid" || true
+python3 - "$run" "$label" <<'PY'
+import json, os, sys
+run, label = sys.argv[1], sys.argv[2]
+r = json.load(open(run + ".json")); l = r["latency_ms"]
+cpu = "-"
+if os.path.exists(run + ".perf"):
+    for line in open(run + ".perf"):
+        p = line.strip().split(",")
+        if len(p) > 2 and "task-clock" in p[2]:
+            cpu = f"{float(p[0]) / 50:.1f}"
+print(f"{label:<10} p50 {l['p50']:7.2f} p99 {l['p99']:7.2f} p999 {l['p999']:7.2f} "
+      f"deliv/s {r['delivered_per_s']:8.0f} drops {r['drops']} "
+      f"KiB/conn {r.get('server_rss_per_connection_kib') or 0:6.2f} gateway CPU/event {cpu} ms")
+PY
