@@ -1,14 +1,14 @@
 -- What the shape of `bets` costs per 10k-bet batch (ADR 0014, "alternatives considered").
 -- Run against any scratch Postgres ≥ 13 with durable settings, e.g. the stack's:
 --   psql "$DATABASE_URL" -f docs/experiments/bets-table.sql
--- It works in its own schema and drops it at the end. Seven rounds, the variants interleaved
--- so a noisy neighbour falls on all of them alike. Medians per variant:
---   psql "$DATABASE_URL" -f docs/experiments/bets-table.sql 2>/dev/null \
---     | awk '/^[a-z_]+$/ {v=$1} /^Time/ && v {print v, $2; v=""}' | sort -k1,1 -k2n \
---     | awk '{t[$1]=t[$1] " " $2; n[$1]++} END {for (v in t) {split(t[v], a, " "); print v, a[int((n[v]+1)/2)]}}'
+-- It works in its own schema and drops it at the end, and prints each variant's median over
+-- seven rounds; in each round the variants run one after another (each statement committed
+-- on its own, so its WAL flush counts), so a noisy neighbour falls on all of them alike.
+-- (ADR 0016 took two of these alternatives; docs/experiments/bets-keys.sql measures them.)
 \set ON_ERROR_STOP on
-\timing on
+SET client_min_messages = warning;
 DROP SCHEMA IF EXISTS bets_experiment CASCADE;
+RESET client_min_messages;
 CREATE SCHEMA bets_experiment;
 SET search_path = bets_experiment;
 
@@ -31,120 +31,33 @@ CREATE INDEX ON unkeyed (table_id, round);
 CREATE TABLE text_selection (LIKE keyed INCLUDING ALL);
 ALTER TABLE text_selection ALTER COLUMN selection TYPE text;
 
-\echo each round: keyed, round_keyed, unkeyed, text_selection
-\o /dev/null
-\o
-\echo keyed
-\o /dev/null
-INSERT INTO keyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo round_keyed
-\o /dev/null
-INSERT INTO round_keyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo unkeyed
-\o /dev/null
-INSERT INTO unkeyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo text_selection
-\o /dev/null
-INSERT INTO text_selection (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s, a, pos FROM src;
-\o
-\echo keyed
-\o /dev/null
-INSERT INTO keyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo round_keyed
-\o /dev/null
-INSERT INTO round_keyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo unkeyed
-\o /dev/null
-INSERT INTO unkeyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo text_selection
-\o /dev/null
-INSERT INTO text_selection (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s, a, pos FROM src;
-\o
-\echo keyed
-\o /dev/null
-INSERT INTO keyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo round_keyed
-\o /dev/null
-INSERT INTO round_keyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo unkeyed
-\o /dev/null
-INSERT INTO unkeyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo text_selection
-\o /dev/null
-INSERT INTO text_selection (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s, a, pos FROM src;
-\o
-\echo keyed
-\o /dev/null
-INSERT INTO keyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo round_keyed
-\o /dev/null
-INSERT INTO round_keyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo unkeyed
-\o /dev/null
-INSERT INTO unkeyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo text_selection
-\o /dev/null
-INSERT INTO text_selection (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s, a, pos FROM src;
-\o
-\echo keyed
-\o /dev/null
-INSERT INTO keyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo round_keyed
-\o /dev/null
-INSERT INTO round_keyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo unkeyed
-\o /dev/null
-INSERT INTO unkeyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo text_selection
-\o /dev/null
-INSERT INTO text_selection (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s, a, pos FROM src;
-\o
-\echo keyed
-\o /dev/null
-INSERT INTO keyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo round_keyed
-\o /dev/null
-INSERT INTO round_keyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo unkeyed
-\o /dev/null
-INSERT INTO unkeyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo text_selection
-\o /dev/null
-INSERT INTO text_selection (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s, a, pos FROM src;
-\o
-\echo keyed
-\o /dev/null
-INSERT INTO keyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo round_keyed
-\o /dev/null
-INSERT INTO round_keyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo unkeyed
-\o /dev/null
-INSERT INTO unkeyed (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s::jsonb, a, pos FROM src;
-\o
-\echo text_selection
-\o /dev/null
-INSERT INTO text_selection (bet_id, table_id, round, player, selection, amount, placed_position) SELECT gen_random_uuid(), t, n, p, s, a, pos FROM src;
-\o
-RESET search_path;
+CREATE TABLE timings (variant text NOT NULL, ms float8 NOT NULL);
+
+DO $$
+DECLARE
+    variant text;
+    started timestamptz;
+BEGIN
+    FOR round IN 1..7 LOOP
+        FOREACH variant IN ARRAY ARRAY['keyed', 'round_keyed', 'unkeyed', 'text_selection'] LOOP
+            started := clock_timestamp();
+            EXECUTE format(
+                'INSERT INTO %I (bet_id, table_id, round, player, selection, amount, '
+                'placed_position) SELECT gen_random_uuid(), t, n, p, %s, a, pos FROM src',
+                variant,
+                CASE WHEN variant = 'text_selection' THEN 's' ELSE 's::jsonb' END);
+            COMMIT;
+            INSERT INTO timings
+            VALUES (variant, extract(epoch FROM clock_timestamp() - started) * 1000);
+            COMMIT;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+SELECT variant, round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) AS median_ms,
+       round(min(ms)::numeric, 1) AS min_ms, round(max(ms)::numeric, 1) AS max_ms
+FROM timings GROUP BY variant ORDER BY variant;
+
+SET client_min_messages = warning;
 DROP SCHEMA bets_experiment CASCADE;
