@@ -5,70 +5,56 @@
 //! Owns only the framing; what goes in a frame is `protocol`'s, when it goes out `outbox`'s.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use fastwebsockets::{Frame, OpCode, Payload};
 use protocol::Encoding;
 
-const FIN: u8 = 0x80;
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
+/// The longest header of an unmasked frame: two bytes and an eight-byte length.
+const MAX_HEAD: usize = 10;
 
-/// One final frame of `opcode` (the low four bits of the first byte) carrying `payload`.
-fn build(opcode: u8, payload: &[u8]) -> Bytes {
-    let len = payload.len();
-    let mut frame = BytesMut::with_capacity(len + 10);
-    frame.put_u8(FIN | opcode);
-    if len < 126 {
-        frame.put_u8(len as u8);
-    } else if let Ok(short) = u16::try_from(len) {
-        frame.put_u8(126);
-        frame.put_u16(short);
-    } else {
-        frame.put_u8(127);
-        frame.put_u64(len as u64);
-    }
-    frame.put_slice(payload);
-    frame.freeze()
+/// One final, unmasked frame, header and payload in one buffer (fastwebsockets formats the
+/// header).
+fn build(mut frame: Frame<'_>) -> Bytes {
+    let mut head = [0; MAX_HEAD];
+    let size = frame.fmt_head(&mut head);
+    let mut out = BytesMut::with_capacity(size + frame.payload.len());
+    out.put_slice(&head[..size]);
+    out.put_slice(&frame.payload);
+    out.freeze()
 }
 
 /// A protocol message in the connection's encoding: a text frame for JSON, binary for
 /// MessagePack (DESIGN §7).
 pub(crate) fn message(encoding: Encoding, payload: &[u8]) -> Bytes {
-    build(if encoding.is_binary() { BINARY } else { TEXT }, payload)
+    let payload = Payload::Borrowed(payload);
+    build(if encoding.is_binary() {
+        Frame::binary(payload)
+    } else {
+        Frame::text(payload)
+    })
 }
 
 /// A Close frame with its status code and reason.
 pub(crate) fn close(code: u16, reason: &str) -> Bytes {
-    let mut payload = Vec::with_capacity(2 + reason.len());
-    payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(reason.as_bytes());
-    build(CLOSE, &payload)
+    build(Frame::close(code, reason.as_bytes()))
 }
 
 /// A Ping frame.
 pub(crate) fn ping(payload: &[u8]) -> Bytes {
-    build(PING, payload)
+    control(OpCode::Ping, payload)
 }
 
 /// A control frame the reader is obliged to answer with (a Pong for a Ping, the echo of a
 /// Close), as the WebSocket library hands it over.
-pub(crate) fn control(opcode: fastwebsockets::OpCode, payload: &[u8]) -> Bytes {
-    let code = match opcode {
-        fastwebsockets::OpCode::Close => CLOSE,
-        fastwebsockets::OpCode::Ping => PING,
-        fastwebsockets::OpCode::Pong => PONG,
-        fastwebsockets::OpCode::Text => TEXT,
-        fastwebsockets::OpCode::Binary => BINARY,
-        fastwebsockets::OpCode::Continuation => 0,
-    };
-    build(code, payload)
+pub(crate) fn control(opcode: OpCode, payload: &[u8]) -> Bytes {
+    build(Frame::new(true, opcode, None, Payload::Borrowed(payload)))
 }
 
 /// Whether `frame` (built here) is a Close frame.
 #[cfg(test)]
 pub(crate) fn is_close(frame: &[u8]) -> bool {
-    frame.first().is_some_and(|b| b & 0x0F == CLOSE)
+    frame
+        .first()
+        .is_some_and(|b| b & 0x0F == OpCode::Close as u8)
 }
 
 #[cfg(test)]
