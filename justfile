@@ -65,8 +65,12 @@ bench-gateway: deps
 bench-store: deps
     cargo run --release -q -p gs --example bench_store
 
+# Building and encoding 10k events (the MessagePack every service writes): medians of 9.
+bench-encode:
+    cargo run --release -q -p protocol --example bench-encode
+
 # Every benchmark.
-bench: bench-store bench-gms bench-gateway
+bench: bench-encode bench-store bench-gms bench-gateway
 
 # Flags: `--table T --from-round N --to-round M --json`.
 # Verify the event store end to end (gapless positions, hash chain); exit 0 only when it holds.
