@@ -25,29 +25,43 @@ cargo build -q --release -p croupier
 bin=$root/target/release/croupier
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-nats_port=$(free_port); ws_port=$(free_port); http_port=$(free_port)
-# The config's websocket port is fixed; this run's copy gets a free one.
-sed "s/127.0.0.1:9222/127.0.0.1:$ws_port/" ops/nats/bench-ws.conf >"$work/ws.conf"
-.tools/venv/bin/nats-server -c "$work/ws.conf" -a 127.0.0.1 -p "$nats_port" -sd "$work/js" >"$work/nats.log" 2>&1 &
-nats_pid=$!; pids+=("$nats_pid")
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$ws_port") 2>/dev/null && break; sleep 0.1; done
-
-export NATS_URL="nats://127.0.0.1:$nats_port" CROUPIER_HTTP_ADDR="127.0.0.1:$http_port"
 export CROUPIER_JWT_SECRET=bench-secret-bench-secret-bench-secret CROUPIER_ENDPOINTS_FILE=/nonexistent
 export RUST_LOG=warn
-"$bin" run gateway >"$work/gateway.log" 2>&1 &
-gw_pid=$!; pids+=("$gw_pid")
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$http_port") 2>/dev/null && break; sleep 0.1; done
+
+# Fresh servers for every size: a server's RSS per connection is (RSS with the clients - RSS
+# before them), and memory a previous size's clients left in the allocator would hide part of
+# the next size's.
+start_servers() {
+  nats_port=$(free_port); ws_port=$(free_port); http_port=$(free_port)
+  # The config's websocket port is fixed; this run's copy gets a free one.
+  sed "s/127.0.0.1:9222/127.0.0.1:$ws_port/" ops/nats/bench-ws.conf >"$work/ws.conf"
+  rm -rf "$work/js"
+  .tools/venv/bin/nats-server -c "$work/ws.conf" -a 127.0.0.1 -p "$nats_port" -sd "$work/js" >>"$work/nats.log" 2>&1 &
+  nats_pid=$!; pids+=("$nats_pid")
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$ws_port") 2>/dev/null && break; sleep 0.1; done
+  NATS_URL="nats://127.0.0.1:$nats_port" CROUPIER_HTTP_ADDR="127.0.0.1:$http_port" \
+    "$bin" run gateway >>"$work/gateway.log" 2>&1 &
+  gw_pid=$!; pids+=("$gw_pid")
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$http_port") 2>/dev/null && break; sleep 0.1; done
+}
+stop_servers() {
+  kill "$gw_pid" "$nats_pid" 2>/dev/null || true
+  wait "$gw_pid" "$nats_pid" 2>/dev/null || true
+}
 
 for n in $sizes; do
+  start_servers
   echo "== $n clients, croupier gateway"
-  "$bin" loadgen --quiet --url "ws://127.0.0.1:$http_port/ws" --target croupier --table bench \
+  NATS_URL="nats://127.0.0.1:$nats_port" "$bin" loadgen --quiet --url "ws://127.0.0.1:$http_port/ws" \
+    --target croupier --table bench \
     --clients "$n" --duration "$duration" --publish-rate "$rate" --source-addrs 4 \
     --server-pid "$gw_pid" --json "$out/croupier-$n.json"
   echo "== $n clients, nats-server websocket"
-  "$bin" loadgen --quiet --url "ws://127.0.0.1:$ws_port" --target nats --table bench \
+  NATS_URL="nats://127.0.0.1:$nats_port" "$bin" loadgen --quiet --url "ws://127.0.0.1:$ws_port" \
+    --target nats --table bench \
     --clients "$n" --duration "$duration" --publish-rate "$rate" --source-addrs 4 \
     --server-pid "$nats_pid" --json "$out/nats-$n.json"
+  stop_servers
 done
 
 python3 - "$out" $sizes <<'PY'

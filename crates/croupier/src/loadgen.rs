@@ -11,27 +11,24 @@
 //! side by side on the same events. `--publish-rate` makes loadgen itself publish synthetic
 //! `round_opened` events to `table.<table>.round` on JetStream at that rate, for both.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bus::Bus;
 use clap::{Args, ValueEnum};
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
-use protocol::Encoding;
-
 use crate::config::Resolved;
+
+mod clients;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
@@ -78,12 +75,12 @@ pub struct LoadgenArgs {
     /// No progress bar (for scripts).
     #[arg(long)]
     pub quiet: bool,
-    /// Runtime worker threads for the clients. One by default: loadgen shares the machine with
-    /// the server it measures, and a second thread mostly adds wakeups, context switches and
-    /// work stealing (about 40% more CPU per delivered message at 10k clients on 2 cores).
+    /// Threads reading the clients' sockets (each polls its share of them). One by default:
+    /// loadgen shares the machine with the server it measures, and a second thread mostly adds
+    /// wakeups and context switches on two cores.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Before a thread blocks waiting for its sockets, it first sleeps this long, so that it
+    /// Before a reader thread waits for its sockets, it first sleeps this long, so that it
     /// wakes to many readable sockets at once instead of once per message (each wakeup is paid
     /// by the sender too). Adds at most this much to every latency measured, never less:
     /// `0s` turns it off.
@@ -91,16 +88,12 @@ pub struct LoadgenArgs {
     pub read_batching: Duration,
 }
 
-/// The runtime loadgen runs on (see [`LoadgenArgs::threads`] and
-/// [`LoadgenArgs::read_batching`]).
-pub fn runtime(args: &LoadgenArgs) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(args.threads.max(1)).enable_all();
-    let pause = args.read_batching;
-    if !pause.is_zero() {
-        builder.on_thread_park(move || std::thread::sleep(pause));
-    }
-    builder.build()
+/// The runtime loadgen runs on: one thread for connecting, publishing and the report; the
+/// connected clients are read by [`LoadgenArgs::threads`] threads of their own.
+pub fn runtime(_args: &LoadgenArgs) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 /// What one run measured.
@@ -147,7 +140,7 @@ impl Percentiles {
     }
 }
 
-/// Counters shared by every client task.
+/// Counters shared by the reader threads and the report.
 struct Shared {
     latency: std::sync::Mutex<Histogram<u64>>,
     bet_latency: std::sync::Mutex<Histogram<u64>>,
@@ -165,11 +158,6 @@ struct Shared {
 impl Shared {
     fn is_measuring(&self) -> bool {
         self.measuring.load(Ordering::Relaxed) == 1
-    }
-
-    fn record(histogram: &std::sync::Mutex<Histogram<u64>>, micros: u64) {
-        let mut histogram = histogram.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = histogram.record(micros.max(1));
     }
 }
 
@@ -230,8 +218,34 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
         _ => None,
     };
 
+    let reader_config = Arc::new(clients::ReaderConfig {
+        target: args.target,
+        table: args.table.clone(),
+        read_batching: args.read_batching,
+    });
+    let reader_stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..args.threads.max(1) {
+        readers.push(clients::spawn_reader(
+            reader_config.clone(),
+            shared.clone(),
+            reader_stop.clone(),
+        )?);
+    }
+    let url = Arc::new(args.url.clone());
+    let first = Arc::new(match args.target {
+        Target::Croupier => {
+            serde_json::json!({"type": "subscribe", "channel": format!("table.{}", args.table)})
+                .to_string()
+        }
+        Target::Nats => format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"headers\":false}}\r\nSUB table.{}.round 1\r\n",
+            args.table
+        ),
+    });
+
     let progress = progress_bar(&args, args.clients as u64, "connecting");
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut connecting = tokio::task::JoinSet::new();
     let gap = Duration::from_secs_f64(1.0 / f64::from(args.connect_rate.max(1)));
     for i in 0..args.clients {
         let token = (i < args.bettors).then(|| {
@@ -249,15 +263,27 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
         let token = token.transpose()?;
         let client = Client {
             index: i,
-            url: args.url.clone(),
+            url: url.clone(),
             target: args.target,
-            table: args.table.clone(),
+            first: first.clone(),
             token,
             source: source_addr(i, args.source_addrs),
-            shared: shared.clone(),
-            stop: stop.clone(),
         };
-        tasks.spawn(client.run());
+        let reader = readers[i % readers.len()].0.clone();
+        let counters = shared.clone();
+        connecting.spawn(async move {
+            match client.connect().await {
+                Ok(connected) => {
+                    counters.connected.fetch_add(1, Ordering::Relaxed);
+                    reader.hand_over(connected).await;
+                }
+                Err(error) => {
+                    tracing::debug!(client = client.index, %error, "connect failed");
+                    counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        while connecting.try_join_next().is_some() {}
         progress.set_position(shared.connected.load(Ordering::Relaxed));
         tokio::time::sleep(gap).await;
     }
@@ -292,7 +318,23 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     shared.measuring.store(0, Ordering::Relaxed);
     let elapsed = measure_start.elapsed().as_secs_f64();
     stop.cancel();
-    while tasks.join_next().await.is_some() {}
+    connecting.abort_all();
+    while connecting.join_next().await.is_some() {}
+    reader_stop.store(true, Ordering::Release);
+    for (handle, thread) in readers {
+        handle.wake();
+        let tally = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .context("join a reader thread")?
+            .map_err(|_| anyhow::anyhow!("a reader thread panicked"))??;
+        let merge = |into: &std::sync::Mutex<Histogram<u64>>, from: &Histogram<u64>| {
+            let mut into = into.lock().unwrap_or_else(|e| e.into_inner());
+            into.add(from)
+                .map_err(|e| anyhow::anyhow!("merge latency histograms: {e:?}"))
+        };
+        merge(&shared.latency, &tally.latency)?;
+        merge(&shared.bet_latency, &tally.bet_latency)?;
+    }
     if let Some(publisher) = publisher {
         let _ = publisher.await;
     }
@@ -477,63 +519,26 @@ struct EventTime {
 
 struct Client {
     index: usize,
-    url: String,
+    url: Arc<String>,
     target: Target,
-    table: String,
+    /// The first text frame: Croupier's `subscribe`, or NATS's `CONNECT` and `SUB`.
+    first: Arc<String>,
     token: Option<String>,
     source: Option<IpAddr>,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-/// Bytes each client reads from its socket at once. tungstenite zero-fills its read buffer up
-/// to this size before every read (twice per message: the read and the `WouldBlock` after it);
-/// its default of 128 KiB made that fill over half of loadgen's CPU at 10k clients, time taken
-/// from the server it measures on a shared machine. Events are a few hundred bytes, and a larger
-/// frame still arrives whole (the buffer grows to the frame's length).
-const CLIENT_READ_BUFFER: usize = 4 * 1024;
-
-fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(CLIENT_READ_BUFFER)
 }
 
 impl Client {
-    async fn run(self) {
-        let ws = match self.connect().await {
-            Ok(ws) => ws,
-            Err(error) => {
-                tracing::debug!(client = self.index, %error, "connect failed");
-                self.shared.connect_failures.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        };
-        self.shared.connected.fetch_add(1, Ordering::Relaxed);
-        let result = match self.target {
-            Target::Croupier => self.follow_croupier(ws).await,
-            Target::Nats => self.follow_nats(ws).await,
-        };
-        if let Err(code) = result {
-            self.shared.drops.fetch_add(1, Ordering::Relaxed);
-            if code == Some(4008) {
-                self.shared.slow_closes.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    async fn connect(&self) -> anyhow::Result<Ws> {
+    async fn connect(&self) -> anyhow::Result<clients::Connected> {
         let url = match &self.token {
             Some(token) => format!("{}?token={token}", self.url),
-            None => self.url.clone(),
+            None => self.url.to_string(),
         };
         let mut request = url.as_str().into_client_request()?;
-        if self.target == Target::Croupier {
-            request.headers_mut().insert(
-                "Sec-WebSocket-Protocol",
-                HeaderValue::from_static("croupier.v1.json"),
-            );
+        let protocol = (self.target == Target::Croupier).then_some("croupier.v1.json");
+        if let Some(protocol) = protocol {
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(protocol));
         }
         let uri = request.uri();
         let host = uri.host().unwrap_or("127.0.0.1").to_string();
@@ -548,165 +553,12 @@ impl Client {
         }
         let stream = socket.connect(remote).await?;
         stream.set_nodelay(true)?;
-        let (ws, _) =
-            tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config())).await?;
-        Ok(ws)
-    }
-
-    /// Returns how the connection ended when it was not our own stop: `Err(close code)`.
-    async fn follow_croupier(&self, mut ws: Ws) -> Result<(), Option<u16>> {
-        let subscribe =
-            serde_json::json!({"type": "subscribe", "channel": format!("table.{}", self.table)});
-        ws.send(Message::text(subscribe.to_string()))
-            .await
-            .map_err(|_| None)?;
-        let mut bets_sent: HashMap<String, Instant> = HashMap::new();
-        let mut next_bet = 0u64;
-        // One wait for the whole run: re-creating it per message joins and leaves a waiter list
-        // shared by every client, under its lock.
-        let stopped = self.stop.cancelled();
-        tokio::pin!(stopped);
-        loop {
-            let message = tokio::select! {
-                () = &mut stopped => {
-                    let _ = ws.close(None).await;
-                    return Ok(());
-                }
-                message = ws.next() => message,
-            };
-            let text = match message {
-                Some(Ok(Message::Text(text))) => text,
-                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Err(None),
-            };
-            // Only the few fields measured are read, borrowed: with 10k clients the generator
-            // shares the cores with the server, and a full JSON tree per message would make it
-            // the bottleneck of the latency it reports.
-            let Ok(message) = serde_json::from_str::<Incoming<'_>>(text.as_str()) else {
-                continue;
-            };
-            match message.kind.as_ref() {
-                "event" => {
-                    let event = message.event.as_ref();
-                    self.on_delivery(event.map(|e| e.at.as_ref()));
-                    if self.token.is_some() && event.is_some_and(|e| e.kind == "round_opened") {
-                        let Some(round) = event.and_then(|e| e.round) else {
-                            continue;
-                        };
-                        next_bet += 1;
-                        let request_id = format!("{}-{next_bet}", self.index);
-                        let bet = serde_json::json!({
-                            "type": "bet", "request_id": request_id, "bet_id": uuid::Uuid::new_v4().to_string(),
-                            "table": self.table, "round": round, "selection": {"kind": "red"}, "amount": 10
-                        });
-                        bets_sent.insert(request_id, Instant::now());
-                        ws.send(Message::text(bet.to_string()))
-                            .await
-                            .map_err(|_| None)?;
-                    }
-                }
-                "bet_result" | "error" => {
-                    if let Some(sent) = message
-                        .request_id
-                        .as_deref()
-                        .and_then(|id| bets_sent.remove(id))
-                    {
-                        self.shared.bets_answered.fetch_add(1, Ordering::Relaxed);
-                        if message.kind == "bet_result" {
-                            self.shared.bets_accepted.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if self.shared.is_measuring() {
-                            Shared::record(
-                                &self.shared.bet_latency,
-                                sent.elapsed().as_micros() as u64,
-                            );
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-
-    async fn follow_nats(&self, mut ws: Ws) -> Result<(), Option<u16>> {
-        let hello = format!(
-            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"headers\":false}}\r\nSUB table.{}.round 1\r\n",
-            self.table
-        );
-        ws.send(Message::text(hello)).await.map_err(|_| None)?;
-        let mut buffer: Vec<u8> = Vec::new();
-        let stopped = self.stop.cancelled();
-        tokio::pin!(stopped);
-        loop {
-            let message = tokio::select! {
-                () = &mut stopped => {
-                    let _ = ws.close(None).await;
-                    return Ok(());
-                }
-                message = ws.next() => message,
-            };
-            match message {
-                Some(Ok(Message::Binary(bytes))) => buffer.extend_from_slice(&bytes),
-                Some(Ok(Message::Text(text))) => buffer.extend_from_slice(text.as_bytes()),
-                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Err(None),
-            }
-            // Parse every complete NATS protocol operation in the buffer, in place.
-            let mut consumed = 0;
-            while let Some(line_len) = buffer[consumed..].windows(2).position(|w| w == b"\r\n") {
-                let line = &buffer[consumed..consumed + line_len];
-                let body = consumed + line_len + 2;
-                if line.starts_with(b"PING") {
-                    consumed = body;
-                    ws.send(Message::text("PONG\r\n")).await.map_err(|_| None)?;
-                    continue;
-                }
-                if let Some(rest) = line.strip_prefix(b"MSG ") {
-                    // `MSG <subject> <sid> [reply-to] <#bytes>`: the size is the last field.
-                    let len = std::str::from_utf8(rest)
-                        .ok()
-                        .and_then(|rest| rest.split_ascii_whitespace().last())
-                        .and_then(|n| n.parse::<usize>().ok());
-                    let Some(len) = len else {
-                        consumed = body;
-                        continue;
-                    };
-                    if buffer.len() < body + len + 2 {
-                        break; // payload not complete yet
-                    }
-                    let at = Encoding::MsgPack
-                        .decode::<EventTime>(&buffer[body..body + len])
-                        .ok()
-                        .map(|e| e.at.unix_micros());
-                    self.on_delivery_micros(at);
-                    consumed = body + len + 2;
-                    continue;
-                }
-                // +OK, INFO, PONG, -ERR: nothing to measure.
-                consumed = body;
-            }
-            buffer.drain(..consumed);
-        }
-    }
-
-    fn on_delivery(&self, at: Option<&str>) {
-        let at = at
-            .and_then(|s| domain::Timestamp::parse(s).ok())
-            .map(|t| t.unix_micros());
-        self.on_delivery_micros(at);
-    }
-
-    fn on_delivery_micros(&self, at_micros: Option<i64>) {
-        if !self.shared.is_measuring() {
-            return;
-        }
-        self.shared.delivered.fetch_add(1, Ordering::Relaxed);
-        if let Some(at) = at_micros {
-            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
-            let latency = (now as i64 - at).max(0) as u64;
-            Shared::record(&self.shared.latency, latency);
-        }
+        let (stream, leftover) = clients::handshake(stream, request, protocol, &self.first).await?;
+        Ok(clients::Connected {
+            index: self.index,
+            stream,
+            leftover,
+            bettor: self.token.is_some(),
+        })
     }
 }

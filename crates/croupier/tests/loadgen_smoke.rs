@@ -1,6 +1,7 @@
 //! A smoke run of `croupier loadgen` (issue 9): 200 clients on a real gateway and nats-server,
-//! with loadgen publishing the events itself. It checks that the tool connects everyone, sees
-//! the events and writes its report — not how fast anything is (that is `just bench-gateway`).
+//! 20 of them betting, with loadgen publishing the events itself. It checks that the tool
+//! connects everyone, sees the events, matches bets to answers and writes its report — not how
+//! fast anything is (that is `just bench-gateway`).
 
 mod common;
 
@@ -30,6 +31,8 @@ async fn loadgen_connects_200_clients_and_reports_what_they_received() {
         "smoke",
         "--clients",
         "200",
+        "--bettors",
+        "20",
         "--duration",
         "3s",
         "--publish-rate",
@@ -61,4 +64,11 @@ async fn loadgen_connects_200_clients_and_reports_what_they_received() {
         Some(delivered),
         "{report}"
     );
+    // The bettors bet on each round opened and read their answers (no game server runs here,
+    // so the answers are errors, but each is matched to its bet by request id; those answered
+    // while measuring are timed).
+    let answered = report["bets_answered"].as_u64().expect("bets_answered");
+    assert!(answered >= 20, "only {answered} bets answered: {report}");
+    let timed = report["bet_latency_ms"]["samples"].as_u64().expect("samples");
+    assert!((1..=answered).contains(&timed), "{report}");
 }

@@ -1,0 +1,608 @@
+//! loadgen's clients once connected: a few reader threads, each polling its share of the
+//! sockets with `mio`, instead of a tokio task per client (ADR 0017).
+//!
+//! loadgen shares the machine with the server it measures, so its own cost per delivered
+//! message is taken from that server: a task per client cost a wakeup, a scheduler round trip,
+//! tungstenite's zero-filled read buffer and a second read for `WouldBlock` per message. Here a
+//! readable socket is read once (a short read means it is empty: the poll is edge-triggered, so
+//! data arriving later raises a new event), frames are found in place with tungstenite's
+//! header parser, and latencies go to a histogram of the thread's own.
+//!
+//! The WebSocket handshake and the first request (`subscribe`, or NATS's `CONNECT`/`SUB`) are
+//! done before a client is handed over ([`handshake`]), keeping whatever the server sent after
+//! its response.
+
+use std::collections::HashMap;
+use std::io::{Cursor, ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::client::{Request, Response, generate_request};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::handshake::machine::TryParse;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader};
+
+use protocol::Encoding;
+
+use super::{EventTime, Incoming, Shared, Target};
+
+/// Largest HTTP response to an upgrade, and largest WebSocket message, a client accepts.
+const MAX_RESPONSE: usize = 16 * 1024;
+const MAX_MESSAGE: usize = 1024 * 1024;
+/// Read size: one read takes every message waiting on a socket at these rates.
+const READ_CHUNK: usize = 64 * 1024;
+/// Connections waiting to be taken by a reader thread.
+const HANDOVER_QUEUE: usize = 1024;
+
+/// A client after its handshake, ready for a reader thread.
+pub(super) struct Connected {
+    pub index: usize,
+    pub stream: TcpStream,
+    /// Bytes the server sent after its upgrade response (frames already on their way).
+    pub leftover: Vec<u8>,
+    /// Bettors carry a token (Croupier only).
+    pub bettor: bool,
+}
+
+/// Connects the WebSocket: the upgrade request, its response checked (status 101, the accept
+/// key, for Croupier the subprotocol), then `first` sent as a text frame. Returns the stream and
+/// whatever followed the response.
+pub(super) async fn handshake(
+    mut stream: tokio::net::TcpStream,
+    request: Request,
+    expect_protocol: Option<&str>,
+    first: &str,
+) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    let (bytes, key) = generate_request(request).context("build the upgrade request")?;
+    stream.write_all(&bytes).await?;
+    let mut buffer = Vec::with_capacity(1024);
+    let (length, response) = loop {
+        if stream.read_buf(&mut buffer).await? == 0 {
+            anyhow::bail!("the server closed the connection during the handshake");
+        }
+        if let Some(parsed) = Response::try_parse(&buffer).context("the upgrade response")? {
+            break parsed;
+        }
+        if buffer.len() > MAX_RESPONSE {
+            anyhow::bail!("the upgrade response is over {MAX_RESPONSE} bytes");
+        }
+    };
+    if response.status().as_u16() != 101 {
+        anyhow::bail!("the server answered the upgrade with {}", response.status());
+    }
+    let accept = response.headers().get("Sec-WebSocket-Accept");
+    if accept.map(|v| v.as_bytes()) != Some(derive_accept_key(key.as_bytes()).as_bytes()) {
+        anyhow::bail!("the upgrade response has a wrong Sec-WebSocket-Accept");
+    }
+    if let Some(expected) = expect_protocol {
+        let protocol = response.headers().get("Sec-WebSocket-Protocol");
+        if protocol.map(|v| v.as_bytes()) != Some(expected.as_bytes()) {
+            anyhow::bail!("the server did not accept the subprotocol {expected}");
+        }
+    }
+    let leftover = buffer.split_off(length);
+    stream.write_all(&text_frame(first.as_bytes())).await?;
+    let stream = stream.into_std()?;
+    Ok((stream, leftover))
+}
+
+/// A masked client frame (RFC 6455 §5.3) with `payload`.
+fn client_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Frame::message(bytes::Bytes::copy_from_slice(payload), opcode, true);
+    frame.header_mut().mask = Some(mask());
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    // Writing to a Vec cannot fail.
+    let _ = frame.format(&mut out);
+    out
+}
+
+fn text_frame(payload: &[u8]) -> Vec<u8> {
+    client_frame(OpCode::Data(Data::Text), payload)
+}
+
+fn mask() -> [u8; 4] {
+    let id = uuid::Uuid::new_v4();
+    let b = id.as_bytes();
+    [b[0], b[1], b[2], b[3]]
+}
+
+/// Where a reader thread's connections come from, and how to wake it when one waits.
+#[derive(Clone)]
+pub(super) struct Handle {
+    tx: SyncSender<Connected>,
+    waker: Arc<mio::Waker>,
+}
+
+impl Handle {
+    /// Hands a connection over; waits while the thread's queue is full.
+    pub async fn hand_over(&self, mut connected: Connected) {
+        loop {
+            match self.tx.try_send(connected) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) => {
+                    connected = back;
+                    let _ = self.waker.wake();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+        let _ = self.waker.wake();
+    }
+
+    pub fn wake(&self) {
+        let _ = self.waker.wake();
+    }
+}
+
+/// What a reader thread measured, merged into [`Shared`] when it ends.
+pub(super) struct Tally {
+    pub latency: Histogram<u64>,
+    pub bet_latency: Histogram<u64>,
+}
+
+/// Settings every reader thread shares.
+pub(super) struct ReaderConfig {
+    pub target: Target,
+    pub table: String,
+    pub read_batching: Duration,
+}
+
+const WAKER: mio::Token = mio::Token(usize::MAX);
+
+/// Starts a reader thread; it runs until `stop` is set (and the handle woken).
+pub(super) fn spawn_reader(
+    config: Arc<ReaderConfig>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(Handle, std::thread::JoinHandle<anyhow::Result<Tally>>)> {
+    let poll = mio::Poll::new().context("create a poll")?;
+    let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER).context("create a waker")?);
+    let (tx, rx) = std::sync::mpsc::sync_channel(HANDOVER_QUEUE);
+    let thread = std::thread::Builder::new()
+        .name("loadgen-reader".into())
+        .spawn(move || {
+            Reader {
+                config,
+                shared,
+                poll,
+                conns: Vec::new(),
+                free: Vec::new(),
+                scratch: vec![0; READ_CHUNK],
+                tally: Tally {
+                    latency: super::histogram()?,
+                    bet_latency: super::histogram()?,
+                },
+            }
+            .run(&rx, &stop)
+        })
+        .context("start a reader thread")?;
+    Ok((Handle { tx, waker }, thread))
+}
+
+struct Conn {
+    index: usize,
+    stream: mio::net::TcpStream,
+    /// Bytes of a frame not complete yet.
+    partial: Vec<u8>,
+    /// A fragmented message being put together.
+    fragments: Option<Vec<u8>>,
+    /// Frames the socket would not take yet.
+    unsent: Vec<u8>,
+    /// NATS protocol bytes not parsed yet (`--target nats`).
+    nats: Vec<u8>,
+    bettor: bool,
+    bets_sent: HashMap<String, Instant>,
+    next_bet: u64,
+}
+
+/// How a connection ended while measuring: the server's close code, if it sent one.
+struct Ended(Option<u16>);
+
+struct Reader {
+    config: Arc<ReaderConfig>,
+    shared: Arc<Shared>,
+    poll: mio::Poll,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    scratch: Vec<u8>,
+    tally: Tally,
+}
+
+impl Reader {
+    fn run(mut self, rx: &Receiver<Connected>, stop: &AtomicBool) -> anyhow::Result<Tally> {
+        let mut events = mio::Events::with_capacity(1024);
+        let pause = self.config.read_batching;
+        while !stop.load(Ordering::Acquire) {
+            // Take what is ready; with nothing ready, pause first (`--read-batching`) so that
+            // the next wait wakes to many sockets instead of one, then wait.
+            let mut ready = self.wait(&mut events, Duration::ZERO)?;
+            if !ready && !pause.is_zero() {
+                std::thread::sleep(pause);
+                ready = self.wait(&mut events, Duration::ZERO)?;
+            }
+            if !ready {
+                self.wait(&mut events, Duration::from_millis(100))?;
+            }
+            for event in &events {
+                if event.token() == WAKER {
+                    continue;
+                }
+                let slot = event.token().0;
+                if let Err(Ended(code)) = self.service(slot, event.is_writable()) {
+                    self.end(slot, code);
+                }
+            }
+            while let Ok(connected) = rx.try_recv() {
+                self.adopt(connected);
+            }
+        }
+        // Our own stop: a Close to each server, best effort.
+        let mut close = Frame::close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }));
+        close.header_mut().mask = Some(mask());
+        let mut frame = Vec::with_capacity(16);
+        let _ = close.format(&mut frame);
+        for conn in self.conns.iter_mut().flatten() {
+            let _ = conn.stream.write(&frame);
+        }
+        Ok(self.tally)
+    }
+
+    /// Polls; says whether anything is ready.
+    fn wait(&mut self, events: &mut mio::Events, timeout: Duration) -> anyhow::Result<bool> {
+        match self.poll.poll(events, Some(timeout)) {
+            Ok(()) => Ok(!events.is_empty()),
+            Err(error) if error.kind() == ErrorKind::Interrupted => Ok(false),
+            Err(error) => Err(error).context("poll"),
+        }
+    }
+
+    fn adopt(&mut self, connected: Connected) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        let mut stream = mio::net::TcpStream::from_std(connected.stream);
+        if stream.set_nodelay(true).is_err()
+            || self
+                .poll
+                .registry()
+                .register(
+                    &mut stream,
+                    mio::Token(slot),
+                    mio::Interest::READABLE | mio::Interest::WRITABLE,
+                )
+                .is_err()
+        {
+            self.free.push(slot);
+            self.count_drop(None);
+            return;
+        }
+        self.conns[slot] = Some(Conn {
+            index: connected.index,
+            stream,
+            partial: Vec::new(),
+            fragments: None,
+            unsent: Vec::new(),
+            nats: Vec::new(),
+            bettor: connected.bettor,
+            bets_sent: HashMap::new(),
+            next_bet: 0,
+        });
+        // Frames that came with the upgrade response.
+        if !connected.leftover.is_empty() {
+            let leftover = connected.leftover;
+            if let Err(Ended(code)) = self.take(slot, &leftover) {
+                self.end(slot, code);
+            }
+        }
+    }
+
+    fn end(&mut self, slot: usize, code: Option<u16>) {
+        if let Some(mut conn) = self.conns[slot].take() {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.free.push(slot);
+            self.count_drop(code);
+        }
+    }
+
+    fn count_drop(&self, code: Option<u16>) {
+        self.shared
+            .drops
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if code == Some(4008) {
+            self.shared
+                .slow_closes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Reads what the socket has and writes what waits.
+    fn service(&mut self, slot: usize, writable: bool) -> Result<(), Ended> {
+        if writable {
+            self.flush(slot)?;
+        }
+        loop {
+            let Some(conn) = self.conns[slot].as_mut() else {
+                return Ok(());
+            };
+            let n = match conn.stream.read(&mut self.scratch) {
+                Ok(0) => return Err(Ended(None)),
+                Ok(n) => n,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return Err(Ended(None)),
+            };
+            let data = std::mem::take(&mut self.scratch);
+            let result = self.take(slot, &data[..n]);
+            self.scratch = data;
+            result?;
+            // Edge-triggered: a read shorter than the buffer emptied the socket, and data
+            // arriving after it raises a new event.
+            if n < self.scratch.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Takes newly read bytes: every complete frame in them is handled, the rest kept.
+    fn take(&mut self, slot: usize, data: &[u8]) -> Result<(), Ended> {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return Ok(());
+        };
+        if conn.partial.is_empty() {
+            let used = self.frames(slot, data)?;
+            if let Some(conn) = self.conns[slot].as_mut() {
+                conn.partial.extend_from_slice(&data[used..]);
+            }
+        } else {
+            conn.partial.extend_from_slice(data);
+            let buffered = std::mem::take(&mut conn.partial);
+            let used = self.frames(slot, &buffered)?;
+            if let Some(conn) = self.conns[slot].as_mut() {
+                conn.partial = buffered;
+                conn.partial.drain(..used);
+            }
+        }
+        match self.conns[slot].as_ref() {
+            Some(conn) if conn.partial.len() > MAX_MESSAGE + 14 => Err(Ended(None)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Handles the complete frames at the start of `data`; returns how many bytes they took.
+    fn frames(&mut self, slot: usize, data: &[u8]) -> Result<usize, Ended> {
+        let mut at = 0;
+        while at < data.len() {
+            let mut cursor = Cursor::new(&data[at..]);
+            let (header, length) = match FrameHeader::parse(&mut cursor) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => break,
+                Err(_) => return Err(Ended(None)),
+            };
+            let header_len = cursor.position() as usize;
+            let length = usize::try_from(length).map_err(|_| Ended(None))?;
+            if length > MAX_MESSAGE || header.mask.is_some() {
+                return Err(Ended(None));
+            }
+            if data.len() - at - header_len < length {
+                break;
+            }
+            let payload = &data[at + header_len..at + header_len + length];
+            at += header_len + length;
+            self.frame(slot, &header, payload)?;
+        }
+        Ok(at)
+    }
+
+    fn frame(&mut self, slot: usize, header: &FrameHeader, payload: &[u8]) -> Result<(), Ended> {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return Ok(());
+        };
+        match header.opcode {
+            OpCode::Data(Data::Text | Data::Binary) if header.is_final => {
+                if conn.fragments.is_some() {
+                    return Err(Ended(None));
+                }
+                self.message(slot, payload)
+            }
+            OpCode::Data(Data::Text | Data::Binary) => {
+                conn.fragments = Some(payload.to_vec());
+                Ok(())
+            }
+            OpCode::Data(Data::Continue) => {
+                let Some(fragments) = conn.fragments.as_mut() else {
+                    return Err(Ended(None));
+                };
+                fragments.extend_from_slice(payload);
+                if fragments.len() > MAX_MESSAGE {
+                    return Err(Ended(None));
+                }
+                if header.is_final {
+                    let whole = conn.fragments.take().unwrap_or_default();
+                    self.message(slot, &whole)?;
+                }
+                Ok(())
+            }
+            OpCode::Control(Control::Ping) => {
+                self.send(slot, &client_frame(OpCode::Control(Control::Pong), payload))
+            }
+            OpCode::Control(Control::Pong) => Ok(()),
+            OpCode::Control(Control::Close) => {
+                let code =
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                Err(Ended(code))
+            }
+            OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
+                Err(Ended(None))
+            }
+        }
+    }
+
+    fn message(&mut self, slot: usize, payload: &[u8]) -> Result<(), Ended> {
+        match self.config.target {
+            Target::Croupier => self.croupier_message(slot, payload),
+            Target::Nats => self.nats_bytes(slot, payload),
+        }
+    }
+
+    fn croupier_message(&mut self, slot: usize, payload: &[u8]) -> Result<(), Ended> {
+        // Only the few fields measured are read, borrowed.
+        let Ok(message) = serde_json::from_slice::<Incoming<'_>>(payload) else {
+            return Ok(());
+        };
+        match message.kind.as_ref() {
+            "event" => {
+                let event = message.event.as_ref();
+                let at = event
+                    .and_then(|e| domain::Timestamp::parse(&e.at).ok())
+                    .map(|t| t.unix_micros());
+                self.delivered(at);
+                let Some(conn) = self.conns[slot].as_mut() else {
+                    return Ok(());
+                };
+                if conn.bettor && event.is_some_and(|e| e.kind == "round_opened") {
+                    let Some(round) = event.and_then(|e| e.round) else {
+                        return Ok(());
+                    };
+                    conn.next_bet += 1;
+                    let request_id = format!("{}-{}", conn.index, conn.next_bet);
+                    let bet = serde_json::json!({
+                        "type": "bet", "request_id": request_id, "bet_id": uuid::Uuid::new_v4().to_string(),
+                        "table": self.config.table, "round": round, "selection": {"kind": "red"}, "amount": 10
+                    });
+                    conn.bets_sent.insert(request_id, Instant::now());
+                    let frame = text_frame(bet.to_string().as_bytes());
+                    self.send(slot, &frame)?;
+                }
+            }
+            "bet_result" | "error" => {
+                let Some(conn) = self.conns[slot].as_mut() else {
+                    return Ok(());
+                };
+                if let Some(sent) = message
+                    .request_id
+                    .as_deref()
+                    .and_then(|id| conn.bets_sent.remove(id))
+                {
+                    self.shared.bets_answered.fetch_add(1, Ordering::Relaxed);
+                    if message.kind == "bet_result" {
+                        self.shared.bets_accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if self.shared.is_measuring() {
+                        let micros = sent.elapsed().as_micros() as u64;
+                        let _ = self.tally.bet_latency.record(micros.max(1));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// NATS protocol over WebSocket: messages are a byte stream of protocol operations.
+    fn nats_bytes(&mut self, slot: usize, payload: &[u8]) -> Result<(), Ended> {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return Ok(());
+        };
+        let mut buffer = std::mem::take(&mut conn.nats);
+        buffer.extend_from_slice(payload);
+        let mut consumed = 0;
+        let mut result = Ok(());
+        while let Some(line_len) = buffer[consumed..].windows(2).position(|w| w == b"\r\n") {
+            let line = &buffer[consumed..consumed + line_len];
+            let body = consumed + line_len + 2;
+            if line.starts_with(b"PING") {
+                consumed = body;
+                result = self.send(slot, &text_frame(b"PONG\r\n"));
+                if result.is_err() {
+                    break;
+                }
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix(b"MSG ") {
+                // `MSG <subject> <sid> [reply-to] <#bytes>`: the size is the last field.
+                let len = std::str::from_utf8(rest)
+                    .ok()
+                    .and_then(|rest| rest.split_ascii_whitespace().last())
+                    .and_then(|n| n.parse::<usize>().ok());
+                let Some(len) = len else {
+                    consumed = body;
+                    continue;
+                };
+                if buffer.len() < body + len + 2 {
+                    break; // payload not complete yet
+                }
+                let at = Encoding::MsgPack
+                    .decode::<EventTime>(&buffer[body..body + len])
+                    .ok()
+                    .map(|e| e.at.unix_micros());
+                self.delivered(at);
+                consumed = body + len + 2;
+                continue;
+            }
+            // +OK, INFO, PONG, -ERR: nothing to measure.
+            consumed = body;
+        }
+        buffer.drain(..consumed);
+        if buffer.len() > MAX_MESSAGE {
+            return Err(Ended(None));
+        }
+        if let Some(conn) = self.conns[slot].as_mut() {
+            conn.nats = buffer;
+        }
+        result
+    }
+
+    fn delivered(&mut self, at_micros: Option<i64>) {
+        if !self.shared.is_measuring() {
+            return;
+        }
+        self.shared.delivered.fetch_add(1, Ordering::Relaxed);
+        if let Some(at) = at_micros {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+            let latency = (now as i64 - at).max(0) as u64;
+            let _ = self.tally.latency.record(latency.max(1));
+        }
+    }
+
+    /// Writes a frame now, or keeps it for when the socket takes more.
+    fn send(&mut self, slot: usize, frame: &[u8]) -> Result<(), Ended> {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return Ok(());
+        };
+        conn.unsent.extend_from_slice(frame);
+        if conn.unsent.len() > MAX_MESSAGE {
+            return Err(Ended(None));
+        }
+        self.flush(slot)
+    }
+
+    fn flush(&mut self, slot: usize) -> Result<(), Ended> {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return Ok(());
+        };
+        while !conn.unsent.is_empty() {
+            match conn.stream.write(&conn.unsent) {
+                Ok(0) => return Err(Ended(None)),
+                Ok(n) => {
+                    conn.unsent.drain(..n);
+                }
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Err(Ended(None)),
+            }
+        }
+        Ok(())
+    }
+}
