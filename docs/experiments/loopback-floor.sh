@@ -16,6 +16,7 @@ configs=(
   "FLOOR_SENDERS=2 FLOOR_READER=none"
   "FLOOR_SENDERS=2 FLOOR_READER=epoll"
   "FLOOR_SENDERS=2 FLOOR_READER=epoll FLOOR_URING=64"
+  "FLOOR_SENDERS=2 FLOOR_READER=epoll FLOOR_CC=reno"
 )
 out=$(mktemp /tmp/loopback-floor-XXXXXX)
 for _ in $(seq 1 "${RUNS:-3}"); do

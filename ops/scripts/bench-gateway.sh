@@ -4,10 +4,13 @@
 # publish->client latency, delivered/s and each SERVER's own RSS per connection (loadgen
 # reads the server's /proc/<pid>/status before and after connecting its clients).
 # A benchmark, not a test: it prints figures and asserts nothing.
+# env: BENCH_SIZES ("1000 10000"), BENCH_SERVERS ("croupier nats"), BENCH_DURATION (30s),
+#      BENCH_RATE (5 events/s), BENCH_OUT (artifacts/bench-gateway: one JSON report per run)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 sizes=${BENCH_SIZES:-"1000 10000"}
+servers=${BENCH_SERVERS:-"croupier nats"}
 duration=${BENCH_DURATION:-30s}
 rate=${BENCH_RATE:-5}
 out=${BENCH_OUT:-$root/artifacts/bench-gateway}
@@ -50,27 +53,34 @@ stop_servers() {
 }
 
 for n in $sizes; do
+  rm -f "$out/croupier-$n.json" "$out/nats-$n.json"
   start_servers
+  if [[ " $servers " == *" croupier "* ]]; then
   echo "== $n clients, croupier gateway"
   NATS_URL="nats://127.0.0.1:$nats_port" "$bin" loadgen --quiet --url "ws://127.0.0.1:$http_port/ws" \
     --target croupier --table bench \
     --clients "$n" --duration "$duration" --publish-rate "$rate" --source-addrs 4 \
     --server-pid "$gw_pid" --json "$out/croupier-$n.json"
+  fi
+  if [[ " $servers " == *" nats "* ]]; then
   echo "== $n clients, nats-server websocket"
   NATS_URL="nats://127.0.0.1:$nats_port" "$bin" loadgen --quiet --url "ws://127.0.0.1:$ws_port" \
     --target nats --table bench \
     --clients "$n" --duration "$duration" --publish-rate "$rate" --source-addrs 4 \
     --server-pid "$nats_pid" --json "$out/nats-$n.json"
+  fi
   stop_servers
 done
 
 python3 - "$out" $sizes <<'PY'
-import json, sys
+import json, os, sys
 out, sizes = sys.argv[1], sys.argv[2:]
 print()
 print(f"{'clients':>8} {'server':<10} {'p50 ms':>8} {'p99 ms':>8} {'p999 ms':>8} {'deliv/s':>9} {'drops':>6} {'KiB/conn':>9}")
 for n in sizes:
     for name in ("croupier", "nats"):
+        if not os.path.exists(f"{out}/{name}-{n}.json"):
+            continue
         r = json.load(open(f"{out}/{name}-{n}.json"))
         l = r["latency_ms"]
         per = r.get("server_rss_per_connection_kib")

@@ -156,6 +156,21 @@ struct Shared {
 }
 
 impl Shared {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            latency: std::sync::Mutex::new(histogram()?),
+            bet_latency: std::sync::Mutex::new(histogram()?),
+            delivered: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            drops: AtomicU64::new(0),
+            slow_closes: AtomicU64::new(0),
+            bets_answered: AtomicU64::new(0),
+            bets_accepted: AtomicU64::new(0),
+            measuring: AtomicU64::new(0),
+        })
+    }
+
     fn is_measuring(&self) -> bool {
         self.measuring.load(Ordering::Relaxed) == 1
     }
@@ -181,18 +196,7 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
         anyhow::bail!("--bettors works only with --target croupier");
     }
     let secret = gateway::JwtSecret::new(&settings.jwt_secret).context("CROUPIER_JWT_SECRET")?;
-    let shared = Arc::new(Shared {
-        latency: std::sync::Mutex::new(histogram()?),
-        bet_latency: std::sync::Mutex::new(histogram()?),
-        delivered: AtomicU64::new(0),
-        connected: AtomicU64::new(0),
-        connect_failures: AtomicU64::new(0),
-        drops: AtomicU64::new(0),
-        slow_closes: AtomicU64::new(0),
-        bets_answered: AtomicU64::new(0),
-        bets_accepted: AtomicU64::new(0),
-        measuring: AtomicU64::new(0),
-    });
+    let shared = Arc::new(Shared::new()?);
     let stop = CancellationToken::new();
     let rss_before = args.server_pid.and_then(rss_kib);
 

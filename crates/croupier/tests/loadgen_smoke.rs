@@ -69,6 +69,8 @@ async fn loadgen_connects_200_clients_and_reports_what_they_received() {
     // while measuring are timed).
     let answered = report["bets_answered"].as_u64().expect("bets_answered");
     assert!(answered >= 20, "only {answered} bets answered: {report}");
-    let timed = report["bet_latency_ms"]["samples"].as_u64().expect("samples");
+    let timed = report["bet_latency_ms"]["samples"]
+        .as_u64()
+        .expect("samples");
     assert!((1..=answered).contains(&timed), "{report}");
 }

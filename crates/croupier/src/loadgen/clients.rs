@@ -95,8 +95,12 @@ pub(super) async fn handshake(
 
 /// A masked client frame (RFC 6455 §5.3) with `payload`.
 fn client_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Frame::message(bytes::Bytes::copy_from_slice(payload), opcode, true);
-    frame.header_mut().mask = Some(mask());
+    let header = FrameHeader {
+        opcode,
+        mask: Some(mask()),
+        ..FrameHeader::default()
+    };
+    let frame = Frame::from_payload(header, bytes::Bytes::copy_from_slice(payload));
     let mut out = Vec::with_capacity(payload.len() + 14);
     // Writing to a Vec cannot fail.
     let _ = frame.format(&mut out);
@@ -604,5 +608,145 @@ impl Reader {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A frame as a server sends it: unmasked.
+    fn server_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let header = FrameHeader {
+            opcode,
+            ..FrameHeader::default()
+        };
+        Frame::from_payload(header, bytes::Bytes::copy_from_slice(payload))
+            .format(&mut out)
+            .expect("format");
+        out
+    }
+
+    fn reader(shared: &Arc<Shared>) -> Reader {
+        Reader {
+            config: Arc::new(ReaderConfig {
+                target: Target::Croupier,
+                table: "t".into(),
+                read_batching: Duration::ZERO,
+            }),
+            shared: shared.clone(),
+            poll: mio::Poll::new().expect("poll"),
+            conns: Vec::new(),
+            free: Vec::new(),
+            scratch: vec![0; READ_CHUNK],
+            tally: Tally {
+                latency: super::super::histogram().expect("histogram"),
+                bet_latency: super::super::histogram().expect("histogram"),
+            },
+        }
+    }
+
+    fn delivered(shared: &Shared) -> u64 {
+        shared.delivered.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn split_and_joined_frames_pings_and_a_4008_close_are_each_handled() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        client.set_nonblocking(true).expect("nonblocking");
+        let shared = Arc::new(Shared::new().expect("shared"));
+        shared.measuring.store(1, Ordering::Relaxed);
+        let mut reader = reader(&shared);
+
+        let at =
+            domain::Timestamp::from_offset_datetime(time::OffsetDateTime::now_utc()).expect("now");
+        let event = format!(
+            r#"{{"type":"event","channel":"table.t","seq":1,"event":{{"kind":"round_opened","at":"{at}","round":1}}}}"#
+        );
+        let frame = server_frame(OpCode::Data(Data::Text), event.as_bytes());
+
+        // The upgrade response came with the first half of a frame: nothing to count yet.
+        let (head, tail) = frame.split_at(5);
+        reader.adopt(Connected {
+            index: 0,
+            stream: client,
+            leftover: head.to_vec(),
+            bettor: false,
+        });
+        assert_eq!(delivered(&shared), 0);
+        assert!(reader.take(0, tail).is_ok());
+        assert_eq!(delivered(&shared), 1);
+        assert_eq!(reader.tally.latency.len(), 1);
+
+        // Two frames in one read are two deliveries.
+        assert!(
+            reader
+                .take(0, &[frame.clone(), frame.clone()].concat())
+                .is_ok()
+        );
+        assert_eq!(delivered(&shared), 3);
+        assert_eq!(reader.tally.latency.len(), 3);
+
+        // A ping is answered with a masked pong carrying the ping's payload.
+        assert!(
+            reader
+                .take(0, &server_frame(OpCode::Control(Control::Ping), b"hi"))
+                .is_ok()
+        );
+        let mut pong = [0u8; 8];
+        server.read_exact(&mut pong).expect("pong");
+        assert_eq!(pong[0], 0x8A, "FIN + pong");
+        assert_eq!(pong[1], 0x80 | 2, "masked, 2 bytes");
+        let mask = &pong[2..6];
+        assert_eq!([pong[6] ^ mask[0], pong[7] ^ mask[1]], *b"hi");
+
+        // The server's Close 4008 ends the connection as a slow consumer.
+        let mut close_payload = 4008u16.to_be_bytes().to_vec();
+        close_payload.extend_from_slice(b"slow");
+        match reader.take(
+            0,
+            &server_frame(OpCode::Control(Control::Close), &close_payload),
+        ) {
+            Err(Ended(code)) => {
+                assert_eq!(code, Some(4008));
+                reader.end(0, code);
+            }
+            Ok(()) => panic!("a Close must end the connection"),
+        }
+        assert_eq!(shared.drops.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.slow_closes.load(Ordering::Relaxed), 1);
+        assert!(reader.conns[0].is_none());
+        assert_eq!(delivered(&shared), 3);
+    }
+
+    #[test]
+    fn a_masked_or_oversized_server_frame_ends_the_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let _server = listener.accept().expect("accept");
+        client.set_nonblocking(true).expect("nonblocking");
+        let shared = Arc::new(Shared::new().expect("shared"));
+        let mut reader = reader(&shared);
+        reader.adopt(Connected {
+            index: 0,
+            stream: client,
+            leftover: Vec::new(),
+            bettor: false,
+        });
+        // A client frame (masked) coming from the server is a protocol error.
+        assert!(reader.take(0, &text_frame(b"{}")).is_err());
+        // So is a frame announcing more than a client accepts.
+        let mut header = Vec::new();
+        FrameHeader {
+            opcode: OpCode::Data(Data::Binary),
+            ..FrameHeader::default()
+        }
+        .format(MAX_MESSAGE as u64 + 1, &mut header)
+        .expect("header");
+        assert!(reader.take(0, &header).is_err());
     }
 }

@@ -15,7 +15,8 @@
 //! Environment: `FLOOR_CLIENTS` (10000; fewer when the open-file limit cannot hold two sockets
 //! per client), `FLOOR_SENDERS` (threads sending, 2), `FLOOR_READER` (`epoll` or `none`),
 //! `FLOOR_URING` (0 = `send` per socket; k = io_uring submissions of k sends), `FLOOR_BYTES`
-//! (200, about one event frame), `FLOOR_ROUNDS` (30, one every 200 ms; the first 5 are warm-up).
+//! (200, about one event frame), `FLOOR_ROUNDS` (30, one every 200 ms; the first 5 are warm-up),
+//! `FLOOR_CC` (the senders' TCP congestion control; the system's default when unset).
 //!
 //! Output: the median over rounds of the time from the first send to the last send returning;
 //! latency percentiles over every message of the measured rounds, from the round's start to the
@@ -57,6 +58,7 @@ struct Config {
     uring: usize,
     bytes: usize,
     rounds: usize,
+    congestion: Option<String>,
 }
 
 fn main() -> std::io::Result<()> {
@@ -71,6 +73,7 @@ fn main() -> std::io::Result<()> {
         bytes: env("FLOOR_BYTES", 200usize).max(2),
         // A message's first byte is its round.
         rounds: env("FLOOR_ROUNDS", 30usize).clamp(WARM_UP + 1, 255),
+        congestion: std::env::var("FLOOR_CC").ok().filter(|v| !v.is_empty()),
     };
     if config.clients < wanted {
         eprintln!(
@@ -90,6 +93,9 @@ fn run(config: &Config) -> std::io::Result<()> {
         let client = TcpStream::connect(address)?;
         let (server, _) = listener.accept()?;
         server.set_nodelay(true)?;
+        if let Some(algorithm) = &config.congestion {
+            set_congestion(&server, algorithm)?;
+        }
         client.set_nonblocking(true)?;
         readers.push(mio::net::TcpStream::from_std(client));
         writers.push(server);
@@ -162,11 +168,12 @@ fn run(config: &Config) -> std::io::Result<()> {
             .map_or(f64::NAN, |&us| us as f64 / 1e3)
     };
     println!(
-        "clients {} senders {} reader {} io_uring {} | send {:.1} ms | latency p50 {:.1} p99 {:.1} ms | CPU/round senders {:.1} ms reader {:.1} ms",
+        "clients {} senders {} reader {} io_uring {} cc {} | send {:.1} ms | latency p50 {:.1} p99 {:.1} ms | CPU/round senders {:.1} ms reader {:.1} ms",
         config.clients,
         config.senders,
         if config.reader { "epoll" } else { "none" },
         config.uring,
+        config.congestion.as_deref().unwrap_or("default"),
         send_ms[send_ms.len() / 2],
         pct(0.5),
         pct(0.99),
@@ -174,6 +181,25 @@ fn run(config: &Config) -> std::io::Result<()> {
         reader_cpu.as_secs_f64() * 1e3 / measured,
     );
     Ok(())
+}
+
+/// TCP_CONGESTION on the sending socket (`reno`, `cubic`, `bbr`: what the kernel allows).
+fn set_congestion(socket: &TcpStream, algorithm: &str) -> std::io::Result<()> {
+    // SAFETY: the pointer and length describe `algorithm`'s bytes, valid for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            algorithm.as_ptr().cast(),
+            algorithm.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Sends every round's message to each connection of `share`; returns the CPU time of the
