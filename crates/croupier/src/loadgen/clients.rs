@@ -227,10 +227,13 @@ impl Reader {
         while !stop.load(Ordering::Acquire) {
             // Take what is ready; with nothing ready, pause first (`--read-batching`) so that
             // the next wait wakes to many sockets instead of one, then wait.
-            let mut ready = self.wait(&mut events, Duration::ZERO)?;
-            if !ready && !pause.is_zero() {
-                std::thread::sleep(pause);
+            let mut ready = false;
+            if !pause.is_zero() {
                 ready = self.wait(&mut events, Duration::ZERO)?;
+                if !ready {
+                    std::thread::sleep(pause);
+                    ready = self.wait(&mut events, Duration::ZERO)?;
+                }
             }
             if !ready {
                 self.wait(&mut events, Duration::from_millis(100))?;
