@@ -5,7 +5,8 @@
 # reads the server's /proc/<pid>/status before and after connecting its clients).
 # A benchmark, not a test: it prints figures and asserts nothing.
 # env: BENCH_SIZES ("1000 10000"), BENCH_SERVERS ("croupier nats"), BENCH_DURATION (30s),
-#      BENCH_RATE (5 events/s), BENCH_OUT (artifacts/bench-gateway: one JSON report per run)
+#      BENCH_RATE (5 events/s), BENCH_OUT (artifacts/bench-gateway: one JSON report per run),
+#      BENCH_FLOOR (1: after each size, the kernel's floor for the same fan-out, no server)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -26,6 +27,11 @@ trap cleanup EXIT
 
 cargo build -q --release -p croupier
 bin=$root/target/release/croupier
+if [ "${BENCH_FLOOR:-1}" != 0 ]; then
+  cargo build -q --release --manifest-path docs/experiments/loopback-floor/Cargo.toml \
+    --target-dir target/experiments
+  floor=$root/target/experiments/release/loopback-floor
+fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 export CROUPIER_JWT_SECRET=bench-secret-bench-secret-bench-secret CROUPIER_ENDPOINTS_FILE=/nonexistent
@@ -53,7 +59,7 @@ stop_servers() {
 }
 
 for n in $sizes; do
-  rm -f "$out/croupier-$n.json" "$out/nats-$n.json"
+  rm -f "$out/croupier-$n.json" "$out/nats-$n.json" "$out/floor-$n.json"
   start_servers
   if [[ " $servers " == *" croupier "* ]]; then
   echo "== $n clients, croupier gateway"
@@ -70,6 +76,11 @@ for n in $sizes; do
     --server-pid "$nats_pid" --json "$out/nats-$n.json"
   fi
   stop_servers
+  if [ "${BENCH_FLOOR:-1}" != 0 ]; then
+    # The same fan-out with no server at all (ADR 0017): what this machine's kernel allows.
+    echo "== $n clients, loopback floor (no server)"
+    FLOOR_CLIENTS=$n FLOOR_SENDERS=2 FLOOR_READER=epoll FLOOR_JSON="$out/floor-$n.json" "$floor"
+  fi
 done
 
 python3 - "$out" $sizes <<'PY'
@@ -86,4 +97,11 @@ for n in sizes:
         per = r.get("server_rss_per_connection_kib")
         per = f"{per:.2f}" if per is not None else "-"
         print(f"{n:>8} {name:<10} {l['p50']:>8.2f} {l['p99']:>8.2f} {l['p999']:>8.2f} {r['delivered_per_s']:>9.0f} {r['drops']:>6} {per:>9}")
+    if os.path.exists(f"{out}/floor-{n}.json"):
+        f = json.load(open(f"{out}/floor-{n}.json"))
+        label = "floor" if f["clients"] == int(n) else f"floor@{f['clients']}"
+        print(f"{n:>8} {label:<10} {f['p50']:>8.2f} {f['p99']:>8.2f} {f['p999']:>8.2f} {'-':>9} {'-':>6} {'-':>9}")
+print()
+print("floor: the same fan-out with no server (2 threads sending, 1 reading, bare loopback TCP;")
+print("docs/experiments/loopback-floor.sh, ADR 0017); BENCH_FLOOR=0 skips it.")
 PY

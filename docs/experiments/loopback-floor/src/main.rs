@@ -16,7 +16,8 @@
 //! per client), `FLOOR_SENDERS` (threads sending, 2), `FLOOR_READER` (`epoll` or `none`),
 //! `FLOOR_URING` (0 = `send` per socket; k = io_uring submissions of k sends), `FLOOR_BYTES`
 //! (200, about one event frame), `FLOOR_ROUNDS` (30, one every 200 ms; the first 5 are warm-up),
-//! `FLOOR_CC` (the senders' TCP congestion control; the system's default when unset).
+//! `FLOOR_CC` (the senders' TCP congestion control; the system's default when unset),
+//! `FLOOR_JSON` (also write the latency percentiles there; `just bench-gateway` does).
 //!
 //! Output: the median over rounds of the time from the first send to the last send returning;
 //! latency percentiles over every message of the measured rounds, from the round's start to the
@@ -180,6 +181,16 @@ fn run(config: &Config) -> std::io::Result<()> {
         sender_cpu.as_secs_f64() * 1e3 / measured,
         reader_cpu.as_secs_f64() * 1e3 / measured,
     );
+    if let Ok(path) = std::env::var("FLOOR_JSON") {
+        let json = format!(
+            "{{\"clients\": {}, \"p50\": {:.3}, \"p99\": {:.3}, \"p999\": {:.3}}}\n",
+            config.clients,
+            pct(0.5),
+            pct(0.99),
+            pct(0.999)
+        );
+        std::fs::write(path, json)?;
+    }
     Ok(())
 }
 
