@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{Env, free_addr, wait_ready};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Env, Running, free_addr, wait_ready};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_connects_200_clients_and_reports_what_they_received() {
@@ -73,4 +76,92 @@ async fn loadgen_connects_200_clients_and_reports_what_they_received() {
         .as_u64()
         .expect("samples");
     assert!((1..=answered).contains(&timed), "{report}");
+}
+
+/// `--target nats` (the other half of `just bench-gateway`): loadgen speaks the NATS protocol
+/// over nats-server's own WebSocket listener and measures the same events there. A server of
+/// this test's own, because the listener needs a config block and subjects without a prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_measures_nats_servers_own_websocket_listener_too() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (nats_addr, ws_addr) = (free_addr(), free_addr());
+    let port = nats_addr.rsplit_once(':').expect("port").1.to_string();
+    let config = dir.path().join("ws.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "websocket {{\n  listen: \"{ws_addr}\"\n  no_tls: true\n  compression: false\n}}\n"
+        ),
+    )
+    .expect("write the config");
+    let binary = testkit::nats_server_binary().expect("nats-server");
+    let _nats = Running(
+        Command::new(binary)
+            .arg("-c")
+            .arg(&config)
+            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+            .arg(dir.path().join("js"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server"),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(&ws_addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nats-server's websocket listener never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let env = Env {
+        nats_url: format!("nats://{nats_addr}"),
+        prefix: String::new(),
+        database_url: "postgres://unused@127.0.0.1:1/unused".into(),
+        http_addr: free_addr(),
+    };
+    let report = tempfile::NamedTempFile::new().expect("report file");
+    let url = format!("ws://{ws_addr}");
+    let report_path = report.path().to_string_lossy().to_string();
+    let args: Vec<String> = [
+        "loadgen",
+        "--quiet",
+        "--url",
+        url.as_str(),
+        "--target",
+        "nats",
+        "--table",
+        "smoke",
+        "--clients",
+        "50",
+        "--duration",
+        "3s",
+        "--publish-rate",
+        "5",
+        "--json",
+        report_path.as_str(),
+    ]
+    .map(String::from)
+    .into();
+    tokio::task::spawn_blocking(move || {
+        env.croupier(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .expect("loadgen ran");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.path()).expect("report written"))
+            .expect("JSON report");
+    assert_eq!(report["target"], "nats", "{report}");
+    assert_eq!(report["connected"], 50, "{report}");
+    assert_eq!(report["drops"], 0, "{report}");
+    let delivered = report["delivered"].as_u64().expect("delivered");
+    assert!(delivered >= 50, "only {delivered} deliveries: {report}");
+    // Every delivery's latency came from the MessagePack event's `at` on the bus.
+    assert_eq!(
+        report["latency_ms"]["samples"].as_u64(),
+        Some(delivered),
+        "{report}"
+    );
 }
