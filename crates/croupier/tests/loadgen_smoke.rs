@@ -10,6 +10,23 @@ use std::time::Duration;
 
 use common::{Env, Running, free_addr, wait_ready};
 
+/// Runs `croupier loadgen --quiet --json <file> <args>`; returns its output and its report.
+async fn run_loadgen(env: &Env, args: &[&str]) -> (String, serde_json::Value) {
+    let report = tempfile::NamedTempFile::new().expect("report file");
+    let mut all: Vec<String> = ["loadgen", "--quiet", "--json"].map(String::from).into();
+    all.push(report.path().to_string_lossy().to_string());
+    all.extend(args.iter().map(|a| a.to_string()));
+    let env = env.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        env.croupier(&all.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .expect("loadgen ran");
+    let report = serde_json::from_str(&std::fs::read_to_string(report.path()).expect("report"))
+        .expect("JSON report");
+    (output, report)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_connects_200_clients_and_reports_what_they_received() {
     let nats = testkit::nats().expect("nats");
@@ -22,40 +39,27 @@ async fn loadgen_connects_200_clients_and_reports_what_they_received() {
     let _gateway = env.spawn(&["run", "gateway"]);
     wait_ready(&env.http_addr).await;
 
-    let report = tempfile::NamedTempFile::new().expect("report file");
     let url = format!("ws://{}/ws", env.http_addr);
-    let report_path = report.path().to_string_lossy().to_string();
-    let args: Vec<String> = [
-        "loadgen",
-        "--quiet",
-        "--url",
-        url.as_str(),
-        "--table",
-        "smoke",
-        "--clients",
-        "200",
-        "--bettors",
-        "20",
-        "--duration",
-        "3s",
-        "--publish-rate",
-        "5",
-        "--json",
-        report_path.as_str(),
-    ]
-    .map(String::from)
-    .into();
-    let output = tokio::task::spawn_blocking({
-        let env = env.clone();
-        move || env.croupier(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    })
-    .await
-    .expect("loadgen ran");
+    let (output, report) = run_loadgen(
+        &env,
+        &[
+            "--url",
+            &url,
+            "--table",
+            "smoke",
+            "--clients",
+            "200",
+            "--bettors",
+            "20",
+            "--duration",
+            "3s",
+            "--publish-rate",
+            "5",
+        ],
+    )
+    .await;
     assert!(output.contains("publish->client"), "{output}");
 
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(report.path()).expect("report written"))
-            .expect("JSON report");
     assert_eq!(report["connected"], 200, "{report}");
     assert_eq!(report["connect_failures"], 0, "{report}");
     assert_eq!(report["drops"], 0, "{report}");
@@ -121,38 +125,25 @@ async fn loadgen_measures_nats_servers_own_websocket_listener_too() {
         database_url: "postgres://unused@127.0.0.1:1/unused".into(),
         http_addr: free_addr(),
     };
-    let report = tempfile::NamedTempFile::new().expect("report file");
     let url = format!("ws://{ws_addr}");
-    let report_path = report.path().to_string_lossy().to_string();
-    let args: Vec<String> = [
-        "loadgen",
-        "--quiet",
-        "--url",
-        url.as_str(),
-        "--target",
-        "nats",
-        "--table",
-        "smoke",
-        "--clients",
-        "50",
-        "--duration",
-        "3s",
-        "--publish-rate",
-        "5",
-        "--json",
-        report_path.as_str(),
-    ]
-    .map(String::from)
-    .into();
-    tokio::task::spawn_blocking(move || {
-        env.croupier(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    })
-    .await
-    .expect("loadgen ran");
-
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(report.path()).expect("report written"))
-            .expect("JSON report");
+    let (_, report) = run_loadgen(
+        &env,
+        &[
+            "--url",
+            &url,
+            "--target",
+            "nats",
+            "--table",
+            "smoke",
+            "--clients",
+            "50",
+            "--duration",
+            "3s",
+            "--publish-rate",
+            "5",
+        ],
+    )
+    .await;
     assert_eq!(report["target"], "nats", "{report}");
     assert_eq!(report["connected"], 50, "{report}");
     assert_eq!(report["drops"], 0, "{report}");
