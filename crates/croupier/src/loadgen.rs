@@ -90,7 +90,7 @@ pub struct LoadgenArgs {
 
 /// The runtime loadgen runs on: one thread for connecting, publishing and the report; the
 /// connected clients are read by [`LoadgenArgs::threads`] threads of their own.
-pub fn runtime(_args: &LoadgenArgs) -> std::io::Result<tokio::runtime::Runtime> {
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -142,8 +142,6 @@ impl Percentiles {
 
 /// Counters shared by the reader threads and the report.
 struct Shared {
-    latency: std::sync::Mutex<Histogram<u64>>,
-    bet_latency: std::sync::Mutex<Histogram<u64>>,
     delivered: AtomicU64,
     connected: AtomicU64,
     connect_failures: AtomicU64,
@@ -151,15 +149,13 @@ struct Shared {
     slow_closes: AtomicU64,
     bets_answered: AtomicU64,
     bets_accepted: AtomicU64,
-    /// 1 while measuring: deliveries during the ramp-up are not counted.
-    measuring: AtomicU64,
+    /// Set while measuring: deliveries during the ramp-up are not counted.
+    measuring: AtomicBool,
 }
 
 impl Shared {
     fn new() -> anyhow::Result<Self> {
         Ok(Self {
-            latency: std::sync::Mutex::new(histogram()?),
-            bet_latency: std::sync::Mutex::new(histogram()?),
             delivered: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
@@ -167,12 +163,12 @@ impl Shared {
             slow_closes: AtomicU64::new(0),
             bets_answered: AtomicU64::new(0),
             bets_accepted: AtomicU64::new(0),
-            measuring: AtomicU64::new(0),
+            measuring: AtomicBool::new(false),
         })
     }
 
     fn is_measuring(&self) -> bool {
-        self.measuring.load(Ordering::Relaxed) == 1
+        self.measuring.load(Ordering::Relaxed)
     }
 }
 
@@ -227,13 +223,12 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
         table: args.table.clone(),
         read_batching: args.read_batching,
     });
-    let reader_stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
     for _ in 0..args.threads.max(1) {
         readers.push(clients::spawn_reader(
             reader_config.clone(),
             shared.clone(),
-            reader_stop.clone(),
+            stop.clone(),
         )?);
     }
     let url = Arc::new(args.url.clone());
@@ -305,7 +300,7 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = args.server_pid.and_then(rss_kib);
 
-    shared.measuring.store(1, Ordering::Relaxed);
+    shared.measuring.store(true, Ordering::Relaxed);
     let measure_start = Instant::now();
     let delivered_before = shared.delivered.load(Ordering::Relaxed);
     let bar = progress_bar(&args, args.duration.as_secs().max(1), "measuring (s)");
@@ -319,25 +314,23 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
         ));
     }
     bar.finish_and_clear();
-    shared.measuring.store(0, Ordering::Relaxed);
+    shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = measure_start.elapsed().as_secs_f64();
     stop.cancel();
     connecting.abort_all();
     while connecting.join_next().await.is_some() {}
-    reader_stop.store(true, Ordering::Release);
+    // Each reader thread kept its own histograms; the report is their sum.
+    let (mut latency, mut bet_latency) = (histogram()?, histogram()?);
     for (handle, thread) in readers {
         handle.wake();
         let tally = tokio::task::spawn_blocking(move || thread.join())
             .await
             .context("join a reader thread")?
             .map_err(|_| anyhow::anyhow!("a reader thread panicked"))??;
-        let merge = |into: &std::sync::Mutex<Histogram<u64>>, from: &Histogram<u64>| {
-            let mut into = into.lock().unwrap_or_else(|e| e.into_inner());
-            into.add(from)
-                .map_err(|e| anyhow::anyhow!("merge latency histograms: {e:?}"))
-        };
-        merge(&shared.latency, &tally.latency)?;
-        merge(&shared.bet_latency, &tally.bet_latency)?;
+        latency
+            .add(&tally.latency)
+            .and_then(|()| bet_latency.add(&tally.bet_latency))
+            .map_err(|e| anyhow::anyhow!("merge latency histograms: {e:?}"))?;
     }
     if let Some(publisher) = publisher {
         let _ = publisher.await;
@@ -353,12 +346,10 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
         duration_s: elapsed,
         delivered,
         delivered_per_s: delivered as f64 / elapsed.max(f64::EPSILON),
-        latency_ms: Percentiles::of(&shared.latency.lock().unwrap_or_else(|e| e.into_inner())),
+        latency_ms: Percentiles::of(&latency),
         bets_answered: shared.bets_answered.load(Ordering::Relaxed),
         bets_accepted: shared.bets_accepted.load(Ordering::Relaxed),
-        bet_latency_ms: Percentiles::of(
-            &shared.bet_latency.lock().unwrap_or_else(|e| e.into_inner()),
-        ),
+        bet_latency_ms: Percentiles::of(&bet_latency),
         drops: shared.drops.load(Ordering::Relaxed),
         slow_consumer_closes: shared.slow_closes.load(Ordering::Relaxed),
         server_rss_before_kib: rss_before,

@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
             telemetry::init_logs();
             let runtime = match &command {
                 // Sized for a benchmark that shares the machine with the server it measures.
-                Command::Loadgen(args) => loadgen::runtime(args),
+                Command::Loadgen(_) => loadgen::runtime(),
                 _ => tokio::runtime::Runtime::new(),
             }
             .context("start the async runtime")?;

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::io::{Cursor, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::handshake::machine::TryParse;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader};
+use tokio_util::sync::CancellationToken;
 
 use protocol::Encoding;
 
@@ -40,6 +41,8 @@ const MAX_MESSAGE: usize = 1024 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// Connections waiting to be taken by a reader thread.
 const HANDOVER_QUEUE: usize = 1024;
+/// Bets a bettor leaves unanswered before it stops betting (until answers come back).
+const BETS_IN_FLIGHT: usize = 64;
 
 /// A client after its handshake, ready for a reader thread.
 pub(super) struct Connected {
@@ -161,11 +164,11 @@ pub(super) struct ReaderConfig {
 
 const WAKER: mio::Token = mio::Token(usize::MAX);
 
-/// Starts a reader thread; it runs until `stop` is set (and the handle woken).
+/// Starts a reader thread; it runs until `stop` is cancelled (and the handle woken).
 pub(super) fn spawn_reader(
     config: Arc<ReaderConfig>,
     shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
 ) -> anyhow::Result<(Handle, std::thread::JoinHandle<anyhow::Result<Tally>>)> {
     let poll = mio::Poll::new().context("create a poll")?;
     let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER).context("create a waker")?);
@@ -221,10 +224,10 @@ struct Reader {
 }
 
 impl Reader {
-    fn run(mut self, rx: &Receiver<Connected>, stop: &AtomicBool) -> anyhow::Result<Tally> {
+    fn run(mut self, rx: &Receiver<Connected>, stop: &CancellationToken) -> anyhow::Result<Tally> {
         let mut events = mio::Events::with_capacity(1024);
         let pause = self.config.read_batching;
-        while !stop.load(Ordering::Acquire) {
+        while !stop.is_cancelled() {
             // Take what is ready; with nothing ready, pause first (`--read-batching`) so that
             // the next wait wakes to many sockets instead of one, then wait.
             let mut ready = false;
@@ -324,13 +327,9 @@ impl Reader {
     }
 
     fn count_drop(&self, code: Option<u16>) {
-        self.shared
-            .drops
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.drops.fetch_add(1, Ordering::Relaxed);
         if code == Some(4008) {
-            self.shared
-                .slow_closes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.shared.slow_closes.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -478,7 +477,10 @@ impl Reader {
                 let Some(conn) = self.conns[slot].as_mut() else {
                     return Ok(());
                 };
-                if conn.bettor && event.is_some_and(|e| e.kind == "round_opened") {
+                if conn.bettor
+                    && conn.bets_sent.len() < BETS_IN_FLIGHT
+                    && event.is_some_and(|e| e.kind == "round_opened")
+                {
                     let Some(round) = event.and_then(|e| e.round) else {
                         return Ok(());
                     };
@@ -662,7 +664,7 @@ mod tests {
         let (mut server, _) = listener.accept().expect("accept");
         client.set_nonblocking(true).expect("nonblocking");
         let shared = Arc::new(Shared::new().expect("shared"));
-        shared.measuring.store(1, Ordering::Relaxed);
+        shared.measuring.store(true, Ordering::Relaxed);
         let mut reader = reader(&shared);
 
         let at =
@@ -724,6 +726,34 @@ mod tests {
         assert_eq!(shared.slow_closes.load(Ordering::Relaxed), 1);
         assert!(reader.conns[0].is_none());
         assert_eq!(delivered(&shared), 3);
+    }
+
+    #[test]
+    fn a_bettor_whose_bets_go_unanswered_stops_betting_at_its_bound() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let _server = listener.accept().expect("accept");
+        client.set_nonblocking(true).expect("nonblocking");
+        let shared = Arc::new(Shared::new().expect("shared"));
+        let mut reader = reader(&shared);
+        reader.adopt(Connected {
+            index: 0,
+            stream: client,
+            leftover: Vec::new(),
+            bettor: true,
+        });
+        let at =
+            domain::Timestamp::from_offset_datetime(time::OffsetDateTime::now_utc()).expect("now");
+        for round in 1..=BETS_IN_FLIGHT as u64 + 10 {
+            let opened = format!(
+                r#"{{"type":"event","event":{{"kind":"round_opened","at":"{at}","round":{round}}}}}"#
+            );
+            let frame = server_frame(OpCode::Data(Data::Text), opened.as_bytes());
+            assert!(reader.take(0, &frame).is_ok());
+        }
+        let conn = reader.conns[0].as_ref().expect("still connected");
+        assert_eq!(conn.bets_sent.len(), BETS_IN_FLIGHT);
+        assert_eq!(conn.next_bet, BETS_IN_FLIGHT as u64);
     }
 
     #[test]
