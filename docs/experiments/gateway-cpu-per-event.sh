@@ -19,21 +19,9 @@ gw=$1; label=$2
 lg=${LOADGEN:-$gw}
 n=${N:-10000}; dur=${DUR:-20s}
 out=${OUT:-/tmp/gateway-cpu-results}; mkdir -p "$out"
-work=$(mktemp -d /tmp/gwcpu-XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-nats_port=$(free_port); ws_port=$(free_port); http_port=$(free_port)
-sed "s/127.0.0.1:9222/127.0.0.1:$ws_port/" "$root/ops/nats/bench-ws.conf" >"$work/ws.conf"
-"$root/.tools/venv/bin/nats-server" -c "$work/ws.conf" -a 127.0.0.1 -p "$nats_port" -sd "$work/js" >"$work/nats.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
-export NATS_URL="nats://127.0.0.1:$nats_port" CROUPIER_HTTP_ADDR="127.0.0.1:$http_port"
-export CROUPIER_JWT_SECRET=bench-secret-bench-secret-bench-secret CROUPIER_ENDPOINTS_FILE=/nonexistent RUST_LOG=warn
-"$gw" run gateway >"$work/gateway.log" 2>&1 &
-gw_pid=$!; pids+=($gw_pid)
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$http_port") 2>/dev/null && break; sleep 0.1; done
+# shellcheck source=ops/scripts/bench-servers.sh
+source "$root/ops/scripts/bench-servers.sh"
+bench_start_servers "$gw"
 run="$out/$label-$(date +%H%M%S)"
 (
   sleep "${PERF_DELAY:-15}"

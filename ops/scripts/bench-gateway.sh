@@ -16,14 +16,8 @@ duration=${BENCH_DURATION:-30s}
 rate=${BENCH_RATE:-5}
 out=${BENCH_OUT:-$root/artifacts/bench-gateway}
 mkdir -p "$out"
-work=$(mktemp -d /tmp/croupier-bench-XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=ops/scripts/bench-servers.sh
+source ops/scripts/bench-servers.sh
 
 cargo build -q --release -p croupier
 bin=$root/target/release/croupier
@@ -32,50 +26,23 @@ if [ "${BENCH_FLOOR:-1}" != 0 ]; then
     --target-dir target/experiments
   floor=$root/target/experiments/release/loopback-floor
 fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-export CROUPIER_JWT_SECRET=bench-secret-bench-secret-bench-secret CROUPIER_ENDPOINTS_FILE=/nonexistent
-export RUST_LOG=warn
-
-# Fresh servers for every size: a server's RSS per connection is (RSS with the clients - RSS
-# before them), and memory a previous size's clients left in the allocator would hide part of
-# the next size's.
-start_servers() {
-  nats_port=$(free_port); ws_port=$(free_port); http_port=$(free_port)
-  # The config's websocket port is fixed; this run's copy gets a free one.
-  sed "s/127.0.0.1:9222/127.0.0.1:$ws_port/" ops/nats/bench-ws.conf >"$work/ws.conf"
-  rm -rf "$work/js"
-  .tools/venv/bin/nats-server -c "$work/ws.conf" -a 127.0.0.1 -p "$nats_port" -sd "$work/js" >>"$work/nats.log" 2>&1 &
-  nats_pid=$!; pids+=("$nats_pid")
-  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$ws_port") 2>/dev/null && break; sleep 0.1; done
-  NATS_URL="nats://127.0.0.1:$nats_port" CROUPIER_HTTP_ADDR="127.0.0.1:$http_port" \
-    "$bin" run gateway >>"$work/gateway.log" 2>&1 &
-  gw_pid=$!; pids+=("$gw_pid")
-  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$http_port") 2>/dev/null && break; sleep 0.1; done
-}
-stop_servers() {
-  kill "$gw_pid" "$nats_pid" 2>/dev/null || true
-  wait "$gw_pid" "$nats_pid" 2>/dev/null || true
+# measure <server> <url> <pid>: one loadgen run against it, the report in $out/<server>-$n.json.
+measure() {
+  echo "== $n clients, $1"
+  "$bin" loadgen --quiet --url "$2" --target "$1" --table bench \
+    --clients "$n" --duration "$duration" --publish-rate "$rate" --source-addrs 4 \
+    --server-pid "$3" --json "$out/$1-$n.json"
 }
 
 for n in $sizes; do
   rm -f "$out/croupier-$n.json" "$out/nats-$n.json" "$out/floor-$n.json"
-  start_servers
-  if [[ " $servers " == *" croupier "* ]]; then
-  echo "== $n clients, croupier gateway"
-  NATS_URL="nats://127.0.0.1:$nats_port" "$bin" loadgen --quiet --url "ws://127.0.0.1:$http_port/ws" \
-    --target croupier --table bench \
-    --clients "$n" --duration "$duration" --publish-rate "$rate" --source-addrs 4 \
-    --server-pid "$gw_pid" --json "$out/croupier-$n.json"
-  fi
-  if [[ " $servers " == *" nats "* ]]; then
-  echo "== $n clients, nats-server websocket"
-  NATS_URL="nats://127.0.0.1:$nats_port" "$bin" loadgen --quiet --url "ws://127.0.0.1:$ws_port" \
-    --target nats --table bench \
-    --clients "$n" --duration "$duration" --publish-rate "$rate" --source-addrs 4 \
-    --server-pid "$nats_pid" --json "$out/nats-$n.json"
-  fi
-  stop_servers
+  # Fresh servers for every size: a server's RSS per connection is (RSS with the clients - RSS
+  # before them), and memory a previous size's clients left in the allocator would hide part of
+  # the next size's.
+  bench_start_servers "$bin"
+  if [[ " $servers " == *" croupier "* ]]; then measure croupier "ws://127.0.0.1:$http_port/ws" "$gw_pid"; fi
+  if [[ " $servers " == *" nats "* ]]; then measure nats "ws://127.0.0.1:$ws_port" "$nats_pid"; fi
+  bench_stop_servers
   if [ "${BENCH_FLOOR:-1}" != 0 ]; then
     # The same fan-out with no server at all (ADR 0017): what this machine's kernel allows.
     echo "== $n clients, loopback floor (no server)"
