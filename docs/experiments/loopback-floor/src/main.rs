@@ -223,7 +223,14 @@ fn send_rounds(
     start: &Barrier,
     end: &Barrier,
 ) -> Duration {
-    let mut ring = (uring > 0).then(|| io_uring::IoUring::new(4096));
+    // A ring that cannot be had ends the run: falling back to `send` would report io_uring
+    // figures that are not.
+    let mut ring = (uring > 0).then(|| {
+        io_uring::IoUring::new(4096).unwrap_or_else(|error| {
+            eprintln!("io_uring unavailable: {error}");
+            std::process::exit(1)
+        })
+    });
     let mut message = vec![b'x'; bytes];
     let mut cpu_at_warm_up = Duration::ZERO;
     for round in 0..rounds {
@@ -233,8 +240,8 @@ fn send_rounds(
         }
         message[0] = round as u8;
         match &mut ring {
-            Some(Ok(ring)) => send_uring(ring, share, &message, uring),
-            _ => {
+            Some(ring) => send_uring(ring, share, &message, uring),
+            None => {
                 let failed = share
                     .iter()
                     .filter(|socket| (&**socket).write_all(&message).is_err())
