@@ -653,35 +653,45 @@ mod tests {
         }
     }
 
+    /// A reader (measuring) holding one client of a real loopback connection, adopted with
+    /// `leftover`; returns the server's end too.
+    fn connected(leftover: &[u8], bettor: bool) -> (Reader, Arc<Shared>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        client.set_nonblocking(true).expect("nonblocking");
+        let shared = Arc::new(Shared::new().expect("shared"));
+        shared.measuring.store(true, Ordering::Relaxed);
+        let mut reader = reader(&shared);
+        reader.adopt(Connected {
+            index: 0,
+            stream: client,
+            leftover: leftover.to_vec(),
+            bettor,
+        });
+        (reader, shared, server)
+    }
+
+    /// A `round_opened` event message as the gateway sends it, stamped now.
+    fn round_opened(round: u64) -> Vec<u8> {
+        let at =
+            domain::Timestamp::from_offset_datetime(time::OffsetDateTime::now_utc()).expect("now");
+        let event = format!(
+            r#"{{"type":"event","channel":"table.t","seq":{round},"event":{{"kind":"round_opened","at":"{at}","round":{round}}}}}"#
+        );
+        server_frame(OpCode::Data(Data::Text), event.as_bytes())
+    }
+
     fn delivered(shared: &Shared) -> u64 {
         shared.delivered.load(Ordering::Relaxed)
     }
 
     #[test]
     fn split_and_joined_frames_pings_and_a_4008_close_are_each_handled() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
-        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (mut server, _) = listener.accept().expect("accept");
-        client.set_nonblocking(true).expect("nonblocking");
-        let shared = Arc::new(Shared::new().expect("shared"));
-        shared.measuring.store(true, Ordering::Relaxed);
-        let mut reader = reader(&shared);
-
-        let at =
-            domain::Timestamp::from_offset_datetime(time::OffsetDateTime::now_utc()).expect("now");
-        let event = format!(
-            r#"{{"type":"event","channel":"table.t","seq":1,"event":{{"kind":"round_opened","at":"{at}","round":1}}}}"#
-        );
-        let frame = server_frame(OpCode::Data(Data::Text), event.as_bytes());
-
+        let frame = round_opened(1);
         // The upgrade response came with the first half of a frame: nothing to count yet.
         let (head, tail) = frame.split_at(5);
-        reader.adopt(Connected {
-            index: 0,
-            stream: client,
-            leftover: head.to_vec(),
-            bettor: false,
-        });
+        let (mut reader, shared, mut server) = connected(head, false);
         assert_eq!(delivered(&shared), 0);
         assert!(reader.take(0, tail).is_ok());
         assert_eq!(delivered(&shared), 1);
@@ -730,26 +740,9 @@ mod tests {
 
     #[test]
     fn a_bettor_whose_bets_go_unanswered_stops_betting_at_its_bound() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
-        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let _server = listener.accept().expect("accept");
-        client.set_nonblocking(true).expect("nonblocking");
-        let shared = Arc::new(Shared::new().expect("shared"));
-        let mut reader = reader(&shared);
-        reader.adopt(Connected {
-            index: 0,
-            stream: client,
-            leftover: Vec::new(),
-            bettor: true,
-        });
-        let at =
-            domain::Timestamp::from_offset_datetime(time::OffsetDateTime::now_utc()).expect("now");
+        let (mut reader, _shared, _server) = connected(&[], true);
         for round in 1..=BETS_IN_FLIGHT as u64 + 10 {
-            let opened = format!(
-                r#"{{"type":"event","event":{{"kind":"round_opened","at":"{at}","round":{round}}}}}"#
-            );
-            let frame = server_frame(OpCode::Data(Data::Text), opened.as_bytes());
-            assert!(reader.take(0, &frame).is_ok());
+            assert!(reader.take(0, &round_opened(round)).is_ok());
         }
         let conn = reader.conns[0].as_ref().expect("still connected");
         assert_eq!(conn.bets_sent.len(), BETS_IN_FLIGHT);
@@ -758,18 +751,7 @@ mod tests {
 
     #[test]
     fn a_masked_or_oversized_server_frame_ends_the_connection() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
-        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let _server = listener.accept().expect("accept");
-        client.set_nonblocking(true).expect("nonblocking");
-        let shared = Arc::new(Shared::new().expect("shared"));
-        let mut reader = reader(&shared);
-        reader.adopt(Connected {
-            index: 0,
-            stream: client,
-            leftover: Vec::new(),
-            bettor: false,
-        });
+        let (mut reader, _shared, _server) = connected(&[], false);
         // A client frame (masked) coming from the server is a protocol error.
         assert!(reader.take(0, &text_frame(b"{}")).is_err());
         // So is a frame announcing more than a client accepts.
