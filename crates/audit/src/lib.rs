@@ -1,9 +1,19 @@
-//! Replay and verification for auditors (`croupier replay`): re-reads the event streams,
-//! verifies the hash chain and gapless positions, and (in a later issue) rebuilds every round,
-//! bet and balance.
+//! Replay and verification for auditors (`croupier replay`): re-reads the Postgres log in one
+//! snapshot, verifies the hash chain, gapless positions and published checkpoints, rebuilds
+//! every round, bet, settlement and wallet, and checks them against the published rules,
+//! implemented again here (`rules`) so that a bug in the code that applied them is caught
+//! rather than confirmed.
 //!
-//! Depends on `domain`, `protocol` and the `store` port; never on a service.
+//! Depends on `domain` and `protocol` for the events' shapes only; never on a service, and not
+//! on `domain`'s fairness or payout code.
 
+pub mod model;
 pub mod replay;
+pub mod report;
+pub mod rules;
+pub mod source;
 
-pub use replay::{ReplayError, ReplayOptions, ReplayReport, replay};
+pub use model::{Limits, Scope};
+pub use replay::{ReplayError, ReplayOptions, replay, replay_with_progress};
+pub use report::{Check, Report, Violation};
+pub use source::Checkpoint;

@@ -1,152 +1,167 @@
-//! `croupier replay`, first form: the whole chain is verified from position 1 to the head
-//! (gapless positions, every hash recomputed, the head agreeing with the last event) with
-//! [`store::verify_chain`]; `--table`, `--from-round` and `--to-round` choose which rounds the
-//! report counts (the chain itself is one, so it is always verified end to end).
+//! `croupier replay`: reads the Postgres log in one snapshot, verifies the chain and the
+//! published checkpoints on one task while another rebuilds every round, bet, settlement and
+//! wallet and checks them against the published rules (`crate::rules`), then compares the
+//! wallets with the `accounts` read model of the same snapshot.
+//!
+//! `--table`, `--from-round` and `--to-round` narrow what is rebuilt and reported; the chain and
+//! the checkpoints always cover the whole log (from `--from-checkpoint` when given), and
+//! wallets are checked only on an unscoped run from position 1.
 
-use std::collections::BTreeSet;
+use tokio::sync::mpsc;
+use tokio_postgres::NoTls;
 
-use domain::TableId;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::Serialize;
-use store::{ChainError, ChainProgress, Store, StoreError, VerifyError};
+use crate::model::{Auditor, Limits, Scope};
+use crate::report::{self, Head, Report};
+use crate::source::{self, BATCHES_IN_FLIGHT, Checkpoint, Piece, SourceError};
 
 /// Events at which a replay is long enough to deserve a progress bar.
 pub const PROGRESS_BAR_FROM: i64 = 10_000;
 
-/// Which rounds the report covers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What to replay and by which rules.
+#[derive(Debug, Clone, Default)]
 pub struct ReplayOptions {
-    pub table: Option<TableId>,
-    pub from_round: Option<u64>,
-    pub to_round: Option<u64>,
+    pub scope: Scope,
+    pub limits: Limits,
+    /// Published checkpoints that must still hold (`--expect-head`, `--checkpoints`).
+    pub checkpoints: Vec<Checkpoint>,
+    /// Start from this published checkpoint instead of position 1.
+    pub from_checkpoint: Option<Checkpoint>,
 }
 
-impl ReplayOptions {
-    fn covers(&self, table: &str, round: u64) -> bool {
-        self.table.as_ref().is_none_or(|t| t.as_str() == table)
-            && self.from_round.is_none_or(|from| round >= from)
-            && self.to_round.is_none_or(|to| round <= to)
-    }
-}
-
-/// A replay that found everything in order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ReplayReport {
-    pub ok: bool,
-    /// Events verified (the whole chain).
-    pub events: u64,
-    pub last_position: i64,
-    /// Lowercase hex of the hash at `last_position`.
-    pub head_hash: String,
-    /// Rounds in the chosen scope that the store holds.
-    pub rounds: u64,
-}
-
+/// Why a replay could not run (as opposed to what it found).
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    /// The chain is broken: `position` is the first bad one.
+    #[error("cannot connect to the event store: {0}")]
+    Connect(tokio_postgres::Error),
     #[error(transparent)]
-    Broken(#[from] ChainError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    Source(#[from] SourceError),
+    #[error("the reading task failed: {0}")]
+    Task(String),
 }
 
 impl ReplayError {
-    /// The first bad position, when the chain is broken.
-    pub fn position(&self) -> Option<i64> {
-        match self {
-            ReplayError::Broken(broken) => Some(broken.position),
-            ReplayError::Store(_) => None,
-        }
-    }
-
-    /// The failure as the `--json` output prints it.
+    /// The failure as `--json` prints it.
     pub fn to_json(&self) -> String {
-        #[derive(Serialize)]
-        struct Failure<'a> {
-            ok: bool,
-            position: Option<i64>,
-            error: &'a str,
-        }
-        let error = self.to_string();
-        serde_json::to_string(&Failure {
-            ok: false,
-            position: self.position(),
-            error: &error,
-        })
-        .unwrap_or_else(|_| "{\"ok\":false}".into())
+        serde_json::json!({ "ok": false, "error": self.to_string() }).to_string()
     }
 }
 
-impl ReplayReport {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| "{\"ok\":true}".into())
-    }
+/// Progress of a replay: events rebuilt so far, of about `total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub events: u64,
+    pub total: i64,
 }
 
-/// Verifies the store; `progress` is told after every page.
+/// Replays the log at `config` (the store's connection settings; the audit lifts the
+/// statement timeout for its one long `COPY`).
 pub async fn replay(
-    store: &Store,
+    config: &tokio_postgres::Config,
     options: &ReplayOptions,
-    progress: impl FnMut(ChainProgress),
-) -> Result<ReplayReport, ReplayError> {
-    let report = match store.verify_chain(1, progress).await {
-        Ok(report) => report,
-        Err(VerifyError::Broken(broken)) => return Err(broken.into()),
-        Err(VerifyError::Store(error)) => return Err(error.into()),
-    };
-    let client = store.client().await?;
-    let rows = client
-        .query(
-            "SELECT DISTINCT stream FROM events WHERE stream LIKE 'round-%' AND position <= $1",
-            &[&report.last_position],
-        )
+    mut progress: impl FnMut(Progress),
+) -> Result<Report, ReplayError> {
+    let mut config = config.clone();
+    config.options("-c statement_timeout=0 -c idle_in_transaction_session_timeout=0");
+    let (client, connection) = config.connect(NoTls).await.map_err(ReplayError::Connect)?;
+    let connection = tokio::spawn(connection);
+
+    let (start, start_violation) = source::start_at(&client, options.from_checkpoint).await?;
+    let total: i64 = client
+        .query_one("SELECT position FROM public.event_head", &[])
         .await
-        .map_err(StoreError::from)?;
-    let mut rounds = BTreeSet::new();
-    for row in rows {
-        let stream: &str = row.get(0);
-        let Some((table, round)) = stream
-            .strip_prefix("round-")
-            .and_then(|rest| rest.rsplit_once('-'))
-        else {
-            continue;
-        };
-        if let Ok(round) = round.parse::<u64>()
-            && options.covers(table, round)
-        {
-            rounds.insert((table.to_string(), round));
+        .map_err(SourceError::from)?
+        .try_get::<_, i64>(0)
+        .map_err(SourceError::from)?
+        - start.from
+        + 1;
+    let partial = start.from > 1;
+    let mut auditor = Auditor::new(options.limits, options.scope.clone(), partial);
+    if let Some(violation) = start_violation {
+        auditor.violation(violation);
+    }
+
+    let (tx, mut rx) = mpsc::channel(BATCHES_IN_FLIGHT);
+    let checkpoints = options.checkpoints.clone();
+    let reader = tokio::spawn(async move { source::read(client, start, &checkpoints, tx).await });
+
+    let mut events = 0u64;
+    let mut end = None;
+    while let Some(piece) = rx.recv().await {
+        match piece {
+            Piece::Rows(rows, found) => {
+                for violation in found {
+                    auditor.violation(violation);
+                }
+                for row in &rows {
+                    auditor.apply(row);
+                }
+                events += rows.len() as u64;
+                progress(Progress { events, total });
+            }
+            Piece::End(last) => end = Some(last),
         }
     }
-    Ok(ReplayReport {
-        ok: true,
-        events: report.events,
-        last_position: report.last_position,
-        head_hash: hex::encode(report.last_hash),
-        rounds: rounds.len() as u64,
+    drop(rx);
+    reader
+        .await
+        .map_err(|e| ReplayError::Task(e.to_string()))??;
+    connection.abort();
+    let Some(end) = end else {
+        return Err(ReplayError::Task("the log ended without its end".into()));
+    };
+    for violation in end.violations {
+        auditor.violation(violation);
+    }
+    let finish = auditor.finish(Some(&end.accounts));
+    let mut tables = finish.tables;
+    for violation in finish.violations.listed() {
+        if let Some(table) = violation.table.as_ref().and_then(|t| tables.get_mut(t)) {
+            table.violations += 1;
+        }
+    }
+    let total = finish.violations.total();
+    Ok(Report {
+        ok: total == 0,
+        events: end.events,
+        from_position: start.from,
+        head: Head {
+            position: end.head.0,
+            hash: hex::encode(end.head.1),
+        },
+        scope: report::Scope {
+            table: options.scope.table.clone(),
+            from_round: options.scope.from_round,
+            to_round: options.scope.to_round,
+        },
+        tables,
+        money: finish.money,
+        checkpoints_verified: end.checkpoints_verified,
+        violations_total: total,
+        violations: finish.violations.into_listed(),
     })
 }
 
-/// [`replay`] with a progress bar on stderr for long stores (hidden when stderr is not a
-/// terminal, and with `quiet`).
+/// [`replay`] with a progress bar on stderr for long logs, when stderr is a terminal and
+/// `quiet` is false.
 pub async fn replay_with_progress(
-    store: &Store,
+    config: &tokio_postgres::Config,
     options: &ReplayOptions,
     quiet: bool,
-) -> Result<ReplayReport, ReplayError> {
+) -> Result<Report, ReplayError> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{spinner} verifying {pos}/{len} events {wide_bar} {eta}")
+        ProgressStyle::with_template("{spinner} replaying {pos}/{len} events {wide_bar} {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut shown = false;
-    let result = replay(store, options, |p| {
-        if !shown && !quiet && p.end >= PROGRESS_BAR_FROM {
-            bar.set_length(p.end.max(0) as u64);
+    let result = replay(config, options, |p| {
+        if !shown && !quiet && p.total >= PROGRESS_BAR_FROM {
+            bar.set_length(p.total.max(0) as u64);
             shown = true;
         }
         if shown {
-            bar.set_position(p.position.max(0) as u64);
+            bar.set_position(p.events);
         }
     })
     .await;

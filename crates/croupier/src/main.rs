@@ -13,6 +13,7 @@ mod replay;
 mod run;
 mod telemetry;
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -72,7 +73,17 @@ enum WalletCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match main_with_code() {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("Error: {error:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_with_code() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let settings = cli.connect.resolve();
     match cli.command {
@@ -90,7 +101,7 @@ fn main() -> anyhow::Result<()> {
                 "{}",
                 gateway::auth::mint(&secret, &player, ttl, gateway::auth::now_unix())
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         command => {
             telemetry::init_logs();
@@ -105,8 +116,16 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn async_main(command: Command, settings: config::Resolved) -> anyhow::Result<()> {
-    match command {
+async fn async_main(command: Command, settings: config::Resolved) -> anyhow::Result<ExitCode> {
+    if let Command::Replay(args) = command {
+        // The audit reads the whole log in one long statement: no statement timeout.
+        let mut pool = store::PoolConfig::new(settings.database_url.clone());
+        pool.statement_timeout = Duration::ZERO;
+        pool.idle_in_transaction_timeout = Duration::ZERO;
+        pool.application_name = "croupier-replay".into();
+        return Ok(replay::run(args, &pool).await);
+    }
+    let done: anyhow::Result<()> = match command {
         Command::Run(args) => run::run(*args, settings).await,
         Command::Migrate => {
             let store = open_store(&settings)?;
@@ -139,14 +158,15 @@ async fn async_main(command: Command, settings: config::Resolved) -> anyhow::Res
             );
             Ok(())
         }
-        Command::Replay(args) => replay::run(args, open_store(&settings)?).await,
+        Command::Replay(_) => Ok(()),
         Command::Loadgen(args) => {
             limits::raise_open_files();
             loadgen::run(args, settings).await
         }
         Command::Projections(command) => projections::run(command, open_store(&settings)?).await,
         Command::Token { .. } => Ok(()),
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 fn open_store(settings: &config::Resolved) -> anyhow::Result<store::Store> {

@@ -1,55 +1,132 @@
-//! `croupier replay [--table T] [--from-round N] [--to-round M] [--json]`: verifies the event
-//! store end to end (see `audit::replay`). Exit 0 only when every check passes; otherwise the
-//! first bad position is reported and the exit code is non-zero.
+//! `croupier replay`: proves the log (see `audit::replay`). Exit 0 when every check holds, 1
+//! when a violation was found, 2 when the replay could not run (the database unreachable, bad
+//! arguments).
 
-use anyhow::Context;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
 use clap::Args;
+
+/// Exit code when a violation was found.
+pub const EXIT_VIOLATIONS: u8 = 1;
+/// Exit code when the replay could not run.
+pub const EXIT_CANNOT_RUN: u8 = 2;
 
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
-    /// Count only this table's rounds in the report.
+    /// Rebuild and report only this table's rounds.
     #[arg(long)]
     pub table: Option<String>,
-    /// Count only rounds from this one on.
+    /// Rebuild and report only rounds from this one on.
     #[arg(long)]
     pub from_round: Option<u64>,
-    /// Count only rounds up to this one.
+    /// Rebuild and report only rounds up to this one.
     #[arg(long)]
     pub to_round: Option<u64>,
-    /// Print one JSON object instead of text.
+    /// Print one JSON object instead of text (schema: schemas/replay-report.json).
     #[arg(long)]
     pub json: bool,
+    /// A published checkpoint `POSITION:HASH` that must still hold (repeatable).
+    #[arg(long = "expect-head", value_name = "POSITION:HASH")]
+    pub expect_head: Vec<audit::Checkpoint>,
+    /// A file of published checkpoints, one `POSITION:HASH` per line (`#` starts a comment).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoints: Option<PathBuf>,
+    /// Start from this published checkpoint instead of position 1: the chain from there on,
+    /// and the rounds that open after it.
+    #[arg(long, value_name = "POSITION:HASH")]
+    pub from_checkpoint: Option<audit::Checkpoint>,
+    /// The smallest stake the services accept (their CROUPIER_MIN_BET).
+    #[arg(long, env = "CROUPIER_MIN_BET", default_value_t = 10)]
+    pub min_bet: i64,
+    /// The largest stake the services accept (their CROUPIER_MAX_BET).
+    #[arg(long, env = "CROUPIER_MAX_BET", default_value_t = 100_000)]
+    pub max_bet: i64,
+    /// The most one player may stake on one round (the services' CROUPIER_MAX_ROUND_STAKE).
+    #[arg(long, env = "CROUPIER_MAX_ROUND_STAKE", default_value_t = 1_000_000)]
+    pub max_round_stake: i64,
 }
 
-pub async fn run(args: ReplayArgs, store: store::Store) -> anyhow::Result<()> {
+fn read_checkpoints(path: &PathBuf) -> Result<Vec<audit::Checkpoint>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--checkpoints {}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(n, line)| (n, line.split('#').next().unwrap_or("").trim()))
+        .filter(|(_, line)| !line.is_empty())
+        .map(|(n, line)| {
+            line.parse()
+                .map_err(|e| format!("--checkpoints {} line {}: {e}", path.display(), n + 1))
+        })
+        .collect()
+}
+
+fn options(args: &ReplayArgs) -> Result<audit::ReplayOptions, String> {
     let table = args
         .table
         .as_deref()
         .map(domain::TableId::parse)
         .transpose()
-        .map_err(|e| anyhow::anyhow!("--table: {e}"))?;
-    let options = audit::ReplayOptions {
-        table,
-        from_round: args.from_round,
-        to_round: args.to_round,
+        .map_err(|e| format!("--table: {e}"))?;
+    let mut checkpoints = args.expect_head.clone();
+    if let Some(path) = &args.checkpoints {
+        checkpoints.extend(read_checkpoints(path)?);
+    }
+    if args.min_bet < 1 || args.max_bet < args.min_bet || args.max_round_stake < args.max_bet {
+        return Err(format!(
+            "limits: need 1 ≤ --min-bet ({}) ≤ --max-bet ({}) ≤ --max-round-stake ({})",
+            args.min_bet, args.max_bet, args.max_round_stake
+        ));
+    }
+    Ok(audit::ReplayOptions {
+        scope: audit::Scope {
+            table: table.map(|t| t.as_str().to_string()),
+            from_round: args.from_round,
+            to_round: args.to_round,
+        },
+        limits: audit::Limits {
+            min_bet: args.min_bet,
+            max_bet: args.max_bet,
+            max_round_stake: args.max_round_stake,
+        },
+        checkpoints,
+        from_checkpoint: args.from_checkpoint,
+    })
+}
+
+fn cannot_run(json: bool, message: &str) -> ExitCode {
+    if json {
+        println!("{}", serde_json::json!({ "ok": false, "error": message }));
+    }
+    eprintln!("error: replay could not run: {message}");
+    ExitCode::from(EXIT_CANNOT_RUN)
+}
+
+pub async fn run(args: ReplayArgs, store: &store::PoolConfig) -> ExitCode {
+    let options = match options(&args) {
+        Ok(options) => options,
+        Err(message) => return cannot_run(args.json, &message),
     };
-    match audit::replay::replay_with_progress(&store, &options, args.json).await {
+    let config = match store.pg_config() {
+        Ok(config) => config,
+        Err(error) => return cannot_run(args.json, &format!("DATABASE_URL: {error}")),
+    };
+    // A bar only for a person watching: not with --json, not when the output goes elsewhere.
+    let quiet = args.json || !std::io::stdout().is_terminal();
+    match audit::replay_with_progress(&config, &options, quiet).await {
         Ok(report) => {
             if args.json {
                 println!("{}", report.to_json());
             } else {
-                println!(
-                    "ok: {} events verified, positions 1..={} gapless, chain intact (head {}); {} rounds in scope",
-                    report.events, report.last_position, report.head_hash, report.rounds
-                );
+                print!("{}", report.to_text());
             }
-            Ok(())
-        }
-        Err(error) => {
-            if args.json {
-                println!("{}", error.to_json());
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_VIOLATIONS)
             }
-            Err(error).context("replay failed")
         }
+        Err(error) => cannot_run(args.json, &error.to_string()),
     }
 }

@@ -8,6 +8,11 @@ use std::process::{Command, Stdio};
 use common::{BIN, Env, free_addr};
 
 fn replay(env: &Env, args: &[&str]) -> (bool, String, String) {
+    let (code, stdout, stderr) = replay_code(env, args);
+    (code == Some(0), stdout, stderr)
+}
+
+fn replay_code(env: &Env, args: &[&str]) -> (Option<i32>, String, String) {
     let output = env
         .apply(&mut Command::new(BIN))
         .arg("replay")
@@ -16,7 +21,7 @@ fn replay(env: &Env, args: &[&str]) -> (bool, String, String) {
         .output()
         .expect("run croupier replay");
     (
-        output.status.success(),
+        output.status.code(),
         String::from_utf8_lossy(&output.stdout).to_string(),
         String::from_utf8_lossy(&output.stderr).to_string(),
     )
@@ -79,12 +84,48 @@ async fn replay_passes_on_an_intact_store_and_names_the_first_tampered_position(
         .await
         .expect("tamper as superuser");
 
-    let (ok, stdout, stderr) = replay(&env, &[]);
-    assert!(!ok, "a tampered store fails: {stdout}");
-    assert!(stderr.contains("position 3"), "{stderr}");
-    let (ok, stdout, _) = replay(&env, &["--json"]);
-    assert!(!ok);
+    // Bad arguments against a reachable store: exit 2, naming the argument.
+    for (bad, named) in [
+        (&["--expect-head", "12"][..], "--expect-head"),
+        (&["--expect-head", "0:00"], "--expect-head"),
+        (&["--from-checkpoint", "5:nothex"], "--from-checkpoint"),
+        (&["--min-bet", "0"], "--min-bet"),
+        (&["--table", "no spaces"], "--table"),
+    ] {
+        let (code, stdout, stderr) = replay_code(&env, bad);
+        assert_eq!(code, Some(2), "{bad:?}: {stdout} {stderr}");
+        assert!(stderr.contains(named), "{bad:?}: {stderr}");
+    }
+
+    let (code, stdout, stderr) = replay_code(&env, &[]);
+    assert_eq!(code, Some(1), "a tampered store fails: {stdout} {stderr}");
+    assert!(stdout.contains("[chain] position 3"), "{stdout}");
+    let (code, stdout, _) = replay_code(&env, &["--json"]);
+    assert_eq!(code, Some(1));
     let failure: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
     assert_eq!(failure["ok"], false);
-    assert_eq!(failure["position"], 3);
+    assert_eq!(failure["violations"][0]["check"], "chain");
+    assert_eq!(failure["violations"][0]["position"], 3);
+}
+
+#[test]
+fn replay_that_cannot_run_exits_2_with_a_clear_message() {
+    let env = Env {
+        nats_url: "nats://127.0.0.1:1".into(),
+        prefix: String::new(),
+        // Nothing listens there.
+        database_url: format!("postgres://postgres@{}/none?connect_timeout=2", free_addr()),
+        http_addr: free_addr(),
+    };
+    let (code, stdout, stderr) = replay_code(&env, &[]);
+    assert_eq!(code, Some(2), "{stdout} {stderr}");
+    assert!(stderr.contains("could not run"), "{stderr}");
+    let (code, stdout, _) = replay_code(&env, &["--json"]);
+    assert_eq!(code, Some(2));
+    let failure: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
+    assert_eq!(failure["ok"], false);
+    assert!(
+        failure["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{failure}"
+    );
 }

@@ -1,0 +1,329 @@
+//! What a replay found: violations, each naming where and what, and the per-table figures an
+//! operator or a regulator reads. Printed for people or as one JSON object (`--json`, schema
+//! in `schemas/replay-report.json`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+/// How many violations a report lists; more are counted, not listed.
+pub const MAX_LISTED: usize = 1000;
+
+/// European roulette's theoretical return to player: 36/37.
+pub const THEORETICAL_RTP: f64 = 36.0 / 37.0;
+
+/// Which rule a violation broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// Positions gapless, every hash recomputed, stream versions consecutive, the head row.
+    Chain,
+    /// A published checkpoint (`--expect-head`, `--checkpoints`, `--from-checkpoint`).
+    Checkpoint,
+    /// A row that is not an event of the contract, or whose columns disagree with it.
+    Event,
+    /// `seed_hash` = SHA-256(seed), the outcome follows from the seed, no seed hash twice.
+    Fairness,
+    /// Phases complete and in order, GMS times non-decreasing, no round missing.
+    Round,
+    /// Placed while the round was open, within the limits, once.
+    Bet,
+    /// Settled or refunded exactly once, with the payout the odds give.
+    Settlement,
+    /// `round_settled` agrees with the round's bets.
+    Totals,
+    /// Every wallet event's balance follows from the one before; never negative.
+    Wallet,
+    /// The `accounts` read model equals the wallets rebuilt from the events.
+    Accounts,
+    /// Deposits = balances + house net + stakes in play.
+    Conservation,
+}
+
+impl Check {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::Chain => "chain",
+            Check::Checkpoint => "checkpoint",
+            Check::Event => "event",
+            Check::Fairness => "fairness",
+            Check::Round => "round",
+            Check::Bet => "bet",
+            Check::Settlement => "settlement",
+            Check::Totals => "totals",
+            Check::Wallet => "wallet",
+            Check::Accounts => "accounts",
+            Check::Conservation => "conservation",
+        }
+    }
+}
+
+/// One thing that does not hold, with where it is and what was expected and found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct Violation {
+    pub check: Check,
+    /// The `events` position of the event at fault, when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bet_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub player: Option<String>,
+    /// What the rule says.
+    pub expected: String,
+    /// What the logs say.
+    pub found: String,
+}
+
+impl Violation {
+    pub fn new(check: Check, expected: impl Into<String>, found: impl Into<String>) -> Self {
+        Violation {
+            check,
+            position: None,
+            table: None,
+            round: None,
+            bet_id: None,
+            player: None,
+            expected: expected.into(),
+            found: found.into(),
+        }
+    }
+
+    pub fn at(mut self, position: i64) -> Self {
+        self.position = Some(position);
+        self
+    }
+
+    pub fn round(mut self, table: &str, round: u64) -> Self {
+        self.table = Some(table.to_string());
+        self.round = Some(round);
+        self
+    }
+
+    pub fn table(mut self, table: &str) -> Self {
+        self.table = Some(table.to_string());
+        self
+    }
+
+    pub fn bet(mut self, bet_id: impl fmt::Display) -> Self {
+        self.bet_id = Some(bet_id.to_string());
+        self
+    }
+
+    pub fn player(mut self, player: &str) -> Self {
+        self.player = Some(player.to_string());
+        self
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}]", self.check.as_str())?;
+        if let Some(position) = self.position {
+            write!(f, " position {position}")?;
+        }
+        match (&self.table, self.round) {
+            (Some(table), Some(round)) => write!(f, " table {table} round {round}")?,
+            (Some(table), None) => write!(f, " table {table}")?,
+            _ => {}
+        }
+        if let Some(bet) = &self.bet_id {
+            write!(f, " bet {bet}")?;
+        }
+        if let Some(player) = &self.player {
+            write!(f, " player {player}")?;
+        }
+        write!(f, ": expected {}, found {}", self.expected, self.found)
+    }
+}
+
+/// Violations as they are found: the first [`MAX_LISTED`] kept, all counted.
+#[derive(Debug, Clone, Default)]
+pub struct Violations {
+    listed: Vec<Violation>,
+    total: u64,
+}
+
+impl Violations {
+    pub fn push(&mut self, violation: Violation) {
+        self.total += 1;
+        if self.listed.len() < MAX_LISTED {
+            self.listed.push(violation);
+        }
+    }
+
+    pub fn extend(&mut self, violations: impl IntoIterator<Item = Violation>) {
+        for violation in violations {
+            self.push(violation);
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    pub fn listed(&self) -> &[Violation] {
+        &self.listed
+    }
+
+    pub fn into_listed(self) -> Vec<Violation> {
+        self.listed
+    }
+}
+
+/// One table's figures over the rounds in scope.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
+pub struct TableReport {
+    /// Rounds settled (outcome declared and every bet paid).
+    pub rounds: u64,
+    /// Rounds voided (every stake refunded).
+    pub voided: u64,
+    /// Rounds still running when the replay read the log (the table's latest).
+    pub in_progress: u64,
+    /// Bets on settled rounds.
+    pub bets: u64,
+    pub staked: i64,
+    pub paid: i64,
+    /// Stakes returned on voided rounds.
+    pub refunded: i64,
+    /// `staked − paid` over settled rounds.
+    pub house_net: i64,
+    /// `paid / staked` over settled rounds; `None` before any stake.
+    pub rtp: Option<f64>,
+    /// Violations that name this table.
+    pub violations: u64,
+}
+
+/// Where the chain ends: the checkpoint to publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct Head {
+    pub position: i64,
+    /// Lowercase hex of the hash at `position`.
+    pub hash: String,
+}
+
+impl fmt::Display for Head {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.position, self.hash)
+    }
+}
+
+/// Money over the whole log (on an unscoped run from position 1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct Money {
+    pub deposits: i64,
+    /// Sum of every wallet's balance as rebuilt from the events.
+    pub balances: i64,
+    /// Stakes minus payouts and refunds on settled or voided rounds.
+    pub house_net: i64,
+    /// Stakes on rounds not settled or refunded yet.
+    pub in_play: i64,
+    pub wallets: u64,
+}
+
+/// What a replay proved, and what it found.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct Report {
+    /// True when no violation was found.
+    pub ok: bool,
+    /// Events read from the store (the whole chain from its start).
+    pub events: u64,
+    /// The chain was verified from this position (1 unless `--from-checkpoint`).
+    pub from_position: i64,
+    pub head: Head,
+    /// The rounds rebuilt and reported: `--table`, `--from-round`, `--to-round`.
+    pub scope: Scope,
+    pub tables: BTreeMap<String, TableReport>,
+    /// Present when wallets were checked (an unscoped run from position 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub money: Option<Money>,
+    /// Checkpoints given and found to hold.
+    pub checkpoints_verified: u64,
+    /// Every violation found (see `violations_listed` for how many are listed).
+    pub violations_total: u64,
+    pub violations: Vec<Violation>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct Scope {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_round: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_round: Option<u64>,
+}
+
+impl Report {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":{e:?}}}"))
+    }
+
+    /// The report for people.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{} events verified, positions {}..={}",
+            self.events, self.from_position, self.head.position
+        );
+        for (table, t) in &self.tables {
+            let rtp = t
+                .rtp
+                .map_or("-".to_string(), |r| format!("{:.2} %", r * 100.0));
+            let _ = writeln!(
+                out,
+                "table {table}: {} rounds settled, {} voided, {} in progress; {} bets, staked {}, \
+                 paid {}, refunded {}, house net {}; RTP {rtp} (theoretical {:.2} %); {} violations",
+                t.rounds,
+                t.voided,
+                t.in_progress,
+                t.bets,
+                t.staked,
+                t.paid,
+                t.refunded,
+                t.house_net,
+                THEORETICAL_RTP * 100.0,
+                t.violations
+            );
+        }
+        if let Some(money) = &self.money {
+            let _ = writeln!(
+                out,
+                "money: deposits {} = balances {} + house net {} + in play {} ({} wallets)",
+                money.deposits, money.balances, money.house_net, money.in_play, money.wallets
+            );
+        }
+        if self.checkpoints_verified > 0 {
+            let _ = writeln!(out, "{} checkpoints hold", self.checkpoints_verified);
+        }
+        for violation in &self.violations {
+            let _ = writeln!(out, "VIOLATION {violation}");
+        }
+        if self.violations_total > self.violations.len() as u64 {
+            let _ = writeln!(
+                out,
+                "… and {} more violations",
+                self.violations_total - self.violations.len() as u64
+            );
+        }
+        let verdict = if self.ok {
+            "ok: every check holds"
+        } else {
+            "FAILED"
+        };
+        let _ = writeln!(
+            out,
+            "{verdict}: {} violations; chain head {} (publish it as a checkpoint)",
+            self.violations_total, self.head
+        );
+        out
+    }
+}
