@@ -109,6 +109,12 @@ impl TestPostgres {
         self.create_database(Some(&template)).await
     }
 
+    /// A fresh database holding a copy of `source` (which nobody may be connected to while it
+    /// is copied: the copy waits a few seconds for sessions on their way out).
+    pub async fn copy_of(&self, source: &TestDb) -> Result<TestDb, HarnessError> {
+        self.create_database(Some(&source.name)).await
+    }
+
     async fn prepare_template<F, Fut, E>(&self, template: &str, init: F) -> Result<(), HarnessError>
     where
         F: FnOnce(String) -> Fut,
