@@ -178,9 +178,9 @@ impl Auditor {
         self.violations.push(violation);
     }
 
-    /// Rebuilds with one more row.
-    pub fn apply(&mut self, row: &Row) {
-        let event = match protocol::decode_event(&row.data) {
+    /// Rebuilds with one more row, whose `data` decoded to `event` (or did not).
+    pub fn apply(&mut self, row: &Row, event: Result<&Event, &protocol::DecodeError>) {
+        let event = match event {
             Ok(event) => event,
             Err(error) => {
                 self.violation(
@@ -190,9 +190,9 @@ impl Auditor {
                 return;
             }
         };
-        self.check_columns(row, &event);
+        self.check_columns(row, event);
         if self.checks_wallets() {
-            self.apply_wallet(row.position, &event);
+            self.apply_wallet(row.position, event);
         }
         let (Some(table), Some(round)) = (event.table(), event.round()) else {
             return;
@@ -201,7 +201,7 @@ impl Auditor {
         if !self.scope.covers(&table, round) {
             return;
         }
-        self.apply_round(row.position, &table, round, &event);
+        self.apply_round(row.position, &table, round, event);
     }
 
     /// The row's columns agree with the event it holds.

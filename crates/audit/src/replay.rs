@@ -3,16 +3,26 @@
 //! wallet and checks them against the published rules (`crate::rules`), then compares the
 //! wallets with the `accounts` read model of the same snapshot.
 //!
+//! With a bus, the `TABLES` and `PLAYERS` streams are read too, each on its own task, and
+//! merged with the Postgres rows by the events' time (`crate::crosscheck`).
+//!
 //! `--table`, `--from-round` and `--to-round` narrow what is rebuilt and reported; the chain and
 //! the checkpoints always cover the whole log (from `--from-checkpoint` when given), and
 //! wallets are checked only on an unscoped run from position 1.
 
+use std::collections::{HashMap, VecDeque};
+
+use bus::Bus;
+use domain::Timestamp;
+use protocol::Event;
 use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
+use uuid::Uuid;
 
-use crate::model::{Auditor, Limits, Scope};
-use crate::report::{self, Head, Report};
-use crate::source::{self, BATCHES_IN_FLIGHT, Checkpoint, Piece, SourceError};
+use crate::crosscheck::{self, BUS_BATCHES_IN_FLIGHT, BusMessage, Matcher, STREAMS, StreamReport};
+use crate::model::{Auditor, Limits, Row, Scope};
+use crate::report::{self, Check, Head, Report, Violation};
+use crate::source::{self, BATCHES_IN_FLIGHT, Checkpoint, End, Piece, Snapshot, SourceError};
 
 /// Events at which a replay is long enough to deserve a progress bar.
 pub const PROGRESS_BAR_FROM: i64 = 10_000;
@@ -35,6 +45,8 @@ pub enum ReplayError {
     Connect(tokio_postgres::Error),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error("reading the bus: {0}")]
+    Bus(bus::BusError),
     #[error("the reading task failed: {0}")]
     Task(String),
 }
@@ -53,65 +65,273 @@ pub struct Progress {
     pub total: i64,
 }
 
-/// Replays the log at `config` (the store's connection settings; the audit lifts the
-/// statement timeout for its one long `COPY`).
-pub async fn replay(
+/// The Postgres log as the merge reads it: rows decoded, in position order.
+struct PgSide {
+    rx: mpsc::Receiver<Piece>,
+    buf: VecDeque<(Row, Result<Event, protocol::DecodeError>)>,
+    snapshot: Option<Snapshot>,
+    end: Option<End>,
+    done: bool,
+    events: u64,
+}
+
+impl PgSide {
+    /// Fills the buffer with the next rows (or learns that there are none).
+    async fn refill(
+        &mut self,
+        auditor: &mut Auditor,
+        progress: &mut impl FnMut(Progress),
+        total: i64,
+    ) {
+        while self.buf.is_empty() && !self.done {
+            match self.rx.recv().await {
+                Some(Piece::Snapshot(snapshot)) => self.snapshot = Some(snapshot),
+                Some(Piece::Rows(rows, found)) => {
+                    for violation in found {
+                        auditor.violation(violation);
+                    }
+                    self.events += rows.len() as u64;
+                    self.buf.extend(rows.into_iter().map(|row| {
+                        let event = protocol::decode_event(&row.data);
+                        (row, event)
+                    }));
+                    progress(Progress {
+                        events: self.events,
+                        total,
+                    });
+                }
+                Some(Piece::End(end)) => self.end = Some(end),
+                None => self.done = true,
+            }
+        }
+    }
+
+    fn head_at(&self) -> Option<Timestamp> {
+        self.buf
+            .front()
+            .map(|(_, event)| event.as_ref().map_or(Timestamp::UNIX_EPOCH, |e| e.at))
+    }
+}
+
+/// One JetStream stream as the merge reads it.
+struct BusSide {
+    name: &'static str,
+    rx: mpsc::Receiver<Vec<BusMessage>>,
+    buf: VecDeque<BusMessage>,
+    done: bool,
+    messages: u64,
+    /// The `at` of the first message read (the oldest a retention-limited stream holds).
+    first_at: Option<Timestamp>,
+}
+
+impl BusSide {
+    async fn refill(&mut self) {
+        while self.buf.is_empty() && !self.done {
+            match self.rx.recv().await {
+                Some(batch) => {
+                    self.messages += batch.len() as u64;
+                    if self.first_at.is_none() {
+                        self.first_at = batch.iter().find_map(BusMessage::at);
+                    }
+                    self.buf.extend(batch);
+                }
+                None => self.done = true,
+            }
+        }
+    }
+
+    fn head_at(&self) -> Option<Timestamp> {
+        self.buf
+            .front()
+            .map(|m| m.at().unwrap_or(Timestamp::UNIX_EPOCH))
+    }
+}
+
+/// Replays the log at `config` (the store's connection settings, which should carry no
+/// statement timeout: the audit reads the whole log in one `COPY`) and, with `bus`, compares
+/// it with the `TABLES` and `PLAYERS` streams.
+pub async fn replay<B: Bus>(
     config: &tokio_postgres::Config,
+    bus: Option<&B>,
     options: &ReplayOptions,
     mut progress: impl FnMut(Progress),
 ) -> Result<Report, ReplayError> {
-    let mut config = config.clone();
-    config.options("-c statement_timeout=0 -c idle_in_transaction_session_timeout=0");
     let (client, connection) = config.connect(NoTls).await.map_err(ReplayError::Connect)?;
     let connection = tokio::spawn(connection);
+    let (reader_client, reader_connection) =
+        config.connect(NoTls).await.map_err(ReplayError::Connect)?;
+    let reader_connection = tokio::spawn(reader_connection);
+    let result = replay_on(&client, reader_client, bus, options, &mut progress).await;
+    connection.abort();
+    reader_connection.abort();
+    result
+}
 
-    let (start, start_violation) = source::start_at(&client, options.from_checkpoint).await?;
-    let total: i64 = client
-        .query_one("SELECT position FROM public.event_head", &[])
-        .await
-        .map_err(SourceError::from)?
-        .try_get::<_, i64>(0)
-        .map_err(SourceError::from)?
-        - start.from
-        + 1;
+async fn replay_on<B: Bus>(
+    client: &tokio_postgres::Client,
+    reader_client: tokio_postgres::Client,
+    bus: Option<&B>,
+    options: &ReplayOptions,
+    progress: &mut impl FnMut(Progress),
+) -> Result<Report, ReplayError> {
+    let (start, start_violation) = source::start_at(client, options.from_checkpoint).await?;
     let partial = start.from > 1;
     let mut auditor = Auditor::new(options.limits, options.scope.clone(), partial);
     if let Some(violation) = start_violation {
         auditor.violation(violation);
     }
 
-    let (tx, mut rx) = mpsc::channel(BATCHES_IN_FLIGHT);
+    let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
     let checkpoints = options.checkpoints.clone();
-    let reader = tokio::spawn(async move { source::read(client, start, &checkpoints, tx).await });
-
-    let mut events = 0u64;
-    let mut end = None;
-    while let Some(piece) = rx.recv().await {
-        match piece {
-            Piece::Rows(rows, found) => {
-                for violation in found {
-                    auditor.violation(violation);
-                }
-                for row in &rows {
-                    auditor.apply(row);
-                }
-                events += rows.len() as u64;
-                progress(Progress { events, total });
-            }
-            Piece::End(last) => end = Some(last),
+    let reader =
+        tokio::spawn(async move { source::read(reader_client, start, &checkpoints, tx).await });
+    let mut pg = PgSide {
+        rx,
+        buf: VecDeque::new(),
+        snapshot: None,
+        end: None,
+        done: false,
+        events: 0,
+    };
+    // The snapshot comes first: the bus is read up to where it stands once Postgres's
+    // snapshot is taken, so every event published before the snapshot is on the bus.
+    while pg.snapshot.is_none() && !pg.done {
+        match pg.rx.recv().await {
+            Some(Piece::Snapshot(snapshot)) => pg.snapshot = Some(snapshot),
+            Some(_) => return Err(ReplayError::Task("rows before the snapshot".into())),
+            None => pg.done = true,
         }
     }
-    drop(rx);
+    let Some(snapshot) = pg.snapshot else {
+        return Err(reader_failure(reader).await);
+    };
+    let total = snapshot.head - start.from + 1;
+
+    let mut matcher = bus.map(|_| Matcher::default());
+    let mut sides = Vec::new();
+    let mut bus_tasks = Vec::new();
+    if let (Some(bus), Some(matcher)) = (bus, matcher.as_mut()) {
+        for (name, filter) in STREAMS {
+            let state = bus.stream_state(name).await.map_err(ReplayError::Bus)?;
+            if state.first_seq > 1 && !state.retention_limited {
+                auditor.violation(Violation::new(
+                    Check::Bus,
+                    format!("{name} from sequence 1 (it keeps every message)"),
+                    format!(
+                        "first sequence {}: messages 1..={} were removed",
+                        state.first_seq,
+                        state.first_seq - 1
+                    ),
+                ));
+            }
+            matcher.report.streams.push(StreamReport {
+                name: name.to_string(),
+                first_seq: state.first_seq,
+                last_seq: state.last_seq,
+                retention_limited: state.retention_limited,
+                messages: 0,
+            });
+            let (tx, rx) = mpsc::channel(BUS_BATCHES_IN_FLIGHT);
+            let bus = bus.clone();
+            bus_tasks.push(tokio::spawn(crosscheck::read_stream(
+                bus,
+                name,
+                filter,
+                state.first_seq.max(1),
+                state.last_seq,
+                tx,
+            )));
+            sides.push(BusSide {
+                name,
+                rx,
+                buf: VecDeque::new(),
+                done: false,
+                messages: 0,
+                first_at: None,
+            });
+        }
+    }
+
+    // The merge: always the side whose next event is oldest, so that each event meets its
+    // counterpart soon and little waits in between.
+    let mut checkpoint_at: Option<Timestamp> = None;
+    loop {
+        pg.refill(&mut auditor, progress, total).await;
+        for side in &mut sides {
+            side.refill().await;
+        }
+        if partial && checkpoint_at.is_none() {
+            checkpoint_at = pg.head_at();
+        }
+        let bus_next = sides
+            .iter()
+            .enumerate()
+            .filter_map(|(i, side)| side.head_at().map(|at| (at, i)))
+            .min();
+        let take_bus = match (pg.head_at(), bus_next) {
+            (None, None) => break,
+            (Some(pg_at), Some((bus_at, _))) => bus_at < pg_at,
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+        };
+        if take_bus {
+            let Some((_, i)) = bus_next else { break };
+            let Some(message) = sides[i].buf.pop_front() else {
+                continue;
+            };
+            if let Some(matcher) = matcher.as_mut() {
+                // A replay from a checkpoint compares the bus from the checkpoint's time on.
+                if checkpoint_at.is_some_and(|c| message.at().is_some_and(|at| at < c)) {
+                    matcher.report.outside_snapshot += 1;
+                } else {
+                    matcher.published(message);
+                }
+            }
+        } else if let Some((row, event)) = pg.buf.pop_front() {
+            auditor.apply(&row, event.as_ref());
+            if let (Some(matcher), Ok(event)) = (matcher.as_mut(), &event) {
+                matcher.recorded(row.position, row.data, event);
+            }
+        }
+    }
     reader
         .await
         .map_err(|e| ReplayError::Task(e.to_string()))??;
-    connection.abort();
-    let Some(end) = end else {
+    for task in bus_tasks {
+        task.await
+            .map_err(|e| ReplayError::Task(e.to_string()))?
+            .map_err(ReplayError::Bus)?;
+    }
+    let Some(end) = pg.end else {
         return Err(ReplayError::Task("the log ended without its end".into()));
     };
     for violation in end.violations {
         auditor.violation(violation);
     }
+
+    let bus_report = match matcher {
+        None => None,
+        Some(mut matcher) => {
+            let mut retained_from = HashMap::new();
+            for (side, stream) in sides.iter().zip(matcher.report.streams.iter_mut()) {
+                stream.messages = side.messages;
+                if stream.retention_limited
+                    && stream.first_seq > 1
+                    && let Some(at) = side.first_at
+                {
+                    retained_from.insert(side.name, at);
+                }
+            }
+            let unmatched = matcher.leftovers(snapshot.outbox, &retained_from);
+            let found = recorded_outside(client, &unmatched, start.from, snapshot.head).await?;
+            matcher.unrecorded(&found, snapshot.gs_cursor);
+            for violation in std::mem::take(&mut matcher.violations) {
+                auditor.violation(violation);
+            }
+            Some(matcher.report)
+        }
+    };
+
     let finish = auditor.finish(Some(&end.accounts));
     let mut tables = finish.tables;
     for violation in finish.violations.listed() {
@@ -135,16 +355,58 @@ pub async fn replay(
         },
         tables,
         money: finish.money,
+        bus: bus_report,
         checkpoints_verified: end.checkpoints_verified,
         violations_total: total,
         violations: finish.violations.into_listed(),
     })
 }
 
+/// Ids per lookup of events recorded outside the snapshot.
+const LOOKUP_CHUNK: usize = 10_000;
+
+/// Of `ids`, those the store has outside `from..=head` (recorded after the snapshot, or
+/// before the checkpoint the replay began at), with their positions.
+async fn recorded_outside(
+    client: &tokio_postgres::Client,
+    ids: &[Uuid],
+    from: i64,
+    head: i64,
+) -> Result<HashMap<Uuid, i64>, ReplayError> {
+    let mut found = HashMap::new();
+    for chunk in ids.chunks(LOOKUP_CHUNK) {
+        let rows = client
+            .query(
+                "SELECT event_id, position FROM public.events WHERE event_id = ANY($1) \
+                 AND (position < $2 OR position > $3)",
+                &[&chunk, &from, &head],
+            )
+            .await
+            .map_err(SourceError::from)?;
+        for row in rows {
+            found.insert(
+                row.try_get(0).map_err(SourceError::from)?,
+                row.try_get(1).map_err(SourceError::from)?,
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// Why the reading task stopped before the snapshot.
+async fn reader_failure(reader: tokio::task::JoinHandle<Result<(), SourceError>>) -> ReplayError {
+    match reader.await {
+        Ok(Err(error)) => error.into(),
+        Ok(Ok(())) => ReplayError::Task("the log ended before its snapshot".into()),
+        Err(error) => ReplayError::Task(error.to_string()),
+    }
+}
+
 /// [`replay`] with a progress bar on stderr for long logs, when stderr is a terminal and
 /// `quiet` is false.
-pub async fn replay_with_progress(
+pub async fn replay_with_progress<B: Bus>(
     config: &tokio_postgres::Config,
+    bus: Option<&B>,
     options: &ReplayOptions,
     quiet: bool,
 ) -> Result<Report, ReplayError> {
@@ -155,7 +417,7 @@ pub async fn replay_with_progress(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut shown = false;
-    let result = replay(config, options, |p| {
+    let result = replay(config, bus, options, |p| {
         if !shown && !quiet && p.total >= PROGRESS_BAR_FROM {
             bar.set_length(p.total.max(0) as u64);
             shown = true;

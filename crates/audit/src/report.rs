@@ -40,6 +40,8 @@ pub enum Check {
     Accounts,
     /// Deposits = balances + house net + stakes in play.
     Conservation,
+    /// The Postgres log and the JetStream streams agree event by event.
+    Bus,
 }
 
 impl Check {
@@ -56,6 +58,7 @@ impl Check {
             Check::Wallet => "wallet",
             Check::Accounts => "accounts",
             Check::Conservation => "conservation",
+            Check::Bus => "bus",
         }
     }
 }
@@ -75,6 +78,9 @@ pub struct Violation {
     pub bet_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub player: Option<String>,
+    /// The bus message at fault, e.g. `TABLES seq 12 (table.roulette-1.round)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus: Option<String>,
     /// What the rule says.
     pub expected: String,
     /// What the logs say.
@@ -90,6 +96,7 @@ impl Violation {
             round: None,
             bet_id: None,
             player: None,
+            bus: None,
             expected: expected.into(),
             found: found.into(),
         }
@@ -120,6 +127,11 @@ impl Violation {
         self.player = Some(player.to_string());
         self
     }
+
+    pub fn bus(mut self, place: impl Into<String>) -> Self {
+        self.bus = Some(place.into());
+        self
+    }
 }
 
 impl fmt::Display for Violation {
@@ -127,6 +139,9 @@ impl fmt::Display for Violation {
         write!(f, "[{}]", self.check.as_str())?;
         if let Some(position) = self.position {
             write!(f, " position {position}")?;
+        }
+        if let Some(bus) = &self.bus {
+            write!(f, " {bus}")?;
         }
         match (&self.table, self.round) {
             (Some(table), Some(round)) => write!(f, " table {table} round {round}")?,
@@ -243,6 +258,9 @@ pub struct Report {
     /// Present when wallets were checked (an unscoped run from position 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub money: Option<Money>,
+    /// The comparison with the JetStream streams; absent with `--no-bus`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus: Option<crate::crosscheck::BusReport>,
     /// Checkpoints given and found to hold.
     pub checkpoints_verified: u64,
     /// Every violation found (see `violations_listed` for how many are listed).
@@ -300,6 +318,43 @@ impl Report {
                 "money: deposits {} = balances {} + house net {} + in play {} ({} wallets)",
                 money.deposits, money.balances, money.house_net, money.in_play, money.wallets
             );
+        }
+        match &self.bus {
+            Some(bus) => {
+                let streams: Vec<String> = bus
+                    .streams
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{} {}..={}{}",
+                            s.name,
+                            s.first_seq,
+                            s.last_seq,
+                            if s.retention_limited {
+                                " (retention-limited)"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "bus: {}: {} events agree with Postgres; {} awaiting publication (outbox at \
+                     position {}), {} transitions not yet recorded, {} recorded after the \
+                     snapshot, {} older than the streams' retention",
+                    streams.join(", "),
+                    bus.matched,
+                    bus.awaiting_publication,
+                    bus.outbox_position,
+                    bus.not_yet_recorded,
+                    bus.outside_snapshot,
+                    bus.before_retention
+                );
+            }
+            None => {
+                let _ = writeln!(out, "bus: not compared (--no-bus)");
+            }
         }
         if self.checkpoints_verified > 0 {
             let _ = writeln!(out, "{} checkpoints hold", self.checkpoints_verified);

@@ -57,13 +57,25 @@ impl std::fmt::Display for Checkpoint {
     }
 }
 
-/// What the reading task sends.
+/// What the reading task sends: first the snapshot, then rows, then the end.
 #[derive(Debug)]
 pub enum Piece {
+    /// Where the writers stood in the snapshot.
+    Snapshot(Snapshot),
     /// Rows in position order, and what the chain check found among them.
     Rows(Vec<Row>, Vec<Violation>),
     /// The end of the log (as of the snapshot) and what was read after it.
     End(End),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    /// The head row's position.
+    pub head: i64,
+    /// The last position the outbox had published.
+    pub outbox: i64,
+    /// The last `TABLES` sequence any GS had recorded.
+    pub gs_cursor: u64,
 }
 
 #[derive(Debug)]
@@ -206,6 +218,21 @@ pub async fn read(
         .ok_or(SourceError::NoHead)?;
     let head_position: i64 = head.try_get(0)?;
     let head_hash: Vec<u8> = head.try_get(1)?;
+    let cursors = client
+        .query_one(
+            "SELECT (SELECT coalesce(max(position), 0) FROM public.outbox_cursor), \
+                    (SELECT coalesce(max(stream_seq), 0) FROM public.gs_cursor)",
+            &[],
+        )
+        .await?;
+    let snapshot = Snapshot {
+        head: head_position,
+        outbox: cursors.try_get(0)?,
+        gs_cursor: u64::try_from(cursors.try_get::<_, i64>(1)?).unwrap_or(0),
+    };
+    if out.send(Piece::Snapshot(snapshot)).await.is_err() {
+        return Ok(());
+    }
     let mut found = Vec::new();
     let mut chain = Chain {
         prev: start.prev,

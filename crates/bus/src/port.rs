@@ -198,6 +198,10 @@ pub struct StreamState {
     /// Identifies this life of the stream: it changes only when the stream is recreated, so a
     /// sequence from another epoch means nothing here.
     pub epoch: String,
+    /// The stream drops old messages by its own limits (age, count or bytes), so a first
+    /// sequence past 1 can be legitimate. Without limits it keeps everything, and a first
+    /// sequence past 1 means messages were removed by hand.
+    pub retention_limited: bool,
 }
 
 /// A value in a key-value bucket.

@@ -123,7 +123,7 @@ async fn async_main(command: Command, settings: config::Resolved) -> anyhow::Res
         pool.statement_timeout = Duration::ZERO;
         pool.idle_in_transaction_timeout = Duration::ZERO;
         pool.application_name = "croupier-replay".into();
-        return Ok(replay::run(args, &pool).await);
+        return Ok(replay::run(args, &pool, &settings.nats_url, &settings.nats_prefix).await);
     }
     let done: anyhow::Result<()> = match command {
         Command::Run(args) => run::run(*args, settings).await,

@@ -46,7 +46,14 @@ pub struct ReplayArgs {
     /// The most one player may stake on one round (the services' CROUPIER_MAX_ROUND_STAKE).
     #[arg(long, env = "CROUPIER_MAX_ROUND_STAKE", default_value_t = 1_000_000)]
     pub max_round_stake: i64,
+    /// Check the Postgres log alone, without comparing it with the JetStream streams (for an
+    /// auditor who has a copy of the database and no access to the bus).
+    #[arg(long)]
+    pub no_bus: bool,
 }
+
+/// How long connecting to NATS may take before the replay gives up (exit 2).
+const BUS_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn read_checkpoints(path: &PathBuf) -> Result<Vec<audit::Checkpoint>, String> {
     let text = std::fs::read_to_string(path)
@@ -103,7 +110,12 @@ fn cannot_run(json: bool, message: &str) -> ExitCode {
     ExitCode::from(EXIT_CANNOT_RUN)
 }
 
-pub async fn run(args: ReplayArgs, store: &store::PoolConfig) -> ExitCode {
+pub async fn run(
+    args: ReplayArgs,
+    store: &store::PoolConfig,
+    nats_url: &str,
+    nats_prefix: &str,
+) -> ExitCode {
     let options = match options(&args) {
         Ok(options) => options,
         Err(message) => return cannot_run(args.json, &message),
@@ -114,7 +126,31 @@ pub async fn run(args: ReplayArgs, store: &store::PoolConfig) -> ExitCode {
     };
     // A bar only for a person watching: not with --json, not when the output goes elsewhere.
     let quiet = args.json || !std::io::stdout().is_terminal();
-    match audit::replay_with_progress(&config, &options, quiet).await {
+    let bus = if args.no_bus {
+        None
+    } else {
+        let options = bus::NatsOptions {
+            connection_name: Some("croupier-replay".into()),
+            ..bus::NatsOptions::default()
+        };
+        let connect = bus::NatsBus::connect(nats_url, nats_prefix, options);
+        match tokio::time::timeout(BUS_CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(bus)) => Some(bus),
+            Ok(Err(error)) => {
+                return cannot_run(
+                    args.json,
+                    &format!("connect to NATS at {nats_url} (or pass --no-bus): {error}"),
+                );
+            }
+            Err(_) => {
+                return cannot_run(
+                    args.json,
+                    &format!("connect to NATS at {nats_url}: no answer (or pass --no-bus)"),
+                );
+            }
+        }
+    };
+    match audit::replay_with_progress(&config, bus.as_ref(), &options, quiet).await {
         Ok(report) => {
             if args.json {
                 println!("{}", report.to_json());

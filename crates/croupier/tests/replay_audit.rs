@@ -27,6 +27,9 @@ struct History {
     db: testkit::TestDb,
     /// The bets of each betting round: (round, bet ids).
     rounds: Vec<(u64, Vec<Uuid>)>,
+    /// The bus the services published on, and their namespace there.
+    nats_url: String,
+    prefix: String,
 }
 
 static HISTORY: OnceCell<History> = OnceCell::const_new();
@@ -118,6 +121,7 @@ async fn build_history() -> History {
         db,
         processes,
         gateways,
+        env,
         ..
     } = stack;
     // GMS and GS stop (SIGKILL): the history is what they left, as after a crash.
@@ -126,7 +130,12 @@ async fn build_history() -> History {
         node.shutdown.cancel();
         let _ = node.done.await;
     }
-    History { db, rounds }
+    History {
+        db,
+        rounds,
+        nats_url: env.nats_url,
+        prefix: env.prefix,
+    }
 }
 
 /// A copy of the history for one test.
@@ -146,12 +155,17 @@ struct Replay {
 }
 
 fn replay(db: &testkit::TestDb, args: &[&str]) -> Replay {
+    let history = HISTORY
+        .get()
+        .expect("the history is built before it is copied");
     let run = |json: bool| {
         let mut command = Command::new(BIN);
         command
             .arg("replay")
             .args(args)
             .env("DATABASE_URL", &db.url)
+            .env("NATS_URL", &history.nats_url)
+            .env("CROUPIER_NATS_PREFIX", &history.prefix)
             .env("CROUPIER_ENDPOINTS_FILE", "/nonexistent")
             .stdin(Stdio::null());
         if json {
@@ -501,7 +515,67 @@ async fn a_whole_bet_deleted_breaks_its_rounds_totals() {
     let mut events = load(&db).await;
     events.retain(|e| bet_id_of(e) != Some(bet));
     rewrite(&db, &events).await;
-    replay(&db, &[]).assert_found("totals", |v| v["round"] == round);
+    let found = replay(&db, &[]);
+    found.assert_found("totals", |v| v["round"] == round);
+    // The bus still has the bet, placed and settled: both are named, by the bet and where
+    // they are on the bus.
+    for kind in ["bet_placed", "bet_settled"] {
+        let v = found.assert_found("bus", |v| {
+            names_bet(v, bet) && v["expected"].as_str().is_some_and(|e| e.contains(kind))
+        });
+        assert!(
+            v["bus"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("PLAYERS seq")),
+            "{v}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_seed_that_agrees_with_itself_in_postgres_but_not_with_the_bus_is_named() {
+    let (round, _) = a_bet().await;
+    let db = copy_of_history().await;
+    let mut events = load(&db).await;
+    // The attacker picks the outcome: a seed of their own, its hash and its outcome, all
+    // consistent in Postgres.
+    let seed = domain::ServerSeed::from_bytes([7; 32]);
+    let table = domain::TableId::parse("roulette-1").expect("table");
+    let round_id = domain::RoundId::new(round).expect("round");
+    let outcome = domain::fairness::outcome(&seed, &table, round_id);
+    for ev in events.iter_mut() {
+        let mut event = ev.event();
+        match &mut event.body {
+            protocol::EventBody::RoundOpened(o) if o.round == round_id => {
+                o.seed_hash = seed.hash();
+            }
+            protocol::EventBody::OutcomeDeclared(d) if d.round == round_id => {
+                d.server_seed = seed.clone();
+                d.outcome = outcome;
+            }
+            _ => continue,
+        }
+        ev.set(&event);
+    }
+    rewrite(&db, &events).await;
+    let found = replay(&db, &[]);
+    assert!(
+        !found.violations().iter().any(|v| v["check"] == "fairness"),
+        "Postgres alone is consistent: {}",
+        found.stdout
+    );
+    for kind in ["round_opened", "outcome_declared"] {
+        let v = found.assert_found("bus", |v| {
+            v["round"] == round && v["expected"].as_str().is_some_and(|e| e.contains(kind))
+        });
+        assert!(
+            v["bus"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("TABLES seq")),
+            "{v}"
+        );
+        assert!(v["position"].is_u64(), "both places are named: {v}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -645,7 +719,15 @@ async fn a_published_checkpoint_that_no_longer_matches_is_named_by_position() {
     deposit.set(&event);
     assert_eq!(deposit.event_id, event_id);
     rewrite(&db, &events).await;
-    let quiet = replay(&db, &[]);
+    // The bus still has the deposit as it was...
+    let with_bus = replay(&db, &[]);
+    let v = with_bus.assert_found("bus", |v| v["player"] == "alice" || v["player"] == "bob");
+    assert!(
+        v["found"].as_str().is_some_and(|f| f.contains("rewritten")),
+        "{v}"
+    );
+    // ...and for an auditor with the database alone, the published checkpoint tells.
+    let quiet = replay(&db, &["--no-bus"]);
     assert_eq!(
         quiet.code,
         Some(0),
@@ -653,6 +735,6 @@ async fn a_published_checkpoint_that_no_longer_matches_is_named_by_position() {
         quiet.stdout
     );
     let position = clean.json["head"]["position"].clone();
-    replay(&db, &["--expect-head", &head])
+    replay(&db, &["--no-bus", "--expect-head", &head])
         .assert_found("checkpoint", |v| v["position"] == position);
 }

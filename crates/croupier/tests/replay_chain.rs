@@ -12,7 +12,12 @@ fn replay(env: &Env, args: &[&str]) -> (bool, String, String) {
     (code == Some(0), stdout, stderr)
 }
 
+/// `croupier replay --no-bus …`: this store's events were never published (no GS ran).
 fn replay_code(env: &Env, args: &[&str]) -> (Option<i32>, String, String) {
+    replay_raw(env, &[&["--no-bus"], args].concat())
+}
+
+fn replay_raw(env: &Env, args: &[&str]) -> (Option<i32>, String, String) {
     let output = env
         .apply(&mut Command::new(BIN))
         .arg("replay")
@@ -83,6 +88,11 @@ async fn replay_passes_on_an_intact_store_and_names_the_first_tampered_position(
         )
         .await
         .expect("tamper as superuser");
+
+    // Without --no-bus the bus is required: NATS unreachable is a replay that cannot run.
+    let (code, _, stderr) = replay_raw(&env, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("connect to NATS"), "{stderr}");
 
     // Bad arguments against a reachable store: exit 2, naming the argument.
     for (bad, named) in [

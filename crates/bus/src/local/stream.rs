@@ -177,6 +177,9 @@ impl LocalStream {
             first_seq,
             last_seq: data.last_seq,
             epoch: self.epoch.clone(),
+            retention_limited: !data.config.max_age.is_zero()
+                || data.config.max_msgs > 0
+                || data.config.max_bytes > 0,
         }
     }
 

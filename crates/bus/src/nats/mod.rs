@@ -413,6 +413,10 @@ impl Bus for NatsBus {
             first_seq: info.state.first_sequence,
             last_seq: info.state.last_sequence,
             epoch: info.created.unix_timestamp_nanos().to_string(),
+            retention_limited: !info.config.max_age.is_zero()
+                || info.config.max_messages > 0
+                || info.config.max_bytes > 0
+                || info.config.max_messages_per_subject > 0,
         })
     }
 

@@ -79,6 +79,7 @@ pub async fn publish_assigns_sequences_per_stream_and_remembers_the_last_message
     let state = bus.stream_state("TABLES").await.expect("stream state");
     assert_eq!((state.first_seq, state.last_seq), (1, 3));
     assert!(!state.epoch.is_empty());
+    assert!(!state.retention_limited, "TABLES keeps everything");
     let again = bus
         .stream_state("TABLES")
         .await
@@ -732,6 +733,10 @@ pub async fn stream_limits_drop_the_oldest_messages_and_move_the_first_sequence<
     }
     let state = bus.stream_state("CAPPED").await.expect("stream state");
     assert_eq!((state.first_seq, state.last_seq), (3, 5));
+    assert!(
+        state.retention_limited,
+        "a stream with max_msgs drops by its limits"
+    );
     let mut replay = bus
         .replay("CAPPED", "capped.>", 1)
         .await

@@ -1,0 +1,408 @@
+//! The two logs agree event by event: every round transition GMS published on `TABLES` has its
+//! Postgres row with the same event id and the same content, every event GS published (on
+//! `PLAYERS` and `table.<t>.result`) has its row with the same `event_id` and identical payload
+//! bytes, and every Postgres event is found on the bus.
+//!
+//! Both logs are read in their own order (positions; stream sequences) and merged by the
+//! events' own `at`, so an event waits for its counterpart only as long as the two orders
+//! disagree (an outbox that lagged, a transition recorded late): memory holds what is in
+//! flight between the logs, not the whole history. What is left unmatched at the end is
+//! judged against where each writer stood when the snapshot was taken: a GS event after the
+//! outbox's cursor may not be published yet, a transition after GS's cursor may not be
+//! recorded yet, and an event recorded after the snapshot is looked up by id.
+
+use std::collections::HashMap;
+
+use bus::{Bus, BusError, StoredMessage};
+use bytes::Bytes;
+use domain::Timestamp;
+use futures_util::StreamExt;
+use protocol::{Event, EventKind, Producer};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::report::{Check, Violation};
+
+/// The streams the bus keeps events in, with the filter that reads all of each.
+pub const STREAMS: [(&str, &str); 2] = [("TABLES", "table.>"), ("PLAYERS", "player.>")];
+
+/// Messages per batch handed from a stream's reading task to the merge.
+pub const BUS_BATCH: usize = 1024;
+
+/// Batches in flight per stream between its reading task and the merge.
+pub const BUS_BATCHES_IN_FLIGHT: usize = 4;
+
+/// One message of a stream, decoded on its reading task.
+#[derive(Debug)]
+pub struct BusMessage {
+    pub stream: &'static str,
+    pub seq: u64,
+    pub subject: String,
+    pub payload: Bytes,
+    pub event: Result<Event, String>,
+}
+
+impl BusMessage {
+    pub fn at(&self) -> Option<Timestamp> {
+        self.event.as_ref().ok().map(|e| e.at)
+    }
+
+    fn place(&self) -> String {
+        format!("{} seq {} ({})", self.stream, self.seq, self.subject)
+    }
+}
+
+/// Where a stream stood when the audit began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct StreamReport {
+    pub name: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The stream drops old messages by its own limits; then the logs are compared from
+    /// `first_seq` on.
+    pub retention_limited: bool,
+    /// Messages read.
+    pub messages: u64,
+}
+
+/// What the comparison of the two logs found, beside its violations.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct BusReport {
+    pub streams: Vec<StreamReport>,
+    /// Events found in both logs, agreeing.
+    pub matched: u64,
+    /// GS events after the outbox's cursor, not on the bus yet: not a violation.
+    pub awaiting_publication: u64,
+    /// The outbox's cursor (the last position it published) in the snapshot.
+    pub outbox_position: i64,
+    /// Transitions on the bus after every GS's cursor, not recorded yet: not a violation.
+    pub not_yet_recorded: u64,
+    /// Bus messages whose events were recorded after the snapshot (or before the checkpoint
+    /// the replay began at).
+    pub outside_snapshot: u64,
+    /// Postgres events older than what a retention-limited stream still holds.
+    pub before_retention: u64,
+}
+
+/// Reads `stream` from `first` to `last` (inclusive), decoding each message, in batches.
+pub async fn read_stream<B: Bus>(
+    bus: B,
+    stream: &'static str,
+    filter: &'static str,
+    first: u64,
+    last: u64,
+    out: mpsc::Sender<Vec<BusMessage>>,
+) -> Result<(), BusError> {
+    if last == 0 || first > last {
+        return Ok(());
+    }
+    let mut messages = bus.replay(stream, filter, first).await?;
+    let mut batch = Vec::with_capacity(BUS_BATCH);
+    while let Some(message) = messages.next().await {
+        let StoredMessage {
+            subject,
+            seq,
+            payload,
+            ..
+        } = message?;
+        let event = protocol::decode_event(&payload).map_err(|e| e.to_string());
+        batch.push(BusMessage {
+            stream,
+            seq,
+            subject,
+            payload,
+            event,
+        });
+        let done = seq >= last;
+        if batch.len() == BUS_BATCH || done {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BUS_BATCH));
+            if out.send(full).await.is_err() {
+                return Ok(());
+            }
+        }
+        if done {
+            return Ok(());
+        }
+    }
+    Err(BusError::Other(format!(
+        "the {stream} stream ended before sequence {last}"
+    )))
+}
+
+/// A Postgres event waiting for its bus message.
+#[derive(Debug)]
+struct Recorded {
+    position: i64,
+    kind: EventKind,
+    subject: String,
+    data: Vec<u8>,
+    at: Timestamp,
+    names: Names,
+}
+
+/// A bus message waiting for its Postgres event.
+#[derive(Debug)]
+struct Published {
+    message: BusMessage,
+    kind: EventKind,
+    names: Names,
+}
+
+/// What a violation names about an event.
+#[derive(Debug, Clone, Default)]
+struct Names {
+    table: Option<String>,
+    round: Option<u64>,
+    bet: Option<Uuid>,
+    player: Option<String>,
+}
+
+impl Names {
+    fn of(event: &Event) -> Names {
+        use protocol::EventBody as B;
+        Names {
+            table: event.table().map(|t| t.as_str().to_string()),
+            round: event.round().map(|r| r.get()),
+            bet: match &event.body {
+                B::BetPlaced(b) => Some(*b.bet_id.as_uuid()),
+                B::BetSettled(b) => Some(*b.bet_id.as_uuid()),
+                B::BetRefunded(b) => Some(*b.bet_id.as_uuid()),
+                _ => None,
+            },
+            player: event.player().map(|p| p.as_str().to_string()),
+        }
+    }
+
+    fn on(&self, mut violation: Violation) -> Violation {
+        violation.table.clone_from(&self.table);
+        violation.round = self.round;
+        violation.bet_id = self.bet.map(|b| b.to_string());
+        violation.player.clone_from(&self.player);
+        violation
+    }
+}
+
+/// Matches the two logs' events by id.
+#[derive(Debug, Default)]
+pub struct Matcher {
+    recorded: HashMap<Uuid, Recorded>,
+    published: HashMap<Uuid, Published>,
+    pub report: BusReport,
+    pub violations: Vec<Violation>,
+}
+
+impl Matcher {
+    /// A Postgres event (already decoded by the rebuild).
+    pub fn recorded(&mut self, position: i64, data: Vec<u8>, event: &Event) {
+        let names = Names::of(event);
+        let recorded = Recorded {
+            position,
+            kind: event.event_kind(),
+            subject: protocol::subject_for(event),
+            data,
+            at: event.at,
+            names,
+        };
+        match self.published.remove(&event.id) {
+            Some(published) => self.compare(recorded, published),
+            None => {
+                if let Some(first) = self.recorded.insert(event.id, recorded) {
+                    // The store refuses a second row with one event id; a log that has one
+                    // was altered.
+                    self.violations.push(
+                        first.names.on(Violation::new(
+                            Check::Bus,
+                            "one row per event id",
+                            format!(
+                                "event id {} at {} and again later",
+                                event.id, first.position
+                            ),
+                        )
+                        .at(first.position)),
+                    );
+                }
+            }
+        }
+    }
+
+    /// A bus message.
+    pub fn published(&mut self, message: BusMessage) {
+        let event = match &message.event {
+            Ok(event) => event,
+            Err(error) => {
+                self.violations.push(
+                    Violation::new(Check::Bus, "an event of the contract", error.clone())
+                        .bus(message.place()),
+                );
+                return;
+            }
+        };
+        let (id, kind, names) = (event.id, event.event_kind(), Names::of(event));
+        let published = Published {
+            message,
+            kind,
+            names,
+        };
+        match self.recorded.remove(&id) {
+            Some(recorded) => self.compare(recorded, published),
+            None => {
+                if let Some(first) = self.published.insert(id, published) {
+                    // Published twice (a retry after the duplicate window): clients saw it
+                    // twice.
+                    let place = first.message.place();
+                    self.violations.push(
+                        first.names.on(Violation::new(
+                            Check::Bus,
+                            "each event published once",
+                            format!("event id {id} at {place} and again later"),
+                        )
+                        .bus(place)),
+                    );
+                }
+            }
+        }
+    }
+
+    fn compare(&mut self, recorded: Recorded, published: Published) {
+        let message = &published.message;
+        let mut differences = Vec::new();
+        if recorded.subject != message.subject {
+            differences.push(format!(
+                "subject {} for {}",
+                message.subject, recorded.subject
+            ));
+        }
+        if recorded.data != message.payload {
+            // GS publishes the stored bytes themselves; GS records GMS's transitions by
+            // decoding and encoding them again, so there the content must agree.
+            let same = recorded.kind.producer() == Producer::Gms
+                && match (protocol::decode_event(&recorded.data), &message.event) {
+                    (Ok(stored), Ok(sent)) => stored == *sent,
+                    _ => false,
+                };
+            if !same {
+                differences.push(describe_difference(&recorded.data, message));
+            }
+        }
+        if differences.is_empty() {
+            self.report.matched += 1;
+            return;
+        }
+        let place = message.place();
+        self.violations.push(
+            recorded.names.on(Violation::new(
+                Check::Bus,
+                format!("the {} at {place} as stored", recorded.kind),
+                differences.join("; "),
+            )
+            .at(recorded.position)
+            .bus(place)),
+        );
+    }
+
+    /// Judges what is left unmatched. `outbox` is the last position the outbox had published
+    /// and `gs_cursor` the last `TABLES` sequence any GS had recorded, both in the snapshot;
+    /// `first_at` the oldest event each retention-limited stream still holds. Returns the
+    /// ids of bus messages without a Postgres event, to be looked up in the store.
+    pub fn leftovers(
+        &mut self,
+        outbox: i64,
+        retained_from: &HashMap<&'static str, Timestamp>,
+    ) -> Vec<Uuid> {
+        self.report.outbox_position = outbox;
+        let mut recorded: Vec<Recorded> = self.recorded.drain().map(|(_, r)| r).collect();
+        recorded.sort_by_key(|r| r.position);
+        for r in recorded {
+            let stream = if r.subject.starts_with("player.") {
+                "PLAYERS"
+            } else {
+                "TABLES"
+            };
+            if r.kind.producer() == Producer::Gs && r.position > outbox {
+                self.report.awaiting_publication += 1;
+            } else if retained_from.get(stream).is_some_and(|first| r.at < *first) {
+                self.report.before_retention += 1;
+            } else {
+                self.violations.push(
+                    r.names.on(Violation::new(
+                        Check::Bus,
+                        format!("the {} published on {}", r.kind, r.subject),
+                        format!("no message with its event id on {stream}"),
+                    )
+                    .at(r.position)),
+                );
+            }
+        }
+        self.published.keys().copied().collect()
+    }
+
+    /// Judges the bus messages without a Postgres event in the snapshot: `found` has the
+    /// position of those the store has now (recorded after the snapshot, or before the
+    /// checkpoint the replay began at).
+    pub fn unrecorded(&mut self, found: &HashMap<Uuid, i64>, gs_cursor: u64) {
+        let mut published: Vec<Published> = self.published.drain().map(|(_, p)| p).collect();
+        published.sort_by_key(|p| (p.message.stream, p.message.seq));
+        for p in published {
+            let id = p.message.event.as_ref().map(|e| e.id).ok();
+            if id.is_some_and(|id| found.contains_key(&id)) {
+                self.report.outside_snapshot += 1;
+            } else if p.kind.producer() == Producer::Gms
+                && p.message.stream == "TABLES"
+                && p.message.seq > gs_cursor
+            {
+                self.report.not_yet_recorded += 1;
+            } else {
+                let place = p.message.place();
+                self.violations.push(
+                    p.names.on(Violation::new(
+                        Check::Bus,
+                        format!("a Postgres event for the {} at {place}", p.kind),
+                        format!(
+                            "no event with id {} in Postgres",
+                            id.map_or("?".into(), |i| i.to_string())
+                        ),
+                    )
+                    .bus(place)),
+                );
+            }
+        }
+    }
+}
+
+/// Says how a stored event and its bus message differ, field by field where both decode.
+fn describe_difference(stored: &[u8], message: &BusMessage) -> String {
+    let (Ok(stored), Ok(sent)) = (
+        protocol::decode_event(stored).map(|e| to_json(&e)),
+        message.event.as_ref().map(to_json),
+    ) else {
+        return "payloads differ".into();
+    };
+    let (Some(stored), Some(sent)) = (stored.as_object(), sent.as_object()) else {
+        return "payloads differ".into();
+    };
+    let mut fields: Vec<String> = stored
+        .iter()
+        .filter(|(k, v)| sent.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            format!(
+                "{k}: {v} stored, {} on the bus",
+                sent.get(k).unwrap_or(&serde_json::Value::Null)
+            )
+        })
+        .collect();
+    fields.extend(
+        sent.keys()
+            .filter(|k| !stored.contains_key(*k))
+            .map(|k| format!("{k}: only on the bus")),
+    );
+    if fields.is_empty() {
+        "payload bytes differ (same fields)".into()
+    } else {
+        fields.join(", ")
+    }
+}
+
+fn to_json(event: &Event) -> serde_json::Value {
+    serde_json::to_value(event).unwrap_or_default()
+}
