@@ -188,11 +188,23 @@ impl Names {
 pub struct Matcher {
     recorded: HashMap<Uuid, Recorded>,
     published: HashMap<Uuid, Published>,
+    /// The round whose events' places on the bus are kept (last-game recall).
+    pub track: Option<(String, u64)>,
+    /// Event id → its place on the bus, for the tracked round.
+    pub places: std::collections::BTreeMap<String, String>,
     pub report: BusReport,
     pub violations: Vec<Violation>,
 }
 
 impl Matcher {
+    /// A matcher that keeps the bus places of `round`'s events (for its recall).
+    pub fn tracking(round: Option<(String, u64)>) -> Self {
+        Matcher {
+            track: round,
+            ..Matcher::default()
+        }
+    }
+
     /// A Postgres event (already decoded by the rebuild).
     pub fn recorded(&mut self, position: i64, data: Vec<u8>, event: &Event) {
         let names = Names::of(event);
@@ -285,11 +297,18 @@ impl Matcher {
                 differences.push(describe_difference(&recorded.data, message));
             }
         }
+        let place = message.place();
+        if let Some((table, round)) = &self.track
+            && recorded.names.table.as_ref() == Some(table)
+            && recorded.names.round == Some(*round)
+            && let Ok(event) = &message.event
+        {
+            self.places.insert(event.id.to_string(), place.clone());
+        }
         if differences.is_empty() {
             self.report.matched += 1;
             return;
         }
-        let place = message.place();
         self.violations.push(
             recorded.names.on(Violation::new(
                 Check::Bus,

@@ -9,6 +9,7 @@
 
 pub mod crosscheck;
 pub mod model;
+pub mod recall;
 pub mod replay;
 pub mod report;
 pub mod rules;

@@ -64,6 +64,8 @@ pub struct Row {
     pub data: Vec<u8>,
     pub metadata: Vec<u8>,
     pub hash: [u8; 32],
+    /// The stored hash of the row before (what this row's hash chains to).
+    pub prev_hash: [u8; 32],
 }
 
 /// A bet of a round not finished yet.

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::crosscheck::{self, BUS_BATCHES_IN_FLIGHT, BusMessage, Matcher, STREAMS, StreamReport};
 use crate::model::{Auditor, Limits, Row, Scope};
+use crate::recall::Collector;
 use crate::report::{self, Check, Head, Report, Violation};
 use crate::source::{self, BATCHES_IN_FLIGHT, Checkpoint, End, Piece, Snapshot, SourceError};
 
@@ -36,6 +37,8 @@ pub struct ReplayOptions {
     pub checkpoints: Vec<Checkpoint>,
     /// Start from this published checkpoint instead of position 1.
     pub from_checkpoint: Option<Checkpoint>,
+    /// Last-game recall of this table's round.
+    pub recall: Option<(String, u64)>,
 }
 
 /// Why a replay could not run (as opposed to what it found).
@@ -207,7 +210,11 @@ async fn replay_on<B: Bus>(
     };
     let total = snapshot.head - start.from + 1;
 
-    let mut matcher = bus.map(|_| Matcher::default());
+    let mut matcher = bus.map(|_| Matcher::tracking(options.recall.clone()));
+    let mut collector = options
+        .recall
+        .as_ref()
+        .map(|(table, round)| Collector::new(table, *round));
     let mut sides = Vec::new();
     let mut bus_tasks = Vec::new();
     if let (Some(bus), Some(matcher)) = (bus, matcher.as_mut()) {
@@ -289,6 +296,11 @@ async fn replay_on<B: Bus>(
             }
         } else if let Some((row, event)) = pg.buf.pop_front() {
             auditor.apply(&row, event.as_ref());
+            if let (Some(collector), Ok(event)) = (collector.as_mut(), &event)
+                && collector.wants(event)
+            {
+                collector.add(&row, event);
+            }
             if let (Some(matcher), Ok(event)) = (matcher.as_mut(), &event) {
                 matcher.recorded(row.position, row.data, event);
             }
@@ -309,6 +321,10 @@ async fn replay_on<B: Bus>(
         auditor.violation(violation);
     }
 
+    let places = matcher
+        .as_mut()
+        .map(|m| std::mem::take(&mut m.places))
+        .unwrap_or_default();
     let bus_report = match matcher {
         None => None,
         Some(mut matcher) => {
@@ -340,14 +356,23 @@ async fn replay_on<B: Bus>(
         }
     }
     let total = finish.violations.total();
+    let head = Head {
+        position: end.head.0,
+        hash: hex::encode(end.head.1),
+    };
+    let recall = collector.map(|c| {
+        c.finish(
+            finish.violations.listed(),
+            &places,
+            head.clone(),
+            options.limits,
+        )
+    });
     Ok(Report {
         ok: total == 0,
         events: end.events,
         from_position: start.from,
-        head: Head {
-            position: end.head.0,
-            hash: hex::encode(end.head.1),
-        },
+        head,
         scope: report::Scope {
             table: options.scope.table.clone(),
             from_round: options.scope.from_round,
@@ -359,6 +384,7 @@ async fn replay_on<B: Bus>(
         checkpoints_verified: end.checkpoints_verified,
         violations_total: total,
         violations: finish.violations.into_listed(),
+        recall,
     })
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How many violations a report lists; more are counted, not listed.
 pub const MAX_LISTED: usize = 1000;
@@ -15,7 +15,9 @@ pub const MAX_LISTED: usize = 1000;
 pub const THEORETICAL_RTP: f64 = 36.0 / 37.0;
 
 /// Which rule a violation broke.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Check {
     /// Positions gapless, every hash recomputed, stream versions consecutive, the head row.
@@ -64,22 +66,22 @@ impl Check {
 }
 
 /// One thing that does not hold, with where it is and what was expected and found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Violation {
     pub check: Check,
     /// The `events` position of the event at fault, when one is.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bet_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub player: Option<String>,
     /// The bus message at fault, e.g. `TABLES seq 12 (table.roulette-1.round)`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bus: Option<String>,
     /// What the rule says.
     pub expected: String,
@@ -216,7 +218,7 @@ pub struct TableReport {
 }
 
 /// Where the chain ends: the checkpoint to publish.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Head {
     pub position: i64,
     /// Lowercase hex of the hash at `position`.
@@ -263,9 +265,13 @@ pub struct Report {
     pub bus: Option<crate::crosscheck::BusReport>,
     /// Checkpoints given and found to hold.
     pub checkpoints_verified: u64,
-    /// Every violation found (see `violations_listed` for how many are listed).
+    /// Every violation found; the first 1000 are listed in `violations`.
     pub violations_total: u64,
     pub violations: Vec<Violation>,
+    /// The proof of one round, when one was asked for (printed on its own).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub recall: Option<crate::recall::Recall>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]

@@ -280,6 +280,7 @@ pub async fn read(
             metadata: row.try_get::<&[u8]>(6)?.to_vec(),
             // The table's CHECK keeps it at 32 bytes; a shorter one cannot match any hash.
             hash: <[u8; 32]>::try_from(hash).unwrap_or_default(),
+            prev_hash: chain.prev,
         };
         chain.check(&row, &mut found);
         events += 1;

@@ -24,6 +24,13 @@ pub struct ReplayArgs {
     /// Rebuild and report only rounds up to this one.
     #[arg(long)]
     pub to_round: Option<u64>,
+    /// Last-game recall: print this round's proof (with --table). With --json, a
+    /// self-contained file that --verify-recall checks offline.
+    #[arg(long, requires = "table", conflicts_with_all = ["from_round", "to_round"])]
+    pub round: Option<u64>,
+    /// Check a recall file (from --round --json) offline: no database, no NATS.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["table", "round", "from_round", "to_round", "checkpoints", "expect_head", "from_checkpoint"])]
+    pub verify_recall: Option<PathBuf>,
     /// Print one JSON object instead of text (schema: schemas/replay-report.json).
     #[arg(long)]
     pub json: bool,
@@ -86,11 +93,16 @@ fn options(args: &ReplayArgs) -> Result<audit::ReplayOptions, String> {
             args.min_bet, args.max_bet, args.max_round_stake
         ));
     }
+    let table = table.map(|t| t.as_str().to_string());
     Ok(audit::ReplayOptions {
+        recall: args
+            .round
+            .zip(table.clone())
+            .map(|(round, table)| (table, round)),
         scope: audit::Scope {
-            table: table.map(|t| t.as_str().to_string()),
-            from_round: args.from_round,
-            to_round: args.to_round,
+            table,
+            from_round: args.from_round.or(args.round),
+            to_round: args.to_round.or(args.round),
         },
         limits: audit::Limits {
             min_bet: args.min_bet,
@@ -110,12 +122,67 @@ fn cannot_run(json: bool, message: &str) -> ExitCode {
     ExitCode::from(EXIT_CANNOT_RUN)
 }
 
+/// `--verify-recall FILE`: the file alone decides.
+fn verify_recall(path: &PathBuf, json: bool) -> ExitCode {
+    let recall: audit::recall::Recall = match std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| serde_json::from_str(&text).map_err(|e| format!("not a recall: {e}")))
+    {
+        Ok(recall) => recall,
+        Err(error) => {
+            return cannot_run(
+                json,
+                &format!("--verify-recall {}: {error}", path.display()),
+            );
+        }
+    };
+    let found = audit::recall::verify(&recall);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "ok": found.is_empty(),
+                "table": recall.table,
+                "round": recall.round,
+                "violations": found,
+            })
+        );
+    } else {
+        for violation in &found {
+            println!("VIOLATION {violation}");
+        }
+        if found.is_empty() {
+            println!(
+                "ok: the recall of table {} round {} holds ({} events, each hash recomputed; \
+                 outcome {} follows from the revealed seed; chain head {})",
+                recall.table,
+                recall.round,
+                recall.events.len(),
+                recall
+                    .drawn_outcome
+                    .map_or("-".to_string(), |o| o.to_string()),
+                recall.head
+            );
+        } else {
+            println!("FAILED: {} violations in the recall", found.len());
+        }
+    }
+    if found.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_VIOLATIONS)
+    }
+}
+
 pub async fn run(
     args: ReplayArgs,
     store: &store::PoolConfig,
     nats_url: &str,
     nats_prefix: &str,
 ) -> ExitCode {
+    if let Some(path) = &args.verify_recall {
+        return verify_recall(path, args.json);
+    }
     let options = match options(&args) {
         Ok(options) => options,
         Err(message) => return cannot_run(args.json, &message),
@@ -152,10 +219,11 @@ pub async fn run(
     };
     match audit::replay_with_progress(&config, bus.as_ref(), &options, quiet).await {
         Ok(report) => {
-            if args.json {
-                println!("{}", report.to_json());
-            } else {
-                print!("{}", report.to_text());
+            match (&report.recall, args.json) {
+                (Some(recall), true) => println!("{}", recall.to_json()),
+                (Some(recall), false) => print!("{}\n{}", recall.to_text(), report.to_text()),
+                (None, true) => println!("{}", report.to_json()),
+                (None, false) => print!("{}", report.to_text()),
             }
             if report.ok {
                 ExitCode::SUCCESS

@@ -27,6 +27,8 @@ struct History {
     db: testkit::TestDb,
     /// The bets of each betting round: (round, bet ids).
     rounds: Vec<(u64, Vec<Uuid>)>,
+    /// What the table channel showed a client: (round, kind) → the event.
+    seen: std::collections::HashMap<(u64, String), Value>,
     /// The bus the services published on, and their namespace there.
     nats_url: String,
     prefix: String,
@@ -75,9 +77,21 @@ async fn build_history() -> History {
         players.push((player, client));
     }
     let mut rounds = Vec::new();
+    let mut seen = std::collections::HashMap::new();
+    let mut record = |m: &Value| {
+        if m["type"] == "event" && m["channel"] == TABLE {
+            let event = &m["event"];
+            if let (Some(round), Some(kind)) = (event["round"].as_u64(), event["kind"].as_str()) {
+                seen.insert((round, kind.to_string()), event.clone());
+            }
+        }
+    };
     while rounds.len() < ROUNDS {
         let opened = watcher
-            .recv_until(WAIT, |m| is_table_event(m, "round_opened"))
+            .recv_until(WAIT, |m| {
+                record(m);
+                is_table_event(m, "round_opened")
+            })
             .await
             .expect("round_opened");
         let round = opened["event"]["round"].as_u64().expect("round");
@@ -113,6 +127,7 @@ async fn build_history() -> History {
     let last = rounds.last().map(|(r, _)| *r).expect("rounds");
     watcher
         .recv_until(Duration::from_secs(60), |m| {
+            record(m);
             is_table_event(m, "round_settled") && m["event"]["round"] == last
         })
         .await
@@ -133,6 +148,7 @@ async fn build_history() -> History {
     History {
         db,
         rounds,
+        seen,
         nats_url: env.nats_url,
         prefix: env.prefix,
     }
@@ -737,4 +753,133 @@ async fn a_published_checkpoint_that_no_longer_matches_is_named_by_position() {
     let position = clean.json["head"]["position"].clone();
     replay(&db, &["--no-bus", "--expect-head", &head])
         .assert_found("checkpoint", |v| v["position"] == position);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_game_recall_shows_what_the_client_saw_and_its_file_checks_offline() {
+    let history = history().await;
+    let (round, bets) = &history.rounds[1];
+    let seen = |kind: &str| {
+        history
+            .seen
+            .get(&(*round, kind.to_string()))
+            .unwrap_or_else(|| panic!("the client saw no {kind} for round {round}"))
+    };
+    let db = copy_of_history().await;
+    let args = ["--table", "roulette-1", "--round", &round.to_string()];
+    let text = replay(&db, &args);
+    assert_eq!(text.code, Some(0), "{}", text.stdout);
+    let recall = &text.json;
+    // The commitment, the reveal and the outcome the client saw, worked step by step.
+    let opened = seen("round_opened");
+    let declared = seen("outcome_declared");
+    assert_eq!(recall["seed_hash"], opened["seed_hash"]);
+    assert_eq!(recall["server_seed"], declared["server_seed"]);
+    assert_eq!(recall["revealed_seed_hash"], opened["seed_hash"]);
+    assert_eq!(recall["declared_outcome"], declared["outcome"]);
+    assert_eq!(recall["drawn_outcome"], declared["outcome"]);
+    assert_eq!(
+        recall["blocks"][0]["message"],
+        format!("roulette-1:{round}:0")
+    );
+    assert!(recall["commitment_position"].is_u64(), "{recall}");
+    assert!(
+        recall["commitment_bus"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("TABLES seq")),
+        "{recall}"
+    );
+    // Every bet the client placed, with its payout, and the totals the table channel showed.
+    let ids: std::collections::BTreeSet<String> = recall["bets"]
+        .as_array()
+        .expect("bets")
+        .iter()
+        .map(|b| {
+            assert!(b["payout"].is_i64(), "settled: {b}");
+            b["bet_id"].as_str().expect("id").to_string()
+        })
+        .collect();
+    let placed: std::collections::BTreeSet<String> = bets.iter().map(Uuid::to_string).collect();
+    assert_eq!(ids, placed);
+    let settled = seen("round_settled");
+    assert_eq!(recall["staked"], settled["staked"]);
+    assert_eq!(recall["paid"], settled["paid"]);
+    assert!(
+        recall["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .all(|c| c["holds"] == true),
+        "{recall}"
+    );
+    for id in &placed {
+        assert!(
+            text.stdout.contains(id.as_str()),
+            "the text recall lists bet {id}"
+        );
+    }
+    for field in ["seed_hash", "server_seed"] {
+        let value = recall[field].as_str().expect("hex");
+        assert!(
+            text.stdout.contains(value),
+            "the text recall shows the {field}"
+        );
+    }
+
+    // The file checks offline (no database, no NATS), and not once a byte of it changes.
+    let file = tempfile::NamedTempFile::new().expect("file");
+    let pretty = serde_json::to_string_pretty(recall).expect("json");
+    std::fs::write(file.path(), &pretty).expect("write");
+    let verify = |path: &std::path::Path| {
+        Command::new(BIN)
+            .args(["replay", "--verify-recall"])
+            .arg(path)
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("NATS_URL", "nats://127.0.0.1:1")
+            .env("CROUPIER_ENDPOINTS_FILE", "/nonexistent")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run croupier replay --verify-recall")
+    };
+    let ok = verify(file.path());
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let changes = [
+        // A byte of a stored event (its hash no longer recomputes).
+        {
+            let data = recall["events"][1]["data"].as_str().expect("data");
+            let flipped = format!(
+                "{}{}",
+                &data[..40],
+                if &data[40..41] == "0" { "1" } else { "0" }
+            );
+            pretty.replacen(data, &format!("{flipped}{}", &data[41..]), 1)
+        },
+        // The readable outcome (no longer what the events say).
+        pretty.replacen(
+            &format!("\"declared_outcome\": {}", declared["outcome"]),
+            &format!(
+                "\"declared_outcome\": {}",
+                (declared["outcome"].as_u64().expect("pocket") + 1) % 37
+            ),
+            1,
+        ),
+    ];
+    for changed in changes {
+        assert_ne!(changed, pretty, "the change took");
+        std::fs::write(file.path(), &changed).expect("write");
+        let bad = verify(file.path());
+        assert_eq!(
+            bad.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&bad.stdout)
+        );
+    }
+    std::fs::write(file.path(), "{not json").expect("write");
+    assert_eq!(verify(file.path()).status.code(), Some(2));
 }
