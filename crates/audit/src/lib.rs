@@ -13,6 +13,7 @@ pub mod recall;
 pub mod replay;
 pub mod report;
 pub mod rules;
+pub mod schema;
 pub mod source;
 
 pub use model::{Limits, Scope};

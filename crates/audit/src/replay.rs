@@ -54,13 +54,6 @@ pub enum ReplayError {
     Task(String),
 }
 
-impl ReplayError {
-    /// The failure as `--json` prints it.
-    pub fn to_json(&self) -> String {
-        serde_json::json!({ "ok": false, "error": self.to_string() }).to_string()
-    }
-}
-
 /// Progress of a replay: events rebuilt so far, of about `total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {

@@ -138,15 +138,13 @@ fn verify_recall(path: &PathBuf, json: bool) -> ExitCode {
     };
     let found = audit::recall::verify(&recall);
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "ok": found.is_empty(),
-                "table": recall.table,
-                "round": recall.round,
-                "violations": found,
-            })
-        );
+        let verdict = audit::schema::RecallVerdict {
+            ok: found.is_empty(),
+            table: recall.table.clone(),
+            round: recall.round,
+            violations: found.clone(),
+        };
+        println!("{}", serde_json::to_string(&verdict).unwrap_or_default());
     } else {
         for violation in &found {
             println!("VIOLATION {violation}");
