@@ -885,3 +885,317 @@ fn violation_for_bet(
             .player(&player)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The rebuild on small hand-made histories: given events, when rebuilt, then exactly the
+    //! expected violations (by check) and figures.
+
+    use domain::{BetId, Money, Outcome, PlayerId, RoundId, Selection, ServerSeed, TableId};
+    use protocol::{
+        BetPlaced, BetRefunded, BetSettled, BettingClosed, DepositId, EventBody, FundsDeposited,
+        OutcomeDeclared, RoundOpened, RoundSettled, RoundVoided,
+    };
+
+    use super::*;
+
+    const SEED: ServerSeed = ServerSeed::from_bytes([3; 32]);
+
+    struct Log {
+        rows: Vec<(Row, Event)>,
+        clock: i64,
+    }
+
+    fn t(s: &str) -> TableId {
+        TableId::parse(s).expect("table")
+    }
+    fn p(s: &str) -> PlayerId {
+        PlayerId::parse(s).expect("player")
+    }
+    fn r(n: u64) -> RoundId {
+        RoundId::new(n).expect("round")
+    }
+    fn m(n: i64) -> Money {
+        Money::new(n).expect("money")
+    }
+
+    impl Log {
+        fn new() -> Self {
+            Log {
+                rows: Vec::new(),
+                clock: 1_000_000,
+            }
+        }
+
+        /// Appends an event `ms` after the previous one.
+        fn push(&mut self, ms: i64, body: impl Into<EventBody>) -> Uuid {
+            self.clock += ms * 1000;
+            let id = Uuid::new_v4();
+            let at = Timestamp::from_unix_micros(self.clock).expect("time");
+            let event = Event::new(id, at, body);
+            let stream = match (event.player(), event.table(), event.round()) {
+                (Some(player), _, _) => format!("player-{player}"),
+                (None, Some(table), Some(round)) => format!("round-{table}-{}", round.get()),
+                _ => "other".into(),
+            };
+            let row = Row {
+                position: self.rows.len() as i64 + 1,
+                event_id: id,
+                stream,
+                version: 1,
+                kind: event.kind().to_string(),
+                data: protocol::encode_event(&event).expect("encode").to_vec(),
+                metadata: Vec::new(),
+                hash: [0; 32],
+                prev_hash: [0; 32],
+            };
+            self.rows.push((row, event));
+            id
+        }
+
+        fn at(&self, ms: i64) -> Timestamp {
+            Timestamp::from_unix_micros(self.clock + ms * 1000).expect("time")
+        }
+
+        fn deposit(&mut self, player: &str, amount: i64, balance: i64) {
+            self.push(
+                1,
+                FundsDeposited {
+                    table: None,
+                    player: p(player),
+                    deposit_id: DepositId::parse(&format!("d-{}", self.rows.len())).expect("id"),
+                    amount: m(amount),
+                    balance: m(balance),
+                },
+            );
+        }
+
+        fn open(&mut self, round: u64) {
+            let closes_at = self.at(1000);
+            self.push(
+                1,
+                RoundOpened {
+                    table: t("t1"),
+                    round: r(round),
+                    closes_at,
+                    seed_hash: SEED.hash(),
+                },
+            );
+        }
+
+        fn bet(&mut self, round: u64, player: &str, amount: i64, balance: i64) -> BetId {
+            let bet_id = BetId::from_uuid(Uuid::new_v4());
+            self.push(
+                1,
+                BetPlaced {
+                    table: t("t1"),
+                    round: r(round),
+                    bet_id,
+                    player: p(player),
+                    selection: Selection::parse(domain::RawSelection::Red).expect("red"),
+                    amount: m(amount),
+                    balance: m(balance),
+                },
+            );
+            bet_id
+        }
+
+        fn close_and_declare(&mut self, round: u64) -> u8 {
+            self.push(
+                1000,
+                BettingClosed {
+                    table: t("t1"),
+                    round: r(round),
+                },
+            );
+            let outcome = crate::rules::draw(SEED.as_bytes(), "t1", round);
+            self.push(
+                1,
+                OutcomeDeclared {
+                    table: t("t1"),
+                    round: r(round),
+                    outcome: Outcome::new(outcome).expect("pocket"),
+                    server_seed: SEED.clone(),
+                },
+            );
+            outcome
+        }
+
+        fn rebuild(&self, limits: Limits) -> Finish {
+            let mut auditor = Auditor::new(limits, Scope::default(), false);
+            for (row, event) in &self.rows {
+                auditor.apply(row, Ok(event));
+            }
+            auditor.finish(None)
+        }
+
+        fn checks(&self) -> Vec<Check> {
+            let mut checks: Vec<Check> = self
+                .rebuild(Limits::default())
+                .violations
+                .listed()
+                .iter()
+                .map(|v| v.check)
+                .collect();
+            checks.sort();
+            checks.dedup();
+            checks
+        }
+    }
+
+    fn red_wins(pocket: u8) -> bool {
+        crate::rules::RED.contains(&pocket)
+    }
+
+    /// A round whose one bet of 100 on red is settled as the seed says.
+    fn settled_round() -> (Log, BetId) {
+        let mut log = Log::new();
+        log.deposit("ann", 1000, 1000);
+        log.open(1);
+        let bet = log.bet(1, "ann", 100, 900);
+        let outcome = log.close_and_declare(1);
+        let payout = if red_wins(outcome) { 200 } else { 0 };
+        log.push(
+            1,
+            BetSettled {
+                table: t("t1"),
+                round: r(1),
+                bet_id: bet,
+                player: p("ann"),
+                payout: m(payout),
+                balance: m(900 + payout),
+            },
+        );
+        log.push(
+            0,
+            RoundSettled {
+                table: t("t1"),
+                round: r(1),
+                bets: 1,
+                staked: m(100),
+                paid: m(payout),
+            },
+        );
+        (log, bet)
+    }
+
+    #[test]
+    fn a_settled_round_holds_and_is_counted() {
+        let (log, _) = settled_round();
+        let finish = log.rebuild(Limits::default());
+        assert_eq!(finish.violations.listed(), &[], "no violation");
+        let table = &finish.tables["t1"];
+        assert_eq!((table.rounds, table.bets, table.staked), (1, 1, 100));
+        let money = finish.money.expect("wallets rebuilt");
+        assert_eq!(money.deposits, money.balances + money.house_net);
+    }
+
+    #[test]
+    fn a_voided_round_refunded_once_holds_and_twice_does_not() {
+        let mut log = Log::new();
+        log.deposit("ann", 1000, 1000);
+        log.open(1);
+        let bet = log.bet(1, "ann", 100, 900);
+        let refund = |balance| BetRefunded {
+            table: t("t1"),
+            round: r(1),
+            bet_id: bet,
+            player: p("ann"),
+            amount: m(100),
+            balance: m(balance),
+        };
+        log.push(
+            1,
+            RoundVoided {
+                table: t("t1"),
+                round: r(1),
+                reason: "operator".into(),
+            },
+        );
+        log.push(1, refund(1000));
+        let finish = log.rebuild(Limits::default());
+        assert_eq!(finish.violations.listed(), &[]);
+        assert_eq!(finish.tables["t1"].voided, 1);
+        assert_eq!(finish.tables["t1"].refunded, 100);
+        log.push(1, refund(1100));
+        // Refunded after the round was finished, and money made from nothing.
+        assert_eq!(log.checks(), vec![Check::Round, Check::Conservation]);
+    }
+
+    #[test]
+    fn a_bet_over_the_limits_or_the_balance_is_named() {
+        let mut log = Log::new();
+        log.deposit("ann", 100, 100);
+        log.open(1);
+        log.bet(1, "ann", 5, 95); // below the minimum of 10
+        log.bet(1, "ann", 200, 0); // more than the balance of 95
+        let checks = log.checks();
+        assert!(checks.contains(&Check::Bet), "{checks:?}");
+        assert!(checks.contains(&Check::Wallet), "{checks:?}");
+    }
+
+    #[test]
+    fn a_stake_over_the_round_limit_is_named() {
+        let mut log = Log::new();
+        log.deposit("ann", 10_000, 10_000);
+        log.open(1);
+        log.bet(1, "ann", 600, 9_400);
+        log.bet(1, "ann", 600, 8_800);
+        let finish = log.rebuild(Limits {
+            min_bet: 10,
+            max_bet: 1000,
+            max_round_stake: 1000,
+        });
+        let found: Vec<&Violation> = finish.violations.listed().iter().collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].expected.contains("at most 1000"), "{found:?}");
+    }
+
+    #[test]
+    fn a_bet_placed_after_the_outcome_is_named() {
+        let (mut log, _) = settled_round();
+        // Same round, after its outcome and its settlement.
+        log.bet(1, "ann", 100, 800);
+        assert!(log.checks().contains(&Check::Round), "{:?}", log.checks());
+        let mut log = Log::new();
+        log.deposit("ann", 1000, 1000);
+        log.open(1);
+        log.close_and_declare(1);
+        log.bet(1, "ann", 100, 900);
+        assert!(log.checks().contains(&Check::Bet), "{:?}", log.checks());
+    }
+
+    #[test]
+    fn a_deposit_credited_twice_is_named() {
+        let mut log = Log::new();
+        let deposit = |balance| FundsDeposited {
+            table: None,
+            player: p("ann"),
+            deposit_id: DepositId::parse("same").expect("id"),
+            amount: m(100),
+            balance: m(balance),
+        };
+        log.push(1, deposit(100));
+        log.push(1, deposit(200));
+        assert_eq!(log.checks(), vec![Check::Wallet]);
+    }
+
+    #[test]
+    fn a_seed_used_twice_is_named_even_when_each_round_is_fair() {
+        let (mut log, _) = settled_round();
+        log.open(2);
+        assert_eq!(log.checks(), vec![Check::Fairness]);
+    }
+
+    #[test]
+    fn an_earlier_round_left_unfinished_is_named_but_the_latest_is_in_progress() {
+        let mut log = Log::new();
+        log.open(1);
+        log.open(2);
+        let finish = log.rebuild(Limits::default());
+        let found: Vec<Check> = finish.violations.listed().iter().map(|v| v.check).collect();
+        // Round 1 stopped open while round 2 runs (and both share a seed here: fairness).
+        assert!(found.contains(&Check::Round), "{found:?}");
+        assert_eq!(finish.tables["t1"].in_progress, 1);
+    }
+}
