@@ -70,8 +70,15 @@ bench-store: deps
 bench-encode:
     cargo run --release -q -p protocol --example bench-encode
 
+# `croupier replay` on a history of 1M+ events made through the real write paths (GMS, GS,
+# outbox), against COPY and ordered-consumer anchors; medians of 3. DATABASE_URL + NATS_URL keep
+# the history between runs (database croupier_bench_replay, prefix bench_replay).
+bench-replay: deps
+    cargo build --release -q -p croupier
+    cargo run --release -q -p croupier --example bench_replay
+
 # Every benchmark.
-bench: bench-encode bench-store bench-gms bench-gateway
+bench: bench-encode bench-store bench-gms bench-gateway bench-replay
 
 # Flags: `--table T --from-round N --to-round M --json`.
 # Verify the event store end to end (gapless positions, hash chain); exit 0 only when it holds.

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::crosscheck::{self, BUS_BATCHES_IN_FLIGHT, BusMessage, Matcher, STREAMS, StreamReport};
 use crate::model::{Auditor, Limits, Row, Scope};
 use crate::recall::Collector;
-use crate::report::{self, Check, Head, Report, Violation};
+use crate::report::{self, Check, Head, Report, RunStats, Violation};
 use crate::source::{self, BATCHES_IN_FLIGHT, Checkpoint, End, Piece, Snapshot, SourceError};
 
 /// Events at which a replay is long enough to deserve a progress bar.
@@ -152,6 +152,7 @@ pub async fn replay<B: Bus>(
     options: &ReplayOptions,
     mut progress: impl FnMut(Progress),
 ) -> Result<Report, ReplayError> {
+    let started = std::time::Instant::now();
     let (client, connection) = config.connect(NoTls).await.map_err(ReplayError::Connect)?;
     let connection = tokio::spawn(connection);
     let (reader_client, reader_connection) =
@@ -160,7 +161,12 @@ pub async fn replay<B: Bus>(
     let result = replay_on(&client, reader_client, bus, options, &mut progress).await;
     connection.abort();
     reader_connection.abort();
-    result
+    result.map(|mut report| {
+        let seconds = started.elapsed().as_secs_f64();
+        report.run.seconds = seconds;
+        report.run.events_per_second = report.events as f64 / seconds.max(1e-9);
+        report
+    })
 }
 
 async fn replay_on<B: Bus>(
@@ -377,6 +383,10 @@ async fn replay_on<B: Bus>(
         checkpoints_verified: end.checkpoints_verified,
         violations_total: total,
         violations: finish.violations.into_listed(),
+        run: RunStats {
+            bus_messages: sides.iter().map(|s| s.messages).sum(),
+            ..RunStats::default()
+        },
         recall,
     })
 }

@@ -244,6 +244,20 @@ pub struct Money {
     pub wallets: u64,
 }
 
+/// How the replay ran (for operators sizing a nightly audit, and for `just bench-replay`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunStats {
+    /// From connecting to the report.
+    pub seconds: f64,
+    /// Events read from Postgres per second.
+    pub events_per_second: f64,
+    /// Bus messages read.
+    pub bus_messages: u64,
+    /// The replaying process's peak resident memory (Linux `VmHWM`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kib: Option<u64>,
+}
+
 /// What a replay proved, and what it found.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Report {
@@ -268,6 +282,7 @@ pub struct Report {
     /// Every violation found; the first 1000 are listed in `violations`.
     pub violations_total: u64,
     pub violations: Vec<Violation>,
+    pub run: RunStats,
     /// The proof of one round, when one was asked for (printed on its own).
     #[serde(skip)]
     #[schemars(skip)]
@@ -375,6 +390,16 @@ impl Report {
                 self.violations_total - self.violations.len() as u64
             );
         }
+        let _ = writeln!(
+            out,
+            "replayed in {:.2} s ({:.0} events/s){}",
+            self.run.seconds,
+            self.run.events_per_second,
+            self.run.peak_rss_kib.map_or(String::new(), |k| format!(
+                ", peak RSS {:.1} MiB",
+                k as f64 / 1024.0
+            ))
+        );
         let verdict = if self.ok {
             "ok: every check holds"
         } else {

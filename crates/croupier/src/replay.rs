@@ -122,6 +122,15 @@ fn cannot_run(json: bool, message: &str) -> ExitCode {
     ExitCode::from(EXIT_CANNOT_RUN)
 }
 
+/// This process's peak resident memory, from Linux's `/proc/self/status` (`VmHWM`).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// `--verify-recall FILE`: the file alone decides.
 fn verify_recall(path: &PathBuf, json: bool) -> ExitCode {
     let recall: audit::recall::Recall = match std::fs::read_to_string(path)
@@ -216,7 +225,8 @@ pub async fn run(
         }
     };
     match audit::replay_with_progress(&config, bus.as_ref(), &options, quiet).await {
-        Ok(report) => {
+        Ok(mut report) => {
+            report.run.peak_rss_kib = peak_rss_kib();
             match (&report.recall, args.json) {
                 (Some(recall), true) => println!("{}", recall.to_json()),
                 (Some(recall), false) => print!("{}\n{}", recall.to_text(), report.to_text()),
