@@ -298,7 +298,7 @@ mod tests {
     /// checked by this implementation: block 0, the outcome, and the seed hashes.
     #[test]
     fn every_row_of_the_published_vectors_holds() {
-        let doc = include_str!("../../../docs/fairness-test-vectors.md");
+        let doc = include_str!("../../../docs/contract/fairness-test-vectors.md");
         let rows: Vec<Vec<&str>> = doc
             .lines()
             .filter(|l| l.starts_with("| `"))

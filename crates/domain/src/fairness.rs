@@ -400,7 +400,7 @@ mod tests {
     fn every_vector_in_the_published_document_holds() {
         let doc = include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/fairness-test-vectors.md"
+            "/../../docs/contract/fairness-test-vectors.md"
         ));
         let outcomes = table_rows(doc, 6);
         assert_eq!(outcomes.len(), 18, "the outcome table lost or gained rows");
