@@ -136,7 +136,7 @@ struct Recorded {
     position: i64,
     kind: EventKind,
     subject: String,
-    data: Vec<u8>,
+    data: Bytes,
     at: Timestamp,
     names: Names,
 }
@@ -206,7 +206,7 @@ impl Matcher {
     }
 
     /// A Postgres event (already decoded by the rebuild).
-    pub fn recorded(&mut self, position: i64, data: Vec<u8>, event: &Event) {
+    pub fn recorded(&mut self, position: i64, data: Bytes, event: &Event) {
         let names = Names::of(event);
         let recorded = Recorded {
             position,

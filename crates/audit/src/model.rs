@@ -61,8 +61,8 @@ pub struct Row {
     pub stream: String,
     pub version: i32,
     pub kind: String,
-    pub data: Vec<u8>,
-    pub metadata: Vec<u8>,
+    pub data: bytes::Bytes,
+    pub metadata: bytes::Bytes,
     pub hash: [u8; 32],
     /// The stored hash of the row before (what this row's hash chains to).
     pub prev_hash: [u8; 32],
@@ -944,8 +944,8 @@ mod tests {
                 stream,
                 version: 1,
                 kind: event.kind().to_string(),
-                data: protocol::encode_event(&event).expect("encode").to_vec(),
-                metadata: Vec::new(),
+                data: protocol::encode_event(&event).expect("encode"),
+                metadata: bytes::Bytes::new(),
                 hash: [0; 32],
                 prev_hash: [0; 32],
             };

@@ -462,8 +462,8 @@ pub fn verify(recall: &Recall) -> Vec<Violation> {
                 stream: e.stream.clone(),
                 version: e.version,
                 kind: e.kind.clone(),
-                data: hex::decode(&e.data).ok()?,
-                metadata: hex::decode(&e.metadata).ok()?,
+                data: hex::decode(&e.data).ok()?.into(),
+                metadata: hex::decode(&e.metadata).ok()?.into(),
                 hash: hex::decode(&e.hash).ok()?.try_into().ok()?,
                 prev_hash: hex::decode(&e.prev_hash).ok()?.try_into().ok()?,
             })

@@ -7,9 +7,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::binary_copy::BinaryCopyOutStream;
-use tokio_postgres::types::Type;
-use uuid::Uuid;
 
 use crate::model::Row;
 use crate::report::{Check, Violation};
@@ -96,6 +93,8 @@ pub struct End {
 pub enum SourceError {
     #[error("reading the event store: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("reading the event store: {0}")]
+    Store(#[from] store::StoreError),
     #[error("the event store has no head row")]
     NoHead,
 }
@@ -242,44 +241,21 @@ pub async fn read(
         checkpoints: checkpoints.iter().map(|c| (c.position, c.hash)).collect(),
         checkpoints_verified: 0,
     };
-    // The positions are integers: formatting them into the statement is safe (COPY takes no
-    // parameters).
-    let copy = format!(
-        "COPY (SELECT position, event_id, stream, version, type, data, metadata, hash \
-         FROM public.events WHERE position >= {} AND position <= {head_position} \
-         ORDER BY position) TO STDOUT (FORMAT binary)",
-        start.from
-    );
-    let stream = client.copy_out(&copy).await?;
-    let rows = BinaryCopyOutStream::new(
-        stream,
-        &[
-            Type::INT8,
-            Type::UUID,
-            Type::TEXT,
-            Type::INT4,
-            Type::TEXT,
-            Type::BYTEA,
-            Type::BYTEA,
-            Type::BYTEA,
-        ],
-    );
+    let rows = store::stream_events(&client, start.from, head_position).await?;
     let mut rows = std::pin::pin!(rows);
     let mut batch = Vec::with_capacity(BATCH_ROWS);
     let mut events = 0u64;
     while let Some(row) = rows.next().await {
-        let row = row?;
-        let hash: &[u8] = row.try_get(7)?;
+        let stored = row?;
         let row = Row {
-            position: row.try_get(0)?,
-            event_id: row.try_get::<Uuid>(1)?,
-            stream: row.try_get::<&str>(2)?.to_string(),
-            version: row.try_get(3)?,
-            kind: row.try_get::<&str>(4)?.to_string(),
-            data: row.try_get::<&[u8]>(5)?.to_vec(),
-            metadata: row.try_get::<&[u8]>(6)?.to_vec(),
-            // The table's CHECK keeps it at 32 bytes; a shorter one cannot match any hash.
-            hash: <[u8; 32]>::try_from(hash).unwrap_or_default(),
+            position: stored.position,
+            event_id: stored.event_id,
+            stream: stored.stream,
+            version: stored.version,
+            kind: stored.kind,
+            data: stored.data,
+            metadata: stored.metadata,
+            hash: stored.hash,
             prev_hash: chain.prev,
         };
         chain.check(&row, &mut found);

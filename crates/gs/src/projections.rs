@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use domain::Timestamp;
+use futures_util::StreamExt;
 use protocol::EventBody;
 use store::{Store, StoreError};
 use time::OffsetDateTime;
@@ -23,7 +24,7 @@ use uuid::Uuid;
 
 use crate::ledger::{LedgerError, TransitionMetadata};
 
-/// Events read per query.
+/// Rows written per statement when the read models are refilled.
 const PAGE: i64 = 5_000;
 
 /// What a rebuild wrote.
@@ -92,12 +93,13 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
     let mut deposits: Vec<(String, String, i64, i64, OffsetDateTime)> = Vec::new();
     let mut report = RebuildReport::default();
 
-    let mut from = 1;
-    loop {
-        let page = store::read_from(&*tx, from, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        from = last.position + 1;
-        for stored in &page {
+    // Every event up to the head, in one streamed COPY (as the auditor reads them).
+    let head = store::last_position(&*tx).await?;
+    let events = store::stream_events(&*tx, 1, head).await?;
+    let mut events = std::pin::pin!(events);
+    {
+        while let Some(stored) = events.next().await {
+            let stored = &stored?;
             report.events += 1;
             let event = protocol::decode_event(&stored.data).map_err(|e| {
                 LedgerError::Store(StoreError::Corrupt {

@@ -9,7 +9,8 @@
 //!
 //! - [`migrate`] / [`migrate_url`] / [`MIGRATIONS`] / [`migrations_fingerprint`]: the schema.
 //! - [`append`]: one batch in the caller's transaction, head row locked last.
-//! - [`read_stream`], [`read_from`], [`last_position`], [`tail()`]: reading.
+//! - [`read_stream`], [`read_from`], [`last_position`], [`tail()`]: reading;
+//!   [`stream_events`]: a range of the log in one binary `COPY`.
 //! - [`chain_hash`], [`verify_chain`]: the hash chain, for writers and auditors alike.
 //! - [`PoolConfig`], [`Store`]: pooled connections with keepalives and timeouts.
 
@@ -19,6 +20,7 @@ mod hash;
 mod migrations;
 mod pool;
 mod read;
+mod stream;
 mod tail;
 mod verify;
 
@@ -33,6 +35,7 @@ pub use migrations::{
 };
 pub use pool::{PoolConfig, Store};
 pub use read::{StoredEvent, head, last_position, read_from, read_stream};
+pub use stream::{CopyOut, stream_events};
 pub use tail::{TailOptions, tail};
 pub use verify::{
     ChainError, ChainFault, ChainProgress, ChainReport, VERIFY_PAGE, VerifyError, verify_chain,
