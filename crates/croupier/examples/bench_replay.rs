@@ -557,7 +557,14 @@ async fn build_history(servers: &Servers, bus: &NatsBus, bets_target: u64) -> Re
     let db = connect(&servers.database_url).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let tables_last = bus.stream_state("TABLES").await?.last_seq;
+        // The last transition GMS published (GS's cursor follows the round subjects only).
+        let mut last_transition = 0;
+        for table in tables() {
+            let subject = format!("table.{table}.round");
+            if let Some(message) = bus.last_message("TABLES", &subject).await? {
+                last_transition = last_transition.max(message.seq);
+            }
+        }
         let row = db
             .query_one(
                 "SELECT (SELECT coalesce(max(stream_seq), 0) FROM gs_cursor), \
@@ -567,9 +574,7 @@ async fn build_history(servers: &Servers, bus: &NatsBus, bets_target: u64) -> Re
             )
             .await?;
         let (cursor, outbox, head): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-        // Round results are published as the outbox goes: it may publish one more.
-        let tables_now = bus.stream_state("TABLES").await?.last_seq;
-        if cursor as u64 >= tables_last && outbox >= head && tables_now == tables_last {
+        if cursor as u64 >= last_transition && outbox >= head {
             break;
         }
         if Instant::now() > deadline {
