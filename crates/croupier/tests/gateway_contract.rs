@@ -1,7 +1,7 @@
-//! The WebSocket protocol v1 (DESIGN §7) as a client sees it, in both encodings: every message
-//! and every error code, driven by a WebSocket client that is not our server's code
-//! (`testkit::WsClient`, tokio-tungstenite) against GMS and GS processes on real NATS JetStream
-//! and Postgres, with the gateway nodes in the test process.
+//! The WebSocket protocol v1 (`docs/contract/websocket.md`) as a client sees it, in both encodings:
+//! every message and every error code, driven by a WebSocket client that is not our server's code
+//! (`testkit::WsClient`, tokio-tungstenite) against GMS and GS processes on real NATS JetStream and
+//! Postgres, with the gateway nodes in the test process.
 
 mod common;
 
@@ -140,7 +140,7 @@ async fn every_message_and_error_code_a_player_meets_in_both_encodings() {
         let balance = wallet["state"]["balance"].as_i64().expect("balance");
         assert!(balance > 0, "alice was credited: {wallet}");
 
-        // event: a round opens, with the fields of DESIGN §4
+        // event: a round opens, with the fields of docs/contract/events.md
         let opened = client
             .recv_until(WAIT, |m| is_table_event(m, "round_opened"))
             .await

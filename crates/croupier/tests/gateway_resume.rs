@@ -1,7 +1,8 @@
-//! Resume (DESIGN §7): `subscribe` with `since` (and `epoch`) replays every event after it from
-//! JetStream, then live events follow with no gap and no duplicate; `recovered: false` when the
-//! stream no longer holds them or the epoch differs; a late joiner without `since` gets the
-//! current state and only newer events. Real NATS, GMS as a process, clients over WebSocket.
+//! Resume (`docs/contract/websocket.md`): `subscribe` with `since` (and `epoch`) replays every
+//! event after it from JetStream, then live events follow with no gap and no duplicate; `recovered:
+//! false` when the stream no longer holds them or the epoch differs; a late joiner without `since`
+//! gets the current state and only newer events. Real NATS, GMS as a process, clients over
+//! WebSocket.
 
 mod common;
 

@@ -1,6 +1,6 @@
 //! Player authentication: HS256 JWTs (`sub` = player id, `exp`) signed with
-//! `CROUPIER_JWT_SECRET` (DESIGN §7). Minting lives here too, so the `croupier token` command
-//! and the gateway agree on claims by construction.
+//! `CROUPIER_JWT_SECRET` (`docs/contract/websocket.md`). Minting lives here too, so the `croupier
+//! token` command and the gateway agree on claims by construction.
 
 use std::fmt;
 use std::time::Duration;
@@ -51,7 +51,7 @@ impl JwtSecret {
 struct Claims {
     sub: String,
     exp: u64,
-    /// Written by [`mint`]; optional when verifying (DESIGN §7 requires only `sub` and `exp`).
+    /// Written by [`mint`]; optional when verifying (the contract requires only `sub` and `exp`).
     #[serde(default)]
     iat: u64,
 }

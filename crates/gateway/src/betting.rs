@@ -1,7 +1,7 @@
-//! Whether bets are taken (DESIGN §5, §8): GS writes [`BettingStatus`] to key `betting` of the
-//! `status` bucket; the gateway reads it before it serves, then watches it and tells every
-//! session, which broadcasts `status` to its client and answers bets at once with
-//! `BETTING_UNAVAILABLE` while betting is off.
+//! Whether bets are taken (`docs/contract/bus.md`, `docs/contract/websocket.md`): GS writes
+//! [`BettingStatus`] to key `betting` of the `status` bucket; the gateway reads it before it
+//! serves, then watches it and tells every session, which broadcasts `status` to its client and
+//! answers bets at once with `BETTING_UNAVAILABLE` while betting is off.
 //!
 //! A missing or deleted key means no GS has said otherwise: betting is on. A value that does not
 //! decode is logged and ignored (the last good status stands).

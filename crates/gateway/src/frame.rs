@@ -23,7 +23,7 @@ fn build(mut frame: Frame<'_>) -> Bytes {
 }
 
 /// A protocol message in the connection's encoding: a text frame for JSON, binary for
-/// MessagePack (DESIGN §7).
+/// MessagePack (`docs/contract/websocket.md`).
 pub(crate) fn message(encoding: Encoding, payload: &[u8]) -> Bytes {
     let payload = Payload::Borrowed(payload);
     build(if encoding.is_binary() {

@@ -1,6 +1,7 @@
-//! HTTP on the gateway (DESIGN §7): `/ws` (the WebSocket upgrade, with subprotocol negotiation
-//! and token check), `/healthz`, `/readyz`, `/metrics`. Connections are served by hyper's
-//! HTTP/1 server `.with_upgrades()`, so an upgraded connection leaves hyper for the session.
+//! HTTP on the gateway (`docs/contract/websocket.md`): `/ws` (the WebSocket upgrade, with
+//! subprotocol negotiation and token check), `/healthz`, `/readyz`, `/metrics`. Connections are
+//! served by hyper's HTTP/1 server `.with_upgrades()`, so an upgraded connection leaves hyper for
+//! the session.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -189,7 +190,8 @@ fn upgrade<B: Bus>(mut request: Request<Incoming>, shared: Arc<Shared<B>>) -> Re
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
-/// The demo page (DESIGN §1): plain HTML and JavaScript, no build step, compiled in.
+/// The demo page (`docs/contract/websocket.md`, HTTP endpoints): plain HTML and JavaScript, no
+/// build step, compiled in.
 const DEMO_PAGE: &str = include_str!("../web/index.html");
 
 fn page() -> Response<Body> {

@@ -167,7 +167,7 @@ pub(crate) enum HubError {
     Bus(String),
 }
 
-/// The subjects a channel's events are published on (DESIGN §5).
+/// The subjects a channel's events are published on (`docs/contract/bus.md`).
 pub(crate) fn channel_subjects(channel: &Channel) -> Vec<String> {
     match channel {
         Channel::Table(table) => vec![

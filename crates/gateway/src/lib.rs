@@ -1,4 +1,5 @@
-//! The Gateway: hyper + fastwebsockets server speaking WebSocket protocol v1 (DESIGN §7). Holds
+//! The Gateway: hyper + fastwebsockets server speaking WebSocket protocol v1
+//! (`docs/contract/websocket.md`). Holds
 //! one bus subscription per channel per node, encodes each event once and fans the same bytes
 //! out through bounded per-connection queues; forwards bets to GS; serves the demo page.
 //!

@@ -49,7 +49,7 @@ use crate::outbox::{Bounds, Conn, Gone, Mark, Progress, State};
 type ReadIo = Chain<std::io::Cursor<Bytes>, OwnedReadHalf>;
 type BetFuture = Pin<Box<dyn Future<Output = ServerMessage> + Send>>;
 
-/// Close codes of DESIGN §7 and RFC 6455.
+/// Close codes of the protocol (`docs/contract/websocket.md`) and RFC 6455.
 pub(crate) mod close {
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;

@@ -1,6 +1,6 @@
-//! What a late joiner needs to know (`subscribed.state`, DESIGN §7), folded from the events a
-//! channel's feed relays: the table's current round, phase, deadline, commitment and recent
-//! outcomes, or the player's balance.
+//! What a late joiner needs to know (`subscribed.state`, `docs/contract/websocket.md`), folded from
+//! the events a channel's feed relays: the table's current round, phase, deadline, commitment and
+//! recent outcomes, or the player's balance.
 
 use domain::{Money, Phase};
 use protocol::{ChannelState, Event, EventBody, PlayerState, TableState};

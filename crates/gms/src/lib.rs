@@ -1,5 +1,6 @@
 //! GMS, the game management service: runs each table's round state machine on a timer and
-//! publishes every transition to the bus (`table.<t>.round` on stream `TABLES`, DESIGN §4–§5).
+//! publishes every transition to the bus (`table.<t>.round` on stream `TABLES`,
+//! `docs/contract/events.md`, `docs/contract/bus.md`).
 //! It knows nothing of bets or clients: it only emits.
 //!
 //! Depends on `domain`, `protocol` and the `bus` port; never on another service or an adapter.

@@ -367,7 +367,7 @@ impl<B: Bus> Driver<B> {
             }
             Err(PublishError::WrongLastSequence { .. }) => {
                 // The bus already checked whether our own earlier attempt landed (ADR 0008);
-                // this is the safety net DESIGN §5 asks for.
+                // this is the safety net `docs/contract/bus.md` describes.
                 let last = self
                     .bus
                     .last_message(protocol::subject::TABLES_STREAM, &self.subject)

@@ -1,5 +1,5 @@
 //! The wall clock, as the domain's timestamp (microsecond precision). GS judges `closes_at`
-//! by it (DESIGN §4: "the GS clock").
+//! by it (`docs/contract/events.md`, wallet rules: "GS's clock").
 
 use domain::Timestamp;
 

@@ -1,5 +1,5 @@
-//! The outbox (DESIGN §5): results are published from the store, not from memory. A tailer
-//! reads committed events after the last published position and publishes the ones clients
+//! The outbox (`docs/contract/bus.md`): results are published from the store, not from memory. A
+//! tailer reads committed events after the last published position and publishes the ones clients
 //! follow — wallet events to `player.<p>.wallet`, `round_settled` to `table.<t>.result` — with
 //! `Nats-Msg-Id` = `event_id`, so a crash after commit delays results but never loses them, and
 //! several GS instances publishing the same event store it once.

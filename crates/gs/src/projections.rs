@@ -1,5 +1,5 @@
 //! Rebuilding the read models (`rounds`, `bets`, `legacy_bets`, `bet_results`,
-//! `round_stakes`, `accounts`, `deposits`) from the events alone (DESIGN §6):
+//! `round_stakes`, `accounts`, `deposits`) from the events alone (`docs/contract/event-store.md`):
 //! `croupier projections rebuild`.
 //!
 //! GS writes every column of those tables from what its events carry (timestamps are the

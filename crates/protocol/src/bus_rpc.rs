@@ -1,6 +1,6 @@
-//! The bet request/reply on the bus (DESIGN §5): a gateway sends a [`PlaceBetRequest`] to
-//! `bets.place.<table>` (core NATS request/reply, queue group `gs`, with a deadline) and GS answers
-//! with a [`PlaceBetReply`]. Both are MessagePack maps with named fields.
+//! The bet request/reply on the bus (`docs/contract/bus.md`): a gateway sends a [`PlaceBetRequest`]
+//! to `bets.place.<table>` (core NATS request/reply, queue group `gs`, with a deadline) and GS
+//! answers with a [`PlaceBetReply`]. Both are MessagePack maps with named fields.
 //!
 //! Owns the payloads only; subjects live in `subject`, transport in the `bus` crate.
 
@@ -50,7 +50,7 @@ pub enum BetStatus {
 }
 
 /// The bet is recorded and its stake debited. A retry with the same `bet_id` gets the same
-/// answer (DESIGN §4).
+/// answer (`docs/contract/events.md`, idempotency).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BetAccepted {
     #[schemars(with = "crate::schema::BetIdSchema")]

@@ -1,5 +1,6 @@
-//! The two encodings of the wire (DESIGN §5, §7): JSON and MessagePack maps with named fields, the
-//! size limit every decoder enforces before it parses, and the typed errors of both directions.
+//! The two encodings of the wire (`docs/contract/bus.md`, `docs/contract/websocket.md`): JSON and
+//! MessagePack maps with named fields, the size limit every decoder enforces before it parses, and
+//! the typed errors of both directions.
 //!
 //! Owns only the byte level: which message types exist is the business of `event`, `ws` and
 //! `bus_rpc`. No decoder here panics, whatever the bytes (proptests hold it to that), and none
@@ -16,7 +17,8 @@ use crate::error_code::ErrorCode;
 use crate::event::Event;
 use crate::serde_util::Strict;
 
-/// The largest message any decoder accepts: 64 KiB, the WebSocket frame limit of DESIGN §7.
+/// The largest message any decoder accepts: 64 KiB, the WebSocket message limit of
+/// `docs/contract/websocket.md`.
 /// The largest legitimate message (a `subscribed` with its table state) is well under 1 KiB, so
 /// this only bounds what a hostile peer can make us parse.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -90,8 +92,8 @@ impl Encoding {
     /// Decodes one message. Refuses input over [`MAX_MESSAGE_BYTES`] before looking at it, and
     /// anything that is not a single object (map) with nothing after it.
     ///
-    /// Unknown fields are ignored (DESIGN §7); a missing or ill-typed field, an unknown `type` or
-    /// `kind`, or an id, amount or selection that does not parse is an error.
+    /// Unknown fields are ignored (`docs/contract/websocket.md`); a missing or ill-typed field, an
+    /// unknown `type` or `kind`, or an id, amount or selection that does not parse is an error.
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, DecodeError> {
         check_size(bytes)?;
         match self {
@@ -166,8 +168,8 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
 }
 
 /// Recovers the `request_id` of a message that failed to decode, so that the `BAD_MESSAGE` reply
-/// can name the request it answers (DESIGN §7). `None` unless the bytes are an object within the
-/// size limit whose `request_id` is a string; every other field may be anything.
+/// can name the request it answers (`docs/contract/websocket.md`). `None` unless the bytes are an
+/// object within the size limit whose `request_id` is a string; every other field may be anything.
 pub fn salvage_request_id(bytes: &[u8], encoding: Encoding) -> Option<String> {
     let Strict(object) = encoding.decode(bytes).ok()?;
     object.get("request_id")?.as_str().map(str::to_owned)

@@ -1,5 +1,6 @@
-//! The error codes of the WebSocket protocol (DESIGN §7), shared with the bet reply on the bus
-//! (DESIGN §5) so that a rejection travels from GS to the client without translation.
+//! The error codes of the WebSocket protocol (`docs/contract/websocket.md`), shared with the bet
+//! reply on the bus (`docs/contract/bus.md`) so that a rejection travels from GS to the client
+//! without translation.
 //!
 //! The set of codes is part of the public contract: adding one is a protocol change.
 
@@ -24,7 +25,8 @@ pub enum ErrorCode {
     UnknownChannel,
     /// The round is not open for bets (or its betting time is over).
     BettingClosed,
-    /// Betting is switched off (degraded mode, DESIGN §8).
+    /// Betting is switched off, or no game service could take the bet: retry later with the same
+    /// `bet_id` (`docs/contract/websocket.md`).
     BettingUnavailable,
     /// The balance does not cover the stake.
     InsufficientFunds,
@@ -41,7 +43,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code, in the order of DESIGN §7.
+    /// Every code, in the order of `docs/contract/websocket.md`.
     pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadMessage,
         ErrorCode::Unauthorized,

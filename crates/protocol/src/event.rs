@@ -1,4 +1,5 @@
-//! The bus event envelope of DESIGN §4/§5: flat objects `{kind, id, v, at, table, round, ...}`.
+//! The bus event envelope of `docs/contract/events.md`: flat objects
+//! `{kind, id, v, at, table, round, ...}`.
 //!
 //! GMS publishes the round transitions (`round_opened`, `betting_closed`, `outcome_declared`,
 //! `round_voided`); GS publishes what happens to bets and wallets. The same MessagePack bytes are
@@ -78,7 +79,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// Every kind, in the order of DESIGN §4.
+    /// Every kind, in the order of `docs/contract/events.md`.
     pub const ALL: [EventKind; 9] = [
         EventKind::RoundOpened,
         EventKind::BettingClosed,
@@ -167,7 +168,7 @@ pub struct BettingClosed {
     pub round: RoundId,
 }
 
-/// GMS revealed the seed and the outcome it gives (DESIGN §4, provably fair).
+/// GMS revealed the seed and the outcome it gives (provably fair: `docs/contract/fairness.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OutcomeDeclared {
     #[schemars(with = "crate::schema::TableIdSchema")]
@@ -535,8 +536,8 @@ impl<'de> Deserialize<'de> for Event {
 }
 
 impl EventBody {
-    /// The wire body of a domain round event (DESIGN §4): the domain leaves out the table and
-    /// round, which the envelope adds.
+    /// The wire body of a domain round event (`docs/contract/events.md`): the domain leaves out the
+    /// table and round, which the envelope adds.
     pub fn from_round_event(table: TableId, round: RoundId, event: RoundEvent) -> EventBody {
         match event {
             RoundEvent::RoundOpened {

@@ -1,4 +1,4 @@
-//! JSON Schemas of every wire message and event (DESIGN §4, §5, §7), generated from the Rust
+//! JSON Schemas of every wire message and event (`docs/contract/`), generated from the Rust
 //! types with schemars and checked in under `schemas/` (see [`generate`]). A test fails when the
 //! checked-in files differ from what this code generates.
 //!
@@ -407,7 +407,7 @@ impl JsonSchema for Event {
             generator.subschema_for::<FundsDepositedEvent>(),
         ];
         one_of(
-            "An event (DESIGN §4): a flat object tagged by `kind`.",
+            "An event (docs/contract/events.md): a flat object tagged by `kind`.",
             variants,
         )
     }
@@ -429,7 +429,7 @@ impl JsonSchema for ServerMessage {
             generator.subschema_for::<PongMessage>(),
         ];
         one_of(
-            "A message from the server (DESIGN §7), tagged by `type`.",
+            "A message from the server (docs/contract/websocket.md), tagged by `type`.",
             variants,
         )
     }
@@ -448,7 +448,7 @@ impl JsonSchema for ClientMessage {
             generator.subschema_for::<PingMessage>(),
         ];
         one_of(
-            "A message from a client (DESIGN §7), tagged by `type`. Unknown fields are ignored.",
+            "A message from a client (docs/contract/websocket.md), tagged by `type`. Unknown fields are ignored.",
             variants,
         )
     }

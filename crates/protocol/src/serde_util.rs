@@ -31,8 +31,8 @@ pub(crate) mod uuid_string {
     }
 }
 
-/// An amount staked, refunded or deposited: `1 ..= 2^53 − 1` (DESIGN §4). `Money` alone admits
-/// zero, which is right for balances and payouts but not for these.
+/// An amount staked, refunded or deposited: `1 ..= 2^53 − 1` (`docs/contract/events.md`). `Money`
+/// alone admits zero, which is right for balances and payouts but not for these.
 pub(crate) mod stake {
     use domain::Money;
     use serde::{Deserializer, Serialize, Serializer};

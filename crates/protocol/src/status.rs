@@ -1,6 +1,6 @@
-//! Betting status: whether bets are taken at all (DESIGN §8). GS writes it to the `status` KV
-//! bucket (DESIGN §5) so that a gateway that starts later learns it at once; gateways tell clients
-//! with the `welcome` and `status` messages (DESIGN §7).
+//! Betting status: whether bets are taken at all. GS writes it to the `status` KV bucket
+//! (`docs/contract/bus.md`) so that a gateway that starts later learns it at once; gateways tell
+//! clients with the `welcome` and `status` messages (`docs/contract/websocket.md`).
 
 use domain::Timestamp;
 use schemars::JsonSchema;

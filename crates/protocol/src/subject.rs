@@ -1,4 +1,4 @@
-//! NATS names of DESIGN §5: subjects, streams, KV buckets, the bet queue group and the
+//! NATS names of `docs/contract/bus.md`: subjects, streams, KV buckets, the bet queue group and the
 //! message-id scheme, as the services use them.
 //!
 //! These are logical names. `CROUPIER_NATS_PREFIX` is applied in one place only, the bus's nats

@@ -1,5 +1,6 @@
-//! The WebSocket protocol v1 (DESIGN §7): every message the gateway sends ([`ServerMessage`]) and
-//! receives ([`ClientMessage`]), and the channels a client subscribes to ([`Channel`]).
+//! The WebSocket protocol v1 (`docs/contract/websocket.md`): every message the gateway sends
+//! ([`ServerMessage`]) and receives ([`ClientMessage`]), and the channels a client subscribes to
+//! ([`Channel`]).
 //!
 //! Messages are objects tagged by `type`; unknown extra fields are ignored. Owns shapes and
 //! their validation only: sessions, auth and fan-out belong to the gateway.
@@ -68,8 +69,8 @@ impl Channel {
         }
     }
 
-    /// The JetStream filter subject of this channel (DESIGN §5): `table.<t>.>` on stream
-    /// `TABLES`, `player.<p>.>` on stream `PLAYERS` (logical: the bus applies the prefix).
+    /// The JetStream filter subject of this channel (`docs/contract/bus.md`): `table.<t>.>` on
+    /// stream `TABLES`, `player.<p>.>` on stream `PLAYERS` (logical: the bus applies the prefix).
     pub fn subject_filter(&self) -> String {
         format!("{self}.>")
     }

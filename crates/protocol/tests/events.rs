@@ -1,5 +1,5 @@
-//! Bus events (DESIGN §4, §5): their flat shape, what decoding accepts and refuses, and where
-//! each is published.
+//! Bus events (`docs/contract/events.md`, `docs/contract/bus.md`): their flat shape, what decoding
+//! accepts and refuses, and where each is published.
 
 mod common;
 

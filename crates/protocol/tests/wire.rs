@@ -1,5 +1,5 @@
-//! The WebSocket protocol as a client sees it (DESIGN §7): what decodes, what is a
-//! `BAD_MESSAGE`, what is an `UNKNOWN_CHANNEL`, and what the server writes.
+//! The WebSocket protocol as a client sees it (`docs/contract/websocket.md`): what decodes, what is
+//! a `BAD_MESSAGE`, what is an `UNKNOWN_CHANNEL`, and what the server writes.
 
 mod common;
 

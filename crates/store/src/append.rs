@@ -1,5 +1,5 @@
 //! Appending events: one binary `COPY` per batch, positions taken from the head row, hashes
-//! chained in Rust (DESIGN §6).
+//! chained in Rust (`docs/contract/event-store.md`).
 //!
 //! # How a write transaction is shaped
 //!
@@ -198,8 +198,9 @@ async fn write(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Appended
     Ok(appended)
 }
 
-/// The columns of `events` a `COPY` writes, in order (every column: DESIGN §6), and their
-/// types; the benchmark's anchors copy the same rows with these.
+/// The columns of `events` a `COPY` writes, in order (every column:
+/// `docs/contract/event-store.md`), and their types; the benchmark's anchors copy the same rows
+/// with these.
 pub const EVENT_COLUMNS: &str =
     "position, event_id, stream, version, type, data, metadata, recorded_at, hash";
 /// See [`EVENT_COLUMNS`].

@@ -1,4 +1,4 @@
-//! The hash chain of DESIGN §6 (a public audit contract):
+//! The hash chain of `docs/contract/event-store.md` (a public audit contract):
 //!
 //! ```text
 //! hash = SHA-256(prev_hash ‖ f(position as 8-byte big-endian) ‖ f(event_id, 16 bytes) ‖

@@ -1,6 +1,6 @@
-//! The Postgres event store (DESIGN §6): the append-only, hash-chained `events` table with
-//! gapless global positions, its migrations (which also create the read-model tables GS
-//! fills), appends, reads, tailing, chain verification, and a pool whose every call has a
+//! The Postgres event store (`docs/contract/event-store.md`): the append-only, hash-chained
+//! `events` table with gapless global positions, its migrations (which also create the read-model
+//! tables GS fills), appends, reads, tailing, chain verification, and a pool whose every call has a
 //! timeout.
 //!
 //! Payloads are opaque bytes here: this crate must not depend on `domain` or `protocol` (the

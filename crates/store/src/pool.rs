@@ -1,5 +1,5 @@
 //! The connection pool and [`Store`], the store's handle for services: pooled connections
-//! that cannot hang a caller (DESIGN §6, §8).
+//! that cannot hang a caller, so that GS can notice a stalled database and stop taking bets.
 //!
 //! Three layers of protection against a stalled or unreachable server:
 //! - TCP keepalives and a connect timeout on every connection, so a dead peer is noticed;

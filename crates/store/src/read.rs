@@ -26,7 +26,7 @@ pub struct StoredEvent {
     /// A MessagePack map, possibly empty (zero bytes).
     pub metadata: Bytes,
     pub recorded_at: OffsetDateTime,
-    /// The chain hash of this event (DESIGN §6).
+    /// The chain hash of this event (`docs/contract/event-store.md`).
     pub hash: [u8; 32],
 }
 

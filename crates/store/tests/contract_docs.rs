@@ -202,6 +202,29 @@ fn no_tracked_file_points_outside_the_repository() {
     );
 }
 
+/// The anchors of a Markdown file's headings as GitHub makes them: lowercase, spaces to `-`,
+/// letters, digits, `-` and `_` kept, everything else dropped.
+fn anchors(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.starts_with('#'))
+        .map(|heading| {
+            heading
+                .trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
+}
+
 #[test]
 fn every_contract_path_the_repository_names_exists() {
     let root = workspace_root();
@@ -223,7 +246,8 @@ fn every_contract_path_the_repository_names_exists() {
             rest = &tail[end..];
         }
     }
-    // Relative links between the contract's own documents: `](events.md#values)`.
+    // Relative links from the contract's own documents, anchors included:
+    // `](events.md#values)`, `](#error-codes)`, `](../adr/README.md)`.
     for file in tracked_files() {
         let Some(name) = file.strip_prefix("docs/contract/") else {
             continue;
@@ -233,12 +257,19 @@ fn every_contract_path_the_repository_names_exists() {
         }
         let content = read(&file);
         for link in content.split("](").skip(1) {
-            let target = link.split([')', '#']).next().unwrap_or_default();
-            if target.is_empty() || target.contains("://") {
+            let link = link.split(')').next().unwrap_or_default();
+            let (target, anchor) = link.split_once('#').unwrap_or((link, ""));
+            if link.contains("://") {
                 continue;
             }
-            if !root.join("docs/contract").join(target).exists() {
+            let target = if target.is_empty() { name } else { target };
+            let path = root.join("docs/contract").join(target);
+            if !path.exists() {
                 missing.push(format!("{file} links to {target}"));
+            } else if !anchor.is_empty() && !anchors(&path).contains(&anchor.to_owned()) {
+                missing.push(format!(
+                    "{file} links to {target}#{anchor}, a heading it lacks"
+                ));
             }
         }
     }

@@ -5,7 +5,8 @@
 //! positions from a plain `bigserial` instead of the head row. Run it with
 //! `cargo test -p store --test tail -- --ignored`: it FAILS (the tailer sees gaps, and misses
 //! events that commit after a higher position was already read), which shows both that the
-//! check can fail and why DESIGN §6 takes positions from a head row locked last.
+//! check can fail and why the store takes positions from a head row locked last
+//! (`docs/contract/event-store.md`).
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! GS's writes to the event store: each one transaction that appends events and updates the
-//! read models they change (DESIGN §6). Money moves only here.
+//! read models they change (`docs/contract/event-store.md`). Money moves only here.
 //!
 //! Streams: `round-<table>-<round>` (the round's transitions and `round_settled`),
 //! `player-<id>` (deposits and the player's bet events; its version is `accounts.version`).
@@ -79,8 +79,8 @@ const BET_PLACED_NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_27d4_93b8_4c0e_a5f2_0d
 
 /// The id of the `bet_placed` event that records bet `bet_id`: a UUIDv5 of the bet id in GS's
 /// namespace, so one bet id can be placed once by the events' own unique `event_id`
-/// (DESIGN §6: "idempotency with no time window"), and a retry finds its first answer by
-/// that id (ADR 0016).
+/// (`docs/contract/event-store.md`: "an idempotency key with no time window"), and a retry finds
+/// its first answer by that id (ADR 0016).
 pub fn bet_placed_id(bet_id: &domain::BetId) -> Uuid {
     Uuid::new_v5(&BET_PLACED_NAMESPACE, bet_id.as_uuid().as_bytes())
 }

@@ -1,4 +1,5 @@
-//! Batched bet placement (DESIGN §4, §6): one transaction accepts a whole batch of bets.
+//! Batched bet placement (`docs/contract/events.md`, `docs/contract/event-store.md`): one
+//! transaction accepts a whole batch of bets.
 //!
 //! ```text
 //! BEGIN

@@ -1,4 +1,5 @@
-//! Settlement and refunds, each one set-based transaction per round (DESIGN §6).
+//! Settlement and refunds, each one set-based transaction per round
+//! (`docs/contract/event-store.md`).
 //!
 //! ```text
 //! BEGIN
