@@ -1,4 +1,4 @@
-# Croupier's recipes. `just --list` shows them; DESIGN §9 fixes their names.
+# Croupier's recipes. `just --list` shows them; docs/contract/cli.md fixes their names.
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 

@@ -3,8 +3,8 @@
 //!
 //! Nothing here calls `domain`'s fairness or payout code, nor `store`'s chain hash: an audit
 //! that reused the code that applied the rules would confirm its bugs instead of catching
-//! them. The tests check this module against the published vectors (DESIGN §4 and §6,
-//! `docs/fairness-test-vectors.md`) and against the table's arithmetic, never against `domain`.
+//! them. The tests check this module against the published vectors (docs/contract/fairness.md and event-store.md,
+//! `docs/contract/fairness-test-vectors.md`) and against the table's arithmetic, never against `domain`.
 
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
@@ -92,7 +92,7 @@ impl Kind {
         })
     }
 
-    /// Net odds (DESIGN §4): a winning bet pays `amount × (odds + 1)`.
+    /// Net odds (docs/contract/events.md): a winning bet pays `amount × (odds + 1)`.
     pub const fn net_odds(self) -> u64 {
         match self {
             Kind::Straight => 35,
@@ -127,7 +127,7 @@ pub enum LayoutError {
 
 impl Wager {
     /// Checks `kind` with its `numbers` (inside bets) or `index` (dozens and columns) against
-    /// the layout, as DESIGN §4 describes it.
+    /// the layout, as docs/contract/events.md describes it.
     pub fn new(kind: &str, numbers: &[u8], index: Option<u8>) -> Result<Wager, LayoutError> {
         let kind = Kind::parse(kind).ok_or_else(|| LayoutError::UnknownKind(kind.into()))?;
         let mut sorted = numbers.to_vec();
@@ -224,7 +224,7 @@ fn covers(kind: Kind, n: &[u8]) -> bool {
 /// The `prev_hash` of the event at position 1.
 pub const GENESIS: [u8; 32] = [0; 32];
 
-/// The chain hash of DESIGN §6 for one row:
+/// The chain hash of docs/contract/event-store.md for one row:
 /// `SHA-256(prev ‖ f(position, 8 bytes BE) ‖ f(event_id) ‖ f(stream) ‖ f(type) ‖ f(data) ‖
 /// f(metadata))`, `f(x)` = 4-byte big-endian length of x, then x.
 pub fn chain_hash(

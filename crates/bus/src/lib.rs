@@ -1,6 +1,6 @@
 //! The `Bus` port (publish with message id and expected sequence, ordered replay, durable
 //! consume, request/reply, key-value) and its adapters: `nats` (async-nats JetStream) and `local`
-//! (in-process, for the single-binary mode and for tests). DESIGN §5.
+//! (in-process, for the single-binary mode and for tests). docs/contract/bus.md.
 //!
 //! Services depend on the port ([`Bus`], [`Kv`] and the types beside them) and use logical
 //! names: subjects `table.<t>.round`, streams `TABLES`/`PLAYERS`, buckets `gms_leases`/`status`.

@@ -1,5 +1,5 @@
 //! Bets: whether one may be accepted, within which limits, and what a round's bets pay
-//! (DESIGN §4, wallet rules).
+//! (docs/contract/events.md, wallet rules).
 //!
 //! A bet is accepted only if the round is open and `now` is before `closes_at`, the stake is
 //! within the table limits (per bet and per player per round), and the balance covers it. The
@@ -166,7 +166,7 @@ pub enum BetRejection {
 }
 
 impl BetRejection {
-    /// The error code sent to the client (DESIGN §7).
+    /// The error code sent to the client (docs/contract/websocket.md).
     pub const fn code(&self) -> &'static str {
         match self {
             Self::BettingClosed(_) => "BETTING_CLOSED",

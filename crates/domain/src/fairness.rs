@@ -1,5 +1,5 @@
 //! Provably fair outcomes: commit to a seed, reveal it, and let anyone recompute the result
-//! (DESIGN §4, part of the public contract).
+//! (docs/contract/fairness.md, part of the public contract).
 //!
 //! - `seed_hash` = SHA-256 of the 32 seed bytes, published when the round opens.
 //! - For i = 0, 1, 2, ...: d = HMAC-SHA256(key = seed, message = `"<table>:<round>:<i>"`), read as
@@ -9,7 +9,7 @@
 //!
 //! The seed itself comes from the caller (GMS derives it from its master secret, ADR 0007);
 //! this module only computes.
-//! `docs/fairness-test-vectors.md` lists vectors for outside implementations, and a test here
+//! `docs/contract/fairness-test-vectors.md` lists vectors for outside implementations, and a test here
 //! checks every one of them.
 
 use std::fmt;

@@ -1,4 +1,4 @@
-//! Identifiers: tables, players, rounds and bets (DESIGN §4).
+//! Identifiers: tables, players, rounds and bets (docs/contract/events.md).
 //!
 //! Table and player ids become NATS subject tokens and JWT subjects, so they are restricted to
 //! `[A-Za-z0-9_-]{1,64}`: no dots, wildcards or spaces can ever reach a subject. Every id is a

@@ -1,4 +1,4 @@
-//! Money: an exact count of minor units (DESIGN §4).
+//! Money: an exact count of minor units (docs/contract/events.md).
 //!
 //! Amounts are `i64` minor units kept within `0..=2^53 − 1`, so every amount survives a trip
 //! through a JavaScript client's `Number` unchanged. A balance may be zero; a stake may not, which

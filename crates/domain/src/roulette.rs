@@ -1,5 +1,5 @@
 //! European roulette: the wheel's pockets, the table layout, the selections a player can bet on,
-//! and what each pays (DESIGN §4).
+//! and what each pays (docs/contract/events.md).
 //!
 //! A [`Selection`] can only be built by parsing, and parsing checks the geometry against the real
 //! layout (twelve rows of three, `0` above the first row), so the rest of Croupier never sees a

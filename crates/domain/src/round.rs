@@ -1,4 +1,4 @@
-//! The round state machine: `Open → Closed → Resulted → Settled`, or `Voided` (DESIGN §4).
+//! The round state machine: `Open → Closed → Resulted → Settled`, or `Voided` (docs/contract/events.md).
 //!
 //! Deciding is separate from applying: [`decide`] looks at a state, a command and the current time
 //! and either refuses with a typed [`Rejection`] or returns the events that record what happened;
@@ -113,7 +113,7 @@ impl RoundCommand {
     }
 }
 
-/// What happened to a round. The field names and `kind` strings are those of DESIGN §4; the
+/// What happened to a round. The field names and `kind` strings are those of docs/contract/events.md; the
 /// envelope (`id`, `v`, `at`, `table`, `round`) is added at the edge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -658,7 +658,7 @@ mod tests {
             },
             closes(),
         );
-        // Then the outcome is the one of the DESIGN test vector
+        // Then the outcome is the one of the contract's test vector
         assert_eq!(
             events,
             Ok(vec![RoundEvent::OutcomeDeclared {

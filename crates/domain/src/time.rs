@@ -1,4 +1,4 @@
-//! Timestamps: instants in UTC with microsecond precision (DESIGN §4).
+//! Timestamps: instants in UTC with microsecond precision (docs/contract/events.md).
 //!
 //! Every encoding writes the same text, RFC 3339 with exactly six fractional digits and `Z`
 //! (`2026-11-25T22:17:00.123456Z`), because Postgres `timestamptz` keeps microseconds: a value

@@ -1,4 +1,4 @@
-//! Wallet rules: a balance never goes below zero, and never above the largest amount (DESIGN §4).
+//! Wallet rules: a balance never goes below zero, and never above the largest amount (docs/contract/events.md).
 //!
 //! Only the arithmetic lives here; where balances are stored and locked is the business of the
 //! game service and the event store.

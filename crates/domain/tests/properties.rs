@@ -158,7 +158,7 @@ mod oracle {
         }
     }
 
-    /// DESIGN §4's odds table.
+    /// the odds table of docs/contract/events.md.
     pub fn net_odds(kind: SelectionKind) -> i64 {
         match kind {
             SelectionKind::Straight => 35,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::process::{Slot, Supervised, wait_until};
 use crate::{HarnessError, free_port, unique_prefix, workspace_root};
 
-/// The oldest server Croupier supports (DESIGN §5).
+/// The oldest server Croupier supports (docs/contract/bus.md).
 const MIN_VERSION: (u64, u64) = (2, 10);
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
