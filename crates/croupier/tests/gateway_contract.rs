@@ -250,22 +250,28 @@ async fn every_message_and_error_code_a_player_meets_in_both_encodings() {
             .expect("status");
         assert_eq!(status["betting"], "enabled");
 
-        // the bet is settled on the player's channel, the round on the table's
-        let settled = client
-            .recv_until(WAIT, |m| {
-                m["channel"] == "player.alice"
-                    && m["event"]["kind"] == "bet_settled"
-                    && m["event"]["bet_id"] == accepted["bet_id"]
-            })
-            .await
-            .expect("bet_settled");
+        // the bet is settled on the player's channel, the round on the table's (two channels:
+        // either may reach the client first)
+        let mut settled = None;
+        let mut round_settled = false;
+        while settled.is_none() || !round_settled {
+            let message = client
+                .recv_until(WAIT, |m| {
+                    (m["channel"] == "player.alice"
+                        && m["event"]["kind"] == "bet_settled"
+                        && m["event"]["bet_id"] == accepted["bet_id"])
+                        || (is_table_event(m, "round_settled") && m["event"]["round"] == round)
+                })
+                .await
+                .expect("bet_settled and round_settled");
+            if message["event"]["kind"] == "bet_settled" {
+                settled = Some(message);
+            } else {
+                round_settled = true;
+            }
+        }
+        let settled = settled.expect("bet_settled");
         assert!(settled["event"]["payout"].is_i64(), "{settled}");
-        client
-            .recv_until(WAIT, |m| {
-                is_table_event(m, "round_settled") && m["event"]["round"] == round
-            })
-            .await
-            .expect("round_settled");
 
         // unsubscribe: no more table events, the connection goes on
         client
