@@ -15,14 +15,13 @@ use std::collections::HashMap;
 
 use bus::{Bus, BusError, StoredMessage};
 use bytes::Bytes;
-use domain::Timestamp;
 use futures_util::StreamExt;
-use protocol::{Event, EventKind, Producer};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::report::{Check, Violation};
+use crate::wire::{self, Event, Kind, Time};
 
 /// The streams the bus keeps events in, with the filter that reads all of each.
 pub const STREAMS: [(&str, &str); 2] = [("TABLES", "table.>"), ("PLAYERS", "player.>")];
@@ -33,6 +32,15 @@ pub const BUS_BATCH: usize = 1024;
 /// Batches in flight per stream between its reading task and the merge.
 pub const BUS_BATCHES_IN_FLIGHT: usize = 4;
 
+/// What the merge needs of a bus message's event, decoded on its reading task.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub id: Uuid,
+    pub at: Time,
+    pub kind: Kind,
+    names: Names,
+}
+
 /// One message of a stream, decoded on its reading task.
 #[derive(Debug)]
 pub struct BusMessage {
@@ -40,11 +48,11 @@ pub struct BusMessage {
     pub seq: u64,
     pub subject: String,
     pub payload: Bytes,
-    pub event: Result<Event, String>,
+    pub event: Result<Summary, String>,
 }
 
 impl BusMessage {
-    pub fn at(&self) -> Option<Timestamp> {
+    pub fn at(&self) -> Option<Time> {
         self.event.as_ref().ok().map(|e| e.at)
     }
 
@@ -106,7 +114,12 @@ pub async fn read_stream<B: Bus>(
             payload,
             ..
         } = message?;
-        let event = protocol::decode_event(&payload).map_err(|e| e.to_string());
+        let event = wire::decode(&payload).map(|e| Summary {
+            id: e.id,
+            at: e.at,
+            kind: e.kind,
+            names: Names::of(&e),
+        });
         batch.push(BusMessage {
             stream,
             seq,
@@ -134,18 +147,64 @@ pub async fn read_stream<B: Bus>(
 #[derive(Debug)]
 struct Recorded {
     position: i64,
-    kind: EventKind,
-    subject: String,
+    kind: Kind,
     data: Bytes,
-    at: Timestamp,
+    at: Time,
     names: Names,
+}
+
+impl Recorded {
+    /// The subject it is published on (`docs/contract/bus.md`).
+    fn subject(&self) -> String {
+        match (&self.names.player, &self.names.table) {
+            (Some(player), _) => format!("player.{player}.wallet"),
+            (None, Some(table)) if self.kind == Kind::RoundSettled => {
+                format!("table.{table}.result")
+            }
+            (None, Some(table)) => format!("table.{table}.round"),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// Whether `subject` is that subject, without building it.
+    fn published_on(&self, subject: &str) -> bool {
+        let (Some(first), Some(rest)) = (
+            subject.split('.').next(),
+            subject.split_once('.').map(|(_, r)| r),
+        ) else {
+            return false;
+        };
+        let Some((name, last)) = rest.rsplit_once('.') else {
+            return false;
+        };
+        match (&self.names.player, &self.names.table) {
+            (Some(player), _) => first == "player" && name == player && last == "wallet",
+            (None, Some(table)) => {
+                let last_wanted = if self.kind == Kind::RoundSettled {
+                    "result"
+                } else {
+                    "round"
+                };
+                first == "table" && name == table && last == last_wanted
+            }
+            (None, None) => false,
+        }
+    }
+
+    fn stream(&self) -> &'static str {
+        if self.names.player.is_some() {
+            "PLAYERS"
+        } else {
+            "TABLES"
+        }
+    }
 }
 
 /// A bus message waiting for its Postgres event.
 #[derive(Debug)]
 struct Published {
     message: BusMessage,
-    kind: EventKind,
+    kind: Kind,
     names: Names,
 }
 
@@ -159,18 +218,12 @@ struct Names {
 }
 
 impl Names {
-    fn of(event: &Event) -> Names {
-        use protocol::EventBody as B;
+    fn of(event: &Event<'_>) -> Names {
         Names {
-            table: event.table().map(|t| t.as_str().to_string()),
-            round: event.round().map(|r| r.get()),
-            bet: match &event.body {
-                B::BetPlaced(b) => Some(*b.bet_id.as_uuid()),
-                B::BetSettled(b) => Some(*b.bet_id.as_uuid()),
-                B::BetRefunded(b) => Some(*b.bet_id.as_uuid()),
-                _ => None,
-            },
-            player: event.player().map(|p| p.as_str().to_string()),
+            table: event.table.map(str::to_string),
+            round: event.round,
+            bet: event.bet_id(),
+            player: event.player().map(str::to_string),
         }
     }
 
@@ -206,12 +259,11 @@ impl Matcher {
     }
 
     /// A Postgres event (already decoded by the rebuild).
-    pub fn recorded(&mut self, position: i64, data: Bytes, event: &Event) {
+    pub fn recorded(&mut self, position: i64, data: Bytes, event: &Event<'_>) {
         let names = Names::of(event);
         let recorded = Recorded {
             position,
-            kind: event.event_kind(),
-            subject: protocol::subject_for(event),
+            kind: event.kind,
             data,
             at: event.at,
             names,
@@ -250,7 +302,7 @@ impl Matcher {
                 return;
             }
         };
-        let (id, kind, names) = (event.id, event.event_kind(), Names::of(event));
+        let (id, kind, names) = (event.id, event.kind, event.names.clone());
         let published = Published {
             message,
             kind,
@@ -279,18 +331,22 @@ impl Matcher {
     fn compare(&mut self, recorded: Recorded, published: Published) {
         let message = &published.message;
         let mut differences = Vec::new();
-        if recorded.subject != message.subject {
+        if !recorded.published_on(&message.subject) {
             differences.push(format!(
                 "subject {} for {}",
-                message.subject, recorded.subject
+                message.subject,
+                recorded.subject()
             ));
         }
         if recorded.data != message.payload {
             // GS publishes the stored bytes themselves; GS records GMS's transitions by
             // decoding and encoding them again, so there the content must agree.
-            let same = recorded.kind.producer() == Producer::Gms
-                && match (protocol::decode_event(&recorded.data), &message.event) {
-                    (Ok(stored), Ok(sent)) => stored == *sent,
+            let same = recorded.kind.by_gms()
+                && match (
+                    protocol::decode_event(&recorded.data),
+                    protocol::decode_event(&message.payload),
+                ) {
+                    (Ok(stored), Ok(sent)) => stored == sent,
                     _ => false,
                 };
             if !same {
@@ -327,18 +383,14 @@ impl Matcher {
     pub fn leftovers(
         &mut self,
         outbox: i64,
-        retained_from: &HashMap<&'static str, Timestamp>,
+        retained_from: &HashMap<&'static str, Time>,
     ) -> Vec<Uuid> {
         self.report.outbox_position = outbox;
         let mut recorded: Vec<Recorded> = self.recorded.drain().map(|(_, r)| r).collect();
         recorded.sort_by_key(|r| r.position);
         for r in recorded {
-            let stream = if r.subject.starts_with("player.") {
-                "PLAYERS"
-            } else {
-                "TABLES"
-            };
-            if r.kind.producer() == Producer::Gs && r.position > outbox {
+            let stream = r.stream();
+            if !r.kind.by_gms() && r.position > outbox {
                 self.report.awaiting_publication += 1;
             } else if retained_from.get(stream).is_some_and(|first| r.at < *first) {
                 self.report.before_retention += 1;
@@ -346,7 +398,7 @@ impl Matcher {
                 self.violations.push(
                     r.names.on(Violation::new(
                         Check::Bus,
-                        format!("the {} published on {}", r.kind, r.subject),
+                        format!("the {} published on {}", r.kind, r.subject()),
                         format!("no message with its event id on {stream}"),
                     )
                     .at(r.position)),
@@ -366,10 +418,7 @@ impl Matcher {
             let id = p.message.event.as_ref().map(|e| e.id).ok();
             if id.is_some_and(|id| found.contains_key(&id)) {
                 self.report.outside_snapshot += 1;
-            } else if p.kind.producer() == Producer::Gms
-                && p.message.stream == "TABLES"
-                && p.message.seq > gs_cursor
-            {
+            } else if p.kind.by_gms() && p.message.stream == "TABLES" && p.message.seq > gs_cursor {
                 self.report.not_yet_recorded += 1;
             } else {
                 let place = p.message.place();
@@ -393,7 +442,7 @@ impl Matcher {
 fn describe_difference(stored: &[u8], message: &BusMessage) -> String {
     let (Ok(stored), Ok(sent)) = (
         protocol::decode_event(stored).map(|e| to_json(&e)),
-        message.event.as_ref().map(to_json),
+        protocol::decode_event(&message.payload).map(|e| to_json(&e)),
     ) else {
         return "payloads differ".into();
     };
@@ -422,6 +471,6 @@ fn describe_difference(stored: &[u8], message: &BusMessage) -> String {
     }
 }
 
-fn to_json(event: &Event) -> serde_json::Value {
+fn to_json(event: &protocol::Event) -> serde_json::Value {
     serde_json::to_value(event).unwrap_or_default()
 }

@@ -15,6 +15,7 @@ pub mod report;
 pub mod rules;
 pub mod schema;
 pub mod source;
+pub mod wire;
 
 pub use model::{Limits, Scope};
 pub use replay::{ReplayError, ReplayOptions, replay, replay_with_progress};

@@ -3,17 +3,17 @@
 //!
 //! Memory holds one entry per round still open and per wallet, not per event: a round's bets
 //! are dropped once its `round_settled` has been checked, leaving a small summary so that a
-//! late event for it is still caught. Pure and synchronous: rows come in, violations and
-//! figures come out.
+//! late event for it is still caught. Tables and players are numbered as they are first seen,
+//! so a row costs no allocation once its table and player are known. Pure and synchronous:
+//! rows come in, violations and figures come out.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use domain::Timestamp;
-use protocol::{Event, EventBody, EventKind};
 use uuid::Uuid;
 
 use crate::report::{Check, Money, TableReport, Violation, Violations};
-use crate::rules::{self, Wager};
+use crate::rules::Wager;
+use crate::wire::{Body, Event, Kind, Time};
 
 /// The table limits the bets were judged by (the services' `CROUPIER_MIN_BET`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +71,7 @@ pub struct Row {
 /// A bet of a round not finished yet.
 #[derive(Debug, Clone)]
 struct Bet {
-    player: String,
+    player: u32,
     wager: Wager,
     amount: i64,
     /// Set once settled or refunded: the position of that event.
@@ -81,13 +81,13 @@ struct Bet {
 #[derive(Debug, Clone, Copy)]
 struct Mark {
     position: i64,
-    at: Timestamp,
+    at: Time,
 }
 
 #[derive(Debug, Default)]
 struct Round {
     opened: Option<Mark>,
-    closes_at: Option<Timestamp>,
+    closes_at: Option<Time>,
     seed_hash: Option<[u8; 32]>,
     closed: Option<Mark>,
     declared: Option<Mark>,
@@ -95,11 +95,9 @@ struct Round {
     voided: Option<Mark>,
     bets: HashMap<Uuid, Bet>,
     /// Per player: staked on this round so far (the per-round limit).
-    stakes: HashMap<String, i64>,
+    stakes: HashMap<u32, i64>,
     paid: i64,
     refunded: i64,
-    settled_bets: u64,
-    refunded_bets: u64,
 }
 
 /// What is left of a round once it is finished.
@@ -111,6 +109,7 @@ enum Finished {
 
 #[derive(Debug, Default)]
 struct Table {
+    name: String,
     /// Round numbers seen (opened or finished), to find the missing ones.
     rounds: BTreeSet<u64>,
     report: TableReport,
@@ -118,6 +117,7 @@ struct Table {
 
 #[derive(Debug, Default)]
 struct Wallet {
+    name: String,
     /// `None` until known: a replay from a checkpoint learns it from the first event.
     balance: Option<i64>,
 }
@@ -129,29 +129,16 @@ pub struct Auditor {
     scope: Scope,
     /// Replaying from a checkpoint: rounds and wallets from before it are unknown.
     partial: bool,
-    rounds: HashMap<(String, u64), Round>,
-    finished: HashMap<(String, u64), Finished>,
-    tables: BTreeMap<String, Table>,
+    rounds: HashMap<(u32, u64), Round>,
+    finished: HashMap<(u32, u64), Finished>,
+    table_ids: HashMap<String, u32>,
+    tables: Vec<Table>,
     seed_hashes: HashSet<[u8; 32]>,
-    wallets: HashMap<String, Wallet>,
+    player_ids: HashMap<String, u32>,
+    wallets: Vec<Wallet>,
     deposit_ids: HashSet<String>,
     money: Money,
     violations: Violations,
-}
-
-/// Where a violation about this round goes.
-fn on(
-    check: Check,
-    table: &str,
-    round: u64,
-    position: i64,
-) -> impl Fn(String, String) -> Violation {
-    let table = table.to_string();
-    move |expected, found| {
-        Violation::new(check, expected, found)
-            .at(position)
-            .round(&table, round)
-    }
 }
 
 impl Auditor {
@@ -162,9 +149,11 @@ impl Auditor {
             partial,
             rounds: HashMap::new(),
             finished: HashMap::new(),
-            tables: BTreeMap::new(),
+            table_ids: HashMap::new(),
+            tables: Vec::new(),
             seed_hashes: HashSet::new(),
-            wallets: HashMap::new(),
+            player_ids: HashMap::new(),
+            wallets: Vec::new(),
             deposit_ids: HashSet::new(),
             money: Money::default(),
             violations: Violations::default(),
@@ -180,13 +169,39 @@ impl Auditor {
         self.violations.push(violation);
     }
 
-    /// Rebuilds with one more row, whose `data` decoded to `event` (or did not).
-    pub fn apply(&mut self, row: &Row, event: Result<&Event, &protocol::DecodeError>) {
+    fn table_id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.table_ids.get(name) {
+            return id;
+        }
+        let id = self.tables.len() as u32;
+        self.tables.push(Table {
+            name: name.to_string(),
+            ..Table::default()
+        });
+        self.table_ids.insert(name.to_string(), id);
+        id
+    }
+
+    fn player_id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.player_ids.get(name) {
+            return id;
+        }
+        let id = self.wallets.len() as u32;
+        self.wallets.push(Wallet {
+            name: name.to_string(),
+            balance: None,
+        });
+        self.player_ids.insert(name.to_string(), id);
+        id
+    }
+
+    /// Rebuilds with one more row, whose `data` decoded to `event` (or did not, and why).
+    pub fn apply(&mut self, row: &Row, event: Result<&Event<'_>, &str>) {
         let event = match event {
             Ok(event) => event,
             Err(error) => {
                 self.violation(
-                    Violation::new(Check::Event, "an event of the contract", error.to_string())
+                    Violation::new(Check::Event, "an event of the contract", error)
                         .at(row.position),
                 );
                 return;
@@ -196,29 +211,32 @@ impl Auditor {
         if self.checks_wallets() {
             self.apply_wallet(row.position, event);
         }
-        let (Some(table), Some(round)) = (event.table(), event.round()) else {
+        let (Some(table), Some(round)) = (event.table, event.round) else {
             return;
         };
-        let (table, round) = (table.as_str().to_string(), round.get());
-        if !self.scope.covers(&table, round) {
+        if !self.scope.covers(table, round) {
             return;
         }
-        self.apply_round(row.position, &table, round, event);
+        self.apply_round(row.position, table, round, event);
     }
 
     /// The row's columns agree with the event it holds.
-    fn check_columns(&mut self, row: &Row, event: &Event) {
-        let expected_stream = match (&event.body, event.table(), event.round()) {
-            (EventBody::FundsDeposited(_) | EventBody::BetPlaced(_), _, _)
-            | (EventBody::BetSettled(_) | EventBody::BetRefunded(_), _, _) => {
-                event.player().map(|p| format!("player-{p}"))
-            }
-            (_, Some(table), Some(round)) => Some(format!("round-{table}-{}", round.get())),
-            _ => None,
+    fn check_columns(&mut self, row: &Row, event: &Event<'_>) {
+        let stream_holds = match (event.player(), event.table, event.round) {
+            (Some(player), _, _) => row.stream.strip_prefix("player-") == Some(player),
+            (None, Some(table), Some(round)) => row
+                .stream
+                .strip_prefix("round-")
+                .and_then(|rest| rest.rsplit_once('-'))
+                .is_some_and(|(t, r)| t == table && r.parse() == Ok(round)),
+            _ => true,
         };
+        if row.kind == event.kind.as_str() && row.event_id == event.id && stream_holds {
+            return;
+        }
         let mut mismatches = Vec::new();
-        if row.kind != event.kind() {
-            mismatches.push(format!("type {:?} for a {} event", row.kind, event.kind()));
+        if row.kind != event.kind.as_str() {
+            mismatches.push(format!("type {:?} for a {} event", row.kind, event.kind));
         }
         if row.event_id != event.id {
             mismatches.push(format!(
@@ -226,46 +244,63 @@ impl Auditor {
                 row.event_id, event.id
             ));
         }
-        if let Some(stream) = expected_stream
-            && stream != row.stream
-        {
-            mismatches.push(format!("stream {:?} for {stream:?}", row.stream));
+        if !stream_holds {
+            mismatches.push(format!("stream {:?} for this {}", row.stream, event.kind));
         }
-        if !mismatches.is_empty() {
-            self.violation(
-                Violation::new(
-                    Check::Event,
-                    "columns that agree with the event",
-                    mismatches.join(", "),
-                )
-                .at(row.position),
-            );
-        }
+        self.violation(
+            Violation::new(
+                Check::Event,
+                "columns that agree with the event",
+                mismatches.join(", "),
+            )
+            .at(row.position),
+        );
     }
 
-    fn apply_wallet(&mut self, position: i64, event: &Event) {
-        let (player, delta, balance, what) = match &event.body {
-            EventBody::FundsDeposited(d) => {
-                if !self.deposit_ids.insert(d.deposit_id.as_str().to_string()) {
+    fn apply_wallet(&mut self, position: i64, event: &Event<'_>) {
+        let (player, delta, balance, what) = match event.body {
+            Body::FundsDeposited {
+                player,
+                deposit_id,
+                amount,
+                balance,
+            } => {
+                if !self.deposit_ids.insert(deposit_id.to_string()) {
                     self.violation(
                         Violation::new(
                             Check::Wallet,
                             "each deposit id credited once",
-                            format!("deposit {} credited again", d.deposit_id),
+                            format!("deposit {deposit_id} credited again"),
                         )
                         .at(position)
-                        .player(d.player.as_str()),
+                        .player(player),
                     );
                 }
-                self.money.deposits = self.money.deposits.saturating_add(d.amount.get());
-                (&d.player, d.amount.get(), d.balance.get(), "deposit")
+                self.money.deposits = self.money.deposits.saturating_add(amount);
+                (player, amount, balance, "deposit")
             }
-            EventBody::BetPlaced(b) => (&b.player, -b.amount.get(), b.balance.get(), "stake"),
-            EventBody::BetSettled(b) => (&b.player, b.payout.get(), b.balance.get(), "payout"),
-            EventBody::BetRefunded(b) => (&b.player, b.amount.get(), b.balance.get(), "refund"),
+            Body::BetPlaced {
+                player,
+                amount,
+                balance,
+                ..
+            } => (player, -amount, balance, "stake"),
+            Body::BetSettled {
+                player,
+                payout,
+                balance,
+                ..
+            } => (player, payout, balance, "payout"),
+            Body::BetRefunded {
+                player,
+                amount,
+                balance,
+                ..
+            } => (player, amount, balance, "refund"),
             _ => return,
         };
-        let wallet = self.wallets.entry(player.as_str().to_string()).or_default();
+        let id = self.player_id(player) as usize;
+        let wallet = &mut self.wallets[id];
         let before = wallet.balance.unwrap_or(0);
         let after = before.saturating_add(delta);
         wallet.balance = Some(after);
@@ -277,7 +312,7 @@ impl Auditor {
                     format!("{before} − {} = {after}", -delta),
                 )
                 .at(position)
-                .player(player.as_str()),
+                .player(player),
             );
         } else if after != balance {
             self.violation(
@@ -290,84 +325,95 @@ impl Auditor {
                     format!("balance {balance}"),
                 )
                 .at(position)
-                .player(player.as_str()),
+                .player(player),
             );
         }
     }
 
-    fn table(&mut self, table: &str) -> &mut Table {
-        self.tables.entry(table.to_string()).or_default()
-    }
-
-    fn apply_round(&mut self, position: i64, table: &str, round: u64, event: &Event) {
-        let key = (table.to_string(), round);
+    fn apply_round(&mut self, position: i64, table: &str, round: u64, event: &Event<'_>) {
+        let t = self.table_id(table);
+        let key = (t, round);
+        let on = |check: Check, expected: String, found: String| {
+            Violation::new(check, expected, found)
+                .at(position)
+                .round(table, round)
+        };
         if let Some(finished) = self.finished.get(&key).copied() {
             // Nothing may happen to a round after it is finished.
             let what = match finished {
                 Finished::Settled => "settled",
                 Finished::Voided => "voided and refunded",
             };
-            self.violation(on(Check::Round, table, round, position)(
+            self.violation(on(
+                Check::Round,
                 format!("nothing after the round was {what}"),
-                format!("{} event", event.kind()),
+                format!("{} event", event.kind),
             ));
             return;
         }
-        let kind = event.event_kind();
-        if kind == EventKind::RoundOpened {
+        if event.kind == Kind::RoundOpened {
             if self.rounds.contains_key(&key) {
-                self.violation(on(Check::Round, table, round, position)(
+                self.violation(on(
+                    Check::Round,
                     "one round_opened per round".into(),
                     "a second round_opened".into(),
                 ));
                 return;
             }
-            self.rounds.insert(key.clone(), Round::default());
-            self.table(table).rounds.insert(round);
+            self.rounds.insert(key, Round::default());
+            self.tables[t as usize].rounds.insert(round);
         }
+        let player = event.player().map(|p| self.player_id(p));
         let Some(state) = self.rounds.get_mut(&key) else {
             if !self.partial {
-                self.violation(on(Check::Round, table, round, position)(
+                self.violations.push(on(
+                    Check::Round,
                     "round_opened before anything else of the round".into(),
-                    format!("{} for a round never opened", event.kind()),
+                    format!("{} for a round never opened", event.kind),
                 ));
             }
             return;
         };
         let mut found = Vec::new();
-        let violation = on(Check::Round, table, round, position);
+        let bet = |check: Check, bet_id: Uuid, expected: String, found: String| {
+            let player = event.player().unwrap_or_default();
+            on(check, expected, found).bet(bet_id).player(player)
+        };
         let at = event.at;
-        match &event.body {
-            EventBody::RoundOpened(o) => {
+        match event.body {
+            Body::RoundOpened {
+                closes_at,
+                seed_hash,
+            } => {
                 state.opened = Some(Mark { position, at });
-                state.closes_at = Some(o.closes_at);
-                let hash = *o.seed_hash.as_bytes();
-                state.seed_hash = Some(hash);
-                if !self.seed_hashes.insert(hash) {
-                    found.push(
-                        Violation::new(
-                            Check::Fairness,
-                            "a fresh seed for every round",
-                            format!("seed_hash {} committed before", hex::encode(hash)),
-                        )
-                        .at(position)
-                        .round(table, round),
-                    );
+                state.closes_at = Some(closes_at);
+                state.seed_hash = Some(seed_hash);
+                if !self.seed_hashes.insert(seed_hash) {
+                    found.push(on(
+                        Check::Fairness,
+                        "a fresh seed for every round".into(),
+                        format!("seed_hash {} committed before", hex::encode(seed_hash)),
+                    ));
                 }
             }
-            EventBody::BettingClosed(_) => {
+            Body::BettingClosed => {
                 if state.closed.is_some() || state.declared.is_some() || state.voided.is_some() {
-                    found.push(violation(
+                    found.push(on(
+                        Check::Round,
                         "betting_closed once, while the round is open".into(),
                         phase_of(state).into(),
                     ));
                 }
-                check_time(state.opened, at, "round_opened", &violation, &mut found);
+                check_time(state.opened, at, "round_opened", &on, &mut found);
                 state.closed = Some(Mark { position, at });
             }
-            EventBody::OutcomeDeclared(d) => {
+            Body::OutcomeDeclared {
+                outcome,
+                server_seed,
+            } => {
                 if state.closed.is_none() || state.declared.is_some() || state.voided.is_some() {
-                    found.push(violation(
+                    found.push(on(
+                        Check::Round,
                         "outcome_declared once, after betting_closed".into(),
                         phase_of(state).into(),
                     ));
@@ -376,50 +422,38 @@ impl Auditor {
                     state.closed.or(state.opened),
                     at,
                     "betting_closed",
-                    &violation,
+                    &on,
                     &mut found,
                 );
-                let seed = *d.server_seed.as_bytes();
-                let revealed = rules::seed_hash(&seed);
-                if state
-                    .seed_hash
-                    .is_some_and(|committed| committed != revealed)
+                let revealed = crate::rules::seed_hash(&server_seed);
+                if let Some(committed) = state.seed_hash
+                    && committed != revealed
                 {
-                    found.push(
-                        Violation::new(
-                            Check::Fairness,
-                            format!(
-                                "a seed hashing to the committed {}",
-                                hex::encode(state.seed_hash.unwrap_or_default())
-                            ),
-                            format!(
-                                "seed {} hashing to {}",
-                                hex::encode(seed),
-                                hex::encode(revealed)
-                            ),
-                        )
-                        .at(position)
-                        .round(table, round),
-                    );
+                    found.push(on(
+                        Check::Fairness,
+                        format!("a seed hashing to the committed {}", hex::encode(committed)),
+                        format!(
+                            "seed {} hashing to {}",
+                            hex::encode(server_seed),
+                            hex::encode(revealed)
+                        ),
+                    ));
                 }
-                let drawn = rules::draw(&seed, table, round);
-                if drawn != d.outcome.get() {
-                    found.push(
-                        Violation::new(
-                            Check::Fairness,
-                            format!("outcome {drawn} drawn from the revealed seed"),
-                            format!("outcome {}", d.outcome.get()),
-                        )
-                        .at(position)
-                        .round(table, round),
-                    );
+                let drawn = crate::rules::draw(&server_seed, table, round);
+                if drawn != outcome {
+                    found.push(on(
+                        Check::Fairness,
+                        format!("outcome {drawn} drawn from the revealed seed"),
+                        format!("outcome {outcome}"),
+                    ));
                 }
                 state.declared = Some(Mark { position, at });
-                state.outcome = Some(d.outcome.get());
+                state.outcome = Some(outcome);
             }
-            EventBody::RoundVoided(_) => {
+            Body::RoundVoided { .. } => {
                 if state.declared.is_some() || state.voided.is_some() {
-                    found.push(violation(
+                    found.push(on(
+                        Check::Round,
                         "round_voided once, before an outcome".into(),
                         phase_of(state).into(),
                     ));
@@ -428,22 +462,22 @@ impl Auditor {
                     state.closed.or(state.opened),
                     at,
                     "the phase before",
-                    &violation,
+                    &on,
                     &mut found,
                 );
                 state.voided = Some(Mark { position, at });
             }
-            EventBody::BetPlaced(b) => {
-                let bet = violation_for_bet(
-                    Check::Bet,
-                    table,
-                    round,
-                    position,
-                    b.bet_id,
-                    b.player.as_str(),
-                );
+            Body::BetPlaced {
+                bet_id,
+                wager,
+                amount,
+                ..
+            } => {
+                let player = player.unwrap_or_default();
                 if state.declared.is_some() || state.voided.is_some() {
                     found.push(bet(
+                        Check::Bet,
+                        bet_id,
                         "a bet placed before the outcome".into(),
                         format!("a bet placed after {}", phase_of(state)),
                     ));
@@ -452,25 +486,27 @@ impl Auditor {
                     && at >= closes_at
                 {
                     found.push(bet(
+                        Check::Bet,
+                        bet_id,
                         format!("accepted before betting closed at {closes_at}"),
                         format!("accepted at {at}"),
                     ));
                 }
-                let amount = b.amount.get();
                 let limits = self.limits;
                 if amount < limits.min_bet || amount > limits.max_bet {
                     found.push(bet(
+                        Check::Bet,
+                        bet_id,
                         format!("a stake within {}..={}", limits.min_bet, limits.max_bet),
                         format!("a stake of {amount}"),
                     ));
                 }
-                let staked = state
-                    .stakes
-                    .entry(b.player.as_str().to_string())
-                    .or_default();
+                let staked = state.stakes.entry(player).or_default();
                 *staked = staked.saturating_add(amount);
                 if *staked > limits.max_round_stake {
                     found.push(bet(
+                        Check::Bet,
+                        bet_id,
                         format!(
                             "at most {} staked per player per round",
                             limits.max_round_stake
@@ -478,175 +514,168 @@ impl Auditor {
                         format!("{staked} staked"),
                     ));
                 }
-                let selection = b.selection;
-                let wager = Wager::new(
-                    selection.kind().as_str(),
-                    selection.numbers(),
-                    selection.index(),
+                let previous = state.bets.insert(
+                    bet_id,
+                    Bet {
+                        player,
+                        wager,
+                        amount,
+                        result: None,
+                    },
                 );
-                match wager {
-                    Err(error) => {
-                        found.push(bet("a selection on the layout".into(), error.to_string()))
-                    }
-                    Ok(wager) => {
-                        let previous = state.bets.insert(
-                            *b.bet_id.as_uuid(),
-                            Bet {
-                                player: b.player.as_str().to_string(),
-                                wager,
-                                amount,
-                                result: None,
-                            },
-                        );
-                        if previous.is_some() {
-                            found.push(bet(
-                                "each bet placed and debited once".into(),
-                                "the bet placed again".into(),
-                            ));
-                        }
-                    }
+                if previous.is_some() {
+                    found.push(bet(
+                        Check::Bet,
+                        bet_id,
+                        "each bet placed and debited once".into(),
+                        "the bet placed again".into(),
+                    ));
                 }
             }
-            EventBody::BetSettled(s) => {
-                let bet = violation_for_bet(
-                    Check::Settlement,
-                    table,
-                    round,
-                    position,
-                    s.bet_id,
-                    s.player.as_str(),
-                );
-                match (state.outcome, state.bets.get_mut(s.bet_id.as_uuid())) {
+            Body::BetSettled { bet_id, payout, .. } => {
+                let player = player.unwrap_or_default();
+                match (state.outcome, state.bets.get_mut(&bet_id)) {
                     (None, _) => found.push(bet(
+                        Check::Settlement,
+                        bet_id,
                         "a settlement after the outcome".into(),
                         format!("bet_settled while {}", phase_of(state)),
                     )),
                     (Some(_), None) => found.push(bet(
+                        Check::Settlement,
+                        bet_id,
                         "a settlement of a bet placed on the round".into(),
                         "a settlement of no bet".into(),
                     )),
                     (Some(outcome), Some(placed)) => {
                         if let Some(first) = placed.result {
                             found.push(bet(
+                                Check::Settlement,
+                                bet_id,
                                 "each bet settled once".into(),
                                 format!("settled again (first at position {first})"),
                             ));
                         }
                         placed.result = Some(position);
-                        if placed.player != s.player.as_str() {
+                        if placed.player != player {
                             found.push(bet(
-                                format!("paid to {}", placed.player),
-                                format!("paid to {}", s.player),
+                                Check::Settlement,
+                                bet_id,
+                                format!("paid to {}", self.wallets[placed.player as usize].name),
+                                format!("paid to {}", event.player().unwrap_or_default()),
                             ));
                         }
                         let due = placed.wager.payout(placed.amount, outcome);
-                        if due != Some(s.payout.get()) {
+                        if due != Some(payout) {
                             found.push(bet(
+                                Check::Settlement,
+                                bet_id,
                                 format!(
                                     "payout {} ({:?} × {} on pocket {outcome})",
                                     due.map_or("overflow".into(), |d| d.to_string()),
                                     placed.wager.kind,
                                     placed.amount
                                 ),
-                                format!("payout {}", s.payout.get()),
+                                format!("payout {payout}"),
                             ));
                         }
-                        state.settled_bets += 1;
-                        state.paid = state.paid.saturating_add(s.payout.get());
+                        state.paid = state.paid.saturating_add(payout);
                     }
                 }
             }
-            EventBody::BetRefunded(r) => {
-                let bet = violation_for_bet(
-                    Check::Settlement,
-                    table,
-                    round,
-                    position,
-                    r.bet_id,
-                    r.player.as_str(),
-                );
-                match (state.voided, state.bets.get_mut(r.bet_id.as_uuid())) {
+            Body::BetRefunded { bet_id, amount, .. } => {
+                let player = player.unwrap_or_default();
+                match (state.voided, state.bets.get_mut(&bet_id)) {
                     (None, _) => found.push(bet(
+                        Check::Settlement,
+                        bet_id,
                         "a refund on a voided round".into(),
                         format!("bet_refunded while {}", phase_of(state)),
                     )),
                     (Some(_), None) => found.push(bet(
+                        Check::Settlement,
+                        bet_id,
                         "a refund of a bet placed on the round".into(),
                         "a refund of no bet".into(),
                     )),
                     (Some(_), Some(placed)) => {
                         if let Some(first) = placed.result {
                             found.push(bet(
+                                Check::Settlement,
+                                bet_id,
                                 "each bet refunded once".into(),
                                 format!("refunded again (first at position {first})"),
                             ));
                         }
                         placed.result = Some(position);
-                        if placed.amount != r.amount.get() || placed.player != r.player.as_str() {
+                        if placed.amount != amount || placed.player != player {
                             found.push(bet(
-                                format!("{} refunded to {}", placed.amount, placed.player),
-                                format!("{} refunded to {}", r.amount.get(), r.player),
+                                Check::Settlement,
+                                bet_id,
+                                format!(
+                                    "{} refunded to {}",
+                                    placed.amount, self.wallets[placed.player as usize].name
+                                ),
+                                format!(
+                                    "{amount} refunded to {}",
+                                    event.player().unwrap_or_default()
+                                ),
                             ));
                         }
-                        state.refunded_bets += 1;
-                        state.refunded = state.refunded.saturating_add(r.amount.get());
+                        state.refunded = state.refunded.saturating_add(amount);
                     }
                 }
             }
-            EventBody::RoundSettled(s) => {
+            Body::RoundSettled {
+                bets: claimed_bets,
+                staked: claimed_staked,
+                paid: claimed_paid,
+            } => {
                 if state.outcome.is_none() {
-                    found.push(violation(
+                    found.push(on(
+                        Check::Round,
                         "round_settled after the outcome".into(),
                         format!("round_settled while {}", phase_of(state)),
                     ));
                 }
-                let unsettled: Vec<String> = state
+                let unsettled: Vec<Uuid> = state
                     .bets
                     .iter()
                     .filter(|(_, b)| b.result.is_none())
-                    .map(|(id, _)| id.to_string())
+                    .map(|(id, _)| *id)
                     .collect();
                 for bet_id in unsettled.iter().take(20) {
                     found.push(
-                        Violation::new(
+                        on(
                             Check::Settlement,
-                            "every bet settled before round_settled",
-                            "a bet never settled",
+                            "every bet settled before round_settled".into(),
+                            "a bet never settled".into(),
                         )
-                        .at(position)
-                        .round(table, round)
                         .bet(bet_id),
                     );
                 }
                 let bets = state.bets.len() as u64;
                 let staked: i64 = state.bets.values().map(|b| b.amount).sum();
                 let paid = state.paid;
-                if (s.bets, s.staked.get(), s.paid.get()) != (bets, staked, paid) {
-                    found.push(
-                        Violation::new(
-                            Check::Totals,
-                            format!("{bets} bets, staked {staked}, paid {paid}"),
-                            format!(
-                                "{} bets, staked {}, paid {}",
-                                s.bets,
-                                s.staked.get(),
-                                s.paid.get()
-                            ),
-                        )
-                        .at(position)
-                        .round(table, round),
-                    );
+                if (claimed_bets, claimed_staked, claimed_paid) != (bets, staked, paid) {
+                    found.push(on(
+                        Check::Totals,
+                        format!("{bets} bets, staked {staked}, paid {paid}"),
+                        format!(
+                            "{claimed_bets} bets, staked {claimed_staked}, paid {claimed_paid}"
+                        ),
+                    ));
                 }
-                let report = &mut self.tables.entry(table.to_string()).or_default().report;
+                let report = &mut self.tables[t as usize].report;
                 report.rounds += 1;
                 report.bets += bets;
                 report.staked = report.staked.saturating_add(staked);
                 report.paid = report.paid.saturating_add(paid);
                 self.money.house_net = self.money.house_net.saturating_add(staked - paid);
                 self.rounds.remove(&key);
-                self.finished.insert(key.clone(), Finished::Settled);
+                self.finished.insert(key, Finished::Settled);
             }
-            EventBody::FundsDeposited(_) => {}
+            Body::FundsDeposited { .. } => {}
         }
         // A voided round is finished once every stake on it is refunded (it has no closing
         // event of its own).
@@ -656,7 +685,7 @@ impl Auditor {
             .filter(|r| r.voided.is_some() && r.bets.values().all(|b| b.result.is_some()))
             .map(|r| (r.bets.values().map(|b| b.amount).sum::<i64>(), r.refunded));
         if let Some((staked, refunded)) = refunded {
-            let report = &mut self.tables.entry(table.to_string()).or_default().report;
+            let report = &mut self.tables[t as usize].report;
             report.voided += 1;
             report.refunded = report.refunded.saturating_add(refunded);
             self.money.house_net = self.money.house_net.saturating_add(staked - refunded);
@@ -669,19 +698,9 @@ impl Auditor {
     /// Ends the rebuild: rounds left open, missing rounds, and (when wallets were rebuilt) the
     /// `accounts` read model as read in the same snapshot.
     pub fn finish(mut self, accounts: Option<&[(String, i64)]>) -> Finish {
-        // Voided rounds are finished once every stake is refunded; they have no closing event.
-        let keys: Vec<(String, u64)> = self.rounds.keys().cloned().collect();
-        let mut latest: HashMap<String, u64> = HashMap::new();
-        for (table, t) in &self.tables {
-            if let Some(&last) = t.rounds.last() {
-                latest.insert(table.clone(), last);
-            }
-        }
-        for key in keys {
-            let Some(state) = self.rounds.remove(&key) else {
-                continue;
-            };
-            let (table, round) = (&key.0, key.1);
+        let mut left: Vec<((u32, u64), Round)> = self.rounds.drain().collect();
+        left.sort_by_key(|(key, _)| *key);
+        for ((t, round), state) in left {
             let unresolved = state.bets.values().filter(|b| b.result.is_none()).count();
             let in_play: i64 = state
                 .bets
@@ -690,10 +709,10 @@ impl Auditor {
                 .map(|b| b.amount)
                 .sum();
             self.money.in_play = self.money.in_play.saturating_add(in_play);
-            let report = &mut self.tables.entry(table.clone()).or_default().report;
+            let table = &mut self.tables[t as usize];
             // Still running: fine for the table's latest round; an earlier one was left behind.
-            if latest.get(table).is_some_and(|&last| round >= last) {
-                report.in_progress += 1;
+            if table.rounds.last().is_some_and(|&last| round >= last) {
+                table.report.in_progress += 1;
                 continue;
             }
             let position = state
@@ -712,12 +731,12 @@ impl Auditor {
                     ),
                 )
                 .at(position)
-                .round(table, round),
+                .round(&table.name, round),
             );
         }
         // No round missing: every table's rounds run 1, 2, 3, … (from the first one rebuilt
         // when the replay began at a checkpoint or a chosen round).
-        for (table, t) in &self.tables {
+        for t in &self.tables {
             let (Some(&first), Some(&last)) = (t.rounds.first(), t.rounds.last()) else {
                 continue;
             };
@@ -740,17 +759,16 @@ impl Auditor {
                             if missing.len() > 20 { ", …" } else { "" }
                         ),
                     )
-                    .table(table),
+                    .table(&t.name),
                 );
             }
         }
         let mut money = None;
         if self.checks_wallets() {
-            let mut balances: i64 = 0;
-            for wallet in self.wallets.values() {
-                balances = balances.saturating_add(wallet.balance.unwrap_or(0));
-            }
-            self.money.balances = balances;
+            self.money.balances = self
+                .wallets
+                .iter()
+                .fold(0i64, |sum, w| sum.saturating_add(w.balance.unwrap_or(0)));
             self.money.wallets = self.wallets.len() as u64;
             if let Some(accounts) = accounts {
                 self.check_accounts(accounts);
@@ -776,11 +794,11 @@ impl Auditor {
             money = Some(self.money.clone());
         }
         let mut tables = BTreeMap::new();
-        for (name, t) in self.tables {
+        for t in self.tables {
             let mut report = t.report;
             report.house_net = report.staked - report.paid;
             report.rtp = (report.staked > 0).then(|| report.paid as f64 / report.staked as f64);
-            tables.insert(name, report);
+            tables.insert(t.name, report);
         }
         Finish {
             tables,
@@ -792,12 +810,12 @@ impl Auditor {
     fn check_accounts(&mut self, accounts: &[(String, i64)]) {
         let mut seen = HashSet::new();
         for (player, balance) in accounts {
-            seen.insert(player.as_str());
             let rebuilt = self
-                .wallets
-                .get(player)
-                .and_then(|w| w.balance)
+                .player_ids
+                .get(player.as_str())
+                .and_then(|&id| self.wallets[id as usize].balance)
                 .unwrap_or(0);
+            seen.insert(player.as_str());
             if rebuilt != *balance {
                 self.violations.push(
                     Violation::new(
@@ -809,23 +827,25 @@ impl Auditor {
                 );
             }
         }
-        let mut missing: Vec<(&String, i64)> = self
+        let mut missing: Vec<(&str, i64)> = self
             .wallets
             .iter()
-            .filter(|(p, w)| !seen.contains(p.as_str()) && w.balance.unwrap_or(0) != 0)
-            .map(|(p, w)| (p, w.balance.unwrap_or(0)))
+            .filter(|w| !seen.contains(w.name.as_str()) && w.balance.unwrap_or(0) != 0)
+            .map(|w| (w.name.as_str(), w.balance.unwrap_or(0)))
             .collect();
         missing.sort();
-        for (player, balance) in missing {
-            self.violations.push(
+        let found: Vec<Violation> = missing
+            .into_iter()
+            .map(|(player, balance)| {
                 Violation::new(
                     Check::Accounts,
                     format!("an accounts row with balance {balance}"),
                     "no accounts row",
                 )
-                .player(player),
-            );
-        }
+                .player(player)
+            })
+            .collect();
+        self.violations.extend(found);
     }
 }
 
@@ -852,37 +872,19 @@ fn phase_of(state: &Round) -> &'static str {
 /// GMS's times within a round never go back.
 fn check_time(
     before: Option<Mark>,
-    at: Timestamp,
+    at: Time,
     what: &str,
-    violation: &impl Fn(String, String) -> Violation,
+    violation: &impl Fn(Check, String, String) -> Violation,
     found: &mut Vec<Violation>,
 ) {
     if let Some(before) = before
         && at < before.at
     {
         found.push(violation(
+            Check::Round,
             format!("a time at or after {what} ({})", before.at),
             format!("{at}"),
         ));
-    }
-}
-
-fn violation_for_bet(
-    check: Check,
-    table: &str,
-    round: u64,
-    position: i64,
-    bet_id: domain::BetId,
-    player: &str,
-) -> impl Fn(String, String) -> Violation {
-    let table = table.to_string();
-    let player = player.to_string();
-    move |expected, found| {
-        Violation::new(check, expected, found)
-            .at(position)
-            .round(&table, round)
-            .bet(bet_id.as_uuid())
-            .player(&player)
     }
 }
 
@@ -891,10 +893,12 @@ mod tests {
     //! The rebuild on small hand-made histories: given events, when rebuilt, then exactly the
     //! expected violations (by check) and figures.
 
-    use domain::{BetId, Money, Outcome, PlayerId, RoundId, Selection, ServerSeed, TableId};
+    use domain::{
+        BetId, Money, Outcome, PlayerId, RoundId, Selection, ServerSeed, TableId, Timestamp,
+    };
     use protocol::{
-        BetPlaced, BetRefunded, BetSettled, BettingClosed, DepositId, EventBody, FundsDeposited,
-        OutcomeDeclared, RoundOpened, RoundSettled, RoundVoided,
+        BetPlaced, BetRefunded, BetSettled, BettingClosed, DepositId, Event, EventBody,
+        FundsDeposited, OutcomeDeclared, RoundOpened, RoundSettled, RoundVoided,
     };
 
     use super::*;
@@ -1023,8 +1027,9 @@ mod tests {
 
         fn rebuild(&self, limits: Limits) -> Finish {
             let mut auditor = Auditor::new(limits, Scope::default(), false);
-            for (row, event) in &self.rows {
-                auditor.apply(row, Ok(event));
+            for (row, _) in &self.rows {
+                let event = crate::wire::decode(&row.data);
+                auditor.apply(row, event.as_ref().map_err(String::as_str));
             }
             auditor.finish(None)
         }

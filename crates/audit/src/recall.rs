@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use protocol::{Event, EventBody};
+use protocol::EventBody;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Auditor, Limits, Row, Scope};
@@ -163,13 +163,15 @@ impl Collector {
         }
     }
 
-    pub fn wants(&self, event: &Event) -> bool {
-        event.table().is_some_and(|t| t.as_str() == self.table)
-            && event.round().is_some_and(|r| r.get() == self.round)
+    pub fn wants(&self, event: &crate::wire::Event<'_>) -> bool {
+        event.table == Some(self.table.as_str()) && event.round == Some(self.round)
     }
 
-    pub fn add(&mut self, row: &Row, event: &Event) {
-        let json = serde_json::to_value(event).unwrap_or_default();
+    pub fn add(&mut self, row: &Row) {
+        let json = protocol::decode_event(&row.data)
+            .ok()
+            .and_then(|event| serde_json::to_value(&event).ok())
+            .unwrap_or_default();
         self.rows.push((row.clone(), json));
     }
 
@@ -510,21 +512,20 @@ pub fn verify(recall: &Recall) -> Vec<Violation> {
     };
     let mut auditor = Auditor::new(recall.limits.into(), scope, false);
     for row in &rows {
-        let event = protocol::decode_event(&row.data);
+        let event = crate::wire::decode(&row.data);
         if let Ok(event) = &event
-            && !(event.table().is_some_and(|t| t.as_str() == recall.table)
-                && event.round().is_some_and(|r| r.get() == recall.round))
+            && !(event.table == Some(recall.table.as_str()) && event.round == Some(recall.round))
         {
             found.push(
                 Violation::new(
                     Check::Event,
                     format!("an event of table {} round {}", recall.table, recall.round),
-                    format!("a {} of another round", event.kind()),
+                    format!("a {} of another round", event.kind),
                 )
                 .at(row.position),
             );
         }
-        auditor.apply(row, event.as_ref());
+        auditor.apply(row, event.as_ref().map_err(String::as_str));
     }
     found.extend(auditor.finish(None).violations.into_listed());
     // The readable part says what the events say.

@@ -13,8 +13,6 @@
 use std::collections::{HashMap, VecDeque};
 
 use bus::Bus;
-use domain::Timestamp;
-use protocol::Event;
 use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
@@ -24,6 +22,7 @@ use crate::model::{Auditor, Limits, Row, Scope};
 use crate::recall::Collector;
 use crate::report::{self, Check, Head, Report, RunStats, Violation};
 use crate::source::{self, BATCHES_IN_FLIGHT, Checkpoint, End, Piece, Snapshot, SourceError};
+use crate::wire::{self, Time};
 
 /// Events at which a replay is long enough to deserve a progress bar.
 pub const PROGRESS_BAR_FROM: i64 = 10_000;
@@ -61,10 +60,11 @@ pub struct Progress {
     pub total: i64,
 }
 
-/// The Postgres log as the merge reads it: rows decoded, in position order.
+/// The Postgres log as the merge reads it: rows with their events' times, in position order.
 struct PgSide {
     rx: mpsc::Receiver<Piece>,
-    buf: VecDeque<(Row, Result<Event, protocol::DecodeError>)>,
+    /// A row and its event's `at` (`Time::ZERO` when it does not decode: taken at once).
+    buf: VecDeque<(Row, Time)>,
     snapshot: Option<Snapshot>,
     end: Option<End>,
     done: bool,
@@ -88,8 +88,8 @@ impl PgSide {
                     }
                     self.events += rows.len() as u64;
                     self.buf.extend(rows.into_iter().map(|row| {
-                        let event = protocol::decode_event(&row.data);
-                        (row, event)
+                        let at = wire::decode(&row.data).map_or(Time::ZERO, |e| e.at);
+                        (row, at)
                     }));
                     progress(Progress {
                         events: self.events,
@@ -102,10 +102,8 @@ impl PgSide {
         }
     }
 
-    fn head_at(&self) -> Option<Timestamp> {
-        self.buf
-            .front()
-            .map(|(_, event)| event.as_ref().map_or(Timestamp::UNIX_EPOCH, |e| e.at))
+    fn head_at(&self) -> Option<Time> {
+        self.buf.front().map(|(_, at)| *at)
     }
 }
 
@@ -117,7 +115,7 @@ struct BusSide {
     done: bool,
     messages: u64,
     /// The `at` of the first message read (the oldest a retention-limited stream holds).
-    first_at: Option<Timestamp>,
+    first_at: Option<Time>,
 }
 
 impl BusSide {
@@ -136,10 +134,8 @@ impl BusSide {
         }
     }
 
-    fn head_at(&self) -> Option<Timestamp> {
-        self.buf
-            .front()
-            .map(|m| m.at().unwrap_or(Timestamp::UNIX_EPOCH))
+    fn head_at(&self) -> Option<Time> {
+        self.buf.front().map(|m| m.at().unwrap_or(Time::ZERO))
     }
 }
 
@@ -260,7 +256,7 @@ async fn replay_on<B: Bus>(
 
     // The merge: always the side whose next event is oldest, so that each event meets its
     // counterpart soon and little waits in between.
-    let mut checkpoint_at: Option<Timestamp> = None;
+    let mut checkpoint_at: Option<Time> = None;
     loop {
         pg.refill(&mut auditor, progress, total).await;
         for side in &mut sides {
@@ -293,15 +289,18 @@ async fn replay_on<B: Bus>(
                     matcher.published(message);
                 }
             }
-        } else if let Some((row, event)) = pg.buf.pop_front() {
-            auditor.apply(&row, event.as_ref());
-            if let (Some(collector), Ok(event)) = (collector.as_mut(), &event)
-                && collector.wants(event)
-            {
-                collector.add(&row, event);
-            }
-            if let (Some(matcher), Ok(event)) = (matcher.as_mut(), &event) {
-                matcher.recorded(row.position, row.data, event);
+        } else if let Some((row, _)) = pg.buf.pop_front() {
+            let event = wire::decode(&row.data);
+            auditor.apply(&row, event.as_ref().map_err(String::as_str));
+            if let Ok(event) = &event {
+                if let Some(collector) = collector.as_mut()
+                    && collector.wants(event)
+                {
+                    collector.add(&row);
+                }
+                if let Some(matcher) = matcher.as_mut() {
+                    matcher.recorded(row.position, row.data.clone(), event);
+                }
             }
         }
     }

@@ -505,6 +505,7 @@ async fn build_history(servers: &Servers, bus: &NatsBus, bets_target: u64) -> Re
 
     // GS, then GMS: rounds on every table, bets on every open round.
     let gs = spawn_role(servers, "gs")?;
+    wait_for_gs(bus).await?;
     let gms = spawn_role(servers, "gms")?;
     let last = bus.stream_state("TABLES").await?.last_seq;
     let mut rounds = bus.replay("TABLES", "table.*.round", last + 1).await?;
@@ -584,6 +585,40 @@ async fn build_history(servers: &Servers, bus: &NatsBus, bets_target: u64) -> Re
     }
     drop(gs);
     Ok(())
+}
+
+/// Waits until a GS answers bets (any answer: a bet on a round not open is refused).
+async fn wait_for_gs(bus: &NatsBus) -> Result<()> {
+    let mut rng = Lcg(0);
+    let table = domain::TableId::parse(&tables()[0]).map_err(|e| e.to_string())?;
+    let mut probe = RoundBets {
+        bus: bus.clone(),
+        table: table.clone(),
+        round: domain::RoundId::new(u64::MAX / 2).map_err(|e| e.to_string())?,
+        closes_at: domain::Timestamp::UNIX_EPOCH,
+        accepted: Arc::default(),
+        refused: Arc::default(),
+        enough: Arc::default(),
+        in_flight: Arc::new(Semaphore::new(1)),
+        bar: indicatif::ProgressBar::hidden(),
+        target: 0,
+        rng: Lcg(rng.next()),
+    };
+    let payload = Encoding::MsgPack.encode(&probe.request())?;
+    let subject = protocol::subject::bets_place_subject(&table);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match bus
+            .request(&subject, payload.clone(), Duration::from_secs(5))
+            .await
+        {
+            Err(bus::RequestError::NoResponders) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(bus::RequestError::NoResponders) => return Err("GS never answered".into()),
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// Bets on one open round until it closes (or the history has enough).
