@@ -13,6 +13,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use bus::{Bus, BusError, StoredMessage};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -239,8 +241,8 @@ impl Names {
 /// Matches the two logs' events by id.
 #[derive(Debug, Default)]
 pub struct Matcher {
-    recorded: HashMap<Uuid, Recorded>,
-    published: HashMap<Uuid, Published>,
+    recorded: FxHashMap<Uuid, Recorded>,
+    published: FxHashMap<Uuid, Published>,
     /// The round whose events' places on the bus are kept (last-game recall).
     pub track: Option<(String, u64)>,
     /// Event id → its place on the bus, for the tracked round.

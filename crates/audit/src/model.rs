@@ -7,8 +7,11 @@
 //! so a row costs no allocation once its table and player are known. Pure and synchronous:
 //! rows come in, violations and figures come out.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
+// FxHash: the keys (ids, UUIDs, positions) come from the log being audited, read offline; a
+// crafted set of colliding keys could only slow the audit down, never change its verdict.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use uuid::Uuid;
 
 use crate::report::{Check, Money, TableReport, Violation, Violations};
@@ -147,14 +150,14 @@ impl Auditor {
             limits,
             scope,
             partial,
-            rounds: HashMap::new(),
-            finished: HashMap::new(),
-            table_ids: HashMap::new(),
+            rounds: HashMap::default(),
+            finished: HashMap::default(),
+            table_ids: HashMap::default(),
             tables: Vec::new(),
-            seed_hashes: HashSet::new(),
-            player_ids: HashMap::new(),
+            seed_hashes: HashSet::default(),
+            player_ids: HashMap::default(),
             wallets: Vec::new(),
-            deposit_ids: HashSet::new(),
+            deposit_ids: HashSet::default(),
             money: Money::default(),
             violations: Violations::default(),
         }
@@ -808,7 +811,7 @@ impl Auditor {
     }
 
     fn check_accounts(&mut self, accounts: &[(String, i64)]) {
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::default();
         for (player, balance) in accounts {
             let rebuilt = self
                 .player_ids

@@ -63,8 +63,11 @@ pub struct Progress {
 /// The Postgres log as the merge reads it: rows with their events' times, in position order.
 struct PgSide {
     rx: mpsc::Receiver<Piece>,
-    /// A row and its event's `at` (`Time::ZERO` when it does not decode: taken at once).
+    /// A row and its event's `at` (`Time::ZERO` when it does not decode, or when there is no
+    /// bus to merge with: taken at once).
     buf: VecDeque<(Row, Time)>,
+    /// Whether rows are merged with the bus by time (else their times are not needed).
+    merged: bool,
     snapshot: Option<Snapshot>,
     end: Option<End>,
     done: bool,
@@ -87,8 +90,13 @@ impl PgSide {
                         auditor.violation(violation);
                     }
                     self.events += rows.len() as u64;
+                    let merged = self.merged;
                     self.buf.extend(rows.into_iter().map(|row| {
-                        let at = wire::decode(&row.data).map_or(Time::ZERO, |e| e.at);
+                        let at = if merged {
+                            wire::decode(&row.data).map_or(Time::ZERO, |e| e.at)
+                        } else {
+                            Time::ZERO
+                        };
                         (row, at)
                     }));
                     progress(Progress {
@@ -190,6 +198,7 @@ async fn replay_on<B: Bus>(
         end: None,
         done: false,
         events: 0,
+        merged: bus.is_some(),
     };
     // The snapshot comes first: the bus is read up to where it stands once Postgres's
     // snapshot is taken, so every event published before the snapshot is on the bus.

@@ -3,7 +3,9 @@
 //! streamed by a binary `COPY … TO STDOUT` (one statement, not a query per page or per event),
 //! and the chain verified on the reading task while the rebuild decodes on another.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -236,7 +238,7 @@ pub async fn read(
     let mut chain = Chain {
         prev: start.prev,
         expected: start.from,
-        versions: HashMap::new(),
+        versions: HashMap::default(),
         from_start: start.from == 1,
         checkpoints: checkpoints.iter().map(|c| (c.position, c.hash)).collect(),
         checkpoints_verified: 0,
