@@ -69,6 +69,9 @@ pub struct Row {
     pub hash: [u8; 32],
     /// The stored hash of the row before (what this row's hash chains to).
     pub prev_hash: [u8; 32],
+    /// The event's `at`, when the reader was asked for it (to merge with the bus by time);
+    /// `Time::ZERO` otherwise, or when the event does not decode.
+    pub at: Time,
 }
 
 /// A bet of a round not finished yet.
@@ -955,6 +958,7 @@ mod tests {
                 metadata: bytes::Bytes::new(),
                 hash: [0; 32],
                 prev_hash: [0; 32],
+                at: crate::wire::Time::ZERO,
             };
             self.rows.push((row, event));
             id

@@ -468,6 +468,7 @@ pub fn verify(recall: &Recall) -> Vec<Violation> {
                 metadata: hex::decode(&e.metadata).ok()?.into(),
                 hash: hex::decode(&e.hash).ok()?.try_into().ok()?,
                 prev_hash: hex::decode(&e.prev_hash).ok()?.try_into().ok()?,
+                at: crate::wire::Time::ZERO,
             })
         })();
         let Some(row) = row else {

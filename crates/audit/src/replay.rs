@@ -66,8 +66,6 @@ struct PgSide {
     /// A row and its event's `at` (`Time::ZERO` when it does not decode, or when there is no
     /// bus to merge with: taken at once).
     buf: VecDeque<(Row, Time)>,
-    /// Whether rows are merged with the bus by time (else their times are not needed).
-    merged: bool,
     snapshot: Option<Snapshot>,
     end: Option<End>,
     done: bool,
@@ -90,13 +88,8 @@ impl PgSide {
                         auditor.violation(violation);
                     }
                     self.events += rows.len() as u64;
-                    let merged = self.merged;
                     self.buf.extend(rows.into_iter().map(|row| {
-                        let at = if merged {
-                            wire::decode(&row.data).map_or(Time::ZERO, |e| e.at)
-                        } else {
-                            Time::ZERO
-                        };
+                        let at = row.at;
                         (row, at)
                     }));
                     progress(Progress {
@@ -189,8 +182,12 @@ async fn replay_on<B: Bus>(
 
     let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
     let checkpoints = options.checkpoints.clone();
+    // The rows' times are needed only to merge them with the bus.
+    let times = bus.is_some();
     let reader =
-        tokio::spawn(async move { source::read(reader_client, start, &checkpoints, tx).await });
+        tokio::spawn(
+            async move { source::read(reader_client, start, &checkpoints, times, tx).await },
+        );
     let mut pg = PgSide {
         rx,
         buf: VecDeque::new(),
@@ -198,7 +195,6 @@ async fn replay_on<B: Bus>(
         end: None,
         done: false,
         events: 0,
-        merged: bus.is_some(),
     };
     // The snapshot comes first: the bus is read up to where it stands once Postgres's
     // snapshot is taken, so every event published before the snapshot is on the bus.

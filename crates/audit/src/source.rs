@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::model::Row;
 use crate::report::{Check, Violation};
 use crate::rules::{GENESIS, chain_hash};
+use crate::wire::Time;
 
 /// Rows per batch handed from the reading task to the rebuild: large enough that the hand-over
 /// costs nothing per row, small enough that the two tasks overlap.
@@ -208,6 +209,7 @@ pub async fn read(
     client: tokio_postgres::Client,
     start: Start,
     checkpoints: &[Checkpoint],
+    times: bool,
     out: mpsc::Sender<Piece>,
 ) -> Result<(), SourceError> {
     client
@@ -249,6 +251,12 @@ pub async fn read(
     let mut events = 0u64;
     while let Some(row) = rows.next().await {
         let stored = row?;
+        // Decoded here, on the reading task, so the merge does not decode each row twice.
+        let at = if times {
+            crate::wire::decode(&stored.data).map_or(Time::ZERO, |e| e.at)
+        } else {
+            Time::ZERO
+        };
         let row = Row {
             position: stored.position,
             event_id: stored.event_id,
@@ -259,6 +267,7 @@ pub async fn read(
             metadata: stored.metadata,
             hash: stored.hash,
             prev_hash: chain.prev,
+            at,
         };
         chain.check(&row, &mut found);
         events += 1;

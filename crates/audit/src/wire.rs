@@ -259,6 +259,26 @@ impl<'a> Event<'a> {
     pub fn on_players(&self) -> bool {
         self.player().is_some()
     }
+
+    /// Whether `subject` is [`Event::subject`], without building it.
+    pub fn published_on(&self, subject: &str) -> bool {
+        let (name, last) = match (self.player(), self.table) {
+            (Some(player), _) => (player, "wallet"),
+            (None, Some(table)) if self.kind == Kind::RoundSettled => (table, "result"),
+            (None, Some(table)) => (table, "round"),
+            (None, None) => return false,
+        };
+        let first = if self.player().is_some() {
+            "player."
+        } else {
+            "table."
+        };
+        subject
+            .strip_prefix(first)
+            .and_then(|rest| rest.strip_prefix(name))
+            .and_then(|rest| rest.strip_prefix('.'))
+            == Some(last)
+    }
 }
 
 /// Largest amount of money the contract allows: 2^53 − 1 minor units.
@@ -458,6 +478,8 @@ mod tests {
             assert_eq!(ours.table, event.table().map(|t| t.as_str()));
             assert_eq!(ours.round, event.round().map(|r| r.get()));
             assert_eq!(ours.subject(), protocol::subject_for(event));
+            assert!(ours.published_on(&protocol::subject_for(event)));
+            assert!(!ours.published_on("table.t-1.other"));
         }
         let bytes = protocol::encode_event(&events[2]).expect("encode");
         let placed = decode(&bytes).expect("bet");
