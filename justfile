@@ -49,7 +49,7 @@ nats-start:
 # Regenerate the JSON Schemas in schemas/ from the Rust wire types (a test fails when stale).
 schemas:
     cargo run -q -p protocol --example gen-schemas
-    cargo run -q -p audit --example gen-schemas
+    cargo run -q -p audit --example gen-audit-schemas
 
 # Two `croupier run gms` processes, the leader killed with SIGKILL 5 times. Flags, e.g. `--lease-ttl-ms 1500`.
 # GMS figures: transition lag p50/p99 over 150 transitions and failover time (median of 5 kills).

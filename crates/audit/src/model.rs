@@ -74,6 +74,30 @@ pub struct Row {
     pub at: Time,
 }
 
+impl Row {
+    /// The chain check of this one row: its stored hash is the hash of its fields chained to
+    /// `prev_hash` (`docs/contract/event-store.md`), else the violation naming it.
+    pub fn hash_violation(&self) -> Option<Violation> {
+        let computed = crate::rules::chain_hash(
+            &self.prev_hash,
+            self.position,
+            self.event_id.as_bytes(),
+            self.stream.as_bytes(),
+            self.kind.as_bytes(),
+            &self.data,
+            &self.metadata,
+        );
+        (computed != self.hash).then(|| {
+            Violation::new(
+                Check::Chain,
+                format!("hash {} of the stored fields", hex::encode(computed)),
+                format!("stored hash {}", hex::encode(self.hash)),
+            )
+            .at(self.position)
+        })
+    }
+}
+
 /// A bet of a round not finished yet.
 #[derive(Debug, Clone)]
 struct Bet {

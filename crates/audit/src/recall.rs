@@ -478,25 +478,7 @@ pub fn verify(recall: &Recall) -> Vec<Violation> {
             );
             continue;
         };
-        let computed = rules::chain_hash(
-            &row.prev_hash,
-            row.position,
-            row.event_id.as_bytes(),
-            row.stream.as_bytes(),
-            row.kind.as_bytes(),
-            &row.data,
-            &row.metadata,
-        );
-        if computed != row.hash {
-            found.push(
-                Violation::new(
-                    Check::Chain,
-                    format!("hash {} of the fields", hex::encode(computed)),
-                    format!("hash {}", e.hash),
-                )
-                .at(row.position),
-            );
-        }
+        found.extend(row.hash_violation());
         if row.position <= last_position {
             found.push(
                 Violation::new(Check::Event, "events in position order", "out of order")

@@ -1,12 +1,11 @@
 //! JSON Schemas of what `croupier replay` prints with `--json`: the report, a last-game
 //! recall, and the answer of `--verify-recall`. Written to `schemas/audit/` by
-//! `cargo run -p audit --example gen-schemas` (part of `just schemas`); a test fails when the
+//! `cargo run -p audit --example gen-audit-schemas` (part of `just schemas`); a test fails when the
 //! files are stale.
 
 use schemars::JsonSchema;
 use schemars::generate::SchemaSettings;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::recall::Recall;
 use crate::report::{Report, Violation};
@@ -53,24 +52,6 @@ fn file<T: JsonSchema>(file_name: &'static str) -> SchemaFile {
         .into_root_schema_for::<T>();
     SchemaFile {
         file_name,
-        contents: canonical_json(schema.to_value()),
+        contents: protocol::schema::canonical_json(schema.to_value()),
     }
-}
-
-/// Sorted keys at every level, so the files do not depend on serde_json's features.
-fn canonical_json(value: Value) -> String {
-    fn sort(value: Value) -> Value {
-        match value {
-            Value::Object(map) => {
-                let mut entries: Vec<(String, Value)> = map.into_iter().collect();
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
-                Value::Object(entries.into_iter().map(|(k, v)| (k, sort(v))).collect())
-            }
-            Value::Array(items) => Value::Array(items.into_iter().map(sort).collect()),
-            other => other,
-        }
-    }
-    let mut text = serde_json::to_string_pretty(&sort(value)).unwrap_or_default();
-    text.push('\n');
-    text
 }

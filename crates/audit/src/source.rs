@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::model::Row;
 use crate::report::{Check, Violation};
-use crate::rules::{GENESIS, chain_hash};
+use crate::rules::GENESIS;
 use crate::wire::Time;
 
 /// Rows per batch handed from the reading task to the rebuild: large enough that the hand-over
@@ -139,26 +139,8 @@ impl Chain {
                 )
                 .at(self.expected),
             );
-        } else {
-            let computed = chain_hash(
-                &self.prev,
-                row.position,
-                row.event_id.as_bytes(),
-                row.stream.as_bytes(),
-                row.kind.as_bytes(),
-                &row.data,
-                &row.metadata,
-            );
-            if computed != row.hash {
-                found.push(
-                    Violation::new(
-                        Check::Chain,
-                        format!("hash {} of the stored fields", hex::encode(computed)),
-                        format!("stored hash {}", hex::encode(row.hash)),
-                    )
-                    .at(row.position),
-                );
-            }
+        } else if let Some(violation) = row.hash_violation() {
+            found.push(violation);
         }
         // Go on from what is stored, so one altered row is one violation, not one per row after.
         self.prev = row.hash;

@@ -1,5 +1,5 @@
 //! `schemas/audit/` is what the code generates: a changed report shape fails here until the
-//! schemas are regenerated (`cargo run -p audit --example gen-schemas`).
+//! schemas are regenerated (`cargo run -p audit --example gen-audit-schemas`).
 
 use std::fs;
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ fn the_replay_schemas_in_the_repository_are_fresh() {
     }
     assert!(
         stale.is_empty(),
-        "schemas/audit/ is stale: {stale:?}; run `cargo run -p audit --example gen-schemas`"
+        "schemas/audit/ is stale: {stale:?}; run `cargo run -p audit --example gen-audit-schemas`"
     );
 }
 

@@ -68,3 +68,18 @@ impl Connect {
         }
     }
 }
+
+/// The table limits (`docs/contract/events.md#table-limits`): GS judges bets by them, and
+/// `croupier replay` checks the log against the same settings.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct TableLimitsArgs {
+    /// Smallest stake.
+    #[arg(long, env = "CROUPIER_MIN_BET", default_value_t = 10)]
+    pub min_bet: i64,
+    /// Largest stake of one bet.
+    #[arg(long, env = "CROUPIER_MAX_BET", default_value_t = 100_000)]
+    pub max_bet: i64,
+    /// Most a player may stake on one round.
+    #[arg(long, env = "CROUPIER_MAX_ROUND_STAKE", default_value_t = 1_000_000)]
+    pub max_round_stake: i64,
+}

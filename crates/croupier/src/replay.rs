@@ -44,15 +44,9 @@ pub struct ReplayArgs {
     /// and the rounds that open after it.
     #[arg(long, value_name = "POSITION:HASH")]
     pub from_checkpoint: Option<audit::Checkpoint>,
-    /// The smallest stake the services accept (their CROUPIER_MIN_BET).
-    #[arg(long, env = "CROUPIER_MIN_BET", default_value_t = 10)]
-    pub min_bet: i64,
-    /// The largest stake the services accept (their CROUPIER_MAX_BET).
-    #[arg(long, env = "CROUPIER_MAX_BET", default_value_t = 100_000)]
-    pub max_bet: i64,
-    /// The most one player may stake on one round (the services' CROUPIER_MAX_ROUND_STAKE).
-    #[arg(long, env = "CROUPIER_MAX_ROUND_STAKE", default_value_t = 1_000_000)]
-    pub max_round_stake: i64,
+    /// The table limits the services ran with.
+    #[command(flatten)]
+    pub limits: crate::config::TableLimitsArgs,
     /// Check the Postgres log alone, without comparing it with the JetStream streams (for an
     /// auditor who has a copy of the database and no access to the bus).
     #[arg(long)]
@@ -87,10 +81,11 @@ fn options(args: &ReplayArgs) -> Result<audit::ReplayOptions, String> {
     if let Some(path) = &args.checkpoints {
         checkpoints.extend(read_checkpoints(path)?);
     }
-    if args.min_bet < 1 || args.max_bet < args.min_bet || args.max_round_stake < args.max_bet {
+    let l = args.limits;
+    if l.min_bet < 1 || l.max_bet < l.min_bet || l.max_round_stake < l.max_bet {
         return Err(format!(
             "limits: need 1 ≤ --min-bet ({}) ≤ --max-bet ({}) ≤ --max-round-stake ({})",
-            args.min_bet, args.max_bet, args.max_round_stake
+            l.min_bet, l.max_bet, l.max_round_stake
         ));
     }
     let table = table.map(|t| t.as_str().to_string());
@@ -105,9 +100,9 @@ fn options(args: &ReplayArgs) -> Result<audit::ReplayOptions, String> {
             to_round: args.to_round.or(args.round),
         },
         limits: audit::Limits {
-            min_bet: args.min_bet,
-            max_bet: args.max_bet,
-            max_round_stake: args.max_round_stake,
+            min_bet: l.min_bet,
+            max_bet: l.max_bet,
+            max_round_stake: l.max_round_stake,
         },
         checkpoints,
         from_checkpoint: args.from_checkpoint,

@@ -72,15 +72,8 @@ pub struct RunArgs {
     /// GMS: how often the leader renews its leases, in milliseconds (default: a third of the TTL).
     #[arg(long, env = "CROUPIER_LEASE_RENEW_MS", value_parser = clap::value_parser!(u64).range(50..))]
     pub lease_renew_ms: Option<u64>,
-    /// Smallest stake.
-    #[arg(long, env = "CROUPIER_MIN_BET", default_value_t = 10)]
-    pub min_bet: i64,
-    /// Largest stake of one bet.
-    #[arg(long, env = "CROUPIER_MAX_BET", default_value_t = 100_000)]
-    pub max_bet: i64,
-    /// Most a player may stake on one round.
-    #[arg(long, env = "CROUPIER_MAX_ROUND_STAKE", default_value_t = 1_000_000)]
-    pub max_round_stake: i64,
+    #[command(flatten)]
+    pub limits: crate::config::TableLimitsArgs,
     /// How long the gateway waits for GS to answer a bet, in milliseconds.
     #[arg(long, env = "CROUPIER_BET_TIMEOUT_MS", default_value_t = 5_000)]
     pub bet_timeout_ms: u64,
@@ -180,11 +173,11 @@ fn plan(args: &RunArgs, settings: &Resolved) -> anyhow::Result<Plan> {
             .ok()
     };
     let (min, max, round) = (
-        money("CROUPIER_MIN_BET", args.min_bet, &mut problems),
-        money("CROUPIER_MAX_BET", args.max_bet, &mut problems),
+        money("CROUPIER_MIN_BET", args.limits.min_bet, &mut problems),
+        money("CROUPIER_MAX_BET", args.limits.max_bet, &mut problems),
         money(
             "CROUPIER_MAX_ROUND_STAKE",
-            args.max_round_stake,
+            args.limits.max_round_stake,
             &mut problems,
         ),
     );

@@ -89,8 +89,8 @@ fn root<T: JsonSchema>() -> Schema {
 }
 
 /// Sorted keys at every level, so the files do not depend on whether some crate in the build
-/// turned on serde_json's `preserve_order`.
-fn canonical_json(value: Value) -> String {
+/// turned on serde_json's `preserve_order`. (Also used for the audit's schemas.)
+pub fn canonical_json(value: Value) -> String {
     fn sort(value: Value) -> Value {
         match value {
             Value::Object(map) => {

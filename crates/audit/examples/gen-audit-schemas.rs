@@ -1,5 +1,5 @@
 //! Writes the JSON Schemas of `croupier replay --json` to `schemas/audit/`:
-//! `cargo run -p audit --example gen-schemas` (part of `just schemas`).
+//! `cargo run -p audit --example gen-audit-schemas` (part of `just schemas`).
 
 use std::path::PathBuf;
 use std::{fs, io};
