@@ -883,3 +883,84 @@ async fn last_game_recall_shows_what_the_client_saw_and_its_file_checks_offline(
     std::fs::write(file.path(), "{not json").expect("write");
     assert_eq!(verify(file.path()).status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_keeps_everything_but_lost_its_first_messages_is_named() {
+    testkit::init_logging();
+    // A history of its own: purging the shared one would disturb the other tests.
+    let (env, _db) = common::Env::fresh().await;
+    for (player, id) in [("ann", "d1"), ("ben", "d2"), ("cat", "d3")] {
+        env.croupier(&[
+            "wallet",
+            "deposit",
+            "--player",
+            player,
+            "--amount",
+            "500",
+            "--deposit-id",
+            id,
+        ]);
+    }
+    let bus = bus::NatsBus::connect(&env.nats_url, &env.prefix, bus::NatsOptions::default())
+        .await
+        .expect("connect");
+    bus::Bus::setup(&bus, &common::croupier_definitions())
+        .await
+        .expect("streams");
+    {
+        let _gs = env.spawn(&["run", "gs"]);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while bus::Bus::stream_state(&bus, "PLAYERS")
+            .await
+            .expect("state")
+            .last_seq
+            < 3
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "deposits never published"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let run = |extra: &[&str]| {
+        let output = env
+            .apply(&mut Command::new(BIN))
+            .args(["replay", "--json"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .expect("replay");
+        let report: Value = serde_json::from_slice(&output.stdout).expect("json");
+        (output.status.code(), report)
+    };
+    let (code, report) = run(&[]);
+    assert_eq!(code, Some(0), "{report}");
+
+    // Someone with access to the bus removes the first message of PLAYERS (which keeps
+    // everything): the stream now starts at 2.
+    let client = async_nats::connect(&env.nats_url).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    let stream = js
+        .get_stream(format!("{}_PLAYERS", env.prefix))
+        .await
+        .expect("the stream");
+    stream.purge().sequence(2).await.expect("purge");
+    let (code, report) = run(&[]);
+    assert_eq!(code, Some(1), "{report}");
+    let violations = report["violations"].as_array().expect("violations");
+    assert!(
+        violations.iter().any(|v| v["check"] == "bus"
+            && v["expected"]
+                .as_str()
+                .is_some_and(|e| e.contains("PLAYERS from sequence 1"))
+            && v["found"].as_str().is_some_and(|f| f.contains("1..=1"))),
+        "{report}"
+    );
+    assert!(
+        violations
+            .iter()
+            .any(|v| v["check"] == "bus" && v["position"] == 1),
+        "the deposit no longer on the bus is named too: {report}"
+    );
+}
