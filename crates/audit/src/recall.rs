@@ -129,6 +129,9 @@ pub struct Recall {
     pub violations: Vec<Violation>,
     /// The table limits the bets were judged by.
     pub limits: RecallLimits,
+    /// Whether the round's events were compared with the bus (not with `--no-bus`); the
+    /// `bus` verdict is listed only then.
+    pub bus_compared: bool,
     /// The round's events, in position order.
     pub events: Vec<RecalledEvent>,
     /// The chain head when the recall was made (compare with the published checkpoints).
@@ -183,6 +186,7 @@ impl Collector {
         bus: &BTreeMap<String, String>,
         head: crate::report::Head,
         limits: Limits,
+        bus_compared: bool,
     ) -> Recall {
         let events = self
             .rows
@@ -209,7 +213,15 @@ impl Collector {
             })
             .cloned()
             .collect();
-        summarize(&self.table, self.round, events, ours, head, limits.into())
+        summarize(
+            &self.table,
+            self.round,
+            events,
+            ours,
+            head,
+            limits.into(),
+            bus_compared,
+        )
     }
 }
 
@@ -221,6 +233,7 @@ fn summarize(
     violations: Vec<Violation>,
     head: crate::report::Head,
     limits: RecallLimits,
+    bus_compared: bool,
 ) -> Recall {
     let mut recall = Recall {
         table: table.to_string(),
@@ -247,6 +260,7 @@ fn summarize(
         checks: Vec::new(),
         violations: Vec::new(),
         limits,
+        bus_compared,
         events: Vec::new(),
         head,
     };
@@ -344,6 +358,7 @@ fn summarize(
     }
     recall.checks = ROUND_CHECKS
         .iter()
+        .filter(|check| bus_compared || **check != Check::Bus)
         .map(|check| Verdict {
             check: check.as_str().to_string(),
             holds: !violations.iter().any(|v| v.check == *check),
@@ -519,6 +534,7 @@ pub fn verify(recall: &Recall) -> Vec<Violation> {
         recall.violations.clone(),
         recall.head.clone(),
         recall.limits,
+        recall.bus_compared,
     );
     if again != *recall {
         found.push(

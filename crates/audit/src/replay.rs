@@ -369,6 +369,7 @@ async fn replay_on<B: Bus>(
             &places,
             head.clone(),
             options.limits,
+            bus.is_some(),
         )
     });
     Ok(Report {
