@@ -238,8 +238,10 @@ impl Auditor {
             }
         };
         self.check_columns(row, event);
+        // Looked up once for both the wallet and the round.
+        let player = event.player().map(|p| self.player_id(p));
         if self.checks_wallets() {
-            self.apply_wallet(row.position, event);
+            self.apply_wallet(row.position, event, player);
         }
         let (Some(table), Some(round)) = (event.table, event.round) else {
             return;
@@ -247,7 +249,7 @@ impl Auditor {
         if !self.scope.covers(table, round) {
             return;
         }
-        self.apply_round(row.position, table, round, event);
+        self.apply_round(row.position, table, round, event, player);
     }
 
     /// The row's columns agree with the event it holds.
@@ -287,7 +289,7 @@ impl Auditor {
         );
     }
 
-    fn apply_wallet(&mut self, position: i64, event: &Event<'_>) {
+    fn apply_wallet(&mut self, position: i64, event: &Event<'_>, id: Option<u32>) {
         let (player, delta, balance, what) = match event.body {
             Body::FundsDeposited {
                 player,
@@ -329,7 +331,7 @@ impl Auditor {
             } => (player, amount, balance, "refund"),
             _ => return,
         };
-        let id = self.player_id(player) as usize;
+        let id = id.unwrap_or_else(|| self.player_id(player)) as usize;
         let wallet = &mut self.wallets[id];
         let before = wallet.balance.unwrap_or(0);
         let after = before.saturating_add(delta);
@@ -360,7 +362,14 @@ impl Auditor {
         }
     }
 
-    fn apply_round(&mut self, position: i64, table: &str, round: u64, event: &Event<'_>) {
+    fn apply_round(
+        &mut self,
+        position: i64,
+        table: &str,
+        round: u64,
+        event: &Event<'_>,
+        player: Option<u32>,
+    ) {
         let t = self.table_id(table);
         let key = (t, round);
         let on = |check: Check, expected: String, found: String| {
@@ -393,7 +402,6 @@ impl Auditor {
             self.rounds.insert(key, Round::default());
             self.tables[t as usize].rounds.insert(round);
         }
-        let player = event.player().map(|p| self.player_id(p));
         let Some(state) = self.rounds.get_mut(&key) else {
             if !self.partial {
                 self.violations.push(on(

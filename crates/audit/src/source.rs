@@ -145,7 +145,15 @@ impl Chain {
         // Go on from what is stored, so one altered row is one violation, not one per row after.
         self.prev = row.hash;
         self.expected = row.position + 1;
-        let next = match self.versions.get(&row.stream) {
+        // One lookup per row: the stream's last version, replaced by this one.
+        let last = match self.versions.get_mut(row.stream.as_str()) {
+            Some(last) => Some(std::mem::replace(last, row.version)),
+            None => {
+                self.versions.insert(row.stream.clone(), row.version);
+                None
+            }
+        };
+        let next = match last {
             Some(last) => Some(last + 1),
             None if self.from_start => Some(1),
             None => None,
@@ -161,12 +169,6 @@ impl Chain {
                 )
                 .at(row.position),
             );
-        }
-        match self.versions.get_mut(&row.stream) {
-            Some(last) => *last = row.version,
-            None => {
-                self.versions.insert(row.stream.clone(), row.version);
-            }
         }
         if let Some(published) = self.checkpoints.remove(&row.position) {
             if published == row.hash {
