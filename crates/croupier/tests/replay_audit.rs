@@ -890,16 +890,7 @@ async fn a_stream_that_keeps_everything_but_lost_its_first_messages_is_named() {
     // A history of its own: purging the shared one would disturb the other tests.
     let (env, _db) = common::Env::fresh().await;
     for (player, id) in [("ann", "d1"), ("ben", "d2"), ("cat", "d3")] {
-        env.croupier(&[
-            "wallet",
-            "deposit",
-            "--player",
-            player,
-            "--amount",
-            "500",
-            "--deposit-id",
-            id,
-        ]);
+        env.deposit(player, 500, id);
     }
     let bus = bus::NatsBus::connect(&env.nats_url, &env.prefix, bus::NatsOptions::default())
         .await

@@ -55,16 +55,7 @@ async fn replay_passes_on_an_intact_store_and_names_the_first_tampered_position(
         ("alice", "d3"),
         ("carol", "d4"),
     ] {
-        env.croupier(&[
-            "wallet",
-            "deposit",
-            "--player",
-            player,
-            "--amount",
-            "500",
-            "--deposit-id",
-            id,
-        ]);
+        env.deposit(player, 500, id);
     }
     // The read models rebuild from these events (GS's own tests compare every row).
     let rebuilt = env.croupier(&["projections", "rebuild"]);

@@ -75,6 +75,20 @@ impl Env {
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
+    /// `croupier wallet deposit`: credits `amount` to `player`, once per `deposit_id`.
+    pub fn deposit(&self, player: &str, amount: i64, deposit_id: &str) -> String {
+        self.croupier(&[
+            "wallet",
+            "deposit",
+            "--player",
+            player,
+            "--amount",
+            &amount.to_string(),
+            "--deposit-id",
+            deposit_id,
+        ])
+    }
+
     /// Starts `croupier run <role>` in the background; killed when the guard drops.
     pub fn spawn(&self, args: &[&str]) -> Running {
         let child = self
@@ -368,16 +382,7 @@ impl Stack {
             http_addr: free_addr(),
         };
         for player in &options.deposits {
-            env.croupier(&[
-                "wallet",
-                "deposit",
-                "--player",
-                player,
-                "--amount",
-                "10000",
-                "--deposit-id",
-                &format!("contract-{player}"),
-            ]);
+            env.deposit(player, 10_000, &format!("contract-{player}"));
         }
         let bus = bus::NatsBus::connect(&nats.url, &nats.prefix, bus::NatsOptions::default())
             .await
