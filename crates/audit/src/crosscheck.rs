@@ -155,6 +155,8 @@ struct Recorded {
     data: Bytes,
     at: Time,
     on_players: bool,
+    /// Of the round a recall follows: its place on the bus is kept.
+    tracked: bool,
 }
 
 impl Recorded {
@@ -243,12 +245,16 @@ impl Matcher {
 
     /// A Postgres event (already decoded by the rebuild).
     pub fn recorded(&mut self, position: i64, data: Bytes, event: &Event<'_>) {
+        let tracked = self.track.as_ref().is_some_and(|(table, round)| {
+            event.table == Some(table.as_str()) && event.round == Some(*round)
+        });
         let recorded = Recorded {
             position,
             kind: event.kind,
             data,
             at: event.at,
             on_players: event.on_players(),
+            tracked,
         };
         match self.published.remove(&event.id) {
             Some(published) => self.compare(recorded, published),
@@ -309,10 +315,8 @@ impl Matcher {
     fn compare(&mut self, recorded: Recorded, published: Published) {
         let message = &published.message;
         let subject_holds = message.event.as_ref().is_ok_and(|e| e.subject_holds);
-        if let Some((table, round)) = &self.track
-            && let Ok(event) = wire::decode(&recorded.data)
-            && event.table == Some(table.as_str())
-            && event.round == Some(*round)
+        if recorded.tracked
+            && let Ok(event) = &message.event
         {
             self.places.insert(event.id.to_string(), message.place());
         }
@@ -360,10 +364,10 @@ impl Matcher {
         );
     }
 
-    /// Judges what is left unmatched. `outbox` is the last position the outbox had published
-    /// and `gs_cursor` the last `TABLES` sequence any GS had recorded, both in the snapshot;
-    /// `first_at` the oldest event each retention-limited stream still holds. Returns the
-    /// ids of bus messages without a Postgres event, to be looked up in the store.
+    /// Judges the Postgres events left unmatched. `outbox` is the last position the outbox had
+    /// published in the snapshot; `retained_from` the time of the oldest message each
+    /// retention-limited stream still holds. Returns the ids of bus messages without a
+    /// Postgres event, to be looked up in the store (then [`Matcher::unrecorded`]).
     pub fn leftovers(
         &mut self,
         outbox: i64,

@@ -14,6 +14,7 @@ use std::collections::{HashMap, VecDeque};
 
 use bus::Bus;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
@@ -63,9 +64,9 @@ pub struct Progress {
 /// The Postgres log as the merge reads it: rows with their events' times, in position order.
 struct PgSide {
     rx: mpsc::Receiver<Piece>,
-    /// A row and its event's `at` (`Time::ZERO` when it does not decode, or when there is no
-    /// bus to merge with: taken at once).
-    buf: VecDeque<(Row, Time)>,
+    /// Rows in position order; each carries its event's `at` (`Time::ZERO` when it does not
+    /// decode, or when there is no bus to merge with: taken at once).
+    buf: VecDeque<Row>,
     snapshot: Option<Snapshot>,
     end: Option<End>,
     done: bool,
@@ -88,10 +89,7 @@ impl PgSide {
                         auditor.violation(violation);
                     }
                     self.events += rows.len() as u64;
-                    self.buf.extend(rows.into_iter().map(|row| {
-                        let at = row.at;
-                        (row, at)
-                    }));
+                    self.buf.extend(rows);
                     progress(Progress {
                         events: self.events,
                         total,
@@ -104,7 +102,7 @@ impl PgSide {
     }
 
     fn head_at(&self) -> Option<Time> {
-        self.buf.front().map(|(_, at)| *at)
+        self.buf.front().map(|row| row.at)
     }
 }
 
@@ -180,14 +178,18 @@ async fn replay_on<B: Bus>(
         auditor.violation(violation);
     }
 
+    // The reading tasks (Postgres and each stream): aborted if this returns early, since
+    // dropping the set aborts what it holds.
+    let mut readers: JoinSet<Result<(), ReplayError>> = JoinSet::new();
     let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
     let checkpoints = options.checkpoints.clone();
     // The rows' times are needed only to merge them with the bus.
     let times = bus.is_some();
-    let reader =
-        tokio::spawn(
-            async move { source::read(reader_client, start, &checkpoints, times, tx).await },
-        );
+    readers.spawn(async move {
+        source::read(reader_client, start, &checkpoints, times, tx)
+            .await
+            .map_err(ReplayError::from)
+    });
     let mut pg = PgSide {
         rx,
         buf: VecDeque::new(),
@@ -206,7 +208,11 @@ async fn replay_on<B: Bus>(
         }
     }
     let Some(snapshot) = pg.snapshot else {
-        return Err(reader_failure(reader).await);
+        // The reader stopped before its snapshot: its error says why.
+        join_all(&mut readers).await?;
+        return Err(ReplayError::Task(
+            "the log ended before its snapshot".into(),
+        ));
     };
     let total = snapshot.head - start.from + 1;
 
@@ -216,7 +222,6 @@ async fn replay_on<B: Bus>(
         .as_ref()
         .map(|(table, round)| Collector::new(table, *round));
     let mut sides = Vec::new();
-    let mut bus_tasks = Vec::new();
     if let (Some(bus), Some(matcher)) = (bus, matcher.as_mut()) {
         for (name, filter) in STREAMS {
             let state = bus.stream_state(name).await.map_err(ReplayError::Bus)?;
@@ -240,14 +245,18 @@ async fn replay_on<B: Bus>(
             });
             let (tx, rx) = mpsc::channel(BUS_BATCHES_IN_FLIGHT);
             let bus = bus.clone();
-            bus_tasks.push(tokio::spawn(crosscheck::read_stream(
-                bus,
-                name,
-                filter,
-                state.first_seq.max(1),
-                state.last_seq,
-                tx,
-            )));
+            readers.spawn(async move {
+                crosscheck::read_stream(
+                    bus,
+                    name,
+                    filter,
+                    state.first_seq.max(1),
+                    state.last_seq,
+                    tx,
+                )
+                .await
+                .map_err(ReplayError::Bus)
+            });
             sides.push(BusSide {
                 name,
                 rx,
@@ -294,7 +303,7 @@ async fn replay_on<B: Bus>(
                     matcher.published(message);
                 }
             }
-        } else if let Some((row, _)) = pg.buf.pop_front() {
+        } else if let Some(row) = pg.buf.pop_front() {
             let event = wire::decode(&row.data);
             auditor.apply(&row, event.as_ref().map_err(String::as_str));
             if let Ok(event) = &event {
@@ -309,14 +318,7 @@ async fn replay_on<B: Bus>(
             }
         }
     }
-    reader
-        .await
-        .map_err(|e| ReplayError::Task(e.to_string()))??;
-    for task in bus_tasks {
-        task.await
-            .map_err(|e| ReplayError::Task(e.to_string()))?
-            .map_err(ReplayError::Bus)?;
-    }
+    join_all(&mut readers).await?;
     let Some(end) = pg.end else {
         return Err(ReplayError::Task("the log ended without its end".into()));
     };
@@ -427,13 +429,12 @@ async fn recorded_outside(
     Ok(found)
 }
 
-/// Why the reading task stopped before the snapshot.
-async fn reader_failure(reader: tokio::task::JoinHandle<Result<(), SourceError>>) -> ReplayError {
-    match reader.await {
-        Ok(Err(error)) => error.into(),
-        Ok(Ok(())) => ReplayError::Task("the log ended before its snapshot".into()),
-        Err(error) => ReplayError::Task(error.to_string()),
+/// Waits for every reading task; the first failure, if any.
+async fn join_all(readers: &mut JoinSet<Result<(), ReplayError>>) -> Result<(), ReplayError> {
+    while let Some(joined) = readers.join_next().await {
+        joined.map_err(|e| ReplayError::Task(e.to_string()))??;
     }
+    Ok(())
 }
 
 /// [`replay`] with a progress bar on stderr for long logs, when stderr is a terminal and

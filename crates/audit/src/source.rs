@@ -98,8 +98,6 @@ pub enum SourceError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("reading the event store: {0}")]
     Store(#[from] store::StoreError),
-    #[error("the event store has no head row")]
-    NoHead,
 }
 
 /// Where the reading starts.
@@ -199,12 +197,7 @@ pub async fn read(
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await?;
-    let head = client
-        .query_opt("SELECT position, hash FROM public.event_head", &[])
-        .await?
-        .ok_or(SourceError::NoHead)?;
-    let head_position: i64 = head.try_get(0)?;
-    let head_hash: Vec<u8> = head.try_get(1)?;
+    let (head_position, head_hash) = store::head(&client).await?;
     let cursors = client
         .query_one(
             "SELECT (SELECT coalesce(max(position), 0) FROM public.outbox_cursor), \
@@ -287,7 +280,7 @@ pub async fn read(
         found.push(
             Violation::new(
                 Check::Chain,
-                format!("the head row's hash {}", hex::encode(&head_hash)),
+                format!("the head row's hash {}", hex::encode(head_hash)),
                 format!("the last event's hash {}", hex::encode(chain.prev)),
             )
             .at(head_position),
