@@ -571,97 +571,64 @@ impl Auditor {
                 }
             }
             Body::BetSettled { bet_id, payout, .. } => {
-                let player = player.unwrap_or_default();
-                match (state.outcome, state.bets.get_mut(&bet_id)) {
-                    (None, _) => found.push(bet(
-                        Check::Settlement,
-                        bet_id,
-                        "a settlement after the outcome".into(),
-                        format!("bet_settled while {}", phase_of(state)),
-                    )),
-                    (Some(_), None) => found.push(bet(
-                        Check::Settlement,
-                        bet_id,
-                        "a settlement of a bet placed on the round".into(),
-                        "a settlement of no bet".into(),
-                    )),
-                    (Some(outcome), Some(placed)) => {
-                        if let Some(first) = placed.result {
-                            found.push(bet(
-                                Check::Settlement,
-                                bet_id,
-                                "each bet settled once".into(),
-                                format!("settled again (first at position {first})"),
-                            ));
-                        }
-                        placed.result = Some(position);
-                        if placed.player != player {
-                            found.push(bet(
-                                Check::Settlement,
-                                bet_id,
-                                format!("paid to {}", self.wallets[placed.player as usize].name),
-                                format!("paid to {}", event.player().unwrap_or_default()),
-                            ));
-                        }
-                        let due = placed.wager.payout(placed.amount, outcome);
-                        if due != Some(payout) {
-                            found.push(bet(
-                                Check::Settlement,
-                                bet_id,
-                                format!(
-                                    "payout {} ({:?} × {} on pocket {outcome})",
-                                    due.map_or("overflow".into(), |d| d.to_string()),
-                                    placed.wager.kind,
-                                    placed.amount
-                                ),
-                                format!("payout {payout}"),
-                            ));
-                        }
-                        state.paid = state.paid.saturating_add(payout);
+                let outcome = state.outcome.unwrap_or_default();
+                if let Some(placed) = resolve(
+                    state,
+                    Resolution::Settled,
+                    bet_id,
+                    position,
+                    &bet,
+                    &mut found,
+                ) {
+                    if placed.player != player.unwrap_or_default() {
+                        found.push(bet(
+                            Check::Settlement,
+                            bet_id,
+                            format!("paid to {}", self.wallets[placed.player as usize].name),
+                            format!("paid to {}", event.player().unwrap_or_default()),
+                        ));
                     }
+                    let due = placed.wager.payout(placed.amount, outcome);
+                    if due != Some(payout) {
+                        found.push(bet(
+                            Check::Settlement,
+                            bet_id,
+                            format!(
+                                "payout {} ({:?} × {} on pocket {outcome})",
+                                due.map_or("overflow".into(), |d| d.to_string()),
+                                placed.wager.kind,
+                                placed.amount
+                            ),
+                            format!("payout {payout}"),
+                        ));
+                    }
+                    state.paid = state.paid.saturating_add(payout);
                 }
             }
             Body::BetRefunded { bet_id, amount, .. } => {
-                let player = player.unwrap_or_default();
-                match (state.voided, state.bets.get_mut(&bet_id)) {
-                    (None, _) => found.push(bet(
-                        Check::Settlement,
-                        bet_id,
-                        "a refund on a voided round".into(),
-                        format!("bet_refunded while {}", phase_of(state)),
-                    )),
-                    (Some(_), None) => found.push(bet(
-                        Check::Settlement,
-                        bet_id,
-                        "a refund of a bet placed on the round".into(),
-                        "a refund of no bet".into(),
-                    )),
-                    (Some(_), Some(placed)) => {
-                        if let Some(first) = placed.result {
-                            found.push(bet(
-                                Check::Settlement,
-                                bet_id,
-                                "each bet refunded once".into(),
-                                format!("refunded again (first at position {first})"),
-                            ));
-                        }
-                        placed.result = Some(position);
-                        if placed.amount != amount || placed.player != player {
-                            found.push(bet(
-                                Check::Settlement,
-                                bet_id,
-                                format!(
-                                    "{} refunded to {}",
-                                    placed.amount, self.wallets[placed.player as usize].name
-                                ),
-                                format!(
-                                    "{amount} refunded to {}",
-                                    event.player().unwrap_or_default()
-                                ),
-                            ));
-                        }
-                        state.refunded = state.refunded.saturating_add(amount);
+                if let Some(placed) = resolve(
+                    state,
+                    Resolution::Refunded,
+                    bet_id,
+                    position,
+                    &bet,
+                    &mut found,
+                ) {
+                    if placed.amount != amount || placed.player != player.unwrap_or_default() {
+                        found.push(bet(
+                            Check::Settlement,
+                            bet_id,
+                            format!(
+                                "{} refunded to {}",
+                                placed.amount, self.wallets[placed.player as usize].name
+                            ),
+                            format!(
+                                "{amount} refunded to {}",
+                                event.player().unwrap_or_default()
+                            ),
+                        ));
                     }
+                    state.refunded = state.refunded.saturating_add(amount);
                 }
             }
             Body::RoundSettled {
@@ -895,6 +862,68 @@ pub struct Finish {
     pub violations: Violations,
 }
 
+/// What resolves a bet: a settlement (after the outcome) or a refund (on a voided round).
+#[derive(Debug, Clone, Copy)]
+enum Resolution {
+    Settled,
+    Refunded,
+}
+
+/// The bet a `bet_settled` or `bet_refunded` resolves, marked resolved at `position`; `None`
+/// when the round is not in the phase for it or has no such bet. What does not hold is pushed
+/// to `found`, through `bet` (which names the round, the bet and the player).
+fn resolve<'r>(
+    state: &'r mut Round,
+    resolution: Resolution,
+    bet_id: Uuid,
+    position: i64,
+    bet: &impl Fn(Check, Uuid, String, String) -> Violation,
+    found: &mut Vec<Violation>,
+) -> Option<&'r mut Bet> {
+    let phase = phase_of(state);
+    let ready = match resolution {
+        Resolution::Settled => state.outcome.is_some(),
+        Resolution::Refunded => state.voided.is_some(),
+    };
+    let (precondition, event, noun, past) = match resolution {
+        Resolution::Settled => (
+            "a settlement after the outcome",
+            "bet_settled",
+            "settlement",
+            "settled",
+        ),
+        Resolution::Refunded => (
+            "a refund on a voided round",
+            "bet_refunded",
+            "refund",
+            "refunded",
+        ),
+    };
+    let violation = |expected: String, was: String| bet(Check::Settlement, bet_id, expected, was);
+    if !ready {
+        found.push(violation(
+            precondition.into(),
+            format!("{event} while {phase}"),
+        ));
+        return None;
+    }
+    let Some(placed) = state.bets.get_mut(&bet_id) else {
+        found.push(violation(
+            format!("a {noun} of a bet placed on the round"),
+            format!("a {noun} of no bet"),
+        ));
+        return None;
+    };
+    if let Some(first) = placed.result {
+        found.push(violation(
+            format!("each bet {past} once"),
+            format!("{past} again (first at position {first})"),
+        ));
+    }
+    placed.result = Some(position);
+    Some(placed)
+}
+
 fn phase_of(state: &Round) -> &'static str {
     if state.voided.is_some() {
         "voided"
@@ -944,7 +973,7 @@ mod tests {
     const SEED: ServerSeed = ServerSeed::from_bytes([3; 32]);
 
     struct Log {
-        rows: Vec<(Row, Event)>,
+        rows: Vec<Row>,
         clock: i64,
     }
 
@@ -992,7 +1021,7 @@ mod tests {
                 prev_hash: [0; 32],
                 at: crate::wire::Time::ZERO,
             };
-            self.rows.push((row, event));
+            self.rows.push(row);
             id
         }
 
@@ -1066,7 +1095,7 @@ mod tests {
 
         fn rebuild(&self, limits: Limits) -> Finish {
             let mut auditor = Auditor::new(limits, Scope::default(), false);
-            for (row, _) in &self.rows {
+            for row in &self.rows {
                 let event = crate::wire::decode(&row.data);
                 auditor.apply(row, event.as_ref().map_err(String::as_str));
             }
