@@ -293,25 +293,19 @@ fn summarize(
                 recall.revealed_seed_hash = Some(hex::encode(rules::seed_hash(&seed)));
                 recall.declared_at = Some(at);
                 recall.declared_outcome = Some(d.outcome.get());
-                for i in 0u64.. {
-                    let hmac = rules::hmac_block(&seed, table, round, i);
-                    let words: Vec<u32> = hmac
-                        .chunks_exact(4)
-                        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect();
-                    let accepted = words.iter().copied().find(|w| *w < WORD_LIMIT);
-                    recall.blocks.push(Block {
-                        i,
+                let draw = rules::draw_traced(&seed, table, round);
+                recall.blocks = draw
+                    .blocks
+                    .iter()
+                    .map(|(i, hmac)| Block {
+                        i: *i,
                         message: format!("{table}:{round}:{i}"),
                         hmac: hex::encode(hmac),
-                        words,
-                    });
-                    if let Some(word) = accepted {
-                        recall.accepted_word = Some(word);
-                        recall.drawn_outcome = Some((word % u32::from(rules::POCKETS)) as u8);
-                        break;
-                    }
-                }
+                        words: rules::words(hmac).to_vec(),
+                    })
+                    .collect();
+                recall.accepted_word = Some(draw.word);
+                recall.drawn_outcome = Some(draw.pocket);
             }
             EventBody::RoundVoided(v) => {
                 recall.phase = "voided".into();

@@ -30,19 +30,51 @@ pub fn seed_hash(seed: &[u8; 32]) -> [u8; 32] {
 /// keyed by the seed bytes over `"<table>:<round>:<i>"`, read as eight big-endian words; the
 /// first word below [`WORD_LIMIT`] gives `word mod 37`.
 pub fn draw(seed: &[u8; 32], table: &str, round: u64) -> u8 {
+    draw_traced(seed, table, round).pocket
+}
+
+/// The draw step by step, as a last-game recall shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Draw {
+    /// Every block read, `(i, HMAC)`, up to the one with the accepted word.
+    pub blocks: Vec<(u64, [u8; 32])>,
+    /// The first word below [`WORD_LIMIT`].
+    pub word: u32,
+    /// `word mod 37`.
+    pub pocket: u8,
+}
+
+/// [`draw`], keeping every block it read.
+pub fn draw_traced(seed: &[u8; 32], table: &str, round: u64) -> Draw {
+    let mut blocks = Vec::with_capacity(1);
     let mut i: u64 = 0;
     loop {
         let digest = hmac_block(seed, table, round, i);
-        for chunk in digest.chunks_exact(4) {
-            let word = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-            if word < WORD_LIMIT {
-                // Below 37: the cast cannot truncate.
-                return (word % u32::from(POCKETS)) as u8;
-            }
+        blocks.push((i, digest));
+        if let Some(word) = words(&digest).into_iter().find(|w| *w < WORD_LIMIT) {
+            // Below 37: the cast cannot truncate.
+            let pocket = (word % u32::from(POCKETS)) as u8;
+            return Draw {
+                blocks,
+                word,
+                pocket,
+            };
         }
         // A whole block is skipped with probability (7 / 2^32)^8; go on with the next.
         i = i.wrapping_add(1);
     }
+}
+
+/// A block read as eight big-endian words.
+pub fn words(block: &[u8; 32]) -> [u32; 8] {
+    std::array::from_fn(|k| {
+        u32::from_be_bytes([
+            block[4 * k],
+            block[4 * k + 1],
+            block[4 * k + 2],
+            block[4 * k + 3],
+        ])
+    })
 }
 
 /// Block `i` of the draw, as published for checking by hand (`openssl dgst -mac HMAC`).
