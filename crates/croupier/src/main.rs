@@ -117,15 +117,9 @@ fn main_with_code() -> anyhow::Result<ExitCode> {
 }
 
 async fn async_main(command: Command, settings: config::Resolved) -> anyhow::Result<ExitCode> {
-    if let Command::Replay(args) = command {
-        // The audit reads the whole log in one long statement: no statement timeout.
-        let mut pool = store::PoolConfig::new(settings.database_url.clone());
-        pool.statement_timeout = Duration::ZERO;
-        pool.idle_in_transaction_timeout = Duration::ZERO;
-        pool.application_name = "croupier-replay".into();
-        return Ok(replay::run(args, &pool, &settings.nats_url, &settings.nats_prefix).await);
-    }
     let done: anyhow::Result<()> = match command {
+        // The one command whose outcome is more than done or failed (exit 0, 1 or 2).
+        Command::Replay(args) => return Ok(replay::run(args, &settings).await),
         Command::Run(args) => run::run(*args, settings).await,
         Command::Migrate => {
             let store = open_store(&settings)?;
@@ -158,7 +152,6 @@ async fn async_main(command: Command, settings: config::Resolved) -> anyhow::Res
             );
             Ok(())
         }
-        Command::Replay(_) => Ok(()),
         Command::Loadgen(args) => {
             limits::raise_open_files();
             loadgen::run(args, settings).await

@@ -111,7 +111,11 @@ fn options(args: &ReplayArgs) -> Result<audit::ReplayOptions, String> {
 
 fn cannot_run(json: bool, message: &str) -> ExitCode {
     if json {
-        println!("{}", serde_json::json!({ "ok": false, "error": message }));
+        let failure = audit::schema::Failure {
+            ok: false,
+            error: message.to_string(),
+        };
+        println!("{}", serde_json::to_string(&failure).unwrap_or_default());
     }
     eprintln!("error: replay could not run: {message}");
     ExitCode::from(EXIT_CANNOT_RUN)
@@ -176,12 +180,13 @@ fn verify_recall(path: &PathBuf, json: bool) -> ExitCode {
     }
 }
 
-pub async fn run(
-    args: ReplayArgs,
-    store: &store::PoolConfig,
-    nats_url: &str,
-    nats_prefix: &str,
-) -> ExitCode {
+pub async fn run(args: ReplayArgs, settings: &crate::config::Resolved) -> ExitCode {
+    let (nats_url, nats_prefix) = (settings.nats_url.as_str(), settings.nats_prefix.as_str());
+    // The audit reads the whole log in one long statement: no statement timeout.
+    let mut store = store::PoolConfig::new(settings.database_url.clone());
+    store.statement_timeout = std::time::Duration::ZERO;
+    store.idle_in_transaction_timeout = std::time::Duration::ZERO;
+    store.application_name = "croupier-replay".into();
     if let Some(path) = &args.verify_recall {
         return verify_recall(path, args.json);
     }
