@@ -355,29 +355,23 @@ fn replay(servers: &Servers, args: &[&str]) -> Result<ReplayRun> {
 async fn jetstream_half(bus: &NatsBus) -> Result<(f64, u64)> {
     let started = Instant::now();
     let mut matcher = audit::crosscheck::Matcher::default();
-    let mut receivers = Vec::new();
+    // Both readers send into one channel: the matcher takes batches as they come.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2 * audit::crosscheck::BUS_BATCHES_IN_FLIGHT);
     let mut tasks = Vec::new();
     for (name, filter) in audit::crosscheck::STREAMS {
         let state = bus.stream_state(name).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(audit::crosscheck::BUS_BATCHES_IN_FLIGHT);
         tasks.push(tokio::spawn(audit::crosscheck::read_stream(
             bus.clone(),
             name,
             filter,
             state.first_seq.max(1),
             state.last_seq,
-            tx,
+            tx.clone(),
         )));
-        receivers.push(rx);
     }
+    drop(tx);
     let mut messages = 0u64;
-    let mut merged = futures_util::stream::select_all(
-        receivers
-            .into_iter()
-            .map(tokio_stream_from)
-            .collect::<Vec<_>>(),
-    );
-    while let Some(batch) = merged.next().await {
+    while let Some(batch) = rx.recv().await {
         messages += batch.len() as u64;
         for message in batch {
             matcher.published(message);
@@ -387,13 +381,6 @@ async fn jetstream_half(bus: &NatsBus) -> Result<(f64, u64)> {
         task.await??;
     }
     Ok((started.elapsed().as_secs_f64(), messages))
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    rx: tokio::sync::mpsc::Receiver<T>,
-) -> futures_util::stream::BoxStream<'static, T> {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
-        .boxed()
 }
 
 /// Anchor: the bytes of every event, as Postgres sends them with no query work.
@@ -589,22 +576,10 @@ async fn build_history(servers: &Servers, bus: &NatsBus, bets_target: u64) -> Re
 
 /// Waits until a GS answers bets (any answer: a bet on a round not open is refused).
 async fn wait_for_gs(bus: &NatsBus) -> Result<()> {
-    let mut rng = Lcg(0);
     let table = domain::TableId::parse(&tables()[0]).map_err(|e| e.to_string())?;
-    let mut probe = RoundBets {
-        bus: bus.clone(),
-        table: table.clone(),
-        round: domain::RoundId::new(u64::MAX / 2).map_err(|e| e.to_string())?,
-        closes_at: domain::Timestamp::UNIX_EPOCH,
-        accepted: Arc::default(),
-        refused: Arc::default(),
-        enough: Arc::default(),
-        in_flight: Arc::new(Semaphore::new(1)),
-        bar: indicatif::ProgressBar::hidden(),
-        target: 0,
-        rng: Lcg(rng.next()),
-    };
-    let payload = Encoding::MsgPack.encode(&probe.request())?;
+    // A round far in the future: GS answers that betting is closed, which is all we wait for.
+    let round = domain::RoundId::new(u64::MAX / 2).map_err(|e| e.to_string())?;
+    let payload = Encoding::MsgPack.encode(&bet_request(&mut Lcg(0), &table, round))?;
     let subject = protocol::subject::bets_place_subject(&table);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -651,7 +626,7 @@ impl RoundBets {
             let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
                 break;
             };
-            let request = self.request();
+            let request = bet_request(&mut self.rng, &self.table, self.round);
             let Ok(payload) = Encoding::MsgPack.encode(&request) else {
                 continue;
             };
@@ -690,31 +665,33 @@ impl RoundBets {
         }
         while requests.join_next().await.is_some() {}
     }
+}
 
-    fn request(&mut self) -> PlaceBetRequest {
-        let n = self.rng.next();
-        let player = domain::PlayerId::parse(&format!("p{}", n % PLAYERS as u64))
-            .unwrap_or_else(|_| unreachable!("a valid player id"));
-        let raw = match n % 4 {
-            0 => domain::RawSelection::Red,
-            1 => domain::RawSelection::Straight {
-                numbers: vec![(n % 37) as u8],
-            },
-            2 => domain::RawSelection::Dozen {
-                index: (n % 3 + 1) as u8,
-            },
-            _ => domain::RawSelection::Black,
-        };
-        PlaceBetRequest {
-            request_id: format!("bench-{n}"),
-            bet_id: domain::BetId::from_uuid(uuid::Uuid::new_v4()),
-            player,
-            table: self.table.clone(),
-            round: self.round,
-            selection: domain::Selection::parse(raw)
-                .unwrap_or_else(|_| unreachable!("a valid selection")),
-            amount: domain::Money::new(10 + (n % 91) as i64)
-                .unwrap_or_else(|_| unreachable!("a valid stake")),
-        }
+/// A bet of the mix the history is made of: red, black, a straight or a dozen, 10..=100, by a
+/// player among the deposited ones.
+fn bet_request(rng: &mut Lcg, table: &domain::TableId, round: domain::RoundId) -> PlaceBetRequest {
+    let n = rng.next();
+    let player = domain::PlayerId::parse(&format!("p{}", n % PLAYERS as u64))
+        .unwrap_or_else(|_| unreachable!("a valid player id"));
+    let raw = match n % 4 {
+        0 => domain::RawSelection::Red,
+        1 => domain::RawSelection::Straight {
+            numbers: vec![(n % 37) as u8],
+        },
+        2 => domain::RawSelection::Dozen {
+            index: (n % 3 + 1) as u8,
+        },
+        _ => domain::RawSelection::Black,
+    };
+    PlaceBetRequest {
+        request_id: format!("bench-{n}"),
+        bet_id: domain::BetId::from_uuid(uuid::Uuid::new_v4()),
+        player,
+        table: table.clone(),
+        round,
+        selection: domain::Selection::parse(raw)
+            .unwrap_or_else(|_| unreachable!("a valid selection")),
+        amount: domain::Money::new(10 + (n % 91) as i64)
+            .unwrap_or_else(|_| unreachable!("a valid stake")),
     }
 }
