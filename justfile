@@ -77,8 +77,14 @@ bench-replay: deps
     cargo build --release -q -p croupier
     cargo run --release -q -p croupier --example bench_replay
 
+# GS's outbox alone: 20k committed events published to a private nats-server; events/s, median
+# of 3. BENCH_CROUPIER=/path/to/croupier measures another build.
+bench-outbox: deps
+    cargo build --release -q -p croupier
+    cargo run --release -q -p croupier --example bench_outbox
+
 # Every benchmark.
-bench: bench-encode bench-store bench-gms bench-gateway bench-replay
+bench: bench-encode bench-store bench-gms bench-gateway bench-replay bench-outbox
 
 # Flags: `--table T --from-round N --to-round M --json`.
 # Verify the event store end to end (gapless positions, hash chain); exit 0 only when it holds.

@@ -22,8 +22,9 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Publishes awaiting their acknowledgement at once, all to one stream. They are sent in
 /// position order on one connection, so the stream stores them in that order; waiting for each
-/// ack before the next publish held the outbox to one round trip per event (~660 events/s with
-/// the cursor write below). 256 is a few hundred KB of payloads, far from a stream's limits.
+/// ack before the next publish held the outbox to one round trip per event (about 1,800
+/// events/s with the cursor write below, against about 55,000 now: `just bench-outbox`, ADR
+/// 0019). 256 is a few hundred KB of payloads, far from a stream's limits.
 ///
 /// Publishes to the other stream wait until these are acknowledged: a round's `bet_settled`
 /// events (`PLAYERS`) are stored before its `round_settled` (`TABLES`), as clients expect and
