@@ -91,6 +91,29 @@ pub struct RunArgs {
     /// GS: how long the first bet of a batch waits for more, in milliseconds.
     #[arg(long, env = "CROUPIER_BET_LINGER_MS", default_value_t = 2)]
     pub bet_linger_ms: u64,
+    /// GS degraded mode (ADR 0020): pause between two probes of the event store, in
+    /// milliseconds.
+    #[arg(long, env = "CROUPIER_DB_PROBE_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..))]
+    pub db_probe_ms: u64,
+    /// GS: a probe not answered within this is a hung database, in milliseconds; the probe
+    /// waits at most three quarters of it for the head row's lock (else: slow).
+    #[arg(long, env = "CROUPIER_DB_PROBE_TIMEOUT_MS", default_value_t = 800, value_parser = clap::value_parser!(u64).range(10..))]
+    pub db_probe_timeout_ms: u64,
+    /// GS: a batch of bets (pool wait included) still in flight after this counts as a slow
+    /// store, in milliseconds.
+    #[arg(long, env = "CROUPIER_DB_SLOW_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub db_slow_ms: u64,
+    /// GS: a settlement still in flight after this counts as a slow store, in milliseconds.
+    #[arg(long, env = "CROUPIER_DB_SETTLE_SLOW_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub db_settle_slow_ms: u64,
+    /// GS: how long the store must look unhealthy without a break before betting goes off,
+    /// in milliseconds.
+    #[arg(long, env = "CROUPIER_DB_OFF_AFTER_MS", default_value_t = 500)]
+    pub db_off_after_ms: u64,
+    /// GS: how long the store must look healthy without a break before betting comes back
+    /// (after catching up), in milliseconds.
+    #[arg(long, env = "CROUPIER_DB_ON_AFTER_MS", default_value_t = 2_000)]
+    pub db_on_after_ms: u64,
     /// How long shutdown waits for work in progress.
     #[arg(long, env = "CROUPIER_DRAIN_MS", default_value_t = 5_000)]
     pub drain_ms: u64,
@@ -276,6 +299,14 @@ async fn run_roles<B: Bus>(
             limits: plan.limits,
             batch_size: args.bet_batch.max(1),
             linger: Duration::from_millis(args.bet_linger_ms),
+            health: gs::health::HealthConfig {
+                probe_every: Duration::from_millis(args.db_probe_ms),
+                probe_timeout: Duration::from_millis(args.db_probe_timeout_ms),
+                slow_after: Duration::from_millis(args.db_slow_ms),
+                settle_slow_after: Duration::from_millis(args.db_settle_slow_ms),
+                off_after: Duration::from_millis(args.db_off_after_ms),
+                on_after: Duration::from_millis(args.db_on_after_ms),
+            },
             ..gs::GsConfig::new(args.gs_instance.clone().unwrap_or_else(default_gs_instance))
         };
         let gs = gs::Gs::build(config, bus.clone(), store);

@@ -225,31 +225,6 @@ async fn every_message_and_error_code_a_player_meets_in_both_encodings() {
             assert_error(&answer, "BETTING_CLOSED", Some(&format!("late-{pass}")));
         }
 
-        // status + BETTING_UNAVAILABLE: GS switches betting off, then on again
-        stack.set_betting(false, "database drill").await;
-        let status = client
-            .recv_until(WAIT, |m| m["type"] == "status")
-            .await
-            .expect("status");
-        assert_eq!(
-            status,
-            json!({"type": "status", "betting": "disabled", "reason": "database drill"})
-        );
-        let (mut late, late_welcome) = connect(&node.ws_url(Some(&alice)), subprotocol).await;
-        assert_eq!(late_welcome["betting"], "disabled");
-        late.send_json(&bet(&format!("off-{pass}"), round, 100))
-            .await
-            .expect("bet");
-        let answer = answer_to(&mut late, &format!("off-{pass}")).await;
-        assert_error(&answer, "BETTING_UNAVAILABLE", Some(&format!("off-{pass}")));
-        late.close().await;
-        stack.set_betting(true, "").await;
-        let status = client
-            .recv_until(WAIT, |m| m["type"] == "status")
-            .await
-            .expect("status");
-        assert_eq!(status["betting"], "enabled");
-
         // the bet is settled on the player's channel, the round on the table's (two channels:
         // either may reach the client first)
         let mut settled = None;
@@ -272,6 +247,31 @@ async fn every_message_and_error_code_a_player_meets_in_both_encodings() {
         }
         let settled = settled.expect("bet_settled");
         assert!(settled["event"]["payout"].is_i64(), "{settled}");
+
+        // status + BETTING_UNAVAILABLE: an operator switches betting off, GS says so, then on
+        stack.set_betting(false, "database drill").await;
+        let status = client
+            .recv_until(WAIT, |m| m["type"] == "status")
+            .await
+            .expect("status");
+        assert_eq!(
+            status,
+            json!({"type": "status", "betting": "disabled", "reason": "operator"})
+        );
+        let (mut late, late_welcome) = connect(&node.ws_url(Some(&alice)), subprotocol).await;
+        assert_eq!(late_welcome["betting"], "disabled");
+        late.send_json(&bet(&format!("off-{pass}"), round, 100))
+            .await
+            .expect("bet");
+        let answer = answer_to(&mut late, &format!("off-{pass}")).await;
+        assert_error(&answer, "BETTING_UNAVAILABLE", Some(&format!("off-{pass}")));
+        late.close().await;
+        stack.set_betting(true, "").await;
+        let status = client
+            .recv_until(WAIT, |m| m["type"] == "status")
+            .await
+            .expect("status");
+        assert_eq!(status["betting"], "enabled");
 
         // unsubscribe: no more table events, the connection goes on
         client
@@ -346,6 +346,8 @@ async fn a_bet_gs_does_not_answer_is_a_timeout_and_too_many_are_rate_limited() {
             requests.push(request);
         }
     });
+    let _alive = common::pretend_gs_alive(&stack.bus);
+    common::wait_betting_enabled(&url).await;
     for subprotocol in ENCODINGS {
         let (mut client, _) = connect(&url, subprotocol).await;
         for i in 0..9 {

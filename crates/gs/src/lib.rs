@@ -6,10 +6,12 @@
 //! A service is a library: [`Gs::build`] then [`Gs::run`] until the shutdown token fires.
 
 mod clock;
+pub mod health;
 mod intake;
 pub mod ledger;
 mod outbox;
 pub mod projections;
+mod status;
 mod transitions;
 
 use std::time::Duration;
@@ -34,6 +36,8 @@ pub struct GsConfig {
     /// How long the first bet of a batch waits for more before the batch is written
     /// (`CROUPIER_BET_LINGER_MS`).
     pub linger: Duration,
+    /// How the store's health is judged (degraded mode, ADR 0020).
+    pub health: health::HealthConfig,
 }
 
 impl GsConfig {
@@ -49,6 +53,7 @@ impl GsConfig {
             catch_up_wait: Duration::from_secs(1),
             batch_size: Self::DEFAULT_BATCH_SIZE,
             linger: Self::DEFAULT_LINGER,
+            health: health::HealthConfig::default(),
         }
     }
 }
@@ -67,19 +72,28 @@ impl<B: Bus> Gs<B> {
     }
 
     /// Serves bets, records transitions, settles and publishes until `shutdown` fires.
+    ///
+    /// Betting is served only while the store is healthy and the transitions have caught up
+    /// ([`status`], ADR 0020): the intake joins the bet queue group then, and leaves it when
+    /// the store turns unhealthy.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), bus::BusError> {
-        let requests = self
-            .bus
-            .serve(
-                &protocol::subject::bets_place_wildcard(),
-                protocol::subject::GS_QUEUE_GROUP,
-            )
-            .await?;
+        let health = health::Health::new(self.config.health);
+        let (caught_up, caught_up_rx) = tokio::sync::watch::channel(false);
+        let (serving, serving_rx) = tokio::sync::watch::channel(false);
         let tasks = TaskTracker::new();
+        tasks.spawn(health::run(
+            health.clone(),
+            self.store.pg_config().clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(transitions::run(
             self.bus.clone(),
             self.store.clone(),
             self.config.clone(),
+            transitions::Progress {
+                health: health.clone(),
+                caught_up,
+            },
             shutdown.clone(),
         ));
         tasks.spawn(outbox::run(
@@ -88,43 +102,25 @@ impl<B: Bus> Gs<B> {
             shutdown.clone(),
         ));
         tasks.spawn(intake::run(
-            requests,
+            self.bus.clone(),
             self.store.clone(),
             self.config.clone(),
+            health.clone(),
+            serving_rx,
             shutdown.clone(),
         ));
-        announce_betting(&self.bus).await;
-        tracing::info!(instance = %self.config.instance, "gs serving bets");
+        tasks.spawn(status::run(
+            self.bus.clone(),
+            self.config.instance.clone(),
+            health,
+            caught_up_rx,
+            serving,
+            shutdown.clone(),
+        ));
+        tracing::info!(instance = %self.config.instance, "gs started");
         tasks.close();
         tasks.wait().await;
         tracing::info!("gs stopped");
         Ok(())
-    }
-}
-
-/// Tells gateways (now and later ones) that bets are taken: `status` bucket, key `betting`.
-/// A failure is logged, not fatal: bets are served either way.
-async fn announce_betting<B: Bus>(bus: &B) {
-    use bus::Kv;
-    let status = protocol::BettingStatus {
-        betting: protocol::Betting::Enabled,
-        reason: String::new(),
-        at: clock::now(),
-    };
-    let result = async {
-        let payload = protocol::Encoding::MsgPack
-            .encode(&status)
-            .map_err(|e| e.to_string())?;
-        let kv = bus
-            .kv(protocol::subject::STATUS_BUCKET)
-            .await
-            .map_err(|e| e.to_string())?;
-        kv.put(protocol::subject::STATUS_BETTING_KEY, payload)
-            .await
-            .map_err(|e| e.to_string())
-    }
-    .await;
-    if let Err(error) = result {
-        tracing::warn!(%error, "betting status not written to the status bucket");
     }
 }

@@ -8,24 +8,62 @@ use bus::Bus;
 use futures_util::StreamExt;
 use protocol::EventBody;
 use store::Store;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::GsConfig;
+use crate::health::{Health, OpKind, StoreHealth};
 use crate::ledger;
 
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// The follower counts as caught up once it has handled every message it was given and then
+/// waited this long with nothing more: a backlog arrives back to back.
+const QUIET: Duration = Duration::from_millis(250);
+
+/// What the transitions task tells the others: whether it has caught up.
+pub(crate) struct Progress {
+    pub health: Health,
+    pub caught_up: watch::Sender<bool>,
+}
+
+impl Progress {
+    fn set(&self, caught_up: bool) {
+        self.caught_up.send_if_modified(|now| {
+            let changed = *now != caught_up;
+            *now = caught_up;
+            changed
+        });
+    }
+
+    /// Guards a store call: in flight while it runs; an unavailable database is reported.
+    async fn watched<T>(
+        &self,
+        kind: OpKind,
+        call: impl std::future::Future<Output = Result<T, ledger::LedgerError>>,
+    ) -> Result<T, String> {
+        let _in_flight = self.health.begin(kind);
+        call.await.map_err(|error| {
+            if error.is_unavailable() || matches!(error, ledger::LedgerError::CommitUnknown(_)) {
+                self.health.report_unavailable();
+            }
+            error.to_string()
+        })
+    }
+}
 
 pub(crate) async fn run<B: Bus>(
     bus: B,
     store: Store,
     config: GsConfig,
+    progress: Progress,
     shutdown: CancellationToken,
 ) {
     loop {
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            result = follow(&bus, &store, &config) => result,
+            result = follow(&bus, &store, &config, &progress) => result,
         };
+        progress.set(false);
         if let Err(error) = result {
             tracing::warn!(%error, "round transitions interrupted; resuming");
         }
@@ -36,10 +74,17 @@ pub(crate) async fn run<B: Bus>(
     }
 }
 
-async fn follow<B: Bus>(bus: &B, store: &Store, config: &GsConfig) -> Result<(), String> {
-    let cursor = load_cursor(store, &config.instance)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn follow<B: Bus>(
+    bus: &B,
+    store: &Store,
+    config: &GsConfig,
+    progress: &Progress,
+) -> Result<(), String> {
+    let cursor = progress
+        .watched(OpKind::Append, async {
+            Ok(load_cursor(store, &config.instance).await?)
+        })
+        .await?;
     let mut messages = bus
         .replay(
             protocol::subject::TABLES_STREAM,
@@ -48,26 +93,45 @@ async fn follow<B: Bus>(bus: &B, store: &Store, config: &GsConfig) -> Result<(),
         )
         .await
         .map_err(|e| e.to_string())?;
-    while let Some(message) = messages.next().await {
+    loop {
+        let message = match tokio::time::timeout(QUIET, messages.next()).await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(_) => {
+                // Nothing more for a while: caught up, unless the store is not healthy (then
+                // what arrives next may not be recordable, and recovery waits for it).
+                progress.set(progress.health.current() == StoreHealth::Healthy);
+                continue;
+            }
+        };
         let message = message.map_err(|e| e.to_string())?;
         match protocol::decode_event(&message.payload) {
             Ok(event) => {
-                ledger::record_transition(store, &event, message.seq)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                progress
+                    .watched(
+                        OpKind::Append,
+                        ledger::record_transition(store, &event, message.seq),
+                    )
+                    .await?;
                 match &event.body {
                     EventBody::OutcomeDeclared(declared) => {
-                        let settled = ledger::settle_round(store, &declared.table, declared.round)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        let settled = progress
+                            .watched(
+                                OpKind::Settle,
+                                ledger::settle_round(store, &declared.table, declared.round),
+                            )
+                            .await?;
                         if let Some(settled) = settled {
                             tracing::info!(table = %declared.table, round = declared.round.get(), bets = settled.bets, "round settled");
                         }
                     }
                     EventBody::RoundVoided(voided) => {
-                        let refunded = ledger::refund_round(store, &voided.table, voided.round)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        let refunded = progress
+                            .watched(
+                                OpKind::Settle,
+                                ledger::refund_round(store, &voided.table, voided.round),
+                            )
+                            .await?;
                         if let Some(refund) = refunded {
                             tracing::info!(table = %voided.table, round = voided.round.get(), bets = refund.bets, "voided round refunded");
                         }
@@ -80,9 +144,11 @@ async fn follow<B: Bus>(bus: &B, store: &Store, config: &GsConfig) -> Result<(),
                 tracing::warn!(seq = message.seq, %error, "undecodable transition skipped");
             }
         }
-        save_cursor(store, &config.instance, message.seq)
-            .await
-            .map_err(|e| e.to_string())?;
+        progress
+            .watched(OpKind::Append, async {
+                Ok(save_cursor(store, &config.instance, message.seq).await?)
+            })
+            .await?;
     }
     Err("the TABLES subscription ended".into())
 }

@@ -74,7 +74,11 @@ async fn concurrent_bets_are_batched_each_gets_its_own_answer_and_garbage_gets_b
             .await
             .expect("get")
         {
-            break entry;
+            let status: protocol::BettingStatus =
+                Encoding::MsgPack.decode(&entry.value).expect("status");
+            if status.betting == protocol::Betting::Enabled {
+                break entry;
+            }
         }
         assert!(tokio::time::Instant::now() < deadline, "no betting status");
         tokio::time::sleep(Duration::from_millis(20)).await;

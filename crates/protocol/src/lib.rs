@@ -33,7 +33,7 @@ pub use event::{
     BetPlaced, BetRefunded, BetSettled, BettingClosed, DepositId, EVENT_VERSION, Event, EventBody,
     EventKind, FundsDeposited, OutcomeDeclared, Producer, RoundOpened, RoundSettled, RoundVoided,
 };
-pub use status::{Betting, BettingStatus};
+pub use status::{Betting, BettingStatus, GsHeartbeat};
 pub use subject::{gms_msg_id, subject_for};
 pub use ws::{
     BetResult, Channel, ChannelError, ChannelState, ClientMessage, ErrorMessage, EventMessage,

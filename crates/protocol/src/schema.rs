@@ -76,6 +76,7 @@ pub fn generate() -> Vec<SchemaFile> {
     add("bus.place_bet_request", root::<PlaceBetRequest>());
     add("bus.place_bet_reply", root::<PlaceBetReply>());
     add("bus.betting_status", root::<BettingStatus>());
+    add("bus.gs_heartbeat", root::<crate::status::GsHeartbeat>());
     files
 }
 

@@ -33,7 +33,8 @@ impl Betting {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BettingStatus {
     pub betting: Betting,
-    /// Why, for people: e.g. `"database unreachable"`; empty when there is nothing to say.
+    /// Why betting is off: one of the codes of [`reason`] (`store_unavailable`, `store_slow`,
+    /// `gs_unavailable`, `bus_unavailable`, `operator`); empty while betting is on.
     pub reason: String,
     /// When GS decided it.
     #[schemars(with = "crate::schema::TimestampSchema")]
@@ -48,4 +49,42 @@ impl BettingStatus {
             reason: self.reason.clone(),
         }
     }
+}
+
+/// Why betting is off: the `reason` of a disabled [`BettingStatus`] (and of the `status`
+/// message clients get). Codes, not prose: clients and dashboards switch on them.
+pub mod reason {
+    /// The event store cannot be reached, or does not answer (stopped, frozen, cut off).
+    pub const STORE_UNAVAILABLE: &str = "store_unavailable";
+    /// The event store answers, but appends wait past the slow threshold.
+    pub const STORE_SLOW: &str = "store_slow";
+    /// No GS is alive to take bets.
+    pub const GS_UNAVAILABLE: &str = "gs_unavailable";
+    /// The gateway has lost the bus; it cannot forward bets.
+    pub const BUS_UNAVAILABLE: &str = "bus_unavailable";
+    /// An operator switched betting off (`croupier betting off`).
+    pub const OPERATOR: &str = "operator";
+}
+
+/// A GS process's heartbeat in the `gs_health` bucket (key: the process's id), written every
+/// second; the bucket's `max_age` removes the key of a process that stopped writing it.
+/// Gateways count a GS alive while its heartbeat keeps coming; GS processes agree on the
+/// betting status from all of them (ADR 0020).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GsHeartbeat {
+    /// The GS's instance name (`CROUPIER_GS_INSTANCE`; several processes may share it).
+    pub instance: String,
+    /// Whether this GS takes bets now: its store is healthy and it has caught up.
+    pub serving: bool,
+    /// Its store as it sees it: `"healthy"`, [`reason::STORE_SLOW`] or
+    /// [`reason::STORE_UNAVAILABLE`].
+    pub store: String,
+    /// When it wrote this heartbeat.
+    #[schemars(with = "crate::schema::TimestampSchema")]
+    pub at: Timestamp,
+}
+
+impl GsHeartbeat {
+    /// The `store` of a GS whose database is healthy.
+    pub const HEALTHY: &'static str = "healthy";
 }

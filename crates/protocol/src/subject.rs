@@ -26,6 +26,12 @@ pub const GMS_LEASES_BUCKET: &str = "gms_leases";
 pub const STATUS_BUCKET: &str = "status";
 /// The key in [`STATUS_BUCKET`] holding the [`crate::status::BettingStatus`].
 pub const STATUS_BETTING_KEY: &str = "betting";
+/// KV bucket of GS heartbeats ([`crate::status::GsHeartbeat`]): one key per GS process,
+/// expiring when the process stops writing it.
+pub const GS_HEALTH_BUCKET: &str = "gs_health";
+/// The key in [`STATUS_BUCKET`] holding an operator's switch (a
+/// [`crate::status::BettingStatus`]; `croupier betting off|on`), which GS obeys.
+pub const STATUS_OPERATOR_KEY: &str = "operator";
 /// Queue group of GS instances on `bets.place.<t>`: each bet goes to one GS.
 pub const GS_QUEUE_GROUP: &str = "gs";
 /// Header carrying the deduplication id of a publish.

@@ -228,6 +228,8 @@ pub struct BetResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StatusMessage {
     pub betting: Betting,
+    /// Why betting is off: `store_unavailable`, `store_slow`, `gs_unavailable`,
+    /// `bus_unavailable` or `operator`; empty while betting is on.
     pub reason: String,
 }
 

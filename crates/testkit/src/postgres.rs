@@ -530,6 +530,42 @@ impl PgServer {
     fn signal(&self, signal: &str) -> Result<(), HarnessError> {
         self.process.signal(signal)
     }
+
+    /// Freezes the whole cluster: SIGSTOP to the postmaster, then to every process it has
+    /// forked (backends, checkpointer, WAL writer…). Connections stay open and nothing answers:
+    /// a hung database. [`Self::thaw`] undoes it.
+    pub fn freeze(&self) -> Result<(), HarnessError> {
+        self.signal("STOP")?;
+        self.signal_children("STOP")
+    }
+
+    /// Lets a frozen cluster run again (SIGCONT to its processes, children first).
+    pub fn thaw(&self) -> Result<(), HarnessError> {
+        self.signal_children("CONT")?;
+        self.signal("CONT")
+    }
+
+    fn signal_children(&self, signal: &str) -> Result<(), HarnessError> {
+        let Some(parent) = self.pid() else {
+            return Err(HarnessError::Command {
+                what: format!("signal {signal} to the Postgres cluster"),
+                detail: "the server is stopped".into(),
+            });
+        };
+        let children = crate::process::children_of(parent);
+        if children.is_empty() {
+            return Ok(());
+        }
+        let status = std::process::Command::new("kill")
+            .arg("-s")
+            .arg(signal)
+            .args(children.iter().map(u32::to_string))
+            .status()
+            .map_err(HarnessError::io("run kill"))?;
+        // A backend may have exited in between: that is not a failure.
+        let _ = status;
+        Ok(())
+    }
 }
 
 impl Drop for PgServer {

@@ -314,6 +314,10 @@ pub struct StackOptions {
     pub deposits: Vec<&'static str>,
     /// More flags for `croupier run gms`, e.g. a longer `--betting-ms`.
     pub gms_args: Vec<&'static str>,
+    /// A Postgres server of the stack's own, for tests that stop, freeze or restart it.
+    pub private_postgres: bool,
+    /// A nats-server of the stack's own, for tests that stop or restart it.
+    pub private_nats: bool,
 }
 
 impl Default for StackOptions {
@@ -327,6 +331,8 @@ impl Default for StackOptions {
             dev_tokens: false,
             deposits: vec!["alice"],
             gms_args: Vec::new(),
+            private_postgres: false,
+            private_nats: false,
         }
     }
 }
@@ -357,6 +363,10 @@ pub struct Stack {
     pub gateways: Vec<GatewayNode>,
     pub processes: Vec<Running>,
     pub db: testkit::TestDb,
+    /// The stack's own Postgres, with `private_postgres`.
+    pub pg: Option<testkit::PgServer>,
+    /// The stack's own nats-server, with `private_nats`.
+    pub nats: Option<testkit::NatsServer>,
 }
 
 pub async fn migrated_database() -> testkit::TestDb {
@@ -373,8 +383,30 @@ pub async fn migrated_database() -> testkit::TestDb {
 impl Stack {
     pub async fn start(options: StackOptions) -> Stack {
         testkit::init_logging();
-        let nats = testkit::nats().expect("nats");
-        let db = migrated_database().await;
+        let (nats, nats_server) = if options.private_nats {
+            let server = testkit::NatsServer::start().expect("a nats-server of our own");
+            let nats = testkit::TestNats {
+                url: server.url(),
+                prefix: testkit::unique_prefix(),
+            };
+            (nats, Some(server))
+        } else {
+            (testkit::nats().expect("nats"), None)
+        };
+        let (db, pg) = if options.private_postgres {
+            let server = testkit::PgServer::start(testkit::PgServerOptions::default())
+                .expect("a Postgres of our own");
+            let db = server
+                .databases()
+                .database("croupier", |url| async move {
+                    store::migrate_url(&url).await.map(|_| ())
+                })
+                .await
+                .expect("database");
+            (db, Some(server))
+        } else {
+            (migrated_database().await, None)
+        };
         let env = Env {
             nats_url: nats.url.clone(),
             prefix: nats.prefix.clone(),
@@ -419,12 +451,35 @@ impl Stack {
                 }
             }
         }
+        if options.gs {
+            // GS takes bets once it has caught up with the stream, and says so in the status.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let kv = bus::Bus::kv(&bus, "status").await.expect("status bucket");
+            loop {
+                let entry = bus::Kv::get(&kv, "betting").await.ok().flatten();
+                let enabled = entry.is_some_and(|e| {
+                    protocol::Encoding::MsgPack
+                        .decode::<protocol::BettingStatus>(&e.value)
+                        .is_ok_and(|s| s.betting == protocol::Betting::Enabled)
+                });
+                if enabled {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "GS never switched betting on"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         let mut stack = Stack {
             env,
             bus,
             gateways: Vec::new(),
             processes,
             db,
+            pg,
+            nats: nats_server,
         };
         for _ in 0..options.gateways {
             stack.add_gateway(&options).await;
@@ -478,7 +533,8 @@ impl Stack {
         )
     }
 
-    /// Writes the betting status as GS does: key `betting` of bucket `status`, MessagePack.
+    /// Switches betting as an operator does: key `operator` of bucket `status`, MessagePack;
+    /// GS turns it into the betting status.
     pub async fn set_betting(&self, enabled: bool, reason: &str) {
         use bus::{Bus, Kv};
         let status = protocol::BettingStatus {
@@ -492,11 +548,73 @@ impl Stack {
         };
         let kv = self.bus.kv("status").await.expect("status bucket");
         kv.put(
-            "betting",
+            "operator",
             protocol::Encoding::MsgPack.encode(&status).expect("encode"),
         )
         .await
         .expect("put status");
+    }
+}
+
+/// Makes gateways believe a GS is alive and serving, as a real one says it: a heartbeat in
+/// `gs_health` every second and `enabled` in `status.betting`. For tests that stand in for GS
+/// (e.g. one that never answers). Stops when the handle is aborted or dropped with the runtime.
+pub fn pretend_gs_alive(bus: &bus::NatsBus) -> tokio::task::JoinHandle<()> {
+    use bus::{Bus, Kv};
+    let bus = bus.clone();
+    tokio::spawn(async move {
+        let at = domain::Timestamp::from_unix_micros(0).expect("timestamp");
+        let heartbeat = protocol::GsHeartbeat {
+            instance: "stand-in".into(),
+            serving: true,
+            store: protocol::GsHeartbeat::HEALTHY.into(),
+            at,
+        };
+        let status = protocol::BettingStatus {
+            betting: protocol::Betting::Enabled,
+            reason: String::new(),
+            at,
+        };
+        let health = bus.kv("gs_health").await.expect("gs_health bucket");
+        let betting = bus.kv("status").await.expect("status bucket");
+        betting
+            .put(
+                "betting",
+                protocol::Encoding::MsgPack.encode(&status).expect("encode"),
+            )
+            .await
+            .expect("put status");
+        loop {
+            let _ = health
+                .put(
+                    "stand-in",
+                    protocol::Encoding::MsgPack
+                        .encode(&heartbeat)
+                        .expect("encode"),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// Waits until a client connecting to `url` is welcomed with betting `enabled`.
+pub async fn wait_betting_enabled(url: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut client = WsClient::connect(url, Some("croupier.v1.json"))
+            .await
+            .expect("connect");
+        let welcome = client.recv(WAIT).await.expect("welcome");
+        client.close().await;
+        if welcome["betting"] == "enabled" {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "betting never came on: {welcome}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -18,7 +18,7 @@ mod placement;
 mod settlement;
 mod stages;
 
-pub use placement::{BetOutcome, place_bets};
+pub use placement::{BetOutcome, place_bets, place_bets_watched};
 pub use settlement::{Refund, Settlement, refund_round, settle_round};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,10 @@ pub enum LedgerError {
     Store(#[from] StoreError),
     #[error("encoding: {0}")]
     Encoding(String),
+    /// The connection failed or did not answer after `COMMIT` was sent: the batch may stand or
+    /// not. Its bets are answered `TIMEOUT` (retry with the same `bet_id`), never "not recorded".
+    #[error("the outcome of the commit is unknown: {0}")]
+    CommitUnknown(StoreError),
     /// A concurrent transaction inserted one of the batch's bets first; the batch is retried.
     #[error("a concurrent batch recorded one of these bets first")]
     Raced,

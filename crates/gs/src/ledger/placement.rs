@@ -29,6 +29,7 @@
 //! the write.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use domain::{BettingWindow, Money, Phase, TableLimits, Timestamp};
 use protocol::{BetPlaced, ErrorCode, Event, EventBody};
@@ -87,6 +88,20 @@ pub async fn place_bets(
     limits: &TableLimits,
     now: Timestamp,
 ) -> Result<Vec<BetOutcome>, LedgerError> {
+    place_bets_watched(store, bets, limits, now, None).await
+}
+
+/// [`place_bets`], given up as soon as `health` turns unhealthy (ADR 0020): a batch stuck on a
+/// frozen or blocked database is answered at once instead of when its timeout fires. Giving up
+/// before `COMMIT` was sent drops the connection, so nothing of the batch can commit; giving up
+/// after is [`LedgerError::CommitUnknown`].
+pub async fn place_bets_watched(
+    store: &Store,
+    bets: &[BetRequest],
+    limits: &TableLimits,
+    now: Timestamp,
+    health: Option<&crate::health::Health>,
+) -> Result<Vec<BetOutcome>, LedgerError> {
     if bets.is_empty() {
         return Ok(Vec::new());
     }
@@ -98,7 +113,7 @@ pub async fn place_bets(
         } else {
             Lookup::Every
         };
-        let result = place_once(store, bets, limits, now, lookup).await;
+        let result = place_once(store, bets, limits, now, lookup, health).await;
         match result {
             Err(LedgerError::Store(StoreError::Conflict(_)) | LedgerError::Raced)
                 if attempt < ATTEMPTS =>
@@ -136,29 +151,48 @@ async fn place_once(
     limits: &TableLimits,
     now: Timestamp,
     lookup: Lookup,
+    health: Option<&crate::health::Health>,
 ) -> Result<Vec<BetOutcome>, LedgerError> {
     let waited = std::time::Instant::now();
     let mut client = store.client().await?;
     metrics::histogram!("gs_pool_wait_seconds").record(waited.elapsed());
-    let result = match tokio::time::timeout(
-        store.call_timeout(),
-        transact(&mut client, bets, limits, now, lookup),
-    )
-    .await
-    {
-        Ok(result) => result,
-        Err(_) => Err(LedgerError::Store(
+    let commit_sent = AtomicBool::new(false);
+    let timed_out = |what| {
+        Err(LedgerError::Store(
             store::Unavailable::TimedOut {
-                what: "placing a batch of bets",
+                what,
                 after: store.call_timeout(),
             }
             .into(),
-        )),
+        ))
     };
-    if matches!(&result, Err(LedgerError::Store(e)) if e.is_unavailable()) {
-        Store::discard(client);
+    let result = {
+        let work = tokio::time::timeout(
+            store.call_timeout(),
+            transact(&mut client, bets, limits, now, lookup, &commit_sent),
+        );
+        let given_up = async {
+            match health {
+                Some(health) => health.unhealthy().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = work => result.unwrap_or_else(|_| timed_out("placing a batch of bets")),
+            () = given_up => timed_out("placing a batch of bets (given up: the store turned unhealthy)"),
+        }
+    };
+    match result {
+        Err(LedgerError::Store(error)) if error.is_unavailable() => {
+            Store::discard(client);
+            if commit_sent.load(Ordering::Acquire) {
+                Err(LedgerError::CommitUnknown(error))
+            } else {
+                Err(LedgerError::Store(error))
+            }
+        }
+        other => other,
     }
-    result
 }
 
 /// The stored `bet_placed` of bets recorded already, by bet id.
@@ -251,6 +285,7 @@ async fn transact(
     limits: &TableLimits,
     now: Timestamp,
     lookup: Lookup,
+    commit_sent: &AtomicBool,
 ) -> Result<Vec<BetOutcome>, LedgerError> {
     let mut stages = Stages::start("place");
     let tx = client.transaction().await?;
@@ -549,12 +584,14 @@ async fn transact(
         }
         writer.finish().await?;
         stages.mark("bets");
+        commit_sent.store(true, Ordering::Release);
         tx.commit().await?;
         stages.mark("commit");
         stages.finish(accepted.len());
         metrics::histogram!("gs_append_seconds").record(appended_at.elapsed());
         metrics::counter!("gs_bets_accepted_total").increment(accepted.len() as u64);
     } else {
+        commit_sent.store(true, Ordering::Release);
         tx.commit().await?;
     }
 

@@ -47,16 +47,18 @@ pub enum Message {
     Request(PlaceBetRequest),
     Reply(PlaceBetReply),
     Status(BettingStatus),
+    Heartbeat(GsHeartbeat),
 }
 
 /// The decoders of every family, by the name prefix of their schemas and examples.
-pub const FAMILIES: [&str; 6] = [
+pub const FAMILIES: [&str; 7] = [
     "event",
     "ws.server",
     "ws.client",
     "bus.place_bet_request",
     "bus.place_bet_reply",
     "bus.betting_status",
+    "bus.gs_heartbeat",
 ];
 
 /// The family an example or schema name belongs to.
@@ -75,6 +77,7 @@ pub fn decode(family: &str, bytes: &[u8], encoding: Encoding) -> Result<Message,
         "bus.place_bet_request" => Message::Request(encoding.decode(bytes)?),
         "bus.place_bet_reply" => Message::Reply(encoding.decode(bytes)?),
         "bus.betting_status" => Message::Status(encoding.decode(bytes)?),
+        "bus.gs_heartbeat" => Message::Heartbeat(encoding.decode(bytes)?),
         other => panic!("unknown family {other}"),
     })
 }
@@ -88,6 +91,7 @@ impl Message {
             Message::Request(m) => encoding.encode(m),
             Message::Reply(m) => encoding.encode(m),
             Message::Status(m) => encoding.encode(m),
+            Message::Heartbeat(m) => encoding.encode(m),
         };
         bytes.expect("every message encodes").to_vec()
     }
@@ -100,6 +104,7 @@ impl Message {
             Message::Request(m) => serde_json::to_string_pretty(m),
             Message::Reply(m) => serde_json::to_string_pretty(m),
             Message::Status(m) => serde_json::to_string_pretty(m),
+            Message::Heartbeat(m) => serde_json::to_string_pretty(m),
         };
         text.expect("every message encodes") + "\n"
     }
@@ -112,6 +117,7 @@ impl Message {
             Message::Request(_) => "bus.place_bet_request",
             Message::Reply(_) => "bus.place_bet_reply",
             Message::Status(_) => "bus.betting_status",
+            Message::Heartbeat(_) => "bus.gs_heartbeat",
         }
     }
 
@@ -826,6 +832,17 @@ pub fn betting_status() -> BoxedStrategy<BettingStatus> {
         .boxed()
 }
 
+pub fn gs_heartbeat() -> BoxedStrategy<GsHeartbeat> {
+    (text(), any::<bool>(), text(), timestamp())
+        .prop_map(|(instance, serving, store, at)| GsHeartbeat {
+            instance,
+            serving,
+            store,
+            at,
+        })
+        .boxed()
+}
+
 /// Any message of any family.
 pub fn message() -> BoxedStrategy<Message> {
     prop_oneof![
@@ -835,6 +852,7 @@ pub fn message() -> BoxedStrategy<Message> {
         place_bet_request().prop_map(Message::Request).boxed(),
         place_bet_reply().prop_map(Message::Reply).boxed(),
         betting_status().prop_map(Message::Status).boxed(),
+        gs_heartbeat().prop_map(Message::Heartbeat).boxed(),
     ]
     .boxed()
 }

@@ -1,0 +1,498 @@
+//! Is the event store healthy? (ADR 0020.) Three kinds of evidence, judged every
+//! [`TICK`] with hysteresis:
+//!
+//! - **a probe on a timer**, on a connection of its own, with a deadline: it takes the head
+//!   row's lock the way an append does, under a short `lock_timeout`, so it notices a database
+//!   that still answers `SELECT 1` while its event store is blocked. Refused or hung
+//!   (no answer within the deadline) is `Unavailable`; the lock not had in time is `Slow`;
+//! - **real work in flight**: an append (pool wait included) or a settlement still running past
+//!   its threshold counts as `Slow` at once, without waiting for it to finish;
+//! - **real work that failed** with the database unavailable counts as `Unavailable` until a
+//!   probe started after it succeeds.
+//!
+//! The store turns unhealthy after the evidence has been bad for `off_after` without a break,
+//! and healthy again after it has been good for `on_after`: no flapping on one slow answer.
+//! While one of this GS's settlements is in flight and within its own threshold, a lock wait
+//! (the probe's or an append's) is put down to it: a 100k-bet settlement holds the head row
+//! for a while on a healthy database.
+//!
+//! Metrics: `gs_store_healthy` (1/0), `gs_store_health_switches_total{to}`,
+//! `gs_store_probe_seconds`, `gs_store_probe_failures_total{kind}`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How often the evidence is judged.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Detection settings (`CROUPIER_DB_*`, `croupier run --help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Pause between two probes.
+    pub probe_every: Duration,
+    /// A probe not answered within this is a hung database. Its `lock_timeout` on the head
+    /// row is three quarters of it.
+    pub probe_timeout: Duration,
+    /// An append (pool wait included) still in flight past this counts as slow.
+    pub slow_after: Duration,
+    /// A settlement still in flight past this counts as slow.
+    pub settle_slow_after: Duration,
+    /// Bad evidence without a break for this long turns the store unhealthy.
+    pub off_after: Duration,
+    /// Good evidence without a break for this long turns it healthy again.
+    pub on_after: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            probe_every: Duration::from_millis(250),
+            probe_timeout: Duration::from_millis(800),
+            slow_after: Duration::from_millis(1000),
+            settle_slow_after: Duration::from_secs(15),
+            off_after: Duration::from_millis(500),
+            on_after: Duration::from_millis(2000),
+        }
+    }
+}
+
+/// The store's health after hysteresis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreHealth {
+    Healthy,
+    Slow,
+    Unavailable,
+}
+
+impl StoreHealth {
+    /// `"healthy"`, or the betting-status reason it stands for.
+    pub const fn code(self) -> &'static str {
+        match self {
+            StoreHealth::Healthy => protocol::GsHeartbeat::HEALTHY,
+            StoreHealth::Slow => protocol::status::reason::STORE_SLOW,
+            StoreHealth::Unavailable => protocol::status::reason::STORE_UNAVAILABLE,
+        }
+    }
+
+    /// The worse of two bad verdicts: unreachable outranks slow.
+    fn worst(self, other: StoreHealth) -> StoreHealth {
+        if self == StoreHealth::Unavailable || other == StoreHealth::Unavailable {
+            StoreHealth::Unavailable
+        } else if self == StoreHealth::Slow || other == StoreHealth::Slow {
+            StoreHealth::Slow
+        } else {
+            StoreHealth::Healthy
+        }
+    }
+}
+
+/// What real work is in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// A batch of bets (or another short write), from the wait for a pooled connection on.
+    Append,
+    /// A round's settlement or refund.
+    Settle,
+}
+
+/// The health of this GS's store: cheap to clone, shared by the tasks that write.
+#[derive(Debug, Clone)]
+pub struct Health {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: HealthConfig,
+    evidence: Mutex<Evidence>,
+    verdict: watch::Sender<StoreHealth>,
+}
+
+#[derive(Debug, Default)]
+struct Evidence {
+    next_op: u64,
+    ops: HashMap<u64, (Instant, OpKind)>,
+    /// When real work last found the database unavailable.
+    failed_at: Option<Instant>,
+    /// The probe running now, since when.
+    probing_since: Option<Instant>,
+    /// The last probe that finished: when it started, and what it found.
+    last_probe: Option<(Instant, Result<(), StoreHealth>)>,
+}
+
+/// Unregisters a piece of work when dropped.
+#[derive(Debug)]
+pub struct OpGuard {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl Drop for OpGuard {
+    fn drop(&mut self) {
+        lock(&self.inner.evidence).ops.remove(&self.id);
+    }
+}
+
+fn lock(evidence: &Mutex<Evidence>) -> std::sync::MutexGuard<'_, Evidence> {
+    evidence.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Health {
+    /// A store presumed healthy until the evidence says otherwise.
+    pub fn new(config: HealthConfig) -> Self {
+        let (verdict, _) = watch::channel(StoreHealth::Healthy);
+        metrics::gauge!("gs_store_healthy").set(1.0);
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                evidence: Mutex::new(Evidence::default()),
+                verdict,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &HealthConfig {
+        &self.inner.config
+    }
+
+    /// Registers work that has started; it counts as in flight until the guard is dropped.
+    pub fn begin(&self, kind: OpKind) -> OpGuard {
+        let mut evidence = lock(&self.inner.evidence);
+        let id = evidence.next_op;
+        evidence.next_op += 1;
+        evidence.ops.insert(id, (Instant::now(), kind));
+        OpGuard {
+            inner: self.inner.clone(),
+            id,
+        }
+    }
+
+    /// Real work found the database unavailable.
+    pub fn report_unavailable(&self) {
+        lock(&self.inner.evidence).failed_at = Some(Instant::now());
+    }
+
+    /// The verdict now.
+    pub fn current(&self) -> StoreHealth {
+        *self.inner.verdict.borrow()
+    }
+
+    /// The verdict, as it changes.
+    pub fn subscribe(&self) -> watch::Receiver<StoreHealth> {
+        self.inner.verdict.subscribe()
+    }
+
+    /// Resolves once the verdict is anything but healthy (at once if it is already).
+    pub async fn unhealthy(&self) {
+        let mut verdict = self.subscribe();
+        let _ = verdict.wait_for(|v| *v != StoreHealth::Healthy).await;
+    }
+
+    /// What the evidence says at `now`, before hysteresis: `None` when it is good.
+    fn signal(&self, now: Instant) -> Option<StoreHealth> {
+        let config = &self.inner.config;
+        let evidence = lock(&self.inner.evidence);
+        let settling = evidence
+            .ops
+            .values()
+            .any(|(at, kind)| *kind == OpKind::Settle && now - *at < config.settle_slow_after);
+        let mut bad = StoreHealth::Healthy;
+        if evidence
+            .probing_since
+            .is_some_and(|since| now - since >= config.probe_timeout)
+        {
+            bad = bad.worst(StoreHealth::Unavailable);
+        }
+        if let Some((_, Err(found))) = evidence.last_probe {
+            if !(found == StoreHealth::Slow && settling) {
+                bad = bad.worst(found);
+            }
+        }
+        if let Some(failed) = evidence.failed_at {
+            let probed_since =
+                matches!(evidence.last_probe, Some((started, Ok(()))) if started > failed);
+            if !probed_since {
+                bad = bad.worst(StoreHealth::Unavailable);
+            }
+        }
+        for (at, kind) in evidence.ops.values() {
+            let late = match kind {
+                OpKind::Append => !settling && now - *at >= config.slow_after,
+                OpKind::Settle => now - *at >= config.settle_slow_after,
+            };
+            if late {
+                bad = bad.worst(StoreHealth::Slow);
+            }
+        }
+        (bad != StoreHealth::Healthy).then_some(bad)
+    }
+
+    fn probe_started(&self, at: Instant) {
+        lock(&self.inner.evidence).probing_since = Some(at);
+    }
+
+    fn probe_finished(&self, started: Instant, result: Result<(), StoreHealth>) {
+        let mut evidence = lock(&self.inner.evidence);
+        evidence.probing_since = None;
+        evidence.last_probe = Some((started, result));
+    }
+
+    fn set(&self, verdict: StoreHealth) {
+        self.inner.verdict.send_replace(verdict);
+    }
+}
+
+/// Hysteresis over the raw signal.
+#[derive(Debug)]
+struct Judge {
+    state: StoreHealth,
+    bad_since: Option<Instant>,
+    good_since: Option<Instant>,
+}
+
+impl Judge {
+    /// The new verdict when it changes.
+    fn step(
+        &mut self,
+        config: &HealthConfig,
+        now: Instant,
+        signal: Option<StoreHealth>,
+    ) -> Option<StoreHealth> {
+        match signal {
+            Some(bad) => {
+                self.good_since = None;
+                let since = *self.bad_since.get_or_insert(now);
+                let switch = if self.state == StoreHealth::Healthy {
+                    now - since >= config.off_after
+                } else {
+                    // Only a worse reason is said while unhealthy: no churn between the two.
+                    self.state != bad && bad.worst(self.state) == bad
+                };
+                if switch {
+                    self.state = bad;
+                    return Some(bad);
+                }
+            }
+            None => {
+                self.bad_since = None;
+                let since = *self.good_since.get_or_insert(now);
+                if self.state != StoreHealth::Healthy && now - since >= config.on_after {
+                    self.state = StoreHealth::Healthy;
+                    return Some(StoreHealth::Healthy);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Probes the database and judges the evidence until shutdown.
+pub(crate) async fn run(health: Health, pg: tokio_postgres::Config, shutdown: CancellationToken) {
+    let prober = probe_loop(health.clone(), pg, shutdown.clone());
+    let judge = judge_loop(health, shutdown);
+    tokio::join!(prober, judge);
+}
+
+async fn judge_loop(health: Health, shutdown: CancellationToken) {
+    let mut judge = Judge {
+        state: StoreHealth::Healthy,
+        bad_since: None,
+        good_since: None,
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let signal = health.signal(now);
+        if let Some(verdict) = judge.step(health.config(), now, signal) {
+            match verdict {
+                StoreHealth::Healthy => tracing::info!("the event store is healthy again"),
+                bad => tracing::warn!(reason = bad.code(), "the event store is unhealthy"),
+            }
+            metrics::counter!("gs_store_health_switches_total", "to" => verdict.code())
+                .increment(1);
+            metrics::gauge!("gs_store_healthy")
+                .set(f64::from(u8::from(verdict == StoreHealth::Healthy)));
+            health.set(verdict);
+        }
+    }
+}
+
+async fn probe_loop(health: Health, pg: tokio_postgres::Config, shutdown: CancellationToken) {
+    let config = *health.config();
+    let lock_timeout_ms = (config.probe_timeout.as_millis() * 3 / 4).max(1);
+    let query = format!(
+        "SET LOCAL lock_timeout = '{lock_timeout_ms}ms'; \
+         SELECT position FROM public.event_head WHERE id FOR UPDATE"
+    );
+    let mut client: Option<tokio_postgres::Client> = None;
+    loop {
+        let started = Instant::now();
+        health.probe_started(started);
+        let probe = probe_once(&mut client, &pg, &query);
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = tokio::time::timeout(config.probe_timeout, probe) => result,
+        };
+        let result = match result {
+            Ok(result) => result,
+            Err(_) => {
+                // Hung: drop the connection; the next probe connects afresh.
+                client = None;
+                Err(StoreHealth::Unavailable)
+            }
+        };
+        metrics::histogram!("gs_store_probe_seconds").record(started.elapsed());
+        if let Err(found) = result {
+            metrics::counter!("gs_store_probe_failures_total", "kind" => found.code()).increment(1);
+        }
+        health.probe_finished(started, result);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(config.probe_every) => {}
+        }
+    }
+}
+
+/// One probe on the probe's own connection (made when missing).
+async fn probe_once(
+    client: &mut Option<tokio_postgres::Client>,
+    pg: &tokio_postgres::Config,
+    query: &str,
+) -> Result<(), StoreHealth> {
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        let (fresh, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|error| {
+            tracing::debug!(%error, "store probe: cannot connect");
+            StoreHealth::Unavailable
+        })?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        *client = Some(fresh);
+    }
+    let Some(connected) = client.as_ref() else {
+        return Err(StoreHealth::Unavailable);
+    };
+    match connected.simple_query(query).await {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            let slow = error
+                .code()
+                .is_some_and(|c| *c == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
+            tracing::debug!(%error, "store probe failed");
+            if slow {
+                Err(StoreHealth::Slow)
+            } else {
+                *client = None;
+                Err(StoreHealth::Unavailable)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> HealthConfig {
+        HealthConfig {
+            off_after: Duration::from_millis(500),
+            on_after: Duration::from_millis(2000),
+            ..HealthConfig::default()
+        }
+    }
+
+    #[test]
+    fn one_bad_moment_does_not_switch_and_sustained_bad_does() {
+        let config = config();
+        let t0 = Instant::now();
+        let mut judge = Judge {
+            state: StoreHealth::Healthy,
+            bad_since: None,
+            good_since: None,
+        };
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert_eq!(judge.step(&config, ms(0), Some(StoreHealth::Slow)), None);
+        assert_eq!(judge.step(&config, ms(400), Some(StoreHealth::Slow)), None);
+        assert_eq!(judge.step(&config, ms(450), None), None, "a break resets");
+        assert_eq!(judge.step(&config, ms(500), Some(StoreHealth::Slow)), None);
+        assert_eq!(
+            judge.step(&config, ms(1000), Some(StoreHealth::Slow)),
+            Some(StoreHealth::Slow)
+        );
+        assert_eq!(
+            judge.step(&config, ms(1100), Some(StoreHealth::Unavailable)),
+            Some(StoreHealth::Unavailable),
+            "a worse reason is said at once"
+        );
+        assert_eq!(judge.step(&config, ms(1200), None), None);
+        assert_eq!(judge.step(&config, ms(3000), None), None);
+        assert_eq!(judge.step(&config, ms(3100), Some(StoreHealth::Slow)), None);
+        assert_eq!(
+            judge.step(&config, ms(3200), None),
+            None,
+            "good again from 3200"
+        );
+        assert_eq!(
+            judge.step(&config, ms(5200), None),
+            Some(StoreHealth::Healthy)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_in_flight_past_its_threshold_is_slow_and_a_settlement_excuses_lock_waits() {
+        let health = Health::new(config());
+        let append = health.begin(OpKind::Append);
+        assert_eq!(health.signal(Instant::now()), None);
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(health.signal(Instant::now()), Some(StoreHealth::Slow));
+        let settle = health.begin(OpKind::Settle);
+        assert_eq!(
+            health.signal(Instant::now()),
+            None,
+            "an append waiting behind our own settlement is not slowness"
+        );
+        health.probe_finished(Instant::now(), Err(StoreHealth::Slow));
+        assert_eq!(health.signal(Instant::now()), None);
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(health.signal(Instant::now()), Some(StoreHealth::Slow));
+        drop(settle);
+        drop(append);
+        health.probe_finished(Instant::now(), Ok(()));
+        assert_eq!(health.signal(Instant::now()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_counts_until_a_later_probe_succeeds_and_a_hung_probe_is_unavailable() {
+        let health = Health::new(config());
+        let before = Instant::now();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        health.report_unavailable();
+        health.probe_finished(before, Ok(()));
+        assert_eq!(
+            health.signal(Instant::now()),
+            Some(StoreHealth::Unavailable),
+            "a probe that started before the failure proves nothing"
+        );
+        tokio::time::advance(Duration::from_millis(10)).await;
+        health.probe_finished(Instant::now(), Ok(()));
+        assert_eq!(health.signal(Instant::now()), None);
+        health.probe_started(Instant::now());
+        tokio::time::advance(Duration::from_millis(799)).await;
+        assert_eq!(health.signal(Instant::now()), None);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            health.signal(Instant::now()),
+            Some(StoreHealth::Unavailable)
+        );
+    }
+}
