@@ -39,6 +39,14 @@ pg-stop:
 pg-start:
     @ops/scripts/stack.sh pg-start
 
+# Hold the event store's head row lock for SECONDS: Postgres answers but appends wait (store_slow).
+pg-slow SECONDS:
+    @ops/scripts/stack.sh pg-slow {{SECONDS}}
+
+# Freeze the stack's own Postgres cluster (SIGSTOP, then SIGCONT after SECONDS): a hung database.
+pg-freeze SECONDS:
+    @ops/scripts/stack.sh pg-freeze {{SECONDS}}
+
 # Stop / start the NATS server of a running stack.
 nats-stop:
     @ops/scripts/stack.sh nats-stop
@@ -83,8 +91,14 @@ bench-outbox: deps
     cargo build --release -q -p croupier
     cargo run --release -q -p croupier --example bench_outbox
 
+# The degraded-mode drills (pg-stop, pg-freeze, pg-slow, nats-stop) on `just up`'s own stack under
+# load: per drill, time to betting off and back on, answers by code, events missed or doubled.
+bench-degraded: deps
+    cargo build --release -q -p croupier
+    cargo run --release -q -p croupier --example bench_degraded
+
 # Every benchmark.
-bench: bench-encode bench-store bench-gms bench-gateway bench-replay bench-outbox
+bench: bench-encode bench-store bench-gms bench-gateway bench-replay bench-outbox bench-degraded
 
 # Flags: `--table T --from-round N --to-round M --json`.
 # Verify the event store end to end (gapless positions, hash chain); exit 0 only when it holds.

@@ -8,6 +8,11 @@
 #   down        stop what `up` started, and nothing else.
 #   pg-stop|pg-start|nats-stop|nats-start
 #               stop or start one server of a running stack (drills of degraded mode).
+#   pg-slow SECONDS
+#               hold the event store's head row lock for SECONDS: Postgres answers, appends wait.
+#   pg-freeze SECONDS
+#               SIGSTOP every process of the stack's own Postgres cluster (found from its data
+#               directory's postmaster.pid, and no other Postgres), SIGCONT after SECONDS.
 #   clean       remove .data/ (NATS and Postgres data together); refuses while the stack runs.
 #
 # Servers run detached with their pids in .data/run/, so `down` finds them even if `up` died.
@@ -333,6 +338,56 @@ cmd_start_server() { # name
   echo "[$1] started"
 }
 
+seconds_arg() { # value
+  [[ ${1:-} =~ ^[0-9]+$ && $1 -gt 0 ]] || die "give a number of seconds, e.g. 'just $2 10'"
+  echo "$1"
+}
+
+# The database URL the stack's services use (from .data/endpoints.env).
+stack_database_url() {
+  [[ -f $endpoints ]] || die "no $endpoints: is the stack running ('just up')?"
+  sed -n "s/^DATABASE_URL='\(.*\)'$/\1/p" "$endpoints"
+}
+
+cmd_pg_slow() { # seconds
+  local seconds url
+  seconds=$(seconds_arg "${1:-}" pg-slow)
+  alive "$(pid_of up)" || die "the stack is not running"
+  url=$(stack_database_url)
+  echo "[pg-slow] holding the event store's head row lock for ${seconds}s: appends wait, Postgres answers"
+  "$(pg_bin)/psql" "$url" -v ON_ERROR_STOP=1 -qAt -c "BEGIN; SELECT 'locked at position ' || position FROM event_head WHERE id FOR UPDATE; SELECT pg_sleep($seconds); ROLLBACK;" >/dev/null
+  echo "[pg-slow] released"
+}
+
+# The processes whose parent is $1, from /proc (no procps needed).
+children_of() { # parent
+  local stat fields ppid pid
+  for stat in /proc/[0-9]*/stat; do
+    fields=$(cat "$stat" 2>/dev/null) || continue
+    fields=${fields##*) } # after "pid (comm) ": "state ppid …"
+    read -r _ ppid _ <<<"$fields"
+    if [[ $ppid == "$1" ]]; then pid=${stat#/proc/}; echo "${pid%/stat}"; fi
+  done
+}
+
+cmd_pg_freeze() { # seconds
+  local seconds pid children
+  seconds=$(seconds_arg "${1:-}" pg-freeze)
+  alive "$(pid_of up)" || die "the stack is not running"
+  [[ -f $data/pg/postmaster.pid ]] || die "no $data/pg/postmaster.pid: the stack's own Postgres is not running (a DATABASE_URL stack cannot be frozen from here)"
+  pid=$(head -n 1 "$data/pg/postmaster.pid")
+  alive "$pid" || die "postmaster $pid is not running"
+  kill -s STOP "$pid"
+  children=$(children_of "$pid")
+  # shellcheck disable=SC2086
+  [[ -n $children ]] && kill -s STOP $children 2>/dev/null || true
+  # Whatever happens to this shell, the cluster is let go.
+  trap 'kill -s CONT $children 2>/dev/null || true; kill -s CONT "$pid" 2>/dev/null || true' EXIT
+  echo "[pg-freeze] froze postmaster $pid and $(wc -w <<<"$children") processes for ${seconds}s"
+  sleep "$seconds"
+  echo "[pg-freeze] thawed"
+}
+
 cmd_clean() {
   alive "$(pid_of up)" && die "the stack runs: 'just down' first"
   if [[ -L $data/pg ]]; then rm -rf "$(readlink "$data/pg")"; fi
@@ -347,6 +402,8 @@ case ${1:-} in
   pg-start) cmd_start_server postgres ;;
   nats-stop) cmd_stop_server nats nats ;;
   nats-start) cmd_start_server nats ;;
+  pg-slow) cmd_pg_slow "${2:-}" ;;
+  pg-freeze) cmd_pg_freeze "${2:-}" ;;
   clean) cmd_clean ;;
-  *) echo "usage: $0 up|down|pg-stop|pg-start|nats-stop|nats-start|clean" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|pg-stop|pg-start|pg-slow SECONDS|pg-freeze SECONDS|nats-stop|nats-start|clean" >&2; exit 2 ;;
 esac

@@ -8,6 +8,7 @@ mod config;
 mod endpoints;
 mod limits;
 mod loadgen;
+mod operator;
 mod projections;
 mod replay;
 mod run;
@@ -56,6 +57,11 @@ enum Command {
     /// The read models (`rounds`, `bets`, `accounts`, `deposits`).
     #[command(subcommand)]
     Projections(projections::ProjectionsCommand),
+    /// Switch betting off or on for every table, as an operator (rounds go on either way).
+    Betting(operator::BettingArgs),
+    /// Operator actions on a round.
+    #[command(subcommand)]
+    Round(operator::RoundCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +127,8 @@ async fn async_main(command: Command, settings: config::Resolved) -> anyhow::Res
         // The one command whose outcome is more than done or failed (exit 0, 1 or 2).
         Command::Replay(args) => return Ok(replay::run(args, &settings).await),
         Command::Run(args) => run::run(*args, settings).await,
+        Command::Betting(args) => operator::betting(args, &settings).await,
+        Command::Round(operator::RoundCommand::Void(args)) => operator::void(args, &settings).await,
         Command::Migrate => {
             let store = open_store(&settings)?;
             let report = store.migrate().await.context("apply migrations")?;

@@ -329,3 +329,139 @@ async fn event_store_blocked_by_a_lock_turns_betting_off_as_slow() {
 async fn nats_stopped_keeps_clients_and_says_the_bus_is_unavailable() {
     drill(Fault::NatsStopped).await;
 }
+
+/// `croupier betting off|on` and `croupier round void`, as an operator runs them against a
+/// running stack: clients are told, bets are refused while off, a voided round's bets are
+/// refunded, GMS goes on with the next round, and the audit agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_switches_betting_off_and_on_and_voids_a_round() {
+    let stack = Stack::start(StackOptions {
+        gms_args: vec!["--betting-ms", "8000"],
+        ..StackOptions::default()
+    })
+    .await;
+    let url = stack.gateway().ws_url(Some(&stack.token("alice")));
+    let mut client = Client {
+        ws: WsClient::connect(&url, Some("croupier.v1.json"))
+            .await
+            .expect("connect"),
+        seen: HashMap::new(),
+        settled: HashMap::new(),
+    };
+    let welcome = client.ws.recv(WAIT).await.expect("welcome");
+    assert_eq!(welcome["betting"], "enabled", "{welcome}");
+    for channel in [TABLE, "player.alice"] {
+        client
+            .ws
+            .send_json(&json!({"type": "subscribe", "channel": channel}))
+            .await
+            .expect("subscribe");
+        client
+            .recv_until(WAIT, |m| {
+                m["type"] == "subscribed" && m["channel"] == channel
+            })
+            .await;
+    }
+
+    stack
+        .env
+        .croupier(&["betting", "off", "--reason", "drill", "--by", "tester"]);
+    let off = client.status("disabled").await;
+    assert_eq!(off["reason"], "operator", "{off}");
+    let (answer, _) = client.bet("while-off", 1).await;
+    assert_eq!(answer["code"], "BETTING_UNAVAILABLE", "{answer}");
+    stack
+        .env
+        .croupier(&["betting", "on", "--reason", "drill over", "--by", "tester"]);
+    client.status("enabled").await;
+
+    let (answer, bet_id) = client.bet_on_next_round("to-void").await;
+    assert_eq!(answer["type"], "bet_result", "{answer}");
+    let opened_round = {
+        // The round the bet went to: the last round_opened the client saw.
+        let db = testkit::pg_connect(&stack.db.url).await.expect("connect");
+        let id = uuid::Uuid::parse_str(&bet_id).expect("uuid");
+        let row = db
+            .query_one("SELECT round FROM bets WHERE bet_id = $1", &[&id])
+            .await
+            .expect("the bet is stored");
+        row.get::<_, i64>(0)
+    };
+    let round = opened_round.to_string();
+    stack.env.croupier(&[
+        "round",
+        "void",
+        "--table",
+        "roulette-1",
+        "--round",
+        &round,
+        "--reason",
+        "wheel jammed",
+        "--by",
+        "tester",
+    ]);
+    let voided = client
+        .recv_until(WAIT, |m| {
+            m["channel"] == TABLE && m["event"]["kind"] == "round_voided"
+        })
+        .await;
+    assert_eq!(voided["event"]["round"], opened_round, "{voided}");
+    let reason = voided["event"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("tester") && reason.contains("wheel jammed"),
+        "{voided}"
+    );
+    client
+        .recv_until(WAIT, |m| {
+            m["channel"] == "player.alice"
+                && m["event"]["kind"] == "bet_refunded"
+                && m["event"]["bet_id"] == bet_id.as_str()
+        })
+        .await;
+    // GMS goes on with the next round.
+    let next = client
+        .recv_until(WAIT, |m| {
+            m["channel"] == TABLE && m["event"]["kind"] == "round_opened"
+        })
+        .await;
+    assert!(
+        next["event"]["round"].as_i64() > Some(opened_round),
+        "{next}"
+    );
+    // Voiding a round that is over is refused with a clear error.
+    let output = stack
+        .env
+        .apply(&mut Command::new(BIN))
+        .args([
+            "round",
+            "void",
+            "--table",
+            "roulette-1",
+            "--round",
+            &round,
+            "--reason",
+            "again",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("not in progress"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let output = stack
+        .env
+        .apply(&mut Command::new(BIN))
+        .arg("replay")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run replay");
+    assert!(
+        output.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}

@@ -1,5 +1,8 @@
 //! `just up` as a user runs it (issue 5): in the background with stdin closed, then a client
-//! plays a round through the stack it started, then `just down` leaves nothing running.
+//! plays a round through the stack it started, the degraded-mode drills turn betting off and on
+//! again while the client keeps seeing rounds (issue 16: `just pg-stop`/`pg-start`,
+//! `just pg-freeze`, `just pg-slow`), `just replay` exits 0, and `just down` leaves nothing
+//! running.
 
 mod common;
 
@@ -7,7 +10,8 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{check_round, free_addr, play_a_round, wait_ready};
+use common::{TABLE, check_round, free_addr, play_a_round, wait_ready};
+use testkit::WsClient;
 
 fn just() -> Command {
     let root = testkit::workspace_root();
@@ -34,6 +38,24 @@ fn read_endpoints(path: &std::path::Path) -> HashMap<String, String> {
         })
         .collect()
 }
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Runs `just down` for the stack of this data directory when dropped.
+struct DownOnDrop(std::path::PathBuf);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let _ = just()
+            .arg("down")
+            .env("CROUPIER_DATA_DIR", &self.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+/// Generous: detection is meant to take ≤ 2 s and recovery ≤ 5 s (`just bench-degraded`).
+const SWITCH: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn just_up_serves_a_round_and_just_down_leaves_nothing_running() {
@@ -63,6 +85,9 @@ async fn just_up_serves_a_round_and_just_down_leaves_nothing_running() {
         .stderr(log);
     configure(&mut up);
     let mut up = up.spawn().expect("just up");
+    // Whatever happens below, a failed assertion included, the stack is stopped: a stack left
+    // running would keep writing to whatever later takes its ports.
+    let _down_on_exit = DownOnDrop(data.path().to_path_buf());
 
     let endpoints_file = data.path().join("endpoints.env");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
@@ -107,6 +132,77 @@ async fn just_up_serves_a_round_and_just_down_leaves_nothing_running() {
     let played = play_a_round(&http_addr, &token, "alice", 100).await;
     // alice starts with the demo balance that `just up` deposited.
     check_round(&played, 100, 100_000);
+
+    // The drills: each turns betting off with its reason while rounds go on, then on again.
+    let mut client = WsClient::connect(
+        &format!("ws://{http_addr}/ws?token={token}"),
+        Some("croupier.v1.json"),
+    )
+    .await
+    .expect("connect");
+    let welcome = client.recv(WAIT).await.expect("welcome");
+    assert_eq!(welcome["betting"], "enabled", "{welcome}");
+    client
+        .send_json(&serde_json::json!({"type": "subscribe", "channel": TABLE}))
+        .await
+        .expect("subscribe");
+    let drills: [(&[&str], Option<&[&str]>, &str); 3] = [
+        (&["pg-stop"], Some(&["pg-start"]), "store_unavailable"),
+        (&["pg-freeze", "6"], None, "store_unavailable"),
+        (&["pg-slow", "6"], None, "store_slow"),
+    ];
+    for (fault, heal, reason) in drills {
+        let mut drill = just();
+        drill
+            .args(fault)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        configure(&mut drill);
+        // pg-freeze and pg-slow hold the fault for their SECONDS, then end it themselves.
+        let mut running = drill.spawn().expect("drill");
+        let off = client
+            .recv_until(SWITCH, |m| {
+                m["type"] == "status" && m["betting"] == "disabled"
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{fault:?}: betting never went off: {e:?}"));
+        assert_eq!(off["reason"], reason, "{fault:?}: {off}");
+        client
+            .recv_until(SWITCH, |m| {
+                m["channel"] == TABLE && m["event"]["kind"] == "round_opened"
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{fault:?}: rounds stopped: {e:?}"));
+        assert!(running.wait().expect("drill ends").success(), "{fault:?}");
+        if let Some(heal) = heal {
+            let mut heal_cmd = just();
+            heal_cmd.args(heal).stdout(Stdio::null());
+            configure(&mut heal_cmd);
+            assert!(heal_cmd.status().expect("heal").success(), "{heal:?}");
+        }
+        client
+            .recv_until(SWITCH, |m| {
+                m["type"] == "status" && m["betting"] == "enabled"
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{fault:?}: betting never came back: {e:?}"));
+    }
+    client.close().await;
+    // Betting is back: a bet is accepted and settled as before the drills.
+    let balance = 100_000 - 100 + played.payout;
+    let again = play_a_round(&http_addr, &token, "alice", 100).await;
+    check_round(&again, 100, balance);
+
+    let mut replay = just();
+    replay
+        .args(["replay"])
+        .env("CROUPIER_ENDPOINTS_FILE", &endpoints_file)
+        .stdout(Stdio::null());
+    configure(&mut replay);
+    assert!(
+        replay.status().expect("just replay").success(),
+        "just replay found the history wrong after the drills"
+    );
 
     let pids: Vec<u32> = ["nats", "postgres", "croupier"]
         .iter()

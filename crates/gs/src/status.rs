@@ -45,11 +45,17 @@ pub(crate) type Serving = watch::Receiver<bool>;
 struct Own {
     store: StoreHealth,
     caught_up: bool,
+    /// Whether it served until now.
+    was_serving: bool,
 }
 
 impl Own {
+    /// A GS starts serving once its store is healthy and it has caught up; it stops when its
+    /// store turns unhealthy. A hiccup of the follower alone (it resumes from its cursor)
+    /// does not stop it: what made it fail shows in the store's health within the detection
+    /// time, with the right reason.
     fn serving(self) -> bool {
-        self.store == StoreHealth::Healthy && self.caught_up
+        self.store == StoreHealth::Healthy && (self.caught_up || self.was_serving)
     }
 }
 
@@ -129,6 +135,7 @@ pub(crate) async fn run<B: Bus>(
         let own = Own {
             store: *store.borrow(),
             caught_up: *caught_up.borrow(),
+            was_serving: *serving.borrow(),
         };
         // Until it serves again, a GS recovering from an outage still gives the outage as its
         // reason: clients see one switch off and one on, not a change of reason in between.

@@ -1,0 +1,535 @@
+//! `just bench-degraded`: the degraded-mode drills (ADR 0020) on `just up`'s own stack, under
+//! steady load, with the figures of issue 16 §4 per drill.
+//!
+//! - The stack: `ops/scripts/stack.sh up` in a temporary data directory (its own NATS and
+//!   Postgres, `croupier run all` from the release build), rounds of 3 s betting.
+//! - Load: `croupier loadgen` (300 clients, 10 of them betting) for the whole run, plus this
+//!   program's own 8 bettors (one bet each every 100 ms on the open round, every answer
+//!   recorded) and an observer client on the table channel (every event and status recorded).
+//! - Drills, in turn, each after 10 s of health: `just pg-stop` + `pg-start` after 8 s,
+//!   `just pg-freeze 8`, `just pg-slow 8`, `just nats-stop` + `nats-start` after 8 s.
+//! - Per drill: time from the fault to betting off (as the observer sees `status`), time from
+//!   healthy again to betting on, the bettors' answers from the fault to 2 s after betting is
+//!   back (accepted / `BETTING_UNAVAILABLE` / `TIMEOUT` / other), events the observer received
+//!   while betting was off, and the table events it missed or got twice compared with the
+//!   stream. After the drills: accepted bets missing from the store (lost, must be 0), accepted
+//!   bets whose round was settled without a result for them or with two (must be 0), and
+//!   `croupier replay`'s exit code.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bus::Bus;
+use futures_util::StreamExt;
+use serde_json::json;
+use testkit::WsClient;
+use tokio::time::Instant;
+
+const BETTORS: usize = 8;
+const HEALTHY_BEFORE: Duration = Duration::from_secs(10);
+const FAULT_FOR: u64 = 8;
+const SWITCH_WAIT: Duration = Duration::from_secs(60);
+const TABLE: &str = "table.roulette-1";
+
+fn main() -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn bin() -> PathBuf {
+    root().join("target/release/croupier")
+}
+
+/// The stack, stopped with `stack.sh down` when dropped.
+struct Up {
+    data: tempfile::TempDir,
+    child: Child,
+    http_addr: String,
+}
+
+impl Up {
+    fn stack(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(root().join("ops/scripts/stack.sh"));
+        command
+            .args(args)
+            .env("CROUPIER_DATA_DIR", self.data.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        command
+    }
+
+    fn endpoints(&self) -> HashMap<String, String> {
+        std::fs::read_to_string(self.data.path().join("endpoints.env"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let (key, value) = line.split_once('=')?;
+                Some((key.to_string(), value.trim_matches('\'').to_string()))
+            })
+            .collect()
+    }
+
+    fn croupier(&self) -> Command {
+        let mut command = Command::new(bin());
+        command
+            .env(
+                "CROUPIER_ENDPOINTS_FILE",
+                self.data.path().join("endpoints.env"),
+            )
+            .env_remove("NATS_URL")
+            .env_remove("DATABASE_URL")
+            .env_remove("CROUPIER_JWT_SECRET")
+            .stdin(Stdio::null());
+        command
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.stack(&["down"]).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+async fn start_stack() -> Result<Up> {
+    let data = tempfile::Builder::new()
+        .prefix("croupier-bench-degraded-")
+        .tempdir()?;
+    let http_addr = free_addr();
+    let log = std::fs::File::create(data.path().join("up.log"))?;
+    let child = Command::new(root().join("ops/scripts/stack.sh"))
+        .arg("up")
+        .env("CROUPIER_DATA_DIR", data.path())
+        .env("CROUPIER_PROFILE", "release")
+        .env("CROUPIER_HTTP_ADDR", &http_addr)
+        .env("CROUPIER_BETTING_MS", "3000")
+        .env("CROUPIER_RESULT_MS", "500")
+        .env("CROUPIER_PAUSE_MS", "500")
+        .env("CROUPIER_MAX_CONNECTIONS", "5000")
+        .env("RUST_LOG", "warn")
+        .env_remove("NATS_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("CROUPIER_NATS_PREFIX")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("start stack.sh up")?;
+    let up = Up {
+        data,
+        child,
+        http_addr,
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let ready = tokio::net::TcpStream::connect(&up.http_addr).await.is_ok()
+            && up.endpoints().contains_key("DATABASE_URL");
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the stack did not come up; see {}",
+                up.data.path().join("up.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(up)
+}
+
+/// What the observer saw: table events and betting status changes, with when.
+#[derive(Default)]
+struct Seen {
+    events: Vec<(Instant, u64)>,
+    statuses: Vec<(Instant, bool, String)>,
+    /// The round open now, if any.
+    open_round: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Answer {
+    Accepted,
+    Unavailable,
+    Timeout,
+    Other,
+}
+
+type Answers = Arc<Mutex<Vec<(Instant, Answer, String)>>>;
+
+async fn observe(url: String, seen: Arc<Mutex<Seen>>) -> Result<()> {
+    let mut client = WsClient::connect(&url, Some("croupier.v1.json")).await?;
+    client
+        .send_json(&json!({"type": "subscribe", "channel": TABLE}))
+        .await?;
+    loop {
+        let Ok(message) = client.recv(Duration::from_secs(3600)).await else {
+            bail!("the observer was disconnected");
+        };
+        let now = Instant::now();
+        let mut seen = seen.lock().expect("seen");
+        match message["type"].as_str() {
+            Some("welcome") => {
+                let on = message["betting"] == "enabled";
+                seen.statuses.push((now, on, String::new()));
+            }
+            Some("status") => {
+                let on = message["betting"] == "enabled";
+                let reason = message["reason"].as_str().unwrap_or_default().to_string();
+                seen.statuses.push((now, on, reason));
+            }
+            Some("event") if message["channel"] == TABLE => {
+                let seq = message["seq"].as_u64().unwrap_or_default();
+                seen.events.push((now, seq));
+                let round = message["event"]["round"].as_u64();
+                match message["event"]["kind"].as_str() {
+                    Some("round_opened") => seen.open_round = round,
+                    Some("betting_closed" | "round_voided") => seen.open_round = None,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn bettor(url: String, seen: Arc<Mutex<Seen>>, answers: Answers, index: usize) -> Result<()> {
+    let mut client = WsClient::connect(&url, Some("croupier.v1.json")).await?;
+    let _welcome = client.recv(Duration::from_secs(10)).await;
+    let mut n = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let round = seen.lock().expect("seen").open_round;
+        let Some(round) = round else { continue };
+        n += 1;
+        let request_id = format!("b{index}-{n}");
+        let bet_id = uuid::Uuid::new_v4().to_string();
+        client
+            .send_json(&json!({
+                "type": "bet", "request_id": request_id, "bet_id": bet_id,
+                "table": "roulette-1", "round": round, "selection": {"kind": "red"}, "amount": 10
+            }))
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let answer = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match client.recv(left).await {
+                Ok(m) if m["request_id"] == request_id.as_str() => break Some(m),
+                Ok(_) => {}
+                Err(_) => break None,
+            }
+        };
+        let answer = match answer {
+            Some(m) if m["type"] == "bet_result" => Answer::Accepted,
+            Some(m) if m["code"] == "BETTING_UNAVAILABLE" => Answer::Unavailable,
+            Some(m) if m["code"] == "TIMEOUT" => Answer::Timeout,
+            // Silence is counted as a timeout: the client cannot tell either.
+            None => Answer::Timeout,
+            Some(_) => Answer::Other,
+        };
+        answers
+            .lock()
+            .expect("answers")
+            .push((Instant::now(), answer, bet_id));
+    }
+}
+
+#[derive(Debug)]
+struct Drill {
+    name: &'static str,
+    fault: Instant,
+    healed: Instant,
+    off: Option<(Instant, String)>,
+    on: Option<Instant>,
+}
+
+async fn status_after(
+    seen: &Arc<Mutex<Seen>>,
+    after: Instant,
+    on: bool,
+) -> Option<(Instant, String)> {
+    let deadline = Instant::now() + SWITCH_WAIT;
+    loop {
+        let found = seen
+            .lock()
+            .expect("seen")
+            .statuses
+            .iter()
+            .find(|(at, is_on, _)| *at >= after && *is_on == on)
+            .map(|(at, _, reason)| (*at, reason.clone()));
+        if found.is_some() || Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn drill(up: &Up, seen: &Arc<Mutex<Seen>>, name: &'static str) -> Result<Drill> {
+    tokio::time::sleep(HEALTHY_BEFORE).await;
+    let seconds = FAULT_FOR.to_string();
+    let fault = Instant::now();
+    let healed = match name {
+        "pg-stop" | "nats-stop" => {
+            if !up.stack(&[name]).status()?.success() {
+                bail!("{name} failed");
+            }
+            tokio::time::sleep(Duration::from_secs(FAULT_FOR)).await;
+            let start = if name == "pg-stop" {
+                "pg-start"
+            } else {
+                "nats-start"
+            };
+            if !up.stack(&[start]).status()?.success() {
+                bail!("{start} failed");
+            }
+            Instant::now()
+        }
+        _ => {
+            let mut held = up.stack(&[name, &seconds]).spawn()?;
+            let status = tokio::task::spawn_blocking(move || held.wait()).await??;
+            if !status.success() {
+                bail!("{name} failed");
+            }
+            Instant::now()
+        }
+    };
+    let off = status_after(seen, fault, false).await;
+    let on = status_after(seen, healed, true).await.map(|(at, _)| at);
+    Ok(Drill {
+        name,
+        fault,
+        healed,
+        off,
+        on,
+    })
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64())
+}
+
+async fn run() -> Result<()> {
+    if !bin().exists() {
+        bail!("build first: cargo build --release -p croupier");
+    }
+    eprintln!("bench-degraded: starting `just up`'s stack (release build)…");
+    let up = start_stack().await?;
+    let endpoints = up.endpoints();
+    let ws = format!("ws://{}/ws", up.http_addr);
+    let secret = gateway::JwtSecret::new(&endpoints["CROUPIER_JWT_SECRET"])?;
+    let token = |player: &str| {
+        let player = domain::PlayerId::parse(player).expect("player");
+        gateway::auth::mint(
+            &secret,
+            &player,
+            Duration::from_secs(3600),
+            gateway::auth::now_unix(),
+        )
+    };
+    for i in 0..BETTORS {
+        let out = up
+            .croupier()
+            .args([
+                "wallet",
+                "deposit",
+                "--player",
+                &format!("bd-{i}"),
+                "--amount",
+                "10000000",
+                "--deposit-id",
+                &format!("bench-degraded-{i}"),
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!("deposit: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    let loadgen = up
+        .croupier()
+        .args([
+            "loadgen",
+            "--url",
+            &ws,
+            "--clients",
+            "300",
+            "--bettors",
+            "10",
+            "--duration",
+            "900s",
+            "--quiet",
+            "--nats-url",
+            &endpoints["NATS_URL"],
+            "--database-url",
+            &endpoints["DATABASE_URL"],
+            "--jwt-secret",
+            &endpoints["CROUPIER_JWT_SECRET"],
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _loadgen = Kill(loadgen);
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let answers: Answers = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(observe(
+        format!("{ws}?token={}", token("bd-observer")),
+        seen.clone(),
+    ));
+    for i in 0..BETTORS {
+        tasks.spawn(bettor(
+            format!("{ws}?token={}", token(&format!("bd-{i}"))),
+            seen.clone(),
+            answers.clone(),
+            i,
+        ));
+    }
+    // Betting on before the first drill.
+    status_after(&seen, Instant::now() - Duration::from_secs(600), true)
+        .await
+        .context("betting never came on")?;
+
+    let mut drills = Vec::new();
+    for name in ["pg-stop", "pg-freeze", "pg-slow", "nats-stop"] {
+        eprintln!("bench-degraded: drill {name}…");
+        drills.push(drill(&up, &seen, name).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    tasks.abort_all();
+
+    // The stream, for missed and doubled events.
+    let bus =
+        bus::NatsBus::connect(&endpoints["NATS_URL"], "", bus::NatsOptions::default()).await?;
+    let events = seen.lock().expect("seen").events.clone();
+    let first = events.iter().map(|(_, s)| *s).min().unwrap_or(1);
+    let last = events.iter().map(|(_, s)| *s).max().unwrap_or(0);
+    let mut stored = BTreeSet::new();
+    let mut feed = bus.replay("TABLES", "table.roulette-1.>", first).await?;
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(10), feed.next()).await {
+        let message = message?;
+        if message.seq > last {
+            break;
+        }
+        stored.insert(message.seq);
+        if message.seq == last {
+            break;
+        }
+    }
+
+    // Lost and double-settled accepted bets.
+    let (db, connection) =
+        tokio_postgres::connect(&endpoints["DATABASE_URL"], tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let answers = answers.lock().expect("answers").clone();
+    let accepted: Vec<uuid::Uuid> = answers
+        .iter()
+        .filter(|(_, a, _)| *a == Answer::Accepted)
+        .filter_map(|(_, _, id)| uuid::Uuid::parse_str(id).ok())
+        .collect();
+    let row = db
+        .query_one(
+            "SELECT count(*) FILTER (WHERE b.bet_id IS NULL),
+                    count(*) FILTER (WHERE r.phase = 'settled' AND NOT EXISTS
+                        (SELECT 1 FROM bet_results x WHERE x.bet_id = a.id))
+             FROM unnest($1::uuid[]) AS a(id)
+             LEFT JOIN bets b ON b.bet_id = a.id
+             LEFT JOIN rounds r ON r.table_id = b.table_id AND r.round = b.round",
+            &[&accepted],
+        )
+        .await
+        .context("look the accepted bets up")?;
+    let lost: i64 = row.get(0);
+    let unsettled: i64 = row.get(1);
+    let replay = up.croupier().arg("replay").stdout(Stdio::null()).status()?;
+
+    println!("\n## just bench-degraded");
+    println!(
+        "stack: `just up` (release), rounds 3 s betting; load: loadgen 300 clients / 10 bettors + {BETTORS} bench bettors (1 bet / 100 ms each); faults held {FAULT_FOR} s\n"
+    );
+    println!(
+        "| drill | reason | betting off after (s) | on after healthy (s) | accepted | BETTING_UNAVAILABLE | TIMEOUT | other | events during outage | missed | doubled |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let seqs: Vec<(Instant, u64)> = events;
+    for d in &drills {
+        let end = d.on.unwrap_or(d.healed) + Duration::from_secs(2);
+        let mut counts: HashMap<Answer, usize> = HashMap::new();
+        for (at, answer, _) in &answers {
+            if *at >= d.fault && *at <= end {
+                *counts.entry(*answer).or_default() += 1;
+            }
+        }
+        let off_at = d.off.as_ref().map(|(at, _)| *at);
+        let during = match (off_at, d.on) {
+            (Some(off), Some(on)) => seqs
+                .iter()
+                .filter(|(at, _)| *at >= off && *at <= on)
+                .count(),
+            _ => 0,
+        };
+        // The table events of the window against the stream.
+        let window_end = end + Duration::from_secs(3);
+        let before = seqs
+            .iter()
+            .filter(|(at, _)| *at < d.fault)
+            .map(|(_, s)| *s)
+            .max()
+            .unwrap_or(first.saturating_sub(1));
+        let delivered: Vec<u64> = seqs
+            .iter()
+            .filter(|(at, _)| *at >= d.fault && *at <= window_end)
+            .map(|(_, s)| *s)
+            .collect();
+        let top = delivered.iter().copied().max().unwrap_or(before);
+        let distinct: BTreeSet<u64> = delivered.iter().copied().collect();
+        let doubled = delivered.len() - distinct.len();
+        let missed = stored
+            .range(before + 1..=top)
+            .filter(|s| !distinct.contains(s))
+            .count();
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            d.name,
+            d.off.as_ref().map_or("-", |(_, r)| r.as_str()),
+            off_at.map_or("never".into(), |at| secs(at - d.fault)),
+            d.on.map_or("never".into(), |at| secs(at - d.healed)),
+            counts.get(&Answer::Accepted).unwrap_or(&0),
+            counts.get(&Answer::Unavailable).unwrap_or(&0),
+            counts.get(&Answer::Timeout).unwrap_or(&0),
+            counts.get(&Answer::Other).unwrap_or(&0),
+            during,
+            missed,
+            doubled,
+        );
+    }
+    println!(
+        "\nwhole run: {} bets answered, {} accepted; lost (accepted, not in the store): {lost}; accepted on a settled round without a result: {unsettled}; `croupier replay` exit: {}",
+        answers.len(),
+        accepted.len(),
+        replay.code().map_or("signal".into(), |c| c.to_string())
+    );
+    Ok(())
+}
