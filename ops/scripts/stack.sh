@@ -281,7 +281,18 @@ cmd_up() {
   fi
   write_endpoints
   start_services
-  say "ready; endpoints in .data/endpoints.env; Ctrl-C or 'just down' stops everything"
+  local http=${CROUPIER_HTTP_ADDR:-127.0.0.1:8080} cli
+  cli=$(croupier_bin); cli=${cli#"$root"/}
+  say "ready. The stack runs in this terminal; its logs follow, each line prefixed with its service."
+  say "  demo page  http://$http/  (open it in a browser: the live table, a dev token, bets)"
+  case ${CROUPIER_DEV_TOKENS:-1} in
+    0 | false | no | off | n | f) say "  token      $cli token --player alice  (in another shell; sign in as alice)" ;;
+    *) say "  token      http://$http/dev/token?player=alice  (or: $cli token --player alice)" ;;
+  esac
+  say "  play       ws://$http/ws?token=<token>  (alice and bob start with 100000; README: Playing a round by hand)"
+  say "  metrics    http://$http/metrics  (GMS, GS and gateway; Prometheus: prometheus --config.file=ops/prometheus/prometheus.yml, dashboard ops/grafana/croupier.json)"
+  say "  endpoints  ${endpoints#"$root"/}  (NATS_URL, DATABASE_URL, ...: the croupier CLI finds the stack through it)"
+  say "  stop       Ctrl-C here, or 'just down' in another shell"
 
   # Relay every log with its service's name until told to stop: one tail over all logs, its
   # file headers turned into prefixes (one process to stop, and no procps needed for it).
@@ -371,20 +382,23 @@ children_of() { # parent
 }
 
 cmd_pg_freeze() { # seconds
-  local seconds pid children
+  local seconds pid
   seconds=$(seconds_arg "${1:-}" pg-freeze)
   alive "$(pid_of up)" || die "the stack is not running"
   [[ -f $data/pg/postmaster.pid ]] || die "no $data/pg/postmaster.pid: the stack's own Postgres is not running (a DATABASE_URL stack cannot be frozen from here)"
   pid=$(head -n 1 "$data/pg/postmaster.pid")
   alive "$pid" || die "postmaster $pid is not running"
+  # Global, for the EXIT trap: whatever happens to this shell, the cluster is let go.
+  frozen="$pid"
+  trap 'kill -s CONT ${frozen:-} 2>/dev/null || true' EXIT
   kill -s STOP "$pid"
-  children=$(children_of "$pid")
+  frozen="$(children_of "$pid") $pid"
   # shellcheck disable=SC2086
-  [[ -n $children ]] && kill -s STOP $children 2>/dev/null || true
-  # Whatever happens to this shell, the cluster is let go.
-  trap 'kill -s CONT $children 2>/dev/null || true; kill -s CONT "$pid" 2>/dev/null || true' EXIT
-  echo "[pg-freeze] froze postmaster $pid and $(wc -w <<<"$children") processes for ${seconds}s"
+  kill -s STOP $frozen 2>/dev/null || true
+  echo "[pg-freeze] froze postmaster $pid and $(($(wc -w <<<"$frozen") - 1)) processes for ${seconds}s"
   sleep "$seconds"
+  # shellcheck disable=SC2086
+  kill -s CONT $frozen 2>/dev/null || true
   echo "[pg-freeze] thawed"
 }
 

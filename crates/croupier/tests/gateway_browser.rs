@@ -4,7 +4,9 @@
 //!
 //! The page connects, shows a round, mints a dev token, places a bet on the layout, shows the
 //! settlement and the seed verified in the browser; the screenshot is kept as a CI artifact in
-//! `artifacts/demo-page.png`.
+//! `artifacts/demo-page.png`. Then an operator switches betting off (issue 16): the page says
+//! why in a player's words, the layout goes out of reach while rounds go on
+//! (`artifacts/demo-page-paused.png`), and both come back when betting is switched on again.
 
 mod common;
 
@@ -18,6 +20,9 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(60);
+/// For the betting status to reach the page: GS reads the operator's switch within a second or
+/// two, and a round takes ~5.5 s here.
+const STATUS_WAIT: Duration = Duration::from_secs(30);
 
 /// A headless Chromium with a private profile, killed when dropped.
 struct Browser {
@@ -191,7 +196,12 @@ impl Cdp {
 
     /// Waits until `expression` is truthy in the page, and returns its value.
     async fn wait_for(&mut self, what: &str, expression: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        self.wait_for_within(what, expression, WAIT).await
+    }
+
+    /// [`Cdp::wait_for`], giving up after `timeout`.
+    async fn wait_for_within(&mut self, what: &str, expression: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
         // While the page is still loading, its elements may not exist yet: not yet, not an error.
         let guarded = format!(
             "(() => {{ try {{ return ({expression}); }} catch (e) {{ return null; }} }})()"
@@ -351,6 +361,95 @@ async fn the_demo_page_plays_a_round_in_a_real_browser_and_verifies_the_seed() {
     );
     cdp.screenshot(&testkit::workspace_root().join("artifacts/demo-page.png"))
         .await;
+
+    // An operator switches betting off: the page says so and why, and takes the layout away.
+    let before = cdp
+        .eval("Number(document.getElementById('round').textContent)")
+        .await;
+    let before = before.as_u64().expect("a round number");
+    stack.set_betting(false, "drill").await;
+    let paused = cdp
+        .wait_for_within(
+            "the paused banner",
+            "document.getElementById('betting-banner').dataset.reason === 'operator' && \
+             document.getElementById('betting-banner').offsetHeight > 0 && \
+             document.getElementById('betting-banner').textContent",
+            STATUS_WAIT,
+        )
+        .await;
+    assert_eq!(
+        paused,
+        json!(
+            "Betting is paused by the casino operator. Rounds go on; betting resumes when the \
+             operator switches it back on."
+        ),
+        "the operator's reason, in words"
+    );
+    assert_eq!(
+        cdp.eval("document.getElementById('betting-banner').getAttribute('role')")
+            .await,
+        json!("status"),
+        "the banner is announced"
+    );
+    assert_eq!(
+        cdp.eval("document.getElementById('betting').textContent")
+            .await,
+        json!("paused")
+    );
+    // Rounds go on while paused: a new one opens and shows, but the layout stays disabled.
+    let during = cdp
+        .wait_for_within(
+            "a round opened while betting is paused",
+            &format!(
+                "document.getElementById('phase').dataset.phase === 'open' && \
+                 Number(document.getElementById('round').textContent) > {before} && ({{ \
+                   buttons: document.querySelectorAll('#layout button').length, \
+                   enabled: [...document.querySelectorAll('#layout button')] \
+                     .filter((b) => !b.disabled).length, \
+                   ariaDisabled: document.getElementById('layout').getAttribute('aria-disabled'), \
+                   stake: document.getElementById('amount').disabled }})"
+            ),
+            STATUS_WAIT,
+        )
+        .await;
+    assert!(
+        during["buttons"].as_u64().is_some_and(|n| n > 40),
+        "{during}"
+    );
+    assert_eq!(
+        during["enabled"],
+        json!(0),
+        "no bet button while paused: {during}"
+    );
+    assert_eq!(during["ariaDisabled"], json!("true"), "{during}");
+    assert_eq!(during["stake"], json!(true), "{during}");
+    cdp.screenshot(&testkit::workspace_root().join("artifacts/demo-page-paused.png"))
+        .await;
+
+    // Switched on again: the banner goes, and the layout comes back at the next open round.
+    stack.set_betting(true, "").await;
+    cdp.wait_for_within(
+        "the banner gone",
+        "document.getElementById('betting-banner').dataset.betting === 'enabled' && \
+         document.getElementById('betting-banner').textContent === '' && \
+         document.getElementById('betting-banner').offsetHeight === 0 && \
+         document.getElementById('betting').textContent === 'open'",
+        STATUS_WAIT,
+    )
+    .await;
+    cdp.wait_for_within(
+        "the layout enabled again",
+        "document.getElementById('phase').dataset.phase === 'open' && \
+         [...document.querySelectorAll('#layout button')].every((b) => !b.disabled) && \
+         document.getElementById('layout').getAttribute('aria-disabled') === 'false' && \
+         !document.getElementById('amount').disabled",
+        STATUS_WAIT,
+    )
+    .await;
+    let back = cdp
+        .eval("(document.querySelector('#log li[data-kind=status]') || {}).textContent")
+        .await;
+    assert_eq!(back, json!("Betting is open again."));
 
     // A pasted token works too (here: bob's, minted by the CLI's code path).
     let bob = stack.token("bob");

@@ -146,7 +146,9 @@ async fn just_up_serves_a_round_and_just_down_leaves_nothing_running() {
         .send_json(&serde_json::json!({"type": "subscribe", "channel": TABLE}))
         .await
         .expect("subscribe");
-    let drills: [(&[&str], Option<&[&str]>, &str); 3] = [
+    /// A fault, what heals it (when it does not end by itself), and the reason clients see.
+    type Drill<'a> = (&'a [&'a str], Option<&'a [&'a str]>, &'a str);
+    let drills: [Drill; 3] = [
         (&["pg-stop"], Some(&["pg-start"]), "store_unavailable"),
         (&["pg-freeze", "6"], None, "store_unavailable"),
         (&["pg-slow", "6"], None, "store_slow"),
@@ -159,21 +161,32 @@ async fn just_up_serves_a_round_and_just_down_leaves_nothing_running() {
             .stderr(Stdio::null());
         configure(&mut drill);
         // pg-freeze and pg-slow hold the fault for their SECONDS, then end it themselves.
-        let mut running = drill.spawn().expect("drill");
+        let running = drill.spawn().expect("drill");
         let off = client
             .recv_until(SWITCH, |m| {
                 m["type"] == "status" && m["betting"] == "disabled"
             })
             .await
             .unwrap_or_else(|e| panic!("{fault:?}: betting never went off: {e:?}"));
-        assert_eq!(off["reason"], reason, "{fault:?}: {off}");
+        assert_eq!(
+            off["reason"],
+            reason,
+            "{fault:?}: {off}\nGS said:\n{}",
+            health_log(data.path())
+        );
         client
             .recv_until(SWITCH, |m| {
                 m["channel"] == TABLE && m["event"]["kind"] == "round_opened"
             })
             .await
             .unwrap_or_else(|e| panic!("{fault:?}: rounds stopped: {e:?}"));
-        assert!(running.wait().expect("drill ends").success(), "{fault:?}");
+        let ended = running.wait_with_output().expect("drill ends");
+        assert!(
+            ended.status.success(),
+            "{fault:?}: {}{}",
+            String::from_utf8_lossy(&ended.stdout),
+            String::from_utf8_lossy(&ended.stderr)
+        );
         if let Some(heal) = heal {
             let mut heal_cmd = just();
             heal_cmd.args(heal).stdout(Stdio::null());
@@ -232,6 +245,16 @@ async fn just_up_serves_a_round_and_just_down_leaves_nothing_running() {
     clean.arg("clean");
     configure(&mut clean);
     assert!(clean.status().expect("just clean").success());
+}
+
+/// What GS said of its store's health, from the stack's log.
+fn health_log(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("log").join("croupier.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("gs::health") || l.contains("gs::status"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn up_log(dir: &std::path::Path) -> String {

@@ -7,8 +7,9 @@
 //!   (no answer within the deadline) is `Unavailable`; the lock not had in time is `Slow`;
 //! - **real work in flight**: an append (pool wait included) or a settlement still running past
 //!   its threshold counts as `Slow` at once, without waiting for it to finish;
-//! - **real work that failed** with the database unavailable counts as `Unavailable` until a
-//!   probe started after it succeeds.
+//! - **real work that failed** on the database counts until a probe started after it succeeds:
+//!   as `Slow` when the server cancelled a statement or a lock wait (it answers), as
+//!   `Unavailable` when the connection was refused, broke or did not answer.
 //!
 //! The store turns unhealthy after the evidence has been bad for `off_after` without a break,
 //! and healthy again after it has been good for `on_after`: no flapping on one slow answer.
@@ -36,7 +37,7 @@ pub struct HealthConfig {
     /// Pause between two probes.
     pub probe_every: Duration,
     /// A probe not answered within this is a hung database. Its `lock_timeout` on the head
-    /// row is three quarters of it.
+    /// row is half of it, so a lock wait is told from a hung server even on a busy machine.
     pub probe_timeout: Duration,
     /// An append (pool wait included) still in flight past this counts as slow.
     pub slow_after: Duration,
@@ -52,7 +53,7 @@ impl Default for HealthConfig {
     fn default() -> Self {
         Self {
             probe_every: Duration::from_millis(250),
-            probe_timeout: Duration::from_millis(800),
+            probe_timeout: Duration::from_millis(1000),
             slow_after: Duration::from_millis(1000),
             settle_slow_after: Duration::from_secs(15),
             off_after: Duration::from_millis(500),
@@ -117,8 +118,8 @@ struct Inner {
 struct Evidence {
     next_op: u64,
     ops: HashMap<u64, (Instant, OpKind)>,
-    /// When real work last found the database unavailable.
-    failed_at: Option<Instant>,
+    /// When real work last failed on the database, and what that says of it.
+    failed: Option<(Instant, StoreHealth)>,
     /// The probe running now, since when.
     probing_since: Option<Instant>,
     /// The last probe that finished: when it started, and what it found.
@@ -174,7 +175,35 @@ impl Health {
 
     /// Real work found the database unavailable.
     pub fn report_unavailable(&self) {
-        lock(&self.inner.evidence).failed_at = Some(Instant::now());
+        self.report_found(StoreHealth::Unavailable);
+    }
+
+    /// Real work failed with `error`: the server cancelling a statement or a lock wait is a
+    /// slow store (it answers); anything else that makes the store unavailable (refused,
+    /// broken, no answer) is an unavailable one. Other errors say nothing of the store.
+    pub fn report(&self, error: &store::StoreError) {
+        use tokio_postgres::error::SqlState;
+        if !error.is_unavailable() {
+            return;
+        }
+        let slow = error.sql_state().is_some_and(|code| {
+            *code == SqlState::QUERY_CANCELED || *code == SqlState::LOCK_NOT_AVAILABLE
+        });
+        self.report_found(if slow {
+            StoreHealth::Slow
+        } else {
+            StoreHealth::Unavailable
+        });
+    }
+
+    fn report_found(&self, found: StoreHealth) {
+        let mut evidence = lock(&self.inner.evidence);
+        let now = Instant::now();
+        evidence.failed = Some(match evidence.failed {
+            // Within one failure spell, the worst finding stands.
+            Some((_, before)) => (now, before.worst(found)),
+            None => (now, found),
+        });
     }
 
     /// The verdict now.
@@ -213,11 +242,11 @@ impl Health {
                 bad = bad.worst(found);
             }
         }
-        if let Some(failed) = evidence.failed_at {
+        if let Some((failed, found)) = evidence.failed {
             let probed_since =
                 matches!(evidence.last_probe, Some((started, Ok(()))) if started > failed);
             if !probed_since {
-                bad = bad.worst(StoreHealth::Unavailable);
+                bad = bad.worst(found);
             }
         }
         for (at, kind) in evidence.ops.values() {
@@ -239,6 +268,11 @@ impl Health {
     fn probe_finished(&self, started: Instant, result: Result<(), StoreHealth>) {
         let mut evidence = lock(&self.inner.evidence);
         evidence.probing_since = None;
+        // A probe that started after a failure and succeeded clears it for good (a later
+        // failed probe must not bring it back).
+        if result.is_ok() && evidence.failed.is_some_and(|(at, _)| at < started) {
+            evidence.failed = None;
+        }
         evidence.last_probe = Some((started, result));
     }
 
@@ -329,7 +363,7 @@ async fn judge_loop(health: Health, shutdown: CancellationToken) {
 
 async fn probe_loop(health: Health, pg: tokio_postgres::Config, shutdown: CancellationToken) {
     let config = *health.config();
-    let lock_timeout_ms = (config.probe_timeout.as_millis() * 3 / 4).max(1);
+    let lock_timeout_ms = (config.probe_timeout.as_millis() / 2).max(1);
     let query = format!(
         "SET LOCAL lock_timeout = '{lock_timeout_ms}ms'; \
          SELECT position FROM public.event_head WHERE id FOR UPDATE"
@@ -388,7 +422,7 @@ async fn probe_once(
             let slow = error
                 .code()
                 .is_some_and(|c| *c == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
-            tracing::debug!(%error, "store probe failed");
+            tracing::debug!(%error, code = ?error.code(), "store probe failed");
             if slow {
                 Err(StoreHealth::Slow)
             } else {
@@ -486,8 +520,15 @@ mod tests {
         tokio::time::advance(Duration::from_millis(10)).await;
         health.probe_finished(Instant::now(), Ok(()));
         assert_eq!(health.signal(Instant::now()), None);
+        health.probe_finished(Instant::now(), Err(StoreHealth::Slow));
+        assert_eq!(
+            health.signal(Instant::now()),
+            Some(StoreHealth::Slow),
+            "a failure cleared by a good probe stays cleared"
+        );
+        health.probe_finished(Instant::now(), Ok(()));
         health.probe_started(Instant::now());
-        tokio::time::advance(Duration::from_millis(799)).await;
+        tokio::time::advance(Duration::from_millis(999)).await;
         assert_eq!(health.signal(Instant::now()), None);
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(

@@ -43,8 +43,11 @@ impl Progress {
     ) -> Result<T, String> {
         let _in_flight = self.health.begin(kind);
         call.await.map_err(|error| {
-            if error.is_unavailable() || matches!(error, ledger::LedgerError::CommitUnknown(_)) {
-                self.health.report_unavailable();
+            match &error {
+                ledger::LedgerError::Store(store) | ledger::LedgerError::CommitUnknown(store) => {
+                    self.health.report(store);
+                }
+                _ => {}
             }
             error.to_string()
         })
