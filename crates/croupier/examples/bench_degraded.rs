@@ -15,6 +15,10 @@
 //!   stream. After the drills: accepted bets missing from the store (lost, must be 0), accepted
 //!   bets whose round was settled without a result for them or with two (must be 0), and
 //!   `croupier replay`'s exit code.
+//! - No false alarms: before the drills, 30 s of the load alone, then 100,000 bets written into
+//!   one round straight through GS's ledger (`gs::ledger::place_bets`, batches of 2,000, as
+//!   `just bench-store` writes) and settled by the stack's GS in one go: betting must not turn
+//!   off (the number of status changes is printed).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -118,7 +122,7 @@ async fn start_stack() -> Result<Up> {
         .env("CROUPIER_DATA_DIR", data.path())
         .env("CROUPIER_PROFILE", "release")
         .env("CROUPIER_HTTP_ADDR", &http_addr)
-        .env("CROUPIER_BETTING_MS", "3000")
+        .env("CROUPIER_BETTING_MS", "6000")
         .env("CROUPIER_RESULT_MS", "500")
         .env("CROUPIER_PAUSE_MS", "500")
         .env("CROUPIER_MAX_CONNECTIONS", "5000")
@@ -161,6 +165,8 @@ struct Seen {
     statuses: Vec<(Instant, bool, String)>,
     /// The round open now, if any.
     open_round: Option<u64>,
+    /// Rounds whose `round_settled` arrived, with when.
+    settled: Vec<(Instant, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -201,6 +207,11 @@ async fn observe(url: String, seen: Arc<Mutex<Seen>>) -> Result<()> {
                 match message["event"]["kind"].as_str() {
                     Some("round_opened") => seen.open_round = round,
                     Some("betting_closed" | "round_voided") => seen.open_round = None,
+                    Some("round_settled") => {
+                        if let Some(round) = round {
+                            seen.settled.push((now, round));
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -320,6 +331,97 @@ async fn drill(up: &Up, seen: &Arc<Mutex<Seen>>, name: &'static str) -> Result<D
     })
 }
 
+/// 100k bets on one round, written through the ledger, then settled by the stack's GS: how
+/// many were placed, how long the settlement took to reach the observer, and how many times
+/// betting switched meanwhile (must be 0).
+async fn big_settlement(
+    database_url: &str,
+    seen: &Arc<Mutex<Seen>>,
+) -> Result<(usize, Duration, usize)> {
+    const PLAYERS: usize = 1000;
+    const PER_PLAYER: usize = 100;
+    const CHUNK: usize = 2000;
+    let mut pool = store::PoolConfig::new(database_url.to_string());
+    pool.max_size = 4;
+    pool.call_timeout = Duration::from_secs(60);
+    pool.statement_timeout = Duration::from_secs(60);
+    let store = store::Store::new(&pool)?;
+    let players: Vec<domain::PlayerId> = (0..PLAYERS)
+        .map(|i| domain::PlayerId::parse(&format!("bd-big-{i}")))
+        .collect::<Result<_, _>>()?;
+    for (i, player) in players.iter().enumerate() {
+        let id = protocol::DepositId::parse(&format!("bench-degraded-big-{i}"))?;
+        gs::ledger::deposit(&store, player, domain::Money::new(1_000_000)?, &id).await?;
+    }
+    // A round that has just opened, so its whole window is ahead.
+    let before = seen.lock().expect("seen").open_round;
+    let round = loop {
+        let now = seen.lock().expect("seen").open_round;
+        if now.is_some() && now != before {
+            break now.expect("round");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let started = Instant::now();
+    let table = domain::TableId::parse("roulette-1")?;
+    let red = domain::Selection::parse(domain::RawSelection::Red)?;
+    let limits = domain::TableLimits::DEFAULT;
+    let bets: Vec<gs::ledger::BetRequest> = (0..PLAYERS * PER_PLAYER)
+        .map(|n| gs::ledger::BetRequest {
+            bet_id: domain::BetId::from_uuid(uuid::Uuid::new_v4()),
+            player: players[n % PLAYERS].clone(),
+            table: table.clone(),
+            round: domain::RoundId::new(round).expect("round"),
+            selection: red.clone(),
+            amount: domain::Money::stake(10).expect("stake"),
+        })
+        .collect();
+    let mut placed = 0;
+    for chunk in bets.chunks(CHUNK) {
+        let now = time_now();
+        let outcomes = gs::ledger::place_bets(&store, chunk, &limits, now).await?;
+        let accepted = outcomes
+            .iter()
+            .filter(|o| matches!(o, gs::ledger::BetOutcome::Accepted { .. }))
+            .count();
+        placed += accepted;
+        if accepted < chunk.len() {
+            break; // the round closed
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let settled_at = loop {
+        let found = seen
+            .lock()
+            .expect("seen")
+            .settled
+            .iter()
+            .find(|(_, r)| *r == round)
+            .map(|(at, _)| *at);
+        if let Some(at) = found {
+            break at;
+        }
+        if Instant::now() > deadline {
+            bail!("round {round} was never settled");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let switches = seen
+        .lock()
+        .expect("seen")
+        .statuses
+        .iter()
+        .filter(|(at, _, _)| *at >= started)
+        .count();
+    Ok((placed, settled_at - started, switches))
+}
+
+fn time_now() -> domain::Timestamp {
+    domain::Timestamp::from_offset_datetime(time::OffsetDateTime::now_utc())
+        .unwrap_or(domain::Timestamp::UNIX_EPOCH)
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64())
 }
@@ -412,6 +514,20 @@ async fn run() -> Result<()> {
         .await
         .context("betting never came on")?;
 
+    // No false alarms: the load alone, then a 100k-bet round written and settled.
+    let quiet_from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let quiet_switches = seen
+        .lock()
+        .expect("seen")
+        .statuses
+        .iter()
+        .filter(|(at, _, _)| *at >= quiet_from)
+        .count();
+    eprintln!("bench-degraded: 100k bets on one round…");
+    let (big_placed, big_settled_after, big_switches) =
+        big_settlement(&endpoints["DATABASE_URL"], &seen).await?;
+
     let mut drills = Vec::new();
     for name in ["pg-stop", "pg-freeze", "pg-slow", "nats-stop"] {
         eprintln!("bench-degraded: drill {name}…");
@@ -467,7 +583,7 @@ async fn run() -> Result<()> {
 
     println!("\n## just bench-degraded");
     println!(
-        "stack: `just up` (release), rounds 3 s betting; load: loadgen 300 clients / 10 bettors + {BETTORS} bench bettors (1 bet / 100 ms each); faults held {FAULT_FOR} s\n"
+        "stack: `just up` (release), rounds 6 s betting; load: loadgen 300 clients / 10 bettors + {BETTORS} bench bettors (1 bet / 100 ms each); faults held {FAULT_FOR} s\n"
     );
     println!(
         "| drill | reason | betting off after (s) | on after healthy (s) | accepted | BETTING_UNAVAILABLE | TIMEOUT | other | events during outage | missed | doubled |"
@@ -525,6 +641,10 @@ async fn run() -> Result<()> {
             doubled,
         );
     }
+    println!(
+        "\nno false alarms: betting switched {quiet_switches} times in 30 s of the load alone; {big_placed} bets written into one round and settled (round_settled seen {} s after the first write) with {big_switches} switches",
+        secs(big_settled_after)
+    );
     println!(
         "\nwhole run: {} bets answered, {} accepted; lost (accepted, not in the store): {lost}; accepted on a settled round without a result: {unsettled}; `croupier replay` exit: {}",
         answers.len(),

@@ -41,7 +41,9 @@ pub struct RunArgs {
     /// Gateway listen address.
     #[arg(long, env = "CROUPIER_HTTP_ADDR")]
     pub http_addr: Option<String>,
-    /// Metrics listen address for roles without the gateway's HTTP server.
+    /// Also serve `GET /metrics` (Prometheus text) on this address, whatever the role. The
+    /// gateway (roles `gateway` and `all`) serves the same text on its HTTP address as well; GMS
+    /// and GS alone have no other.
     #[arg(long, env = "CROUPIER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
     /// Tables GMS runs, comma-separated.
@@ -96,8 +98,8 @@ pub struct RunArgs {
     #[arg(long, env = "CROUPIER_DB_PROBE_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..))]
     pub db_probe_ms: u64,
     /// GS: a probe not answered within this is a hung database, in milliseconds; the probe
-    /// waits at most three quarters of it for the head row's lock (else: slow).
-    #[arg(long, env = "CROUPIER_DB_PROBE_TIMEOUT_MS", default_value_t = 800, value_parser = clap::value_parser!(u64).range(10..))]
+    /// waits at most half of it for the head row's lock (else: slow).
+    #[arg(long, env = "CROUPIER_DB_PROBE_TIMEOUT_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub db_probe_timeout_ms: u64,
     /// GS: a batch of bets (pool wait included) still in flight after this counts as a slow
     /// store, in milliseconds.
@@ -230,6 +232,16 @@ fn plan(args: &RunArgs, settings: &Resolved) -> anyhow::Result<Plan> {
             .map_err(|e| problems.push(e.to_string()))
             .ok(),
     };
+    let with_gateway = matches!(args.role, Role::Gateway | Role::All);
+    if let (Some(metrics), Some(http)) = (args.metrics_addr, http_addr)
+        && with_gateway
+        && metrics == http
+    {
+        problems.push(format!(
+            "CROUPIER_METRICS_ADDR {metrics} is the gateway's CROUPIER_HTTP_ADDR: the gateway \
+             serves /metrics there already; unset it or give another address"
+        ));
+    }
     if args.bus == BusKind::Local && args.role != Role::All {
         problems
             .push("--bus local works only with `run all` (the bus lives in one process)".into());
@@ -281,11 +293,16 @@ async fn run_roles<B: Bus>(
     plan: Plan,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 ) -> anyhow::Result<()> {
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(telemetry::bind_metrics(addr).await?),
+        None => None,
+    };
     bus.setup(&bus::Definitions::croupier())
         .await
         .context("create the streams and buckets")?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    tasks.spawn(telemetry::upkeep(metrics.clone(), shutdown.clone()));
     let with = |role: Role| args.role == role || args.role == Role::All;
 
     if with(Role::Gs) {
@@ -351,10 +368,12 @@ async fn run_roles<B: Bus>(
             .await
             .with_context(|| format!("bind the gateway on {}", plan.http_addr))?;
         tasks.spawn(gateway.run());
-    } else if let Some(addr) = args.metrics_addr {
+    }
+    // One recorder, so the same text as the gateway's `/metrics` (under `run all`, every role's).
+    if let Some(listener) = metrics_listener {
         let token = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(error) = telemetry::serve_metrics(addr, metrics, token).await {
+            if let Err(error) = telemetry::serve_metrics(listener, metrics, token).await {
                 tracing::error!(%error, "metrics server stopped");
             }
         });

@@ -425,6 +425,7 @@ async fn write_events(
             },
         };
         let conns = delivery.members.list(shard).clone();
+        metrics::counter!("gateway_events_delivered_total").increment(conns.len() as u64);
         let (id, seq) = (delivery.members.id, delivery.event.seq);
         for (i, conn) in conns.iter().enumerate() {
             if i > 0 && i % DELIVERIES_PER_TURN == 0 {

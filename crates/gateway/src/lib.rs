@@ -7,6 +7,25 @@
 //!
 //! A service is a library: [`Gateway::build`] binds and validates, [`Gateway::run`] serves until
 //! its shutdown token fires, then closes every WebSocket with 1001 and drains within a deadline.
+//!
+//! Metrics (the binary owns the recorder and serves them on `/metrics`):
+//! - connections: `gateway_connections` (open WebSockets, gauge),
+//!   `gateway_rejected_connections_total{reason}` (upgrades refused with 503: `connection_limit`,
+//!   `handshake_rate`);
+//! - events: `gateway_events_relayed_total` (events taken from the bus, once per node),
+//!   `gateway_events_delivered_total` (those events handed to connections, one per connection),
+//!   `gateway_events_undecodable_total`;
+//! - bets: `gateway_bets_forwarded_total` (bets sent to GS: bets/s),
+//!   `gateway_bet_answer_seconds{outcome}` (bet forwarded → answer; `accepted`, `rejected`,
+//!   `timeout`, `unavailable`), `gateway_overloaded_total`;
+//! - answers: `gateway_rejections_total{code}` (every `error` a client is sent, by code: the
+//!   gateway's own refusals and GS's rejections it relays), `gateway_rate_limited_total`;
+//! - closes: `gateway_slow_consumers_total` (closed with 4008), `gateway_idle_disconnects_total`,
+//!   `gateway_resumes_unrecovered_total` (a `since` answered `recovered: false`);
+//! - betting status as this node tells clients: `gateway_betting_enabled` (1/0),
+//!   `gateway_betting_disabled{reason}` (1 for the reason betting is off, 0 for every other
+//!   reason of `protocol::status::reason`, all 0 while on; `other` for an unknown one) and
+//!   `gateway_betting_status_changes_total{betting}`.
 
 pub mod auth;
 mod betting;
@@ -165,6 +184,11 @@ impl<B: Bus> Gateway<B> {
             shared.betting.clone(),
             shared.shutdown.clone(),
         ));
+        shared.tasks.spawn(export_betting_status(
+            shared.betting.subscribe(),
+            shared.shutdown.clone(),
+        ));
+        register_metrics();
         tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
         loop {
             let accepted = tokio::select! {
@@ -195,5 +219,83 @@ impl<B: Bus> Gateway<B> {
             tracing::warn!("connections still open after the drain deadline; dropping them");
         }
         tracing::info!("gateway stopped");
+    }
+}
+
+/// Counters that only rise on trouble are exported from the start, at 0: a dashboard finds the
+/// series, and an alert on their rise sees the first one. (No-ops without a recorder.)
+fn register_metrics() {
+    metrics::gauge!("gateway_connections").increment(0.0);
+    for counter in [
+        "gateway_events_relayed_total",
+        "gateway_events_delivered_total",
+        "gateway_events_undecodable_total",
+        "gateway_bets_forwarded_total",
+        "gateway_overloaded_total",
+        "gateway_rate_limited_total",
+        "gateway_slow_consumers_total",
+        "gateway_idle_disconnects_total",
+        "gateway_resumes_unrecovered_total",
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+    for reason in [
+        limits::Refusal::ConnectionLimit,
+        limits::Refusal::HandshakeRate,
+    ] {
+        metrics::counter!("gateway_rejected_connections_total", "reason" => reason.label())
+            .increment(0);
+    }
+}
+
+/// The reasons `gateway_betting_disabled` has a series for; any other is counted as `other`.
+const BETTING_REASONS: [&str; 6] = [
+    protocol::status::reason::STORE_UNAVAILABLE,
+    protocol::status::reason::STORE_SLOW,
+    protocol::status::reason::GS_UNAVAILABLE,
+    protocol::status::reason::BUS_UNAVAILABLE,
+    protocol::status::reason::OPERATOR,
+    "other",
+];
+
+/// Exports the betting status this node tells its clients, as it changes, until shutdown.
+async fn export_betting_status(
+    mut betting: tokio::sync::watch::Receiver<betting::Current>,
+    shutdown: CancellationToken,
+) {
+    for status in [protocol::Betting::Enabled, protocol::Betting::Disabled] {
+        metrics::counter!("gateway_betting_status_changes_total", "betting" => status.as_str())
+            .increment(0);
+    }
+    let mut first = true;
+    loop {
+        let current = betting.borrow_and_update().clone();
+        let enabled = current.betting.is_enabled();
+        metrics::gauge!("gateway_betting_enabled").set(if enabled { 1.0 } else { 0.0 });
+        // A label from a fixed set: the reason comes from the bus and could be anything.
+        let off_because = (!enabled).then(|| {
+            BETTING_REASONS
+                .iter()
+                .copied()
+                .find(|known| *known == current.reason)
+                .unwrap_or("other")
+        });
+        for reason in BETTING_REASONS {
+            let on = off_because == Some(reason);
+            metrics::gauge!("gateway_betting_disabled", "reason" => reason).set(if on {
+                1.0
+            } else {
+                0.0
+            });
+        }
+        if !first {
+            metrics::counter!("gateway_betting_status_changes_total", "betting" => current.betting.as_str())
+                .increment(1);
+        }
+        first = false;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = betting.changed() => if changed.is_err() { return },
+        }
     }
 }

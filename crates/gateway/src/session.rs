@@ -535,6 +535,7 @@ impl<B: Bus> Session<B> {
                 let request = bet.into_request(token.player);
                 let bus = self.shared.bus.clone();
                 let timeout = self.shared.config.bet_timeout;
+                metrics::counter!("gateway_bets_forwarded_total").increment(1);
                 self.bets.push(Box::pin(async move {
                     let answer = forward_bet(bus, table, request, timeout).await;
                     drop(ticket);
@@ -699,6 +700,11 @@ impl<B: Bus> Session<B> {
 
     /// Writes one message now.
     async fn send(&mut self, message: &ServerMessage) -> Result<(), Closed> {
+        // Every `error` a client gets passes here: the gateway's own and GS's relayed.
+        if let ServerMessage::Error(error) = message {
+            metrics::counter!("gateway_rejections_total", "code" => error.code.as_str())
+                .increment(1);
+        }
         match self.frame(message) {
             Some(frame) => self.write(frame).await,
             None => Ok(()),
@@ -854,32 +860,46 @@ async fn forward_bet<B: Bus>(
         }
     };
     let subject = protocol::subject::bets_place_subject(&table);
-    match bus.request(&subject, payload, timeout).await {
+    let started = Instant::now();
+    let (outcome, answer) = match bus.request(&subject, payload, timeout).await {
         Ok(reply) => match Encoding::MsgPack.decode::<PlaceBetReply>(&reply) {
             Ok(PlaceBetReply::Accepted(accepted)) => {
-                ServerMessage::bet_result(request_id, accepted)
+                ("accepted", ServerMessage::bet_result(request_id, accepted))
             }
-            Ok(PlaceBetReply::Rejected(rejected)) => {
-                ServerMessage::error(Some(request_id), rejected.code, rejected.message)
-            }
+            Ok(PlaceBetReply::Rejected(rejected)) => (
+                "rejected",
+                ServerMessage::error(Some(request_id), rejected.code, rejected.message),
+            ),
             Err(error) => {
                 tracing::error!(%error, "undecodable reply from GS");
-                ServerMessage::error(
-                    Some(request_id),
-                    ErrorCode::Timeout,
-                    "no valid answer from the game service; retry with the same bet_id",
+                (
+                    "timeout",
+                    ServerMessage::error(
+                        Some(request_id),
+                        ErrorCode::Timeout,
+                        "no valid answer from the game service; retry with the same bet_id",
+                    ),
                 )
             }
         },
-        Err(RequestError::NoResponders) => ServerMessage::error(
-            Some(request_id),
-            ErrorCode::BettingUnavailable,
-            "no game service is available",
+        Err(RequestError::NoResponders) => (
+            "unavailable",
+            ServerMessage::error(
+                Some(request_id),
+                ErrorCode::BettingUnavailable,
+                "no game service is available",
+            ),
         ),
-        Err(_) => ServerMessage::error(
-            Some(request_id),
-            ErrorCode::Timeout,
-            "the game service did not answer in time; retry with the same bet_id",
+        Err(_) => (
+            "timeout",
+            ServerMessage::error(
+                Some(request_id),
+                ErrorCode::Timeout,
+                "the game service did not answer in time; retry with the same bet_id",
+            ),
         ),
-    }
+    };
+    metrics::histogram!("gateway_bet_answer_seconds", "outcome" => outcome)
+        .record(started.elapsed());
+    answer
 }

@@ -12,6 +12,10 @@
 //! (ADR 0009). A driver (`table`) resumes from the table's last stored transition, so a
 //! takeover continues with the next phase; its publishes under the expected sequence keep a
 //! stale leader from forking the table whatever the leases say.
+//!
+//! Metrics, here: `gms_leading{table}` (1 while this process leads the table, 0 while it stands
+//! by; a table no process reports 1 for has no leader) and `gms_leader_changes_total{table}`
+//! (leases this process took). The rounds and their timing are in `table`'s.
 
 mod lease;
 mod seeds;
@@ -79,6 +83,15 @@ impl<B: Bus> Gms<B> {
     /// Stands by for every table's lease and drives the tables it leads, until `shutdown`
     /// fires; then stops driving and releases its leases so that a standby takes over at once.
     pub async fn run(self, shutdown: CancellationToken) {
+        // Exported from the start, at 0, so that a rise is seen as one (and a dashboard finds
+        // the series before the first conflict).
+        metrics::counter!("gms_publish_conflicts_total").increment(0);
+        metrics::counter!("gms_publish_retries_total").increment(0);
+        for table in &self.config.tables {
+            metrics::gauge!("gms_leading", "table" => table.to_string()).set(0.0);
+            metrics::counter!("gms_leader_changes_total", "table" => table.to_string())
+                .increment(0);
+        }
         let Some(kv) = self.leases(&shutdown).await else {
             return;
         };

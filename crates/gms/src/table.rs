@@ -5,6 +5,12 @@
 //! and the expected last sequence of `table.<t>.round`, so a second GMS advancing the same
 //! table is refused instead of forking it. A round in progress is completed only with the seed
 //! that matches the commitment read back from its `round_opened`; otherwise it is voided.
+//!
+//! Metrics (per table, label `table`): `gms_transitions_published_total{table,kind}` (rounds
+//! are its `kind="round_opened"`), `gms_transition_lag_seconds{table,kind}` (published −
+//! scheduled), `gms_round{table}` (the round of the last transition this process published);
+//! `gms_publish_conflicts_total` (superseded publishes) and `gms_publish_retries_total` (the
+//! table resumed after a failed publish or read).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -358,10 +364,12 @@ impl<B: Bus> Driver<B> {
                     .duration_since(scheduled)
                     .unwrap_or(Duration::ZERO)
                     .as_secs_f64();
-                metrics::counter!("gms_transitions_published_total", "kind" => event.kind())
+                let table = self.table.to_string();
+                metrics::counter!("gms_transitions_published_total", "table" => table.clone(), "kind" => event.kind())
                     .increment(1);
-                metrics::histogram!("gms_transition_lag_seconds", "kind" => event.kind())
+                metrics::histogram!("gms_transition_lag_seconds", "table" => table.clone(), "kind" => event.kind())
                     .record(lag);
+                metrics::gauge!("gms_round", "table" => table).set(round.get() as f64);
                 tracing::info!(table = %self.table, round = round.get(), kind = event.kind(), seq = published.seq, lag, "published");
                 Ok((published.seq, at))
             }

@@ -7,28 +7,50 @@
 //! [`MAX_BATCHES_IN_FLIGHT`] flushes run at once inside this task (no task per request). The
 //! queue is bounded: at most `batch_size` pending plus `MAX_BATCHES_IN_FLIGHT × batch_size`
 //! in flight; beyond that the task stops reading the bus subscription (itself bounded), and
-//! late requests time out at the requester, who retries with the same `bet_id`.
+//! late requests time out at the requester, who retries with the same `bet_id`. On leaving
+//! the queue group, the requests left in the subscription's buffer join the pending ones, and
+//! their hand-off takes one more place in flight (below).
 //!
 //! Degraded mode (ADR 0020): the task is in the queue group only while this GS serves
 //! ([`crate::status`]); when it stops serving it leaves the group, so bets go to the other GS
-//! processes, and answers what it holds: bets not written yet `BETTING_UNAVAILABLE`; a batch
-//! stuck on the database is given up at once, `BETTING_UNAVAILABLE` if its `COMMIT` was never
-//! sent (the connection is dropped, so nothing of it can commit), `TIMEOUT` if it was (it may
-//! stand: the client retries with the same `bet_id` and gets the first answer, or a fresh one).
+//! processes. A batch stuck on the database is given up at once when the store turns
+//! unhealthy: if its `COMMIT` was never sent, the connection is dropped, so nothing of it can
+//! commit; if it was, it may stand.
+//!
+//! Hand-off: the bets this GS could not write — held when it stopped serving (those delivered
+//! but not read yet included: they are read before the subscription goes), refused because
+//! its store is unhealthy, or whose batch failed with the database unavailable (`COMMIT` never
+//! sent, or sent with its fate unknown) — are not answered here at once. Each is forwarded
+//! once on the bus (same subject, the original payload, a [`HAND_OFF_DEADLINE`]) *after* this
+//! GS has left the queue group, so the request reaches another GS, and that answer is relayed
+//! verbatim: a client behind a healthy GS sees no failure because this one lost its database.
+//! The leave is awaited at most [`hand_off_wait`] (a failure that does not last, such as one
+//! connection cut, never makes this GS leave). Forwarding a bet whose `COMMIT` may have
+//! committed is safe: its `bet_placed` event id is derived from its bet id and unique, so the
+//! other GS records it at most once, and a bet stored already gets its first answer (the other
+//! GS waits on the wallet locks the uncommitted batch holds, then finds it). Without another GS
+//! (no responders, or not left in time) the answer is the honest one: `BETTING_UNAVAILABLE`
+//! when nothing could have been recorded, `TIMEOUT` when it may have been (the client retries
+//! with the same `bet_id` and gets the first answer, or a fresh one); `TIMEOUT` too when the
+//! forward itself got no answer in time (the other GS may have recorded it). A relayed
+//! `BETTING_UNAVAILABLE` for a bet whose own `COMMIT` may stand becomes `TIMEOUT`: never say
+//! "not recorded" of a bet that may be. Hand-offs run inside this task like the flushes: one
+//! future per batch in the same `FuturesUnordered`, its forwards polled together within it.
 
 use std::time::Duration;
 
-use bus::{Bus, Request, Requests};
-use futures_util::StreamExt;
+use bus::{Bus, Request, RequestError, Requests};
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use protocol::{Encoding, ErrorCode, PlaceBetReply, PlaceBetRequest};
 use store::Store;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::GsConfig;
 use crate::clock::now;
-use crate::health::{Health, OpKind, StoreHealth};
+use crate::health::{self, Health, HealthConfig, OpKind, StoreHealth};
 use crate::ledger::{self, BetOutcome, BetRequest, LedgerError};
 use crate::status::Serving;
 
@@ -43,7 +65,77 @@ const RESUBSCRIBE_PAUSE: Duration = Duration::from_secs(1);
 /// How often a bet on a round not seen yet looks again while it waits for the stream.
 const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 
+/// Deadline of the one forward of a bet this GS could not write to another GS: with
+/// [`MAX_HAND_OFF_WAIT`] it stays within a gateway's default bet deadline (5 s).
+pub const HAND_OFF_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The longest a bet this GS could not write waits for it to leave the queue group before it
+/// is answered here.
+pub const MAX_HAND_OFF_WAIT: Duration = Duration::from_millis(2500);
+
+/// How long a bet this GS could not write waits for it to leave the queue group: long enough
+/// for the store to be judged unhealthy after the failure (bad evidence for `off_after`, a
+/// hung probe's deadline, the judge's ticks), at most [`MAX_HAND_OFF_WAIT`].
+pub fn hand_off_wait(config: &HealthConfig) -> Duration {
+    (config.off_after + config.probe_timeout + 2 * health::TICK).min(MAX_HAND_OFF_WAIT)
+}
+
 type Pending = Vec<(Request, BetRequest)>;
+
+/// What a bet this GS could not write may have come to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Nothing of it can be recorded (its transaction never sent `COMMIT`, or never began).
+    NotRecorded,
+    /// Its `COMMIT` was sent and no answer came: it may stand.
+    Unknown,
+}
+
+impl Fate {
+    fn reply(self) -> PlaceBetReply {
+        match self {
+            Fate::NotRecorded => PlaceBetReply::rejected(
+                ErrorCode::BettingUnavailable,
+                "the bet could not be recorded; retry later with the same bet_id",
+            ),
+            Fate::Unknown => unknown(),
+        }
+    }
+}
+
+fn unknown() -> PlaceBetReply {
+    PlaceBetReply::rejected(
+        ErrorCode::Timeout,
+        "the outcome is unknown (the database failed during the commit); retry with the same bet_id",
+    )
+}
+
+/// What the intake's batches share.
+#[derive(Debug, Clone)]
+struct Ctx<B> {
+    bus: B,
+    store: Store,
+    config: GsConfig,
+    health: Health,
+    /// Whether this task is in the bet queue group now (a request sent while it is not cannot
+    /// come back to it).
+    in_group: watch::Receiver<bool>,
+}
+
+/// Work on one batch, run inside the intake task.
+#[derive(Debug)]
+enum Job {
+    Flush(Pending),
+    /// Bets held when this GS stopped serving: never written here.
+    HandOff(Pending),
+}
+
+async fn run_job<B: Bus>(ctx: Ctx<B>, job: Job) {
+    match job {
+        Job::Flush(batch) => flush(&ctx, batch).await,
+        Job::HandOff(batch) => hand_off(&ctx, batch, Fate::NotRecorded).await,
+    }
+}
 
 pub(crate) async fn run<B: Bus>(
     bus: B,
@@ -54,6 +146,15 @@ pub(crate) async fn run<B: Bus>(
     shutdown: CancellationToken,
 ) {
     let batch_size = config.batch_size.max(1);
+    let linger = config.linger;
+    let (in_group, in_group_rx) = watch::channel(false);
+    let ctx = Ctx {
+        bus: bus.clone(),
+        store,
+        config,
+        health,
+        in_group: in_group_rx,
+    };
     let mut pending: Pending = Vec::with_capacity(batch_size);
     let mut linger_until: Option<Instant> = None;
     let mut in_flight = FuturesUnordered::new();
@@ -80,13 +181,35 @@ pub(crate) async fn run<B: Bus>(
                 }
             }
         }
-        if !serve && requests.take().is_some() && open {
-            tracing::warn!("gs left the bet queue group: it cannot record bets now");
+        if !serve {
+            if let Some(mut subscription) = requests.take() {
+                // Requests delivered to this GS but not read yet would go with the
+                // subscription: read them first (written on shutdown, handed off otherwise).
+                while let Some(Some(request)) = subscription.next().now_or_never() {
+                    if let Some(bet) = decode(request).await {
+                        pending.push(bet);
+                    }
+                }
+                drop(subscription);
+                if open {
+                    tracing::warn!("gs left the bet queue group: it cannot record bets now");
+                }
+            }
         }
+        // After the subscription is dropped (its unsubscribe goes out first): a hand-off sent
+        // from now on reaches another GS.
+        in_group.send_if_modified(|now| {
+            let changed = *now != requests.is_some();
+            *now = requests.is_some();
+            changed
+        });
         if !serve && open && !pending.is_empty() {
-            // Not written, and now never will be by this GS: say so at once.
+            // Not written, and now never will be by this GS: to another one, or refused.
             linger_until = None;
-            refuse(std::mem::take(&mut pending)).await;
+            in_flight.push(run_job(
+                ctx.clone(),
+                Job::HandOff(std::mem::take(&mut pending)),
+            ));
         }
         let full = pending.len() >= batch_size;
         let lingered = linger_until.is_some_and(|t| t <= Instant::now());
@@ -95,7 +218,7 @@ pub(crate) async fn run<B: Bus>(
         {
             let batch = std::mem::replace(&mut pending, Vec::with_capacity(batch_size));
             linger_until = None;
-            in_flight.push(flush(store.clone(), config.clone(), health.clone(), batch));
+            in_flight.push(run_job(ctx.clone(), Job::Flush(batch)));
             continue;
         }
         if !open && pending.is_empty() && in_flight.is_empty() {
@@ -104,16 +227,14 @@ pub(crate) async fn run<B: Bus>(
         let can_read = requests.is_some() && !full;
         let resubscribe = serve && requests.is_none();
         tokio::select! {
-            () = shutdown.cancelled(), if open => {
-                open = false;
-                requests = None;
-            }
+            // The subscription is dropped at the top of the loop, its unread requests kept.
+            () = shutdown.cancelled(), if open => open = false,
             Ok(()) = serving.changed(), if open => {}
             request = next_request(&mut requests), if can_read => match request {
                 Some(request) => {
                     if let Some(bet) = decode(request).await {
                         if pending.is_empty() {
-                            linger_until = Some(Instant::now() + config.linger);
+                            linger_until = Some(Instant::now() + linger);
                         }
                         pending.push(bet);
                     }
@@ -141,19 +262,76 @@ async fn next_request(requests: &mut Option<Requests>) -> Option<Request> {
     }
 }
 
-/// Answers bets this GS will not write: nothing of them was recorded.
-async fn refuse(batch: Pending) {
-    metrics::counter!("gs_bets_rejected_total", "code" => ErrorCode::BettingUnavailable.as_str())
-        .increment(batch.len() as u64);
-    for (request, _) in batch {
-        respond(
-            request,
-            PlaceBetReply::rejected(
-                ErrorCode::BettingUnavailable,
-                "betting is paused: the bet was not recorded; retry later with the same bet_id",
-            ),
-        )
+/// Passes bets this GS could not write to another GS once it has left the queue group, and
+/// relays the answers; answers them here when it does not leave in time or no other GS takes
+/// them (module doc).
+async fn hand_off<B: Bus>(ctx: &Ctx<B>, batch: Pending, fate: Fate) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut in_group = ctx.in_group.clone();
+    let wait = hand_off_wait(ctx.health.config());
+    let left = tokio::time::timeout(wait, in_group.wait_for(|in_group| !*in_group))
+        .await
+        .is_ok_and(|left| left.is_ok());
+    if !left {
+        metrics::counter!("gs_bets_handed_off_total", "result" => "still_in_group")
+            .increment(batch.len() as u64);
+        answer_here(batch.into_iter().map(|(request, _)| request), fate).await;
+        return;
+    }
+    let forwards: FuturesUnordered<_> = batch
+        .into_iter()
+        .map(|(request, _)| forward(&ctx.bus, request, fate))
+        .collect();
+    forwards.collect::<Vec<()>>().await;
+}
+
+/// One bet to another GS, and its answer back to the requester.
+async fn forward<B: Bus>(bus: &B, request: Request, fate: Fate) {
+    let answer = bus
+        .request(&request.subject, request.payload.clone(), HAND_OFF_DEADLINE)
         .await;
+    match answer {
+        Ok(answer) => {
+            let said_not_recorded = matches!(
+                Encoding::MsgPack.decode::<PlaceBetReply>(&answer),
+                Ok(PlaceBetReply::Rejected(rejected))
+                    if rejected.code == ErrorCode::BettingUnavailable
+            );
+            if fate == Fate::Unknown && said_not_recorded {
+                // The other GS recorded nothing, but this one's COMMIT may stand.
+                metrics::counter!("gs_bets_handed_off_total", "result" => "unknown").increment(1);
+                respond(request, unknown()).await;
+                return;
+            }
+            metrics::counter!("gs_bets_handed_off_total", "result" => "relayed").increment(1);
+            if let Err(error) = request.respond(answer).await {
+                tracing::warn!(%error, "relayed bet reply not delivered");
+            }
+        }
+        Err(RequestError::NoResponders) => {
+            metrics::counter!("gs_bets_handed_off_total", "result" => "no_other_gs").increment(1);
+            answer_here(std::iter::once(request), fate).await;
+        }
+        Err(error) => {
+            // The other GS may have recorded it: never say it was not.
+            tracing::warn!(%error, "a bet handed off to another GS got no answer");
+            metrics::counter!("gs_bets_handed_off_total", "result" => "unanswered").increment(1);
+            answer_here(std::iter::once(request), Fate::Unknown).await;
+        }
+    }
+}
+
+/// Answers bets this GS could not write and nobody else took.
+async fn answer_here(requests: impl ExactSizeIterator<Item = Request>, fate: Fate) {
+    let reply = fate.reply();
+    if let PlaceBetReply::Rejected(rejected) = &reply {
+        metrics::counter!("gs_bets_rejected_total", "code" => rejected.code.as_str())
+            .increment(requests.len() as u64);
+    }
+    for request in requests {
+        respond(request, reply.clone()).await;
     }
 }
 
@@ -193,22 +371,23 @@ async fn decode(request: Request) -> Option<(Request, BetRequest)> {
 /// Writes one batch and answers each of its requests. Bets on rounds this GS has not seen yet
 /// wait (bounded) for the stream to catch up, in a second transaction, so they never hold up
 /// the others.
-async fn flush(store: Store, config: GsConfig, health: Health, batch: Pending) {
+async fn flush<B: Bus>(ctx: &Ctx<B>, batch: Pending) {
+    let (store, config, health) = (&ctx.store, &ctx.config, &ctx.health);
     metrics::histogram!("gs_bet_batch_size").record(batch.len() as f64);
     // When the rounds cannot be read, the batch goes ahead: its transaction will say.
-    let known = ledger::known_rounds(&store, batch.iter().map(|(_, b)| b)).await;
+    let known = ledger::known_rounds(store, batch.iter().map(|(_, b)| b)).await;
     let (ready, waiting): (Pending, Pending) = batch.into_iter().partition(|(_, bet)| {
         known.as_ref().map_or(true, |known| {
             known.contains(&(bet.table.to_string(), bet.round.get()))
         })
     });
-    place_and_answer(&store, &config, &health, ready).await;
+    place_and_answer(ctx, ready).await;
     if waiting.is_empty() {
         return;
     }
     let deadline = Instant::now() + config.catch_up_wait;
     loop {
-        let known = ledger::known_rounds(&store, waiting.iter().map(|(_, b)| b))
+        let known = ledger::known_rounds(store, waiting.iter().map(|(_, b)| b))
             .await
             .unwrap_or_default();
         let all_seen = waiting
@@ -219,15 +398,16 @@ async fn flush(store: Store, config: GsConfig, health: Health, batch: Pending) {
         }
         tokio::time::sleep(CATCH_UP_POLL).await;
     }
-    place_and_answer(&store, &config, &health, waiting).await;
+    place_and_answer(ctx, waiting).await;
 }
 
-async fn place_and_answer(store: &Store, config: &GsConfig, health: &Health, batch: Pending) {
+async fn place_and_answer<B: Bus>(ctx: &Ctx<B>, batch: Pending) {
+    let (store, config, health) = (&ctx.store, &ctx.config, &ctx.health);
     if batch.is_empty() {
         return;
     }
     if health.current() != StoreHealth::Healthy {
-        refuse(batch).await;
+        hand_off(ctx, batch, Fate::NotRecorded).await;
         return;
     }
     let bets: Vec<BetRequest> = batch.iter().map(|(_, bet)| bet.clone()).collect();
@@ -251,22 +431,29 @@ async fn place_and_answer(store: &Store, config: &GsConfig, health: &Health, bat
             return;
         }
         Err(LedgerError::CommitUnknown(error)) => {
-            health.report_unavailable();
+            // While the store is judged unhealthy already, a batch given up because of it
+            // says nothing new (and its client-side timeout must not turn "slow" into
+            // "unavailable").
+            if health.current() == StoreHealth::Healthy {
+                health.report(&error);
+            }
             tracing::warn!(%error, bets = batch.len(), "the database failed while a batch was committing: outcome unknown");
-            // It may stand: never say it was not recorded. A retry with the same bet_id gets
-            // the first answer if it was, and is judged afresh if it was not.
-            (
-                ErrorCode::Timeout,
-                "the outcome is unknown (the database failed during the commit); retry with the same bet_id",
-            )
+            // It may stand: never say it was not recorded. Another GS finds it if it stands
+            // (its event id is unique) and records it if not; a client's retry likewise.
+            hand_off(ctx, batch, Fate::Unknown).await;
+            return;
+        }
+        Err(error) if error.is_unavailable() => {
+            if let (LedgerError::Store(store), StoreHealth::Healthy) = (&error, health.current()) {
+                health.report(store);
+            }
+            tracing::warn!(%error, bets = batch.len(), "database unavailable: bets handed off");
+            // Rolled back (COMMIT was never sent): nothing was recorded.
+            hand_off(ctx, batch, Fate::NotRecorded).await;
+            return;
         }
         Err(error) => {
-            if error.is_unavailable() {
-                health.report_unavailable();
-                tracing::warn!(%error, bets = batch.len(), "database unavailable: bets refused");
-            } else {
-                tracing::error!(%error, bets = batch.len(), "a batch of bets could not be recorded");
-            }
+            tracing::error!(%error, bets = batch.len(), "a batch of bets could not be recorded");
             // Rolled back (COMMIT was never sent): nothing was recorded.
             (
                 ErrorCode::BettingUnavailable,
@@ -291,5 +478,121 @@ async fn respond(request: Request, reply: PlaceBetReply) {
     };
     if let Err(error) = request.respond(payload).await {
         tracing::warn!(%error, "bet reply not delivered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bus::LocalBus;
+
+    const SUBJECT: &str = "bets.place.roulette-1";
+
+    fn decode_reply(bytes: &[u8]) -> PlaceBetReply {
+        Encoding::MsgPack.decode(bytes).expect("a bet reply")
+    }
+
+    /// A request as this GS holds it when it has left the queue group, with the requester's
+    /// answer to come; `other` (when given) plays another GS and answers with it.
+    async fn hand_off_one(
+        fate: Fate,
+        other: Option<PlaceBetReply>,
+    ) -> Result<PlaceBetReply, RequestError> {
+        let bus = LocalBus::new();
+        let mut mine = bus
+            .serve("bets.place.*", protocol::subject::GS_QUEUE_GROUP)
+            .await
+            .expect("serve");
+        let asking = {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                bus.request(
+                    SUBJECT,
+                    bytes::Bytes::from_static(b"bet"),
+                    Duration::from_secs(10),
+                )
+                .await
+            })
+        };
+        let request = mine.next().await.expect("the request");
+        drop(mine);
+        let _other = match other {
+            Some(reply) => {
+                let mut theirs = bus
+                    .serve("bets.place.*", protocol::subject::GS_QUEUE_GROUP)
+                    .await
+                    .expect("serve");
+                Some(tokio::spawn(async move {
+                    let forwarded = theirs.next().await.expect("the forwarded request");
+                    assert_eq!(&forwarded.payload[..], b"bet", "the original payload");
+                    respond(forwarded, reply).await;
+                }))
+            }
+            None => None,
+        };
+        forward(&bus, request, fate).await;
+        asking
+            .await
+            .expect("the requester")
+            .map(|answer| decode_reply(&answer))
+    }
+
+    fn code(reply: &PlaceBetReply) -> Option<ErrorCode> {
+        match reply {
+            PlaceBetReply::Rejected(rejected) => Some(rejected.code),
+            PlaceBetReply::Accepted(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn another_gs_answer_is_relayed_as_it_is() {
+        let bet_id = domain::BetId::from_uuid(uuid::Uuid::new_v4());
+        let balance = domain::Money::new(900).expect("money");
+        for fate in [Fate::NotRecorded, Fate::Unknown] {
+            let accepted = PlaceBetReply::accepted(bet_id, balance);
+            let answer = hand_off_one(fate, Some(accepted.clone())).await;
+            assert_eq!(answer.expect("answered"), accepted, "{fate:?}");
+            let closed = PlaceBetReply::rejected(ErrorCode::BettingClosed, "closed");
+            let answer = hand_off_one(fate, Some(closed.clone())).await;
+            assert_eq!(answer.expect("answered"), closed, "{fate:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn without_another_gs_the_answer_is_the_honest_one() {
+        let answer = hand_off_one(Fate::NotRecorded, None)
+            .await
+            .expect("answered");
+        assert_eq!(code(&answer), Some(ErrorCode::BettingUnavailable));
+        let answer = hand_off_one(Fate::Unknown, None).await.expect("answered");
+        assert_eq!(code(&answer), Some(ErrorCode::Timeout));
+    }
+
+    #[tokio::test]
+    async fn a_bet_that_may_stand_is_never_relayed_as_not_recorded() {
+        let unavailable = PlaceBetReply::rejected(ErrorCode::BettingUnavailable, "not here either");
+        let answer = hand_off_one(Fate::Unknown, Some(unavailable.clone()))
+            .await
+            .expect("answered");
+        assert_eq!(code(&answer), Some(ErrorCode::Timeout));
+        let answer = hand_off_one(Fate::NotRecorded, Some(unavailable.clone()))
+            .await
+            .expect("answered");
+        assert_eq!(answer, unavailable);
+    }
+
+    #[test]
+    fn the_wait_for_leaving_covers_detection_and_is_bounded() {
+        let default = HealthConfig::default();
+        assert_eq!(
+            hand_off_wait(&default),
+            default.off_after + default.probe_timeout + 2 * health::TICK
+        );
+        assert!(hand_off_wait(&default) + HAND_OFF_DEADLINE < Duration::from_secs(5));
+        let slow = HealthConfig {
+            off_after: Duration::from_secs(10),
+            ..default
+        };
+        assert_eq!(hand_off_wait(&slow), MAX_HAND_OFF_WAIT);
     }
 }

@@ -5,7 +5,12 @@
 //! several GS instances publishing the same event store it once.
 //!
 //! Metrics: `gs_outbox_published_total`, `gs_outbox_publish_failures_total`,
-//! `gs_outbox_publish_seconds` and `gs_outbox_position` (the last published position).
+//! `gs_outbox_publish_seconds` and `gs_outbox_position` (the last published position, as
+//! saved). Sampled every [`SAMPLE_EVERY`] by the same task: `gs_store_head_position` (the last
+//! committed position: `gs_store_head_position - gs_outbox_position` is how far the outbox is
+//! behind), and the Postgres pool's use: `gs_db_pool_connections{state="in_use"|"idle"}`,
+//! `gs_db_pool_max_connections` (`CROUPIER_DB_POOL_SIZE`) and `gs_db_pool_waiting` (callers
+//! waiting for a connection).
 
 use std::time::{Duration, Instant};
 
@@ -36,11 +41,53 @@ pub const OUTBOX_IN_FLIGHT: usize = 256;
 /// published again with the same Msg-Id, which the stream's duplicate window drops.
 pub const CURSOR_EVERY: Duration = Duration::from_millis(100);
 
+/// How often the store's head and the pool's use are sampled: often enough for a dashboard
+/// and an alert, rare enough that the head's read (one row, one pooled connection for a
+/// moment) costs nothing.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
 pub(crate) async fn run<B: Bus>(bus: B, store: Store, shutdown: CancellationToken) {
+    // The sampler shares this task (no task of its own): both end with the shutdown.
+    tokio::join!(publish(bus, &store, &shutdown), sample(&store, &shutdown));
+}
+
+/// Samples the store's head position and the pool's use until `shutdown`.
+async fn sample(store: &Store, shutdown: &CancellationToken) {
+    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        record_pool_metrics(store);
+        // Within the store's own timeouts; a store that does not answer leaves the last value.
+        let head = tokio::select! {
+            () = shutdown.cancelled() => return,
+            head = store.last_position() => head,
+        };
+        if let Ok(head) = head {
+            metrics::gauge!("gs_store_head_position").set(head as f64);
+        }
+    }
+}
+
+/// The Postgres pool's use now, as gauges.
+fn record_pool_metrics(store: &Store) {
+    let status = store.pool().status();
+    let idle = status.available;
+    let in_use = status.size.saturating_sub(idle);
+    metrics::gauge!("gs_db_pool_connections", "state" => "in_use").set(in_use as f64);
+    metrics::gauge!("gs_db_pool_connections", "state" => "idle").set(idle as f64);
+    metrics::gauge!("gs_db_pool_max_connections").set(status.max_size as f64);
+    metrics::gauge!("gs_db_pool_waiting").set(status.waiting as f64);
+}
+
+async fn publish<B: Bus>(bus: B, store: &Store, shutdown: &CancellationToken) {
     loop {
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            result = publish_from_cursor(&bus, &store) => result,
+            result = publish_from_cursor(&bus, store) => result,
         };
         if let Err(error) = result {
             tracing::warn!(%error, "outbox interrupted; resuming");
@@ -79,6 +126,7 @@ async fn publish_from_cursor<B: Bus>(bus: &B, store: &Store) -> Result<(), Strin
             .map(|row| row.get::<_, i64>(0))
             .unwrap_or(0)
     };
+    metrics::gauge!("gs_outbox_position").set(from as f64);
     let options = TailOptions {
         call_timeout: store.call_timeout(),
         ..TailOptions::default()

@@ -756,3 +756,24 @@ pub async fn publish_round_opened(bus: &bus::NatsBus, table: &str, round: u64) -
     .expect("publish");
     published.seq
 }
+
+// ---------------------------------------------------------------------------------------------
+// Observability tests (issue 16 §5): processes with settings of their own on top of `Env`'s.
+
+impl Env {
+    /// Starts `croupier <args>` in the background with `vars` set on top of [`Env::apply`]'s
+    /// (e.g. `CROUPIER_METRICS_ADDR`); killed when the guard drops.
+    pub fn spawn_with(&self, args: &[&str], vars: &[(&str, &str)]) -> Running {
+        let mut command = Command::new(BIN);
+        self.apply(&mut command);
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let child = command
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start croupier");
+        Running(child)
+    }
+}
