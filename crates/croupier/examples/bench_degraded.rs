@@ -357,8 +357,8 @@ async fn big_settlement(
     let before = seen.lock().expect("seen").open_round;
     let round = loop {
         let now = seen.lock().expect("seen").open_round;
-        if now.is_some() && now != before {
-            break now.expect("round");
+        if let Some(round) = now.filter(|_| now != before) {
+            break round;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
@@ -372,7 +372,7 @@ async fn big_settlement(
             player: players[n % PLAYERS].clone(),
             table: table.clone(),
             round: domain::RoundId::new(round).expect("round"),
-            selection: red.clone(),
+            selection: red,
             amount: domain::Money::stake(10).expect("stake"),
         })
         .collect();
