@@ -177,7 +177,8 @@ enum Answer {
     Other,
 }
 
-type Answers = Arc<Mutex<Vec<(Instant, Answer, String)>>>;
+/// When, what, the bet id, and the error code (empty when accepted).
+type Answers = Arc<Mutex<Vec<(Instant, Answer, String, String)>>>;
 
 async fn observe(url: String, seen: Arc<Mutex<Seen>>) -> Result<()> {
     let mut client = WsClient::connect(&url, Some("croupier.v1.json")).await?;
@@ -246,6 +247,11 @@ async fn bettor(url: String, seen: Arc<Mutex<Seen>>, answers: Answers, index: us
                 Err(_) => break None,
             }
         };
+        let code = answer
+            .as_ref()
+            .and_then(|m| m["code"].as_str())
+            .unwrap_or(if answer.is_none() { "(silence)" } else { "" })
+            .to_string();
         let answer = match answer {
             Some(m) if m["type"] == "bet_result" => Answer::Accepted,
             Some(m) if m["code"] == "BETTING_UNAVAILABLE" => Answer::Unavailable,
@@ -257,7 +263,7 @@ async fn bettor(url: String, seen: Arc<Mutex<Seen>>, answers: Answers, index: us
         answers
             .lock()
             .expect("answers")
-            .push((Instant::now(), answer, bet_id));
+            .push((Instant::now(), answer, bet_id, code));
     }
 }
 
@@ -562,8 +568,8 @@ async fn run() -> Result<()> {
     let answers = answers.lock().expect("answers").clone();
     let accepted: Vec<uuid::Uuid> = answers
         .iter()
-        .filter(|(_, a, _)| *a == Answer::Accepted)
-        .filter_map(|(_, _, id)| uuid::Uuid::parse_str(id).ok())
+        .filter(|(_, a, _, _)| *a == Answer::Accepted)
+        .filter_map(|(_, _, id, _)| uuid::Uuid::parse_str(id).ok())
         .collect();
     let row = db
         .query_one(
@@ -593,11 +599,21 @@ async fn run() -> Result<()> {
     for d in &drills {
         let end = d.on.unwrap_or(d.healed) + Duration::from_secs(2);
         let mut counts: HashMap<Answer, usize> = HashMap::new();
-        for (at, answer, _) in &answers {
+        let mut others: std::collections::BTreeMap<&str, usize> = Default::default();
+        for (at, answer, _, code) in &answers {
             if *at >= d.fault && *at <= end {
                 *counts.entry(*answer).or_default() += 1;
+                if *answer == Answer::Other {
+                    *others.entry(code.as_str()).or_default() += 1;
+                }
             }
         }
+        let others: Vec<String> = others.iter().map(|(c, n)| format!("{n} {c}")).collect();
+        let others = if others.is_empty() {
+            "0".to_string()
+        } else {
+            others.join(", ")
+        };
         let off_at = d.off.as_ref().map(|(at, _)| *at);
         let during = match (off_at, d.on) {
             (Some(off), Some(on)) => seqs
@@ -635,7 +651,7 @@ async fn run() -> Result<()> {
             counts.get(&Answer::Accepted).unwrap_or(&0),
             counts.get(&Answer::Unavailable).unwrap_or(&0),
             counts.get(&Answer::Timeout).unwrap_or(&0),
-            counts.get(&Answer::Other).unwrap_or(&0),
+            others,
             during,
             missed,
             doubled,

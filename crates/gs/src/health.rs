@@ -222,8 +222,11 @@ impl Health {
         let _ = verdict.wait_for(|v| *v != StoreHealth::Healthy).await;
     }
 
-    /// What the evidence says at `now`, before hysteresis: `None` when it is good.
-    fn signal(&self, now: Instant) -> Option<StoreHealth> {
+    /// What the evidence says at `now`, before hysteresis: `None` when it is good; else the
+    /// verdict and, for an unreachable store, since when it has been shown unreachable (the
+    /// start of the probe that was refused or hung, the failed work's time): that evidence
+    /// covers the time it took to get, so it does not wait out `off_after` again.
+    fn signal(&self, now: Instant) -> Option<(StoreHealth, Option<Instant>)> {
         let config = &self.inner.config;
         let evidence = lock(&self.inner.evidence);
         let settling = evidence
@@ -231,15 +234,23 @@ impl Health {
             .values()
             .any(|(at, kind)| *kind == OpKind::Settle && now - *at < config.settle_slow_after);
         let mut bad = StoreHealth::Healthy;
-        if evidence
+        let mut unreachable_since: Option<Instant> = None;
+        let mut unreachable = |since: Instant| {
+            unreachable_since = Some(unreachable_since.map_or(since, |s: Instant| s.min(since)));
+        };
+        if let Some(since) = evidence
             .probing_since
-            .is_some_and(|since| now - since >= config.probe_timeout)
+            .filter(|since| now - *since >= config.probe_timeout)
         {
             bad = bad.worst(StoreHealth::Unavailable);
+            unreachable(since);
         }
-        if let Some((_, Err(found))) = evidence.last_probe {
+        if let Some((started, Err(found))) = evidence.last_probe {
             if !(found == StoreHealth::Slow && settling) {
                 bad = bad.worst(found);
+                if found == StoreHealth::Unavailable {
+                    unreachable(started);
+                }
             }
         }
         if let Some((failed, found)) = evidence.failed {
@@ -247,6 +258,9 @@ impl Health {
                 matches!(evidence.last_probe, Some((started, Ok(()))) if started > failed);
             if !probed_since {
                 bad = bad.worst(found);
+                if found == StoreHealth::Unavailable {
+                    unreachable(failed);
+                }
             }
         }
         for (at, kind) in evidence.ops.values() {
@@ -258,7 +272,7 @@ impl Health {
                 bad = bad.worst(StoreHealth::Slow);
             }
         }
-        (bad != StoreHealth::Healthy).then_some(bad)
+        (bad != StoreHealth::Healthy).then_some((bad, unreachable_since))
     }
 
     fn probe_started(&self, at: Instant) {
@@ -295,12 +309,16 @@ impl Judge {
         &mut self,
         config: &HealthConfig,
         now: Instant,
-        signal: Option<StoreHealth>,
+        signal: Option<(StoreHealth, Option<Instant>)>,
     ) -> Option<StoreHealth> {
         match signal {
-            Some(bad) => {
+            Some((bad, unreachable_since)) => {
                 self.good_since = None;
-                let since = *self.bad_since.get_or_insert(now);
+                let mut since = *self.bad_since.get_or_insert(now);
+                if let Some(earlier) = unreachable_since.filter(|e| *e < since) {
+                    since = earlier;
+                    self.bad_since = Some(earlier);
+                }
                 let switch = if self.state == StoreHealth::Healthy {
                     now - since >= config.off_after
                 } else {
@@ -455,22 +473,34 @@ mod tests {
             good_since: None,
         };
         let ms = |n| t0 + Duration::from_millis(n);
-        assert_eq!(judge.step(&config, ms(0), Some(StoreHealth::Slow)), None);
-        assert_eq!(judge.step(&config, ms(400), Some(StoreHealth::Slow)), None);
-        assert_eq!(judge.step(&config, ms(450), None), None, "a break resets");
-        assert_eq!(judge.step(&config, ms(500), Some(StoreHealth::Slow)), None);
         assert_eq!(
-            judge.step(&config, ms(1000), Some(StoreHealth::Slow)),
+            judge.step(&config, ms(0), Some((StoreHealth::Slow, None))),
+            None
+        );
+        assert_eq!(
+            judge.step(&config, ms(400), Some((StoreHealth::Slow, None))),
+            None
+        );
+        assert_eq!(judge.step(&config, ms(450), None), None, "a break resets");
+        assert_eq!(
+            judge.step(&config, ms(500), Some((StoreHealth::Slow, None))),
+            None
+        );
+        assert_eq!(
+            judge.step(&config, ms(1000), Some((StoreHealth::Slow, None))),
             Some(StoreHealth::Slow)
         );
         assert_eq!(
-            judge.step(&config, ms(1100), Some(StoreHealth::Unavailable)),
+            judge.step(&config, ms(1100), Some((StoreHealth::Unavailable, None))),
             Some(StoreHealth::Unavailable),
             "a worse reason is said at once"
         );
         assert_eq!(judge.step(&config, ms(1200), None), None);
         assert_eq!(judge.step(&config, ms(3000), None), None);
-        assert_eq!(judge.step(&config, ms(3100), Some(StoreHealth::Slow)), None);
+        assert_eq!(
+            judge.step(&config, ms(3100), Some((StoreHealth::Slow, None))),
+            None
+        );
         assert_eq!(
             judge.step(&config, ms(3200), None),
             None,
@@ -482,27 +512,69 @@ mod tests {
         );
     }
 
+    #[test]
+    fn unreachable_evidence_counts_from_when_it_began() {
+        let config = config();
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut judge = Judge {
+            state: StoreHealth::Healthy,
+            bad_since: None,
+            good_since: None,
+        };
+        // A probe that started at 0 is found hung at 1000: the store has not answered for a
+        // second already, more than off_after.
+        assert_eq!(
+            judge.step(
+                &config,
+                ms(1000),
+                Some((StoreHealth::Unavailable, Some(ms(0))))
+            ),
+            Some(StoreHealth::Unavailable)
+        );
+        // Slowness is not back-dated: it needs off_after of its own.
+        let mut judge = Judge {
+            state: StoreHealth::Healthy,
+            bad_since: None,
+            good_since: None,
+        };
+        assert_eq!(
+            judge.step(&config, ms(1000), Some((StoreHealth::Slow, None))),
+            None
+        );
+        assert_eq!(
+            judge.step(&config, ms(1500), Some((StoreHealth::Slow, None))),
+            Some(StoreHealth::Slow)
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn work_in_flight_past_its_threshold_is_slow_and_a_settlement_excuses_lock_waits() {
         let health = Health::new(config());
         let append = health.begin(OpKind::Append);
-        assert_eq!(health.signal(Instant::now()), None);
+        assert_eq!(health.signal(Instant::now()).map(|(v, _)| v), None);
         tokio::time::advance(Duration::from_millis(1001)).await;
-        assert_eq!(health.signal(Instant::now()), Some(StoreHealth::Slow));
+        assert_eq!(
+            health.signal(Instant::now()).map(|(v, _)| v),
+            Some(StoreHealth::Slow)
+        );
         let settle = health.begin(OpKind::Settle);
         assert_eq!(
-            health.signal(Instant::now()),
+            health.signal(Instant::now()).map(|(v, _)| v),
             None,
             "an append waiting behind our own settlement is not slowness"
         );
         health.probe_finished(Instant::now(), Err(StoreHealth::Slow));
-        assert_eq!(health.signal(Instant::now()), None);
+        assert_eq!(health.signal(Instant::now()).map(|(v, _)| v), None);
         tokio::time::advance(Duration::from_secs(15)).await;
-        assert_eq!(health.signal(Instant::now()), Some(StoreHealth::Slow));
+        assert_eq!(
+            health.signal(Instant::now()).map(|(v, _)| v),
+            Some(StoreHealth::Slow)
+        );
         drop(settle);
         drop(append);
         health.probe_finished(Instant::now(), Ok(()));
-        assert_eq!(health.signal(Instant::now()), None);
+        assert_eq!(health.signal(Instant::now()).map(|(v, _)| v), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -513,26 +585,26 @@ mod tests {
         health.report_unavailable();
         health.probe_finished(before, Ok(()));
         assert_eq!(
-            health.signal(Instant::now()),
+            health.signal(Instant::now()).map(|(v, _)| v),
             Some(StoreHealth::Unavailable),
             "a probe that started before the failure proves nothing"
         );
         tokio::time::advance(Duration::from_millis(10)).await;
         health.probe_finished(Instant::now(), Ok(()));
-        assert_eq!(health.signal(Instant::now()), None);
+        assert_eq!(health.signal(Instant::now()).map(|(v, _)| v), None);
         health.probe_finished(Instant::now(), Err(StoreHealth::Slow));
         assert_eq!(
-            health.signal(Instant::now()),
+            health.signal(Instant::now()).map(|(v, _)| v),
             Some(StoreHealth::Slow),
             "a failure cleared by a good probe stays cleared"
         );
         health.probe_finished(Instant::now(), Ok(()));
         health.probe_started(Instant::now());
         tokio::time::advance(Duration::from_millis(999)).await;
-        assert_eq!(health.signal(Instant::now()), None);
+        assert_eq!(health.signal(Instant::now()).map(|(v, _)| v), None);
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(
-            health.signal(Instant::now()),
+            health.signal(Instant::now()).map(|(v, _)| v),
             Some(StoreHealth::Unavailable)
         );
     }
