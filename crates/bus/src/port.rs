@@ -296,6 +296,8 @@ impl Request {
 pub struct Feed<T> {
     inner: BoxStream<'static, T>,
     _guard: Option<DropGuard>,
+    /// Asks the source to stop sending, letting through what is on its way ([`Feed::drain`]).
+    drain: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Ordered messages of a [`Bus::replay`].
@@ -315,6 +317,23 @@ impl<T: Send + 'static> Feed<T> {
         Self {
             inner: Box::pin(stream),
             _guard: guard,
+            drain: None,
+        }
+    }
+
+    pub(crate) fn with_drain(mut self, drain: tokio::sync::oneshot::Sender<()>) -> Self {
+        self.drain = Some(drain);
+        self
+    }
+
+    /// Leaves the subscription without losing what is on its way: no new delivery is routed
+    /// here (a queue group's other members get them), and the feed ends once every delivery
+    /// sent before the server processed the leave has been read. Read it to the end: those
+    /// requests are yours to answer. Dropping a feed instead discards them. Only
+    /// [`Bus::serve`]'s feeds drain; on the others this does nothing.
+    pub fn drain(&mut self) {
+        if let Some(drain) = self.drain.take() {
+            let _ = drain.send(());
         }
     }
 

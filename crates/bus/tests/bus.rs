@@ -40,6 +40,7 @@ conformance_for_both!(
     unacked_message_is_redelivered_after_ack_wait,
     durable_consumer_resumes_after_its_last_acked_message,
     queue_group_spreads_requests_and_each_reaches_one_member,
+    draining_a_queue_member_loses_no_request_and_routes_new_ones_elsewhere,
     request_without_responders_fails_and_unanswered_request_times_out,
     kv_create_has_exactly_one_winner_among_racers,
     kv_compare_and_set_has_exactly_one_winner_among_racers,

@@ -40,7 +40,34 @@ impl Servers {
             group: group.to_string(),
             sender,
         });
-        Feed::from_receiver(receiver, None)
+        // Draining closes the receiver: senders see it closed (so requests go to the other
+        // members) and what is buffered is still read.
+        let (drain, drained) = tokio::sync::oneshot::channel::<()>();
+        let stream = futures_util::stream::unfold(
+            (receiver, Some(drained)),
+            |(mut receiver, mut drained)| async move {
+                loop {
+                    let Some(asked) = drained.as_mut() else {
+                        let request = receiver.recv().await?;
+                        return Some((request, (receiver, None)));
+                    };
+                    tokio::select! {
+                        biased;
+                        asked = asked => {
+                            drained = None;
+                            if asked.is_ok() {
+                                receiver.close();
+                            }
+                        }
+                        request = receiver.recv() => {
+                            let request = request?;
+                            return Some((request, (receiver, drained)));
+                        }
+                    }
+                }
+            },
+        );
+        Feed::from_stream(stream, None).with_drain(drain)
     }
 
     pub(super) async fn request(

@@ -512,7 +512,37 @@ impl Bus for NatsBus {
         // sent after `serve` returns finds this member.
         client.flush().await.map_err(|e| other("flush", e))?;
         let bus = self.clone();
-        let requests = subscriber.map(move |message| Request {
+        let (drain, drained) = tokio::sync::oneshot::channel();
+        // `Subscriber::drain` unsubscribes and pings: the subscription ends when the pong
+        // comes back, so every message the server routed here before the unsubscribe is read.
+        let messages = futures_util::stream::unfold(
+            (subscriber, Some(drained)),
+            |(mut subscriber, mut drained)| async move {
+                loop {
+                    let Some(asked) = drained.as_mut() else {
+                        let message = subscriber.next().await?;
+                        return Some((message, (subscriber, None)));
+                    };
+                    tokio::select! {
+                        biased;
+                        asked = asked => {
+                            drained = None;
+                            if asked.is_ok() {
+                                if let Err(error) = subscriber.drain().await {
+                                    tracing::warn!(%error, "bus: could not drain a subscription");
+                                    return None;
+                                }
+                            }
+                        }
+                        message = subscriber.next() => {
+                            let message = message?;
+                            return Some((message, (subscriber, drained)));
+                        }
+                    }
+                }
+            },
+        );
+        let requests = messages.map(move |message| Request {
             subject: bus.inner.names.logical_subject(message.subject.as_str()),
             payload: message.payload,
             replier: Replier::Nats {
@@ -520,7 +550,7 @@ impl Bus for NatsBus {
                 reply: message.reply,
             },
         });
-        Ok(Feed::from_stream(requests, None))
+        Ok(Feed::from_stream(requests, None).with_drain(drain))
     }
 
     async fn kv(&self, bucket: &str) -> Result<NatsKv, BusError> {

@@ -773,3 +773,78 @@ pub async fn closing_the_bus_ends_its_replays_consumers_and_watches<B: Bus>(
     );
     assert!(within("the watch to end", watch.next()).await.is_none());
 }
+
+/// A queue member that drains (GS leaving the bet queue while its database is sick) answers
+/// every request routed to it before the leave, and new requests go to the other member: no
+/// request is lost in between.
+pub async fn draining_a_queue_member_loses_no_request_and_routes_new_ones_elsewhere<B: Bus>(
+    bus: B,
+) {
+    const REQUESTS: usize = 300;
+    let (drain_now, drain_asked) = tokio::sync::oneshot::channel::<()>();
+    let (drained, drained_seen) = tokio::sync::oneshot::channel::<()>();
+    let mut leaving = bus.serve("bets.place.*", "gs").await.expect("serve");
+    let leaver = tokio::spawn(async move {
+        let mut drain_asked = Some(drain_asked);
+        loop {
+            let request = match drain_asked.as_mut() {
+                Some(asked) => tokio::select! {
+                    _ = asked => {
+                        drain_asked = None;
+                        leaving.drain();
+                        continue;
+                    }
+                    request = leaving.next() => request,
+                },
+                None => leaving.next().await,
+            };
+            let Some(request) = request else { break };
+            let answer = format!("leaving|{}", String::from_utf8_lossy(&request.payload));
+            request.respond(Bytes::from(answer)).await.expect("respond");
+        }
+        let _ = drained.send(());
+    });
+    let mut staying = bus.serve("bets.place.*", "gs").await.expect("serve");
+    let stayer = tokio::spawn(async move {
+        while let Some(request) = staying.next().await {
+            let answer = format!("staying|{}", String::from_utf8_lossy(&request.payload));
+            request.respond(Bytes::from(answer)).await.expect("respond");
+        }
+    });
+    let asks = (0..REQUESTS).map(|i| {
+        let bus = bus.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(i as u64 / 3)).await;
+            bus.request("bets.place.t", Bytes::from(i.to_string()), WAIT)
+                .await
+                .map(|a| String::from_utf8_lossy(&a).into_owned())
+        }
+    });
+    let all = futures_util::future::join_all(asks);
+    let drain = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drain_now.send(()).expect("drain");
+    };
+    let (answers, ()) = tokio::join!(all, drain);
+    for (i, answer) in answers.iter().enumerate() {
+        let answer = answer
+            .as_ref()
+            .unwrap_or_else(|e| panic!("request {i} lost while a member drained: {e:?}"));
+        assert!(answer.ends_with(&format!("|{i}")), "{answer}");
+    }
+    within("the drained feed to end", drained_seen)
+        .await
+        .expect("the drained feed ends");
+    leaver.await.expect("leaver");
+    for i in 0..20 {
+        let answer = bus
+            .request("bets.place.t", Bytes::from(format!("after-{i}")), WAIT)
+            .await
+            .expect("an answer");
+        assert!(
+            String::from_utf8_lossy(&answer).starts_with("staying|"),
+            "a drained member got a new request"
+        );
+    }
+    stayer.abort();
+}
