@@ -8,8 +8,9 @@
 //! queue is bounded: at most `batch_size` pending plus `MAX_BATCHES_IN_FLIGHT × batch_size`
 //! in flight; beyond that the task stops reading the bus subscription (itself bounded), and
 //! late requests time out at the requester, who retries with the same `bet_id`. On leaving
-//! the queue group, the requests left in the subscription's buffer join the pending ones, and
-//! their hand-off takes one more place in flight (below).
+//! the queue group, the subscription is drained ([`bus::Feed::drain`]): every request the
+//! server routed here before the leave joins the pending ones, and their hand-off takes one
+//! more place in flight (below).
 //!
 //! Degraded mode (ADR 0020): the task is in the queue group only while this GS serves
 //! ([`crate::status`]); when it stops serving it leaves the group, so bets go to the other GS
@@ -41,7 +42,7 @@ use std::time::Duration;
 
 use bus::{Bus, Request, RequestError, Requests};
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use protocol::{Encoding, ErrorCode, PlaceBetReply, PlaceBetRequest};
 use store::Store;
 use tokio::sync::watch;
@@ -68,6 +69,9 @@ const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 /// Deadline of the one forward of a bet this GS could not write to another GS: with
 /// [`MAX_HAND_OFF_WAIT`] it stays within a gateway's default bet deadline (5 s).
 pub const HAND_OFF_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The longest leaving the queue group waits for the requests already routed here.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 /// The longest a bet this GS could not write waits for it to leave the queue group before it
 /// is answered here.
@@ -183,12 +187,21 @@ pub(crate) async fn run<B: Bus>(
         }
         if !serve {
             if let Some(mut subscription) = requests.take() {
-                // Requests delivered to this GS but not read yet would go with the
-                // subscription: read them first (written on shutdown, handed off otherwise).
-                while let Some(Some(request)) = subscription.next().now_or_never() {
-                    if let Some(bet) = decode(request).await {
-                        pending.push(bet);
+                // Leave without losing a request: the drain lets through every request the
+                // server routed here before it processed the leave (one round trip), and they
+                // join the pending ones (written on shutdown, handed off otherwise). A bus too
+                // sick to finish the drain in time loses what it still holds: those requesters
+                // time out and retry with the same bet_id.
+                subscription.drain();
+                let drained = async {
+                    while let Some(request) = subscription.next().await {
+                        if let Some(bet) = decode(request).await {
+                            pending.push(bet);
+                        }
                     }
+                };
+                if tokio::time::timeout(DRAIN_WAIT, drained).await.is_err() {
+                    tracing::warn!("the bet subscription did not drain in time");
                 }
                 drop(subscription);
                 if open {
