@@ -105,6 +105,7 @@ bench: bench-encode bench-store bench-gms bench-gateway bench-replay bench-outbo
 replay *ARGS: build
     target/debug/croupier replay {{ARGS}}
 
-# The demo page in headless Chromium (also part of `just test`); screenshot: artifacts/demo-page.png.
+# The demo page in headless Chromium (also part of `just test`); screenshots: artifacts/demo-page.png,
+# artifacts/demo-page-paused.png.
 test-page: deps
     cargo test -p croupier --test gateway_browser
