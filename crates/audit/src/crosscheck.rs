@@ -1,7 +1,9 @@
 //! The two logs agree event by event: every round transition GMS published on `TABLES` has its
 //! Postgres row with the same event id and the same content, every event GS published (on
 //! `PLAYERS` and `table.<t>.result`) has its row with the same `event_id` and identical payload
-//! bytes, and every Postgres event is found on the bus.
+//! bytes, and every Postgres event of a published kind is found on the bus. An operator's
+//! `betting_switched` is recorded in Postgres only (ADR 0022): never expected on the bus, and a
+//! violation if found there.
 //!
 //! Both logs are read in their own order (positions; stream sequences) and merged by the
 //! events' own `at`, so an event waits for its counterpart only as long as the two orders
@@ -243,8 +245,12 @@ impl Matcher {
         }
     }
 
-    /// A Postgres event (already decoded by the rebuild).
+    /// A Postgres event (already decoded by the rebuild). A kind that is never published has
+    /// nothing to meet on the bus.
     pub fn recorded(&mut self, position: i64, data: Bytes, event: &Event<'_>) {
+        if !event.kind.published() {
+            return;
+        }
         let tracked = self.track.as_ref().is_some_and(|(table, round)| {
             event.table == Some(table.as_str()) && event.round == Some(*round)
         });
@@ -291,6 +297,18 @@ impl Matcher {
             }
         };
         let (id, kind) = (event.id, event.kind);
+        if !kind.published() {
+            let place = message.place();
+            self.violations.push(
+                Violation::new(
+                    Check::Bus,
+                    format!("no {kind} on the bus (it is recorded in the store only)"),
+                    format!("event id {id} published"),
+                )
+                .bus(place),
+            );
+            return;
+        }
         let published = Published { message, kind };
         match self.recorded.remove(&id) {
             Some(recorded) => self.compare(recorded, published),
@@ -461,4 +479,63 @@ fn describe_difference(stored: &[u8], message: &BusMessage) -> String {
 
 fn to_json(event: &protocol::Event) -> serde_json::Value {
     serde_json::to_value(event).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn switch() -> Bytes {
+        let event = protocol::Event::new(
+            Uuid::new_v4(),
+            domain::Timestamp::from_unix_micros(1_700_000_000_000_000).expect("time"),
+            protocol::BettingSwitched {
+                table: None,
+                betting: protocol::Betting::Disabled,
+                reason: "drill".into(),
+                by: "dana".into(),
+            },
+        );
+        protocol::encode_event(&event).expect("encode")
+    }
+
+    #[test]
+    fn an_operator_switch_is_not_expected_on_the_bus() {
+        let data = switch();
+        let event = wire::decode(&data).expect("decodes");
+        let mut matcher = Matcher::default();
+        matcher.recorded(7, data.clone(), &event);
+        // Even past the outbox's cursor and with no stream's retention in question.
+        let unmatched = matcher.leftovers(100, &HashMap::new());
+        assert!(unmatched.is_empty());
+        assert_eq!(matcher.violations, []);
+        assert_eq!(matcher.report.awaiting_publication, 0);
+    }
+
+    #[test]
+    fn an_operator_switch_found_on_the_bus_is_named() {
+        let payload = switch();
+        let event = wire::decode(&payload).expect("decodes");
+        let summary = Summary {
+            id: event.id,
+            at: event.at,
+            kind: event.kind,
+            subject_holds: event.published_on("table.roulette-1.round"),
+        };
+        let mut matcher = Matcher::default();
+        matcher.published(BusMessage {
+            stream: "TABLES",
+            seq: 3,
+            subject: "table.roulette-1.round".into(),
+            payload,
+            event: Ok(summary),
+        });
+        assert_eq!(matcher.violations.len(), 1, "{:?}", matcher.violations);
+        assert_eq!(matcher.violations[0].check, Check::Bus);
+        assert!(
+            matcher.violations[0].expected.contains("betting_switched"),
+            "{:?}",
+            matcher.violations[0]
+        );
+    }
 }

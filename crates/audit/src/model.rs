@@ -6,6 +6,10 @@
 //! late event for it is still caught. Tables and players are numbered as they are first seen,
 //! so a row costs no allocation once its table and player are known. Pure and synchronous:
 //! rows come in, violations and figures come out.
+//!
+//! An operator's switch of betting (`betting_switched`, ADR 0022) moves no money and belongs to
+//! no round: it is only listed, in order, for the report's "operator actions" (the first
+//! [`MAX_LISTED`] of them; all are counted).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,9 +18,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use uuid::Uuid;
 
-use crate::report::{Check, Money, TableReport, Violation, Violations};
+use crate::report::{Check, MAX_LISTED, Money, OperatorAction, TableReport, Violation, Violations};
 use crate::rules::Wager;
 use crate::wire::{Body, Event, Kind, Time};
+
+/// The stream every `betting_switched` is recorded in (`docs/contract/event-store.md`).
+pub const OPERATOR_STREAM: &str = "operator";
 
 /// The table limits the bets were judged by (the services' `CROUPIER_MIN_BET`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +176,9 @@ pub struct Auditor {
     deposit_ids: HashSet<String>,
     money: Money,
     violations: Violations,
+    /// Operators' switches of betting, in position order (the first [`MAX_LISTED`]).
+    operator_actions: Vec<OperatorAction>,
+    operator_actions_total: u64,
 }
 
 impl Auditor {
@@ -187,6 +197,8 @@ impl Auditor {
             deposit_ids: HashSet::default(),
             money: Money::default(),
             violations: Violations::default(),
+            operator_actions: Vec::new(),
+            operator_actions_total: 0,
         }
     }
 
@@ -238,6 +250,15 @@ impl Auditor {
             }
         };
         self.check_columns(row, event);
+        if let Body::BettingSwitched {
+            betting,
+            reason,
+            by,
+        } = event.body
+        {
+            self.operator_action(row, event, betting, reason, by);
+            return;
+        }
         // Looked up once for both the wallet and the round.
         let player = event.player().map(|p| self.player_id(p));
         if self.checks_wallets() {
@@ -252,9 +273,41 @@ impl Auditor {
         self.apply_round(row.position, table, round, event, player);
     }
 
+    /// Lists an operator's switch (within the scope's table, or of every table): who, what,
+    /// which table, when. Nothing about money to check.
+    fn operator_action(
+        &mut self,
+        row: &Row,
+        event: &Event<'_>,
+        betting: crate::wire::Switch,
+        reason: &str,
+        by: &str,
+    ) {
+        let in_scope = match (self.scope.table.as_deref(), event.table) {
+            (Some(scope), Some(table)) => scope == table,
+            _ => true,
+        };
+        if !in_scope {
+            return;
+        }
+        self.operator_actions_total += 1;
+        if self.operator_actions.len() < MAX_LISTED {
+            self.operator_actions.push(OperatorAction {
+                position: row.position,
+                at: event.at.to_string(),
+                event_id: event.id.to_string(),
+                by: by.to_string(),
+                betting: betting.as_str().to_string(),
+                table: event.table.map(str::to_string),
+                reason: reason.to_string(),
+            });
+        }
+    }
+
     /// The row's columns agree with the event it holds.
     fn check_columns(&mut self, row: &Row, event: &Event<'_>) {
         let stream_holds = match (event.player(), event.table, event.round) {
+            _ if event.kind == Kind::BettingSwitched => row.stream == OPERATOR_STREAM,
             (Some(player), _, _) => row.stream.strip_prefix("player-") == Some(player),
             (None, Some(table), Some(round)) => row
                 .stream
@@ -680,7 +733,7 @@ impl Auditor {
                 self.rounds.remove(&key);
                 self.finished.insert(key, Finished::Settled);
             }
-            Body::FundsDeposited { .. } => {}
+            Body::FundsDeposited { .. } | Body::BettingSwitched { .. } => {}
         }
         // A voided round is finished once every stake on it is refunded (it has no closing
         // event of its own).
@@ -809,6 +862,8 @@ impl Auditor {
             tables,
             money,
             violations: self.violations,
+            operator_actions: self.operator_actions,
+            operator_actions_total: self.operator_actions_total,
         }
     }
 
@@ -860,6 +915,9 @@ pub struct Finish {
     pub tables: BTreeMap<String, TableReport>,
     pub money: Option<Money>,
     pub violations: Violations,
+    /// Operators' switches of betting in position order: the first [`MAX_LISTED`].
+    pub operator_actions: Vec<OperatorAction>,
+    pub operator_actions_total: u64,
 }
 
 /// What resolves a bet: a settlement (after the outcome) or a refund (on a voided round).
@@ -964,8 +1022,8 @@ mod tests {
         BetId, Money, Outcome, PlayerId, RoundId, Selection, ServerSeed, TableId, Timestamp,
     };
     use protocol::{
-        BetPlaced, BetRefunded, BetSettled, BettingClosed, DepositId, Event, EventBody,
-        FundsDeposited, OutcomeDeclared, RoundOpened, RoundSettled, RoundVoided,
+        BetPlaced, BetRefunded, BetSettled, Betting, BettingClosed, BettingSwitched, DepositId,
+        Event, EventBody, FundsDeposited, OutcomeDeclared, RoundOpened, RoundSettled, RoundVoided,
     };
 
     use super::*;
@@ -1005,6 +1063,7 @@ mod tests {
             let at = Timestamp::from_unix_micros(self.clock).expect("time");
             let event = Event::new(id, at, body);
             let stream = match (event.player(), event.table(), event.round()) {
+                _ if matches!(event.body, EventBody::BettingSwitched(_)) => "operator".into(),
                 (Some(player), _, _) => format!("player-{player}"),
                 (None, Some(table), Some(round)) => format!("round-{table}-{}", round.get()),
                 _ => "other".into(),
@@ -1093,8 +1152,24 @@ mod tests {
             outcome
         }
 
+        fn switch(&mut self, table: Option<&str>, betting: Betting, by: &str, reason: &str) {
+            self.push(
+                1,
+                BettingSwitched {
+                    table: table.map(t),
+                    betting,
+                    reason: reason.into(),
+                    by: by.into(),
+                },
+            );
+        }
+
         fn rebuild(&self, limits: Limits) -> Finish {
-            let mut auditor = Auditor::new(limits, Scope::default(), false);
+            self.rebuild_in(limits, Scope::default())
+        }
+
+        fn rebuild_in(&self, limits: Limits, scope: Scope) -> Finish {
+            let mut auditor = Auditor::new(limits, scope, false);
             for row in &self.rows {
                 let event = crate::wire::decode(&row.data);
                 auditor.apply(row, event.as_ref().map_err(String::as_str));
@@ -1193,6 +1268,79 @@ mod tests {
         log.push(1, refund(1100));
         // Refunded after the round was finished, and money made from nothing.
         assert_eq!(log.checks(), vec![Check::Round, Check::Conservation]);
+    }
+
+    #[test]
+    fn operator_switches_are_listed_in_order_with_who_what_and_when_and_move_no_money() {
+        let (mut log, _) = settled_round();
+        log.switch(Some("t1"), Betting::Disabled, "dana", "wheel serviced");
+        log.switch(None, Betting::Disabled, "eve", "database flaky");
+        log.switch(Some("t2"), Betting::Disabled, "dana", "dealer break");
+        log.switch(Some("t1"), Betting::Enabled, "dana", "wheel back");
+        let finish = log.rebuild(Limits::default());
+        assert_eq!(finish.violations.listed(), &[], "no violation");
+        let money = finish.money.expect("wallets rebuilt");
+        assert_eq!(money.deposits, money.balances + money.house_net);
+        assert_eq!(finish.tables["t1"].rounds, 1, "no round of its own");
+        assert!(!finish.tables.contains_key("t2"), "a switch opens no table");
+        let listed: Vec<(&str, &str, Option<&str>, &str)> = finish
+            .operator_actions
+            .iter()
+            .map(|a| {
+                (
+                    a.by.as_str(),
+                    a.betting.as_str(),
+                    a.table.as_deref(),
+                    a.reason.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("dana", "disabled", Some("t1"), "wheel serviced"),
+                ("eve", "disabled", None, "database flaky"),
+                ("dana", "disabled", Some("t2"), "dealer break"),
+                ("dana", "enabled", Some("t1"), "wheel back"),
+            ]
+        );
+        assert_eq!(finish.operator_actions_total, 4);
+        let positions: Vec<i64> = finish.operator_actions.iter().map(|a| a.position).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+        let times: Vec<&str> = finish
+            .operator_actions
+            .iter()
+            .map(|a| a.at.as_str())
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+        let last = log.rows.last().expect("a row");
+        assert_eq!(
+            finish.operator_actions[3].event_id,
+            last.event_id.to_string()
+        );
+
+        // Scoped to a table: its switches and those of every table.
+        let scoped = log.rebuild_in(
+            Limits::default(),
+            Scope {
+                table: Some("t1".into()),
+                ..Scope::default()
+            },
+        );
+        let reasons: Vec<&str> = scoped
+            .operator_actions
+            .iter()
+            .map(|a| a.reason.as_str())
+            .collect();
+        assert_eq!(reasons, ["wheel serviced", "database flaky", "wheel back"]);
+    }
+
+    #[test]
+    fn an_operator_switch_outside_the_operator_stream_is_named() {
+        let mut log = Log::new();
+        log.switch(None, Betting::Disabled, "dana", "drill");
+        log.rows[0].stream = "round-t1-1".into();
+        assert_eq!(log.checks(), vec![Check::Event]);
     }
 
     #[test]

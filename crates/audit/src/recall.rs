@@ -347,7 +347,7 @@ fn summarize(
                 }
             }
             EventBody::RoundSettled(_) => recall.phase = "settled".into(),
-            EventBody::FundsDeposited(_) => {}
+            EventBody::FundsDeposited(_) | EventBody::BettingSwitched(_) => {}
         }
     }
     recall.checks = ROUND_CHECKS

@@ -386,6 +386,8 @@ async fn replay_on<B: Bus>(
         },
         tables,
         money: finish.money,
+        operator_actions: finish.operator_actions,
+        operator_actions_total: finish.operator_actions_total,
         bus: bus_report,
         checkpoints_verified: end.checkpoints_verified,
         violations_total: total,

@@ -217,6 +217,44 @@ pub struct TableReport {
     pub violations: u64,
 }
 
+/// An operator's switch of betting, from its `betting_switched` event (ADR 0022): who switched
+/// what, for which table, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OperatorAction {
+    /// The `events` position of the event.
+    pub position: i64,
+    /// When the operator switched (the event's `at`).
+    pub at: String,
+    pub event_id: String,
+    /// Who switched.
+    pub by: String,
+    /// `"disabled"` (switched off) or `"enabled"` (the switch lifted).
+    pub betting: String,
+    /// The table switched; `null` for every table.
+    pub table: Option<String>,
+    /// Why, in the operator's words.
+    pub reason: String,
+}
+
+impl fmt::Display for OperatorAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let switched = if self.betting == "enabled" {
+            "on"
+        } else {
+            "off"
+        };
+        let table = self
+            .table
+            .as_ref()
+            .map_or("every table".to_string(), |t| format!("table {t}"));
+        write!(
+            f,
+            "{} position {}: {} switched betting {switched} for {table} ({:?})",
+            self.at, self.position, self.by, self.reason
+        )
+    }
+}
+
 /// Where the chain ends: the checkpoint to publish.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Head {
@@ -274,6 +312,11 @@ pub struct Report {
     /// Present when wallets were checked (an unscoped run from position 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub money: Option<Money>,
+    /// Operators' switches of betting (`betting_switched`) in position order, of the table in
+    /// scope and of every table: the first 1000.
+    pub operator_actions: Vec<OperatorAction>,
+    /// Every operator action found; the first 1000 are listed in `operator_actions`.
+    pub operator_actions_total: u64,
     /// The comparison with the JetStream streams; absent with `--no-bus`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bus: Option<crate::crosscheck::BusReport>,
@@ -339,6 +382,21 @@ impl Report {
                 "money: deposits {} = balances {} + house net {} + in play {} ({} wallets)",
                 money.deposits, money.balances, money.house_net, money.in_play, money.wallets
             );
+        }
+        if self.operator_actions_total == 0 {
+            let _ = writeln!(out, "operator actions: none");
+        } else {
+            let _ = writeln!(out, "operator actions: {}", self.operator_actions_total);
+            for action in &self.operator_actions {
+                let _ = writeln!(out, "  {action}");
+            }
+            if self.operator_actions_total > self.operator_actions.len() as u64 {
+                let _ = writeln!(
+                    out,
+                    "  … and {} more",
+                    self.operator_actions_total - self.operator_actions.len() as u64
+                );
+            }
         }
         match &self.bus {
             Some(bus) => {
@@ -411,5 +469,108 @@ impl Report {
             self.violations_total, self.head
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(actions: Vec<OperatorAction>, total: u64) -> Report {
+        Report {
+            ok: true,
+            events: 9,
+            from_position: 1,
+            head: Head {
+                position: 9,
+                hash: "00".repeat(32),
+            },
+            scope: Scope::default(),
+            tables: BTreeMap::new(),
+            money: None,
+            operator_actions: actions,
+            operator_actions_total: total,
+            bus: None,
+            checkpoints_verified: 0,
+            violations_total: 0,
+            violations: Vec::new(),
+            run: RunStats::default(),
+            recall: None,
+        }
+    }
+
+    fn action(position: i64, table: Option<&str>, betting: &str, reason: &str) -> OperatorAction {
+        OperatorAction {
+            position,
+            at: format!("2026-11-25T22:40:0{position}.000000Z"),
+            event_id: format!("0190f5a2-7c1e-7000-8000-00000000000{position}"),
+            by: "dana".into(),
+            betting: betting.into(),
+            table: table.map(str::to_string),
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn the_text_report_says_who_switched_what_for_which_table_and_when_in_order() {
+        let text = report(
+            vec![
+                action(3, Some("roulette-1"), "disabled", "wheel serviced"),
+                action(5, None, "disabled", "database flaky"),
+                action(7, Some("roulette-1"), "enabled", "wheel back"),
+            ],
+            3,
+        )
+        .to_text();
+        let lines: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("operator actions"))
+            .take(4)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "operator actions: 3",
+                "  2026-11-25T22:40:03.000000Z position 3: dana switched betting off for table roulette-1 (\"wheel serviced\")",
+                "  2026-11-25T22:40:05.000000Z position 5: dana switched betting off for every table (\"database flaky\")",
+                "  2026-11-25T22:40:07.000000Z position 7: dana switched betting on for table roulette-1 (\"wheel back\")",
+            ],
+            "{text}"
+        );
+        assert!(
+            report(Vec::new(), 0)
+                .to_text()
+                .contains("operator actions: none\n")
+        );
+        let more = report(vec![action(3, None, "disabled", "r")], 1001).to_text();
+        assert!(more.contains("  … and 1000 more\n"), "{more}");
+    }
+
+    #[test]
+    fn the_json_report_lists_operator_actions_with_null_for_every_table() {
+        let json: serde_json::Value = serde_json::from_str(
+            &report(
+                vec![
+                    action(3, Some("roulette-1"), "disabled", "wheel serviced"),
+                    action(5, None, "enabled", "over"),
+                ],
+                2,
+            )
+            .to_json(),
+        )
+        .expect("JSON");
+        assert_eq!(json["operator_actions_total"], 2);
+        let actions = json["operator_actions"].as_array().expect("a list");
+        assert_eq!(actions[0]["table"], "roulette-1");
+        assert_eq!(actions[0]["by"], "dana");
+        assert_eq!(actions[0]["betting"], "disabled");
+        assert_eq!(actions[0]["at"], "2026-11-25T22:40:03.000000Z");
+        assert_eq!(actions[0]["position"], 3);
+        assert!(actions[1]["table"].is_null(), "{}", actions[1]);
+        assert!(
+            report(Vec::new(), 0)
+                .to_json()
+                .contains("\"operator_actions\":[]")
+        );
     }
 }

@@ -59,6 +59,8 @@ pub enum Kind {
     BetRefunded,
     RoundSettled,
     FundsDeposited,
+    /// An operator's switch of betting (ADR 0022): stored only, never published.
+    BettingSwitched,
 }
 
 impl Kind {
@@ -73,6 +75,7 @@ impl Kind {
             "bet_refunded" => Kind::BetRefunded,
             "round_settled" => Kind::RoundSettled,
             "funds_deposited" => Kind::FundsDeposited,
+            "betting_switched" => Kind::BettingSwitched,
             _ => return None,
         })
     }
@@ -88,15 +91,22 @@ impl Kind {
             Kind::BetRefunded => "bet_refunded",
             Kind::RoundSettled => "round_settled",
             Kind::FundsDeposited => "funds_deposited",
+            Kind::BettingSwitched => "betting_switched",
         }
     }
 
-    /// GMS publishes the round transitions; GS everything else.
+    /// GMS publishes the round transitions; GS everything else but an operator's switch.
     pub const fn by_gms(self) -> bool {
         matches!(
             self,
             Kind::RoundOpened | Kind::BettingClosed | Kind::OutcomeDeclared | Kind::RoundVoided
         )
+    }
+
+    /// Whether events of this kind are on the bus: all but `betting_switched`, which an
+    /// operator's CLI records in the store only (`docs/contract/events.md`).
+    pub const fn published(self) -> bool {
+        !matches!(self, Kind::BettingSwitched)
     }
 }
 
@@ -117,6 +127,29 @@ struct RawSelection<'a> {
     index: Option<u8>,
 }
 
+/// Whether an operator switched betting on or off (`betting_switched`'s `betting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Switch {
+    Enabled,
+    Disabled,
+}
+
+impl Switch {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Switch::Enabled => "enabled",
+            Switch::Disabled => "disabled",
+        }
+    }
+}
+
+/// A field that may be missing (the outer `None`), `null` (`Some(None)`) or a string.
+fn present<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<&'a str>>, D::Error> {
+    Option::<&'a str>::deserialize(deserializer).map(Some)
+}
+
 /// Every field any event kind has, in one map.
 #[derive(Debug, Deserialize)]
 struct Raw<'a> {
@@ -126,8 +159,9 @@ struct Raw<'a> {
     id: &'a str,
     #[serde(borrow)]
     at: &'a str,
-    #[serde(default, borrow)]
-    table: Option<&'a str>,
+    /// Missing, `null` (`betting_switched` of every table) or a table id.
+    #[serde(default, borrow, deserialize_with = "present")]
+    table: Option<Option<&'a str>>,
     #[serde(default)]
     round: Option<u64>,
     #[serde(default, borrow)]
@@ -160,6 +194,10 @@ struct Raw<'a> {
     paid: Option<i64>,
     #[serde(default, borrow)]
     deposit_id: Option<&'a str>,
+    #[serde(default, borrow)]
+    betting: Option<&'a str>,
+    #[serde(default, borrow)]
+    by: Option<&'a str>,
 }
 
 /// What each kind carries beyond the envelope.
@@ -207,6 +245,12 @@ pub enum Body<'a> {
         amount: i64,
         balance: i64,
     },
+    /// The table switched is the event's `table` (`None`: every table).
+    BettingSwitched {
+        betting: Switch,
+        reason: &'a str,
+        by: &'a str,
+    },
 }
 
 /// One event, borrowed from its bytes.
@@ -215,9 +259,10 @@ pub struct Event<'a> {
     pub kind: Kind,
     pub id: Uuid,
     pub at: Time,
-    /// Every kind names its table, but a deposit made outside any table.
+    /// Every kind names its table, but a deposit made outside any table and an operator's
+    /// switch of every table.
     pub table: Option<&'a str>,
-    /// Every kind but `funds_deposited`.
+    /// Every kind but `funds_deposited` and `betting_switched`.
     pub round: Option<u64>,
     pub body: Body<'a>,
 }
@@ -243,8 +288,12 @@ impl<'a> Event<'a> {
         }
     }
 
-    /// The subject the event is published on (`docs/contract/bus.md`).
+    /// The subject the event is published on (`docs/contract/bus.md`); empty for a kind that
+    /// is never published.
     pub fn subject(&self) -> String {
+        if !self.kind.published() {
+            return String::new();
+        }
         match (self.player(), self.table) {
             (Some(player), _) => format!("player.{player}.wallet"),
             (None, Some(table)) if self.kind == Kind::RoundSettled => {
@@ -260,8 +309,12 @@ impl<'a> Event<'a> {
         self.player().is_some()
     }
 
-    /// Whether `subject` is [`Event::subject`], without building it.
+    /// Whether `subject` is [`Event::subject`], without building it (never, for a kind that is
+    /// never published).
     pub fn published_on(&self, subject: &str) -> bool {
+        if !self.kind.published() {
+            return false;
+        }
         let (name, last) = match (self.player(), self.table) {
             (Some(player), _) => (player, "wallet"),
             (None, Some(table)) if self.kind == Kind::RoundSettled => (table, "result"),
@@ -299,10 +352,20 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, String> {
     let at =
         Time::parse(raw.at).ok_or_else(|| format!("at {:?} is not a contract time", raw.at))?;
     let need = |what: &str| format!("{kind} without {what}");
-    let table = raw.table.map(|t| name(t, "table")).transpose()?;
-    if kind != Kind::FundsDeposited {
+    if kind == Kind::BettingSwitched && raw.table.is_none() {
+        // `null` for every table, but never left out.
+        return Err(need("table"));
+    }
+    let table = raw.table.flatten().map(|t| name(t, "table")).transpose()?;
+    // A switch belongs to no round: a `round` in one is a field its kind does not know.
+    let round = if kind == Kind::BettingSwitched {
+        None
+    } else {
+        raw.round
+    };
+    if !matches!(kind, Kind::FundsDeposited | Kind::BettingSwitched) {
         table.ok_or_else(|| need("table"))?;
-        let round = raw.round.ok_or_else(|| need("round"))?;
+        let round = round.ok_or_else(|| need("round"))?;
         if round == 0 {
             return Err("round 0".into());
         }
@@ -373,13 +436,27 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, String> {
             amount: stake(raw.amount, "amount")?,
             balance: money(raw.balance, "balance")?,
         },
+        Kind::BettingSwitched => Body::BettingSwitched {
+            betting: match raw.betting {
+                Some("enabled") => Switch::Enabled,
+                Some("disabled") => Switch::Disabled,
+                Some(other) => {
+                    return Err(format!(
+                        "{kind}: betting {other:?} is neither \"enabled\" nor \"disabled\""
+                    ));
+                }
+                None => return Err(need("betting")),
+            },
+            reason: raw.reason.ok_or_else(|| need("reason"))?,
+            by: raw.by.ok_or_else(|| need("by"))?,
+        },
     };
     Ok(Event {
         kind,
         id,
         at,
         table,
-        round: raw.round,
+        round,
         body,
     })
 }
@@ -477,8 +554,9 @@ mod tests {
             assert_eq!(ours.at.as_str(), event.at.to_string());
             assert_eq!(ours.table, event.table().map(|t| t.as_str()));
             assert_eq!(ours.round, event.round().map(|r| r.get()));
-            assert_eq!(ours.subject(), protocol::subject_for(event));
-            assert!(ours.published_on(&protocol::subject_for(event)));
+            let subject = protocol::subject_for(event).expect("published");
+            assert_eq!(ours.subject(), subject);
+            assert!(ours.published_on(&subject));
             assert!(!ours.published_on("table.t-1.other"));
         }
         let bytes = protocol::encode_event(&events[2]).expect("encode");
@@ -506,6 +584,81 @@ mod tests {
                 server_seed: [9; 32]
             }
         );
+    }
+
+    /// An operator's switch, as `croupier betting` writes it, of one table and of every table.
+    #[test]
+    fn an_operator_switch_decodes_with_its_table_or_none_and_is_never_published() {
+        use protocol::{Betting, BettingSwitched};
+        let at = domain::Timestamp::from_unix_micros(1_700_000_000_000_001).expect("time");
+        for (table, betting, switch) in [
+            (Some("roulette-1"), Betting::Disabled, Switch::Disabled),
+            (None, Betting::Enabled, Switch::Enabled),
+        ] {
+            let event = protocol::Event::new(
+                Uuid::new_v4(),
+                at,
+                BettingSwitched {
+                    table: table.map(|t| domain::TableId::parse(t).expect("table")),
+                    betting,
+                    reason: "wheel serviced".into(),
+                    by: "dana".into(),
+                },
+            );
+            let bytes = protocol::encode_event(&event).expect("encode");
+            let ours = decode(&bytes).expect("decodes");
+            assert_eq!(ours.kind, Kind::BettingSwitched);
+            assert_eq!(ours.id, event.id);
+            assert_eq!(ours.at.as_str(), "2023-11-14T22:13:20.000001Z");
+            assert_eq!(ours.table, table);
+            assert_eq!(ours.round, None);
+            assert_eq!(ours.player(), None);
+            assert_eq!(
+                ours.body,
+                Body::BettingSwitched {
+                    betting: switch,
+                    reason: "wheel serviced",
+                    by: "dana"
+                }
+            );
+            assert!(!ours.kind.published() && !ours.kind.by_gms());
+            assert_eq!(ours.subject(), "");
+            assert!(!ours.published_on("table.roulette-1.round"));
+        }
+    }
+
+    #[test]
+    fn an_operator_switch_without_its_fields_is_refused() {
+        let event = |fields: serde_json::Value| {
+            let mut map = serde_json::json!({
+                "kind": "betting_switched",
+                "id": "0190f5a2-7c1e-7000-8000-00000000000a",
+                "v": 1,
+                "at": "2026-11-25T22:40:00.000000Z",
+            });
+            for (k, v) in fields.as_object().expect("fields") {
+                map[k] = v.clone();
+            }
+            rmp_serde::to_vec_named(&map).expect("encode")
+        };
+        let whole =
+            serde_json::json!({"table": null, "betting": "disabled", "reason": "r", "by": "b"});
+        assert!(decode(&event(whole.clone())).is_ok());
+        for (field, bad) in [
+            ("betting", serde_json::json!("maybe")),
+            ("table", serde_json::json!("a b")),
+            ("reason", serde_json::json!(7)),
+        ] {
+            let mut fields = whole.clone();
+            fields[field] = bad;
+            assert!(decode(&event(fields)).is_err(), "{field}");
+        }
+        for missing in ["table", "betting", "reason", "by"] {
+            let mut fields = whole.clone();
+            fields.as_object_mut().expect("map").remove(missing);
+            let error = decode(&event(fields)).expect_err(missing);
+            assert!(error.contains(missing), "{missing}: {error}");
+        }
     }
 
     #[test]

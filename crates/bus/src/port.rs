@@ -326,11 +326,13 @@ impl<T: Send + 'static> Feed<T> {
         self
     }
 
-    /// Leaves the subscription without losing what is on its way: no new delivery is routed
-    /// here (a queue group's other members get them), and the feed ends once every delivery
-    /// sent before the server processed the leave has been read. Read it to the end: those
-    /// requests are yours to answer. Dropping a feed instead discards them. Only
-    /// [`Bus::serve`]'s feeds drain; on the others this does nothing.
+    /// Leaves the subscription, letting through what is on its way: no new delivery is routed
+    /// here (a queue group's other members get them), and the feed ends once what was
+    /// delivered before the leave has been read. Read it to the end: those requests are yours
+    /// to answer. Dropping a feed instead discards them. Best effort on NATS: async-nats 0.51
+    /// ends a drained subscription once its UNSUB is flushed, not when the server has processed
+    /// it, so a request routed in that instant can still be dropped (its requester times out).
+    /// Only [`Bus::serve`]'s feeds drain; on the others this does nothing.
     pub fn drain(&mut self) {
         if let Some(drain) = self.drain.take() {
             let _ = drain.send(());

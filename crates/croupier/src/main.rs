@@ -57,7 +57,8 @@ enum Command {
     /// The read models (`rounds`, `bets`, `accounts`, `deposits`).
     #[command(subcommand)]
     Projections(projections::ProjectionsCommand),
-    /// Switch betting off or on for every table, as an operator (rounds go on either way).
+    /// Switch betting off or on for every table or one (`--table`), as an operator (rounds go
+    /// on either way); recorded in the event store as `betting_switched`.
     Betting(operator::BettingArgs),
     /// Operator actions on a round.
     #[command(subcommand)]

@@ -1,8 +1,16 @@
-//! Operator controls (issue 16, ADR 0020): `croupier betting off|on` and `croupier round void`.
+//! Operator controls (issue 16, ADR 0020, 0022): `croupier betting off|on` and
+//! `croupier round void`.
 //!
 //! - `betting off|on` writes key `operator` of the `status` bucket (`docs/contract/bus.md`);
 //!   every GS turns it into the betting status (disabled, reason `operator`) within about a
-//!   second, and gateways tell their clients.
+//!   second, and gateways tell their clients. With `--table T` it writes key `operator.<T>`
+//!   instead: GS refuses that table's bets `BETTING_UNAVAILABLE` and the status stays as it is.
+//!   Then it records the switch as a `betting_switched` event in the event store (stream
+//!   `operator`, ADR 0022), so that a replay shows who switched what and when. The key comes
+//!   first: an operator may switch betting off *because* the database is failing, and the
+//!   switch must work then. If the record fails the command says so and exits non-zero; running
+//!   it again is safe (the key is written again with the same value, and the record is made,
+//!   as a second action: nothing tries to tell a retry from a new switch).
 //! - `round void` voids a round that has not reached its outcome: it publishes `round_voided`
 //!   on the table's subject exactly as GMS would (Msg-Id `<table>:<round>:round_voided`,
 //!   guarded by the subject's last sequence, so it is refused if the round moved on meanwhile).
@@ -14,7 +22,8 @@ use anyhow::{Context, bail};
 use bus::{Bus, Kv, Publish, PublishError};
 use clap::{Args, Subcommand, ValueEnum};
 use domain::{RoundId, TableId, Timestamp};
-use protocol::{Betting, BettingStatus, Encoding, Event, EventBody, RoundVoided};
+use protocol::{Betting, BettingStatus, BettingSwitched, Encoding, Event, EventBody, RoundVoided};
+use store::{Conflict, NewEvent, StoreError};
 
 use crate::config::Resolved;
 
@@ -24,11 +33,22 @@ pub enum Switch {
     On,
 }
 
+/// The event store's stream of operators' switches (`docs/contract/event-store.md`).
+pub const OPERATOR_STREAM: &str = "operator";
+
+/// Attempts to record a switch when another operator's record takes the same stream version.
+const RECORD_ATTEMPTS: usize = 3;
+
 #[derive(Debug, Args)]
 pub struct BettingArgs {
-    /// `off` stops bets on every table (rounds go on); `on` lifts an operator's stop.
+    /// `off` stops bets on every table, or on `--table` (rounds go on); `on` lifts that stop.
     pub switch: Switch,
-    /// Why, for the record (kept in the `status` bucket with who and when).
+    /// Only this table (default: every table). A table's switch is separate from the switch of
+    /// every table: `on --table T` lifts only `off --table T`.
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Why, for the record (kept in the `status` bucket and in the `betting_switched` event,
+    /// with who and when).
     #[arg(long)]
     pub reason: String,
     /// Who switches (default: `$USER`).
@@ -82,38 +102,140 @@ async fn connect(settings: &Resolved) -> anyhow::Result<bus::NatsBus> {
     Ok(bus)
 }
 
-/// `croupier betting off|on`.
+/// `croupier betting off|on [--table T]`.
 pub async fn betting(args: BettingArgs, settings: &Resolved) -> anyhow::Result<()> {
-    if args.reason.trim().is_empty() {
+    let reason = args.reason.trim().to_string();
+    if reason.is_empty() {
         bail!("--reason must say why");
     }
-    let bus = connect(settings).await?;
+    let table = args
+        .table
+        .as_deref()
+        .map(TableId::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--table {:?}: {e}", args.table.as_deref().unwrap_or("")))?;
     let by = operator_name(args.by.as_deref());
-    let status = BettingStatus {
-        betting: match args.switch {
-            Switch::Off => Betting::Disabled,
-            Switch::On => Betting::Enabled,
-        },
-        reason: format!("{by}: {}", args.reason.trim()),
-        at: now(),
+    let betting = match args.switch {
+        Switch::Off => Betting::Disabled,
+        Switch::On => Betting::Enabled,
     };
+    let switched = match args.switch {
+        Switch::Off => "off",
+        Switch::On => "on",
+    };
+    let what = table
+        .as_ref()
+        .map_or("every table".to_string(), |t| format!("table {t}"));
+    let at = now();
+
+    // The switch itself first: it must work while the database does not.
+    let bus = connect(settings).await?;
+    let status = BettingStatus {
+        betting,
+        reason: format!("{by}: {reason}"),
+        at,
+    };
+    let key = table.as_ref().map_or_else(
+        || protocol::subject::STATUS_OPERATOR_KEY.to_string(),
+        protocol::subject::status_operator_table_key,
+    );
     let kv = bus
         .kv(protocol::subject::STATUS_BUCKET)
         .await
         .context("the status bucket")?;
-    kv.put(
-        protocol::subject::STATUS_OPERATOR_KEY,
-        Encoding::MsgPack.encode(&status)?,
-    )
-    .await
-    .context("write the operator's switch")?;
-    tracing::info!(betting = status.betting.as_str(), reason = %status.reason, "operator switched betting");
-    println!(
-        "betting switched {} by {by} ({}); GS applies it within about a second",
-        status.betting.as_str(),
-        args.reason.trim()
+    kv.put(&key, Encoding::MsgPack.encode(&status)?)
+        .await
+        .context("write the operator's switch")?;
+    tracing::info!(betting = betting.as_str(), table = ?table.as_ref().map(TableId::as_str), reason = %status.reason, "operator switched betting");
+    let applies = if table.is_some() {
+        "GS refuses or takes its bets again within about a second"
+    } else {
+        "GS applies it within about a second"
+    };
+    println!("betting switched {switched} for {what} by {by} ({reason}); {applies}");
+
+    // Then its record, for the audit.
+    let event = Event::new(
+        uuid::Uuid::new_v4(),
+        at,
+        BettingSwitched {
+            table,
+            betting,
+            reason,
+            by,
+        },
     );
-    Ok(())
+    match record(settings, &event).await {
+        Ok(position) => {
+            println!(
+                "recorded in the event store at position {position} (event {})",
+                event.id
+            );
+            Ok(())
+        }
+        Err(error) => bail!(
+            "betting switched {switched} for {what}, but NOT recorded in the event store: {error:#} \
+             (run the same command again once the database answers; the switch is idempotent)"
+        ),
+    }
+}
+
+/// Appends `event` as the next version of stream `operator`; returns its position.
+async fn record(settings: &Resolved, event: &Event) -> anyhow::Result<i64> {
+    let store = crate::open_store(settings)?;
+    store.migrate().await.context("apply migrations")?;
+    let data = protocol::encode_event(event).context("encode the event")?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut client = store.client().await.context("connect to the event store")?;
+        let appended = store
+            .timed("record the operator's switch", async {
+                let tx = client.transaction().await?;
+                let version: i32 = tx
+                    .query_one(
+                        "SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream = $1",
+                        &[&OPERATOR_STREAM],
+                    )
+                    .await?
+                    .try_get(0)?;
+                let appended = store::append(
+                    &tx,
+                    &[NewEvent {
+                        event_id: event.id,
+                        stream: OPERATOR_STREAM.to_string(),
+                        version,
+                        kind: event.kind().to_string(),
+                        data: data.clone(),
+                        metadata: bytes::Bytes::new(),
+                    }],
+                )
+                .await?;
+                tx.commit().await?;
+                Ok::<_, StoreError>(appended)
+            })
+            .await;
+        match appended {
+            Ok(appended) => {
+                return appended
+                    .first()
+                    .map(|a| a.position)
+                    .context("the store appended nothing");
+            }
+            // Another operator's switch took that version first: take the next one.
+            Err(StoreError::Conflict(Conflict::VersionConflict { .. }))
+                if attempt < RECORD_ATTEMPTS =>
+            {
+                continue;
+            }
+            Err(error) => {
+                if error.is_unavailable() {
+                    store::Store::discard(client);
+                }
+                return Err(error).context("append betting_switched to stream operator");
+            }
+        }
+    }
 }
 
 /// `croupier round void`.

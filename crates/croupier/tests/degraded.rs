@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bus::Bus;
+use bus::{Bus, Kv};
 use common::{BIN, Stack, StackOptions, TABLE};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -330,9 +330,27 @@ async fn nats_stopped_keeps_clients_and_says_the_bus_is_unavailable() {
     drill(Fault::NatsStopped).await;
 }
 
-/// `croupier betting off|on` and `croupier round void`, as an operator runs them against a
-/// running stack: clients are told, bets are refused while off, a voided round's bets are
-/// refunded, GMS goes on with the next round, and the audit agrees.
+/// A switch the test made (by `tester`): its record's time lies between `before` and `after`.
+struct Switched {
+    before: String,
+    after: String,
+    betting: &'static str,
+    table: Option<&'static str>,
+    reason: &'static str,
+}
+
+/// The contract's form of "now" (`docs/contract/events.md`), to bound the times of records.
+fn contract_now() -> String {
+    domain::Timestamp::from_offset_datetime(time::OffsetDateTime::now_utc())
+        .expect("a time")
+        .to_string()
+}
+
+/// `croupier betting off|on [--table T]` and `croupier round void`, as an operator runs them
+/// against a running stack: clients are told, bets are refused while off (on one table only,
+/// with the status left on, for `--table`), a voided round's bets are refunded, GMS goes on
+/// with the next round, each switch is recorded and the audit lists them, who, what, which
+/// table and when, in order; a switch whose record fails still switches, and says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_switches_betting_off_and_on_and_voids_a_round() {
     let stack = Stack::start(StackOptions {
@@ -363,19 +381,83 @@ async fn an_operator_switches_betting_off_and_on_and_voids_a_round() {
             .await;
     }
 
-    stack
-        .env
-        .croupier(&["betting", "off", "--reason", "drill", "--by", "tester"]);
+    // Every switch, in order.
+    let mut switches: Vec<Switched> = Vec::new();
+    let mut switch = |args: &[&'static str]| {
+        let before = contract_now();
+        let said = stack.env.croupier(args);
+        assert!(said.contains("recorded in the event store"), "{said}");
+        let after = contract_now();
+        let value = |flag: &str| args.iter().position(|a| *a == flag).map(|i| args[i + 1]);
+        let betting = if args[1] == "off" {
+            "disabled"
+        } else {
+            "enabled"
+        };
+        let reason = value("--reason").expect("a reason");
+        switches.push(Switched {
+            before,
+            after,
+            betting,
+            table: value("--table"),
+            reason,
+        });
+    };
+
+    switch(&["betting", "off", "--reason", "drill", "--by", "tester"]);
     let off = client.status("disabled").await;
     assert_eq!(off["reason"], "operator", "{off}");
     let (answer, _) = client.bet("while-off", 1).await;
     assert_eq!(answer["code"], "BETTING_UNAVAILABLE", "{answer}");
-    stack
-        .env
-        .croupier(&["betting", "on", "--reason", "drill over", "--by", "tester"]);
+    switch(&["betting", "on", "--reason", "drill over", "--by", "tester"]);
     client.status("enabled").await;
 
-    let (answer, bet_id) = client.bet_on_next_round("to-void").await;
+    // One table switched off: its bets are refused, naming it, while the status stays on.
+    switch(&[
+        "betting",
+        "off",
+        "--table",
+        "roulette-1",
+        "--reason",
+        "dealer break",
+        "--by",
+        "tester",
+    ]);
+    let deadline = Instant::now() + SWITCH;
+    let refused = loop {
+        let (answer, _) = client.bet_on_next_round("table-off").await;
+        if answer["code"] == "BETTING_UNAVAILABLE" || Instant::now() >= deadline {
+            break answer;
+        }
+    };
+    assert_eq!(refused["code"], "BETTING_UNAVAILABLE", "{refused}");
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("roulette-1") && message.contains("operator"),
+        "{refused}"
+    );
+    let (other, welcome) = common::connect(&url, "croupier.v1.json").await;
+    assert_eq!(welcome["betting"], "enabled", "{welcome}");
+    other.close().await;
+    switch(&[
+        "betting",
+        "on",
+        "--table",
+        "roulette-1",
+        "--reason",
+        "dealer back",
+        "--by",
+        "tester",
+    ]);
+
+    // Taken again (this bet is then voided with its round).
+    let deadline = Instant::now() + SWITCH;
+    let (answer, bet_id) = loop {
+        let (answer, bet_id) = client.bet_on_next_round("to-void").await;
+        if answer["type"] == "bet_result" || Instant::now() >= deadline {
+            break (answer, bet_id);
+        }
+    };
     assert_eq!(answer["type"], "bet_result", "{answer}");
     let opened_round = {
         // The round the bet went to: the last round_opened the client saw.
@@ -452,10 +534,13 @@ async fn an_operator_switches_betting_off_and_on_and_voids_a_round() {
         String::from_utf8_lossy(&output.stderr)
     );
 
+    // The read models rebuild from a log with the switches in it.
+    stack.env.croupier(&["projections", "rebuild"]);
+
     let output = stack
         .env
         .apply(&mut Command::new(BIN))
-        .arg("replay")
+        .args(["replay", "--json"])
         .stdin(Stdio::null())
         .output()
         .expect("run replay");
@@ -464,4 +549,64 @@ async fn an_operator_switches_betting_off_and_on_and_voids_a_round() {
         "replay failed: {}",
         String::from_utf8_lossy(&output.stdout)
     );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    let actions = report["operator_actions"]
+        .as_array()
+        .expect("operator actions");
+    assert_eq!(report["operator_actions_total"], switches.len(), "{report}");
+    assert_eq!(actions.len(), switches.len(), "{actions:?}");
+    let mut last_position = 0;
+    for (action, switched) in actions.iter().zip(&switches) {
+        assert_eq!(action["by"], "tester", "{action}");
+        assert_eq!(action["betting"], switched.betting, "{action}");
+        assert_eq!(action["table"].as_str(), switched.table, "{action}");
+        assert_eq!(action["reason"], switched.reason, "{action}");
+        let at = action["at"].as_str().expect("at");
+        let (before, after) = (&switched.before, &switched.after);
+        assert!(
+            before.as_str() <= at && at <= after.as_str(),
+            "{before} {at} {after}"
+        );
+        let position = action["position"].as_i64().expect("position");
+        assert!(position > last_position, "in order: {actions:?}");
+        last_position = position;
+    }
+
+    // With the database out of reach the switch is made all the same, and says it is not
+    // recorded.
+    let output = stack
+        .env
+        .apply(&mut Command::new(BIN))
+        .args([
+            "betting",
+            "off",
+            "--table",
+            "roulette-9",
+            "--reason",
+            "no database",
+            "--by",
+            "tester",
+        ])
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "betting switched off for table roulette-9, but NOT recorded in the event store"
+        ) && stderr.contains("run the same command again"),
+        "{stderr}"
+    );
+    let kv = stack.bus.kv("status").await.expect("status bucket");
+    let entry = kv
+        .get("operator.roulette-9")
+        .await
+        .expect("read")
+        .expect("the switch is made");
+    let status: protocol::BettingStatus = protocol::Encoding::MsgPack
+        .decode(&entry.value)
+        .expect("a status");
+    assert_eq!(status.betting, protocol::Betting::Disabled);
 }

@@ -124,7 +124,7 @@ pub(crate) async fn initial<B: Bus>(bus: &B) -> Current {
         let mut beats = health.watch(">").await.ok()?;
         // The watch hands over every live key first; a short pause ends that part.
         while let Ok(Some(change)) =
-            tokio::time::timeout(Duration::from_millis(200), beats.next()).await
+            tokio::time::timeout(Duration::from_millis(500), beats.next()).await
         {
             heard.heartbeat(change, Instant::now());
         }

@@ -12,6 +12,10 @@
 //! server routed here before the leave joins the pending ones, and their hand-off takes one
 //! more place in flight (below).
 //!
+//! Tables switched off by an operator (`croupier betting off --table T`, ADR 0022): a bet on
+//! one is answered `BETTING_UNAVAILABLE` as soon as it is read, before any batching, naming
+//! the table; [`crate::status`] keeps the set from the `status` bucket.
+//!
 //! Degraded mode (ADR 0020): the task is in the queue group only while this GS serves
 //! ([`crate::status`]); when it stops serving it leaves the group, so bets go to the other GS
 //! processes. A batch stuck on the database is given up at once when the store turns
@@ -41,8 +45,8 @@
 use std::time::Duration;
 
 use bus::{Bus, Request, RequestError, Requests};
-use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use protocol::{Encoding, ErrorCode, PlaceBetReply, PlaceBetRequest};
 use store::Store;
 use tokio::sync::watch;
@@ -53,7 +57,7 @@ use crate::GsConfig;
 use crate::clock::now;
 use crate::health::{self, Health, HealthConfig, OpKind, StoreHealth};
 use crate::ledger::{self, BetOutcome, BetRequest, LedgerError};
-use crate::status::Serving;
+use crate::status::{Serving, SwitchedOff};
 
 /// Batches being written at once per GS instance. Each holds one pooled connection; four keep
 /// the head row busy (one commits while the next ones validate) and leave connections for the
@@ -147,6 +151,7 @@ pub(crate) async fn run<B: Bus>(
     config: GsConfig,
     health: Health,
     mut serving: Serving,
+    switched_off: SwitchedOff,
     shutdown: CancellationToken,
 ) {
     let batch_size = config.batch_size.max(1);
@@ -245,7 +250,11 @@ pub(crate) async fn run<B: Bus>(
             Ok(()) = serving.changed(), if open => {}
             request = next_request(&mut requests), if can_read => match request {
                 Some(request) => {
-                    if let Some(bet) = decode(request).await {
+                    let bet = match decode(request).await {
+                        Some(bet) => refuse_if_switched_off(bet, &switched_off).await,
+                        None => None,
+                    };
+                    if let Some(bet) = bet {
                         if pending.is_empty() {
                             linger_until = Some(Instant::now() + linger);
                         }
@@ -379,6 +388,32 @@ async fn decode(request: Request) -> Option<(Request, BetRequest)> {
             None
         }
     }
+}
+
+/// Answers a bet on a table an operator switched off at once (`BETTING_UNAVAILABLE`, naming
+/// the table); hands back any other.
+async fn refuse_if_switched_off(
+    bet: (Request, BetRequest),
+    switched_off: &SwitchedOff,
+) -> Option<(Request, BetRequest)> {
+    let off = switched_off.borrow().contains(&bet.1.table);
+    if !off {
+        return Some(bet);
+    }
+    let (request, bet) = bet;
+    metrics::counter!("gs_bets_rejected_total", "code" => ErrorCode::BettingUnavailable.as_str())
+        .increment(1);
+    respond(request, switched_off_reply(&bet.table)).await;
+    None
+}
+
+fn switched_off_reply(table: &domain::TableId) -> PlaceBetReply {
+    PlaceBetReply::rejected(
+        ErrorCode::BettingUnavailable,
+        format!(
+            "betting on table {table} is switched off by an operator; retry later with the same bet_id"
+        ),
+    )
 }
 
 /// Writes one batch and answers each of its requests. Bets on rounds this GS has not seen yet
@@ -592,6 +627,65 @@ mod tests {
             .await
             .expect("answered");
         assert_eq!(answer, unavailable);
+    }
+
+    #[tokio::test]
+    async fn a_bet_on_a_table_switched_off_is_refused_naming_the_table_and_others_pass() {
+        let table = |t: &str| domain::TableId::parse(t).expect("table");
+        let (_switch, switched_off) =
+            watch::channel(std::collections::BTreeSet::from([table("roulette-1")]));
+        let bus = LocalBus::new();
+        let mut mine = bus
+            .serve("bets.place.*", protocol::subject::GS_QUEUE_GROUP)
+            .await
+            .expect("serve");
+        for (on, refused) in [("roulette-1", true), ("roulette-2", false)] {
+            let asking = {
+                let bus = bus.clone();
+                let subject = format!("bets.place.{on}");
+                tokio::spawn(async move {
+                    bus.request(
+                        &subject,
+                        bytes::Bytes::from_static(b"bet"),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                })
+            };
+            let request = mine.next().await.expect("the request");
+            let bet = BetRequest {
+                bet_id: domain::BetId::from_uuid(uuid::Uuid::new_v4()),
+                player: domain::PlayerId::parse("alice").expect("player"),
+                table: table(on),
+                round: domain::RoundId::new(1).expect("round"),
+                selection: domain::Selection::parse(domain::RawSelection::Red).expect("red"),
+                amount: domain::Money::new(100).expect("money"),
+            };
+            let passed = refuse_if_switched_off((request, bet), &switched_off).await;
+            assert_eq!(passed.is_none(), refused, "{on}");
+            if let Some((request, _)) = passed {
+                respond(request, unknown()).await;
+            }
+            let answer = decode_reply(&asking.await.expect("requester").expect("answered"));
+            if refused {
+                let PlaceBetReply::Rejected(rejected) = answer else {
+                    panic!("refused: {answer:?}");
+                };
+                assert_eq!(rejected.code, ErrorCode::BettingUnavailable);
+                assert!(
+                    rejected.message.contains("roulette-1")
+                        && rejected.message.contains("operator"),
+                    "{}",
+                    rejected.message
+                );
+            } else {
+                assert_eq!(
+                    code(&answer),
+                    Some(ErrorCode::Timeout),
+                    "answered by the batch"
+                );
+            }
+        }
     }
 
     #[test]

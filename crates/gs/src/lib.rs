@@ -80,6 +80,8 @@ impl<B: Bus> Gs<B> {
         let health = health::Health::new(self.config.health);
         let (caught_up, caught_up_rx) = tokio::sync::watch::channel(false);
         let (serving, serving_rx) = tokio::sync::watch::channel(false);
+        let (switched_off, switched_off_rx) =
+            tokio::sync::watch::channel(std::collections::BTreeSet::new());
         let tasks = TaskTracker::new();
         tasks.spawn(health::run(
             health.clone(),
@@ -107,6 +109,7 @@ impl<B: Bus> Gs<B> {
             self.config.clone(),
             health.clone(),
             serving_rx,
+            switched_off_rx,
             shutdown.clone(),
         ));
         tasks.spawn(status::run(
@@ -115,6 +118,7 @@ impl<B: Bus> Gs<B> {
             health,
             caught_up_rx,
             serving,
+            switched_off,
             shutdown.clone(),
         ));
         tracing::info!(instance = %self.config.instance, "gs started");

@@ -161,9 +161,11 @@ async fn publish_from_cursor<B: Bus>(bus: &B, store: &Store) -> Result<(), Strin
                 let stored = stored.map_err(|e| e.to_string())?;
                 let position = stored.position;
                 let subject = match protocol::decode_event(&stored.data) {
-                    // Round transitions came from the bus (GMS); only GS's own events go out.
+                    // Round transitions came from the bus (GMS), and an operator's switch is
+                    // stored only (ADR 0022): only GS's own events go out.
                     Ok(event) => (event.event_kind().producer() == Producer::Gs)
-                        .then(|| protocol::subject_for(&event)),
+                        .then(|| protocol::subject_for(&event))
+                        .flatten(),
                     Err(error) => {
                         tracing::warn!(position, %error, "undecodable event not published");
                         None

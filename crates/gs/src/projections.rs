@@ -220,6 +220,9 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
                     );
                     results.insert(*e.bet_id.as_uuid(), ("refunded", None, stored.position));
                 }
+                // An operator's switch (ADR 0022) is in no read model: the switch itself is
+                // the `status` bucket's.
+                EventBody::BettingSwitched(_) => {}
             }
         }
     }

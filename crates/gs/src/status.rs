@@ -7,7 +7,11 @@
 //! queue group ([`crate::intake`]), so bets go to the others.
 //!
 //! An operator's switch (`croupier betting off`, key `operator` of the `status` bucket) comes
-//! first: while it says disabled, the status is disabled with reason `operator`.
+//! first: while it says disabled, the status is disabled with reason `operator`. An operator's
+//! switch of one table (`croupier betting off --table T`, key `operator.<T>`, ADR 0022) leaves
+//! the status alone: this task watches those keys and hands the set of tables switched off to
+//! the intake ([`SwitchedOff`]), which refuses their bets `BETTING_UNAVAILABLE`. A table is
+//! switched on again by the same key saying enabled (`croupier betting on --table T`).
 //!
 //! From the heartbeats it sees (its own, and the others' still fresh), every GS works out the
 //! same betting status and writes it to `status.betting` when the stored one differs:
@@ -17,13 +21,17 @@
 //! writes `gs_unavailable`; gateways also show `gs_unavailable` by themselves when no
 //! heartbeat has come for [`STALE`], so a status cannot outlive every GS that could correct it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use bus::{Bus, Kv};
+use domain::TableId;
 use futures_util::StreamExt;
 use protocol::status::reason;
-use protocol::subject::{GS_HEALTH_BUCKET, STATUS_BETTING_KEY, STATUS_BUCKET, STATUS_OPERATOR_KEY};
+use protocol::subject::{
+    GS_HEALTH_BUCKET, STATUS_BETTING_KEY, STATUS_BUCKET, STATUS_OPERATOR_KEY,
+    STATUS_OPERATOR_TABLE_KEYS,
+};
 use protocol::{Betting, BettingStatus, Encoding, GsHeartbeat};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -39,6 +47,58 @@ pub const STALE: Duration = Duration::from_secs(3);
 
 /// Whether this GS serves bets, as the intake follows it.
 pub(crate) type Serving = watch::Receiver<bool>;
+
+/// The tables an operator has switched off one by one (keys `operator.<t>` of the `status`
+/// bucket saying disabled), as the intake follows them.
+pub(crate) type SwitchedOff = watch::Receiver<BTreeSet<TableId>>;
+
+/// The operators' switches of single tables, from the `operator.<t>` keys.
+#[derive(Debug, Default)]
+struct TableSwitches(BTreeMap<TableId, Betting>);
+
+impl TableSwitches {
+    /// Takes in one change of an `operator.<t>` key (`None`: deleted). An undecodable value
+    /// switches nothing off.
+    fn apply(&mut self, key: &str, value: Option<&[u8]>) {
+        let Some(table) = protocol::subject::table_of_operator_key(key) else {
+            return;
+        };
+        match value.map(|v| Encoding::MsgPack.decode::<BettingStatus>(v)) {
+            Some(Ok(status)) => {
+                self.0.insert(table, status.betting);
+            }
+            Some(Err(error)) => {
+                tracing::warn!(key, %error, "undecodable operator switch ignored");
+                self.0.remove(&table);
+            }
+            None => {
+                self.0.remove(&table);
+            }
+        }
+    }
+
+    fn off(&self) -> BTreeSet<TableId> {
+        self.0
+            .iter()
+            .filter(|(_, betting)| **betting == Betting::Disabled)
+            .map(|(table, _)| table.clone())
+            .collect()
+    }
+}
+
+/// Tells the intake which tables are switched off, when that changed.
+fn hand_over(switches: &TableSwitches, switched_off: &watch::Sender<BTreeSet<TableId>>) {
+    let off = switches.off();
+    switched_off.send_if_modified(|now| {
+        if *now == off {
+            return false;
+        }
+        let names: Vec<&str> = off.iter().map(TableId::as_str).collect();
+        tracing::info!(tables = ?names, "tables switched off by an operator changed");
+        *now = off;
+        true
+    });
+}
 
 /// What this GS knows of itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +150,7 @@ pub(crate) async fn run<B: Bus>(
     health: Health,
     mut caught_up: watch::Receiver<bool>,
     serving: watch::Sender<bool>,
+    switched_off: watch::Sender<BTreeSet<TableId>>,
     shutdown: CancellationToken,
 ) {
     let key = format!(
@@ -100,6 +161,11 @@ pub(crate) async fn run<B: Bus>(
     let mut store = health.subscribe();
     let mut others: HashMap<String, (Instant, GsHeartbeat)> = HashMap::new();
     let mut watching: Option<bus::KvWatch> = None;
+    // A watch (re)established replays every key's current value, so a key written while it
+    // was down is caught up; only a key deleted meanwhile would be missed (`betting on` never
+    // deletes: it writes enabled).
+    let mut switches = TableSwitches::default();
+    let mut watching_switches: Option<bus::KvWatch> = None;
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_written: Option<(Betting, &'static str)> = None;
@@ -107,6 +173,9 @@ pub(crate) async fn run<B: Bus>(
     loop {
         if watching.is_none() {
             watching = watch_heartbeats(&bus).await;
+        }
+        if watching_switches.is_none() {
+            watching_switches = watch_table_switches(&bus).await;
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -128,6 +197,16 @@ pub(crate) async fn run<B: Bus>(
                     }
                     Some(_) => {}
                     None => watching = None,
+                }
+                continue;
+            }
+            change = next_change(&mut watching_switches) => {
+                match change {
+                    Some(change) => {
+                        switches.apply(&change.key, change.value.as_deref());
+                        hand_over(&switches, &switched_off);
+                    }
+                    None => watching_switches = None,
                 }
                 continue;
             }
@@ -165,6 +244,7 @@ pub(crate) async fn run<B: Bus>(
             at: now(),
         };
         put_heartbeat(&bus, &key, &heartbeat).await;
+        hand_over(&switches, &switched_off);
         let now = Instant::now();
         others.retain(|_, (seen, _)| now - *seen < STALE);
         let status = if operator_switched_off(&bus).await {
@@ -206,6 +286,17 @@ async fn next_change(watching: &mut Option<bus::KvWatch>) -> Option<bus::KvEvent
     match watching {
         Some(feed) => feed.next().await,
         None => std::future::pending().await,
+    }
+}
+
+async fn watch_table_switches<B: Bus>(bus: &B) -> Option<bus::KvWatch> {
+    let kv = bus.kv(STATUS_BUCKET).await.ok()?;
+    match kv.watch(STATUS_OPERATOR_TABLE_KEYS).await {
+        Ok(feed) => Some(feed),
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch the operators' switches of tables; retrying");
+            None
+        }
     }
 }
 
@@ -304,6 +395,46 @@ mod tests {
             store: store.into(),
             at: domain::Timestamp::UNIX_EPOCH,
         }
+    }
+
+    fn switch(betting: Betting) -> Vec<u8> {
+        Encoding::MsgPack
+            .encode(&BettingStatus {
+                betting,
+                reason: "dana: drill".into(),
+                at: domain::Timestamp::UNIX_EPOCH,
+            })
+            .expect("encode")
+            .to_vec()
+    }
+
+    #[test]
+    fn a_table_is_switched_off_by_its_own_key_until_that_key_says_enabled() {
+        let t1 = TableId::parse("t1").expect("table");
+        let t2 = TableId::parse("t2").expect("table");
+        let mut switches = TableSwitches::default();
+        switches.apply("operator.t1", Some(&switch(Betting::Disabled)));
+        switches.apply("operator.t2", Some(&switch(Betting::Disabled)));
+        // Not a table's switch: the switch of every table, and the status, are elsewhere.
+        switches.apply("operator", Some(&switch(Betting::Disabled)));
+        switches.apply("betting", Some(&switch(Betting::Disabled)));
+        assert_eq!(switches.off(), BTreeSet::from([t1.clone(), t2.clone()]));
+        switches.apply("operator.t1", Some(&switch(Betting::Enabled)));
+        assert_eq!(switches.off(), BTreeSet::from([t2.clone()]));
+        switches.apply("operator.t2", None);
+        assert_eq!(switches.off(), BTreeSet::new());
+        switches.apply("operator.t1", Some(&switch(Betting::Disabled)));
+        switches.apply("operator.t1", Some(b"not msgpack"));
+        assert_eq!(
+            switches.off(),
+            BTreeSet::new(),
+            "undecodable switches nothing off"
+        );
+
+        let (sender, receiver) = watch::channel(BTreeSet::new());
+        switches.apply("operator.t2", Some(&switch(Betting::Disabled)));
+        hand_over(&switches, &sender);
+        assert_eq!(*receiver.borrow(), BTreeSet::from([t2]));
     }
 
     #[test]

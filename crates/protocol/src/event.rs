@@ -2,9 +2,10 @@
 //! `{kind, id, v, at, table, round, ...}`.
 //!
 //! GMS publishes the round transitions (`round_opened`, `betting_closed`, `outcome_declared`,
-//! `round_voided`); GS publishes what happens to bets and wallets. The same MessagePack bytes are
-//! the bus payload and the store's `data` column, and the `event` field of a WebSocket `event`
-//! message. This module owns the shape only: it decides nothing.
+//! `round_voided`); GS publishes what happens to bets and wallets; an operator's switch of
+//! betting (`betting_switched`, ADR 0022) is recorded in the store only and never published. The
+//! same MessagePack bytes are the bus payload and the store's `data` column, and the `event`
+//! field of a WebSocket `event` message. This module owns the shape only: it decides nothing.
 //!
 //! In Rust an event is an envelope ([`Event`]: id, version, time) around a typed body
 //! ([`EventBody`]); on the wire the body's fields sit beside the envelope's, after `kind`.
@@ -22,6 +23,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
 use crate::serde_util::{buffer_object, from_buffer, tag};
+use crate::status::Betting;
 
 /// The schema version this code writes in `v`. Readers accept any version and keep it: a reader
 /// that cares about a newer shape can look at `v`.
@@ -53,6 +55,7 @@ pub enum EventBody {
     BetRefunded(BetRefunded),
     RoundSettled(RoundSettled),
     FundsDeposited(FundsDeposited),
+    BettingSwitched(BettingSwitched),
 }
 
 /// Who publishes an event kind, and so on which subject it travels.
@@ -62,6 +65,9 @@ pub enum Producer {
     Gms,
     /// GS: bets, wallets and results on `player.<p>.wallet` and `table.<t>.result`.
     Gs,
+    /// An operator, through the CLI (`croupier betting`): recorded in the event store only
+    /// (stream `operator`), never published on the bus.
+    Operator,
 }
 
 /// The `kind` of an event, without its data.
@@ -76,11 +82,12 @@ pub enum EventKind {
     BetRefunded,
     RoundSettled,
     FundsDeposited,
+    BettingSwitched,
 }
 
 impl EventKind {
     /// Every kind, in the order of `docs/contract/events.md`.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::RoundOpened,
         EventKind::BettingClosed,
         EventKind::OutcomeDeclared,
@@ -90,6 +97,7 @@ impl EventKind {
         EventKind::BetRefunded,
         EventKind::RoundSettled,
         EventKind::FundsDeposited,
+        EventKind::BettingSwitched,
     ];
 
     /// The wire name, e.g. `"round_opened"` (also the store's `type` column).
@@ -104,6 +112,7 @@ impl EventKind {
             EventKind::BetRefunded => "bet_refunded",
             EventKind::RoundSettled => "round_settled",
             EventKind::FundsDeposited => "funds_deposited",
+            EventKind::BettingSwitched => "betting_switched",
         }
     }
 
@@ -118,7 +127,13 @@ impl EventKind {
             | EventKind::BetRefunded
             | EventKind::RoundSettled
             | EventKind::FundsDeposited => Producer::Gs,
+            EventKind::BettingSwitched => Producer::Operator,
         }
+    }
+
+    /// Whether events of this kind are published on the bus (all but an operator's).
+    pub const fn is_published(self) -> bool {
+        !matches!(self.producer(), Producer::Operator)
     }
 }
 
@@ -287,6 +302,24 @@ pub struct FundsDeposited {
     pub balance: Money,
 }
 
+/// An operator switched betting off or on (`croupier betting off|on`, ADR 0022), for one table or
+/// for every table. Recorded in the event store only (stream `operator`), never published: the
+/// switch itself is the `status` bucket's key `operator` or `operator.<table>`, and this event is
+/// its record, so that a replay shows who switched what and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BettingSwitched {
+    /// The table switched, or `null` for every table (always written).
+    #[serde(deserialize_with = "crate::serde_util::nullable")]
+    #[schemars(with = "Option<crate::schema::TableIdSchema>")]
+    pub table: Option<TableId>,
+    /// `"disabled"` (switched off) or `"enabled"` (the operator's switch lifted).
+    pub betting: Betting,
+    /// Why, in the operator's words.
+    pub reason: String,
+    /// Who switched (the operator's name).
+    pub by: String,
+}
+
 /// The idempotency key of a deposit: 1 to 128 printable ASCII characters (a UUID, an external
 /// payment reference, ...).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -363,7 +396,8 @@ body_from!(
     BetSettled,
     BetRefunded,
     RoundSettled,
-    FundsDeposited
+    FundsDeposited,
+    BettingSwitched
 );
 
 impl EventBody {
@@ -378,10 +412,12 @@ impl EventBody {
             EventBody::BetRefunded(_) => EventKind::BetRefunded,
             EventBody::RoundSettled(_) => EventKind::RoundSettled,
             EventBody::FundsDeposited(_) => EventKind::FundsDeposited,
+            EventBody::BettingSwitched(_) => EventKind::BettingSwitched,
         }
     }
 
-    /// The table, which every kind names except a deposit made outside any table.
+    /// The table, which every kind names except a deposit made outside any table and an
+    /// operator's switch of every table.
     pub fn table(&self) -> Option<&TableId> {
         match self {
             EventBody::RoundOpened(b) => Some(&b.table),
@@ -393,10 +429,11 @@ impl EventBody {
             EventBody::BetRefunded(b) => Some(&b.table),
             EventBody::RoundSettled(b) => Some(&b.table),
             EventBody::FundsDeposited(b) => b.table.as_ref(),
+            EventBody::BettingSwitched(b) => b.table.as_ref(),
         }
     }
 
-    /// The round, which every kind names except `funds_deposited`.
+    /// The round, which every kind names except `funds_deposited` and `betting_switched`.
     pub fn round(&self) -> Option<RoundId> {
         match self {
             EventBody::RoundOpened(b) => Some(b.round),
@@ -407,7 +444,7 @@ impl EventBody {
             EventBody::BetSettled(b) => Some(b.round),
             EventBody::BetRefunded(b) => Some(b.round),
             EventBody::RoundSettled(b) => Some(b.round),
-            EventBody::FundsDeposited(_) => None,
+            EventBody::FundsDeposited(_) | EventBody::BettingSwitched(_) => None,
         }
     }
 
@@ -423,7 +460,8 @@ impl EventBody {
             | EventBody::BettingClosed(_)
             | EventBody::OutcomeDeclared(_)
             | EventBody::RoundVoided(_)
-            | EventBody::RoundSettled(_) => None,
+            | EventBody::RoundSettled(_)
+            | EventBody::BettingSwitched(_) => None,
         }
     }
 }
@@ -508,6 +546,7 @@ const KIND_NAMES: &[&str] = &[
     "bet_refunded",
     "round_settled",
     "funds_deposited",
+    "betting_switched",
 ];
 
 impl<'de> Deserialize<'de> for Event {
@@ -530,6 +569,7 @@ impl<'de> Deserialize<'de> for Event {
             EventKind::BetRefunded => EventBody::BetRefunded(from_buffer(&object)?),
             EventKind::RoundSettled => EventBody::RoundSettled(from_buffer(&object)?),
             EventKind::FundsDeposited => EventBody::FundsDeposited(from_buffer(&object)?),
+            EventKind::BettingSwitched => EventBody::BettingSwitched(from_buffer(&object)?),
         };
         Ok(Event { id, v, at, body })
     }
@@ -577,7 +617,7 @@ impl EventBody {
     }
 
     /// The domain round event this body carries, for the kinds that change a round's phase;
-    /// `None` for bet and wallet events.
+    /// `None` for bet, wallet and operator events.
     pub fn to_round_event(&self) -> Option<RoundEvent> {
         Some(match self {
             EventBody::RoundOpened(b) => RoundEvent::RoundOpened {
@@ -600,7 +640,8 @@ impl EventBody {
             EventBody::BetPlaced(_)
             | EventBody::BetSettled(_)
             | EventBody::BetRefunded(_)
-            | EventBody::FundsDeposited(_) => return None,
+            | EventBody::FundsDeposited(_)
+            | EventBody::BettingSwitched(_) => return None,
         })
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! May depend on `domain` only (plus encoding crates); never on an adapter or a service.
 //!
-//! - [`event`]: the events GMS and GS publish (`{kind, id, v, at, table, round, ...}`).
+//! - [`event`]: the events GMS and GS publish (`{kind, id, v, at, table, round, ...}`), and the
+//!   operator's `betting_switched`, stored only.
 //! - [`ws`]: WebSocket messages, both directions, and channels.
 //! - [`bus_rpc`]: the `bets.place.<t>` request and reply.
 //! - [`status`]: the betting status (KV bucket `status`, `welcome`, `status` messages).
@@ -30,8 +31,9 @@ pub use codec::{
 };
 pub use error_code::ErrorCode;
 pub use event::{
-    BetPlaced, BetRefunded, BetSettled, BettingClosed, DepositId, EVENT_VERSION, Event, EventBody,
-    EventKind, FundsDeposited, OutcomeDeclared, Producer, RoundOpened, RoundSettled, RoundVoided,
+    BetPlaced, BetRefunded, BetSettled, BettingClosed, BettingSwitched, DepositId, EVENT_VERSION,
+    Event, EventBody, EventKind, FundsDeposited, OutcomeDeclared, Producer, RoundOpened,
+    RoundSettled, RoundVoided,
 };
 pub use status::{Betting, BettingStatus, GsHeartbeat};
 pub use subject::{gms_msg_id, subject_for};

@@ -15,8 +15,8 @@ use serde_json::{Map, Value};
 
 use crate::bus_rpc::{PlaceBetReply, PlaceBetRequest};
 use crate::event::{
-    BetPlaced, BetRefunded, BetSettled, BettingClosed, Event, FundsDeposited, OutcomeDeclared,
-    RoundOpened, RoundSettled, RoundVoided,
+    BetPlaced, BetRefunded, BetSettled, BettingClosed, BettingSwitched, Event, FundsDeposited,
+    OutcomeDeclared, RoundOpened, RoundSettled, RoundVoided,
 };
 use crate::status::BettingStatus;
 use crate::ws::{
@@ -57,6 +57,7 @@ pub fn generate() -> Vec<SchemaFile> {
     add("event.bet_refunded", root::<BetRefundedEvent>());
     add("event.round_settled", root::<RoundSettledEvent>());
     add("event.funds_deposited", root::<FundsDepositedEvent>());
+    add("event.betting_switched", root::<BettingSwitchedEvent>());
 
     add("ws.server", root::<ServerMessage>());
     add("ws.server.welcome", root::<WelcomeMessage>());
@@ -368,6 +369,7 @@ event_schema!(BetSettledEvent, BetSettled, "bet_settled");
 event_schema!(BetRefundedEvent, BetRefunded, "bet_refunded");
 event_schema!(RoundSettledEvent, RoundSettled, "round_settled");
 event_schema!(FundsDepositedEvent, FundsDeposited, "funds_deposited");
+event_schema!(BettingSwitchedEvent, BettingSwitched, "betting_switched");
 
 tagged_schema!(WelcomeMessage, Welcome, "type", "welcome");
 tagged_schema!(SubscribedMessage, Subscribed, "type", "subscribed");
@@ -406,6 +408,7 @@ impl JsonSchema for Event {
             generator.subschema_for::<BetRefundedEvent>(),
             generator.subschema_for::<RoundSettledEvent>(),
             generator.subschema_for::<FundsDepositedEvent>(),
+            generator.subschema_for::<BettingSwitchedEvent>(),
         ];
         one_of(
             "An event (docs/contract/events.md): a flat object tagged by `kind`.",

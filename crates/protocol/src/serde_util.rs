@@ -200,6 +200,14 @@ fn unexpected(value: &Value) -> Unexpected<'_> {
     }
 }
 
+/// A field that must be present, as `null` or a value: serde would take a missing `Option`
+/// field as `None` too, and the contract refuses an event with a field missing.
+pub(crate) fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    Option::<T>::deserialize(deserializer)
+}
+
 /// A selection, which must be an object: the domain's own reader would also take the positional
 /// array `["straight", [17]]`, which the contract does not allow.
 pub(crate) fn selection<'de, D: Deserializer<'de>>(

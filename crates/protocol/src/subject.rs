@@ -29,15 +29,31 @@ pub const STATUS_BETTING_KEY: &str = "betting";
 /// KV bucket of GS heartbeats ([`crate::status::GsHeartbeat`]): one key per GS process,
 /// expiring when the process stops writing it.
 pub const GS_HEALTH_BUCKET: &str = "gs_health";
-/// The key in [`STATUS_BUCKET`] holding an operator's switch (a
+/// The key in [`STATUS_BUCKET`] holding an operator's switch of every table (a
 /// [`crate::status::BettingStatus`]; `croupier betting off|on`), which GS obeys.
 pub const STATUS_OPERATOR_KEY: &str = "operator";
+/// The keys in [`STATUS_BUCKET`] holding an operator's switch of one table each
+/// ([`status_operator_table_key`]), as a watch pattern.
+pub const STATUS_OPERATOR_TABLE_KEYS: &str = "operator.*";
 /// Queue group of GS instances on `bets.place.<t>`: each bet goes to one GS.
 pub const GS_QUEUE_GROUP: &str = "gs";
 /// Header carrying the deduplication id of a publish.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// Header with which GMS guards each table subject against a second leader.
 pub const EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: &str = "Nats-Expected-Last-Subject-Sequence";
+
+/// `operator.<t>`: the key in [`STATUS_BUCKET`] holding an operator's switch of table `<t>`
+/// (`croupier betting off|on --table <t>`, ADR 0022), in the same shape as
+/// [`STATUS_OPERATOR_KEY`].
+pub fn status_operator_table_key(table: &TableId) -> String {
+    format!("{STATUS_OPERATOR_KEY}.{table}")
+}
+
+/// The table of an `operator.<t>` key of [`STATUS_BUCKET`]; `None` for any other key.
+pub fn table_of_operator_key(key: &str) -> Option<TableId> {
+    let table = key.strip_prefix(STATUS_OPERATOR_KEY)?.strip_prefix('.')?;
+    TableId::parse(table).ok()
+}
 
 /// `table.<t>.round`: GMS round transitions.
 pub fn table_round_subject(table: &TableId) -> String {
@@ -65,9 +81,10 @@ pub fn bets_place_wildcard() -> String {
 }
 
 /// The subject an event is published on: `table.<t>.round` for GMS kinds, `table.<t>.result` for
-/// `round_settled`, `player.<p>.wallet` for wallet kinds.
-pub fn subject_for(event: &Event) -> String {
-    match &event.body {
+/// `round_settled`, `player.<p>.wallet` for wallet kinds; `None` for `betting_switched`, which
+/// is recorded in the store only (ADR 0022).
+pub fn subject_for(event: &Event) -> Option<String> {
+    Some(match &event.body {
         EventBody::RoundOpened(RoundOpened { table, .. })
         | EventBody::BettingClosed(BettingClosed { table, .. })
         | EventBody::OutcomeDeclared(OutcomeDeclared { table, .. })
@@ -77,7 +94,8 @@ pub fn subject_for(event: &Event) -> String {
         | EventBody::BetSettled(BetSettled { player, .. })
         | EventBody::BetRefunded(BetRefunded { player, .. })
         | EventBody::FundsDeposited(FundsDeposited { player, .. }) => player_wallet_subject(player),
-    }
+        EventBody::BettingSwitched(_) => return None,
+    })
 }
 
 /// The `Nats-Msg-Id` of a GMS publish: `<table>:<round>:<kind>`, so a retried transition is

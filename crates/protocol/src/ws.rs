@@ -52,9 +52,10 @@ impl ChannelError {
 
 impl Channel {
     /// The channel an event is delivered on: wallet events go to their player's channel, the
-    /// rest (round transitions and `round_settled`) to their table's.
-    pub fn of_event(event: &Event) -> Channel {
-        match &event.body {
+    /// rest (round transitions and `round_settled`) to their table's; `None` for
+    /// `betting_switched`, which is never published (ADR 0022).
+    pub fn of_event(event: &Event) -> Option<Channel> {
+        Some(match &event.body {
             EventBody::RoundOpened(RoundOpened { table, .. })
             | EventBody::BettingClosed(BettingClosed { table, .. })
             | EventBody::OutcomeDeclared(OutcomeDeclared { table, .. })
@@ -66,7 +67,8 @@ impl Channel {
             | EventBody::FundsDeposited(FundsDeposited { player, .. }) => {
                 Channel::Player(player.clone())
             }
-        }
+            EventBody::BettingSwitched(_) => return None,
+        })
     }
 
     /// The JetStream filter subject of this channel (`docs/contract/bus.md`): `table.<t>.>` on

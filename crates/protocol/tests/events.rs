@@ -13,7 +13,7 @@ fn event_of(value: &Value, encoding: Encoding) -> Result<Event, DecodeError> {
     encoding.decode(&bytes_of(value, encoding))
 }
 
-const ALL_KINDS: [&str; 9] = [
+const ALL_KINDS: [&str; 10] = [
     "round_opened",
     "betting_closed",
     "outcome_declared",
@@ -23,6 +23,7 @@ const ALL_KINDS: [&str; 9] = [
     "bet_refunded",
     "round_settled",
     "funds_deposited",
+    "betting_switched",
 ];
 
 #[test]
@@ -78,6 +79,67 @@ fn events_report_their_table_round_and_player() {
     assert_eq!(deposit.round(), None);
     assert_eq!(deposit.table(), None);
     assert_eq!(deposit.player().map(|p| p.as_str()), Some("alice"));
+    let switched = example_event("betting_switched");
+    assert_eq!(switched.table().map(TableId::as_str), Some("roulette-1"));
+    assert_eq!(switched.round(), None);
+    assert_eq!(switched.player(), None);
+    let everywhere = every_table_switch();
+    assert_eq!(everywhere.table(), None);
+}
+
+fn every_table_switch() -> Event {
+    match example("event.betting_switched.every_table") {
+        Message::Event(event) => event,
+        other => panic!("not an event: {other:?}"),
+    }
+}
+
+#[test]
+fn an_operator_switch_names_its_table_or_null_for_every_table_and_is_never_published() {
+    let one = example_event("betting_switched");
+    let EventBody::BettingSwitched(body) = &one.body else {
+        panic!("a switch");
+    };
+    assert_eq!(body.betting, Betting::Disabled);
+    assert_eq!(
+        (body.reason.as_str(), body.by.as_str()),
+        ("wheel being serviced", "dana")
+    );
+    let every = every_table_switch();
+    for encoding in BOTH {
+        // `table` is written as null, never left out, for every table.
+        let value: Value = match encoding {
+            Encoding::Json => {
+                serde_json::from_slice(&encoding.encode(&every).expect("encodes")).expect("JSON")
+            }
+            Encoding::MsgPack => {
+                rmp_serde::from_slice(&encoding.encode(&every).expect("encodes")).expect("map")
+            }
+        };
+        assert_eq!(
+            value.get("table"),
+            Some(&Value::Null),
+            "{encoding:?}: {value}"
+        );
+        let back: Event = encoding
+            .decode(&encoding.encode(&every).expect("encodes"))
+            .expect("decodes");
+        assert_eq!(back, every);
+    }
+    for switch in [&one, &every] {
+        assert_eq!(switch.event_kind().producer(), Producer::Operator);
+        assert!(!switch.event_kind().is_published());
+        assert_eq!(subject_for(switch), None);
+        assert_eq!(gms_msg_id(switch), None);
+        assert!(switch.body.to_round_event().is_none());
+    }
+    for kind in EventKind::ALL {
+        assert_eq!(
+            kind.is_published(),
+            kind != EventKind::BettingSwitched,
+            "{kind}"
+        );
+    }
 }
 
 #[test]
@@ -126,6 +188,9 @@ fn an_event_missing_a_field_of_its_kind_or_of_the_envelope_is_refused_naming_the
         ("bet_placed", "selection"),
         ("round_settled", "paid"),
         ("funds_deposited", "deposit_id"),
+        ("betting_switched", "betting"),
+        ("betting_switched", "by"),
+        ("betting_switched", "table"),
         ("betting_closed", "round"),
         ("bet_settled", "id"),
         ("round_voided", "at"),
@@ -176,6 +241,9 @@ fn invalid_values_in_an_event_are_refused() {
         ("betting_closed", "table", json!("a b")),
         ("funds_deposited", "deposit_id", json!("")),
         ("funds_deposited", "deposit_id", json!("with space")),
+        ("betting_switched", "betting", json!("maybe")),
+        ("betting_switched", "table", json!("a b")),
+        ("betting_switched", "reason", json!(7)),
     ] {
         let value = with_field(example_value(&format!("event.{kind}")), field, bad.clone());
         for encoding in BOTH {
@@ -264,6 +332,7 @@ fn domain_round_events_become_wire_bodies_and_back() {
         "bet_settled",
         "bet_refunded",
         "funds_deposited",
+        "betting_switched",
     ] {
         assert!(
             example_event(kind).body.to_round_event().is_none(),
@@ -294,8 +363,13 @@ fn each_event_is_published_on_the_subject_of_the_contract() {
         ("funds_deposited", "player.alice.wallet"),
     ];
     for (kind, expected) in cases {
-        assert_eq!(subject_for(&example_event(kind)), expected, "{kind}");
+        assert_eq!(
+            subject_for(&example_event(kind)).as_deref(),
+            Some(expected),
+            "{kind}"
+        );
     }
+    assert_eq!(subject_for(&example_event("betting_switched")), None);
 }
 
 #[test]
@@ -308,7 +382,12 @@ fn gms_message_ids_are_table_round_kind_and_gs_events_have_none() {
         gms_msg_id(&example_event("round_voided")).as_deref(),
         Some("roulette-1:2:round_voided")
     );
-    for kind in ["bet_placed", "round_settled", "funds_deposited"] {
+    for kind in [
+        "bet_placed",
+        "round_settled",
+        "funds_deposited",
+        "betting_switched",
+    ] {
         assert_eq!(gms_msg_id(&example_event(kind)), None, "{kind}");
     }
 }
@@ -338,6 +417,24 @@ fn logical_names_are_those_of_the_contract() {
     assert_eq!(subject::PLAYERS_SUBJECTS, "player.>");
     assert_eq!(subject::GMS_LEASES_BUCKET, "gms_leases");
     assert_eq!(subject::STATUS_BUCKET, "status");
+    assert_eq!(subject::STATUS_OPERATOR_KEY, "operator");
+    assert_eq!(
+        subject::status_operator_table_key(&table),
+        "operator.roulette-1"
+    );
+    assert_eq!(
+        subject::table_of_operator_key("operator.roulette-1"),
+        Some(table.clone())
+    );
+    for other in [
+        "operator",
+        "betting",
+        "operator.",
+        "operator.a b",
+        "operatorx.t",
+    ] {
+        assert_eq!(subject::table_of_operator_key(other), None, "{other}");
+    }
     assert_eq!(subject::GS_QUEUE_GROUP, "gs");
 }
 

@@ -343,8 +343,8 @@ fn each_event_goes_to_the_channel_of_its_player_or_else_of_its_table() {
     ] {
         let event = example_event(kind);
         assert_eq!(
-            Channel::of_event(&event).to_string(),
-            "table.roulette-1",
+            Channel::of_event(&event).map(|c| c.to_string()).as_deref(),
+            Some("table.roulette-1"),
             "{kind}"
         );
     }
@@ -356,11 +356,12 @@ fn each_event_goes_to_the_channel_of_its_player_or_else_of_its_table() {
     ] {
         let event = example_event(kind);
         assert_eq!(
-            Channel::of_event(&event).to_string(),
-            "player.alice",
+            Channel::of_event(&event).map(|c| c.to_string()).as_deref(),
+            Some("player.alice"),
             "{kind}"
         );
     }
+    assert_eq!(Channel::of_event(&example_event("betting_switched")), None);
 }
 
 #[test]

@@ -484,6 +484,14 @@ impl Stack {
         for _ in 0..options.gateways {
             stack.add_gateway(&options).await;
         }
+        if options.gs {
+            // A gateway learns the status from the buckets as it starts; on a busy machine its
+            // first read may miss the heartbeats for a moment (it says `gs_unavailable` until
+            // its watch catches up): tests begin once every node says betting is on.
+            for node in &stack.gateways {
+                wait_betting_enabled(&node.ws_url(None)).await;
+            }
+        }
         stack
     }
 

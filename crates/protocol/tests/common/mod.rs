@@ -626,6 +626,16 @@ pub fn event_body() -> BoxedStrategy<EventBody> {
                 })
             })
             .boxed(),
+        (proptest::option::of(table_id()), betting(), text(), text())
+            .prop_map(|(table, betting, reason, by)| {
+                EventBody::BettingSwitched(BettingSwitched {
+                    table,
+                    betting,
+                    reason,
+                    by,
+                })
+            })
+            .boxed(),
     ]
     .boxed()
 }
@@ -939,6 +949,8 @@ pub fn word() -> impl Strategy<Value = String> {
         "bet_refunded",
         "round_settled",
         "funds_deposited",
+        "betting_switched",
+        "by",
         "straight",
         "split",
         "red",
