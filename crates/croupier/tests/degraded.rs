@@ -295,19 +295,7 @@ async fn drill(fault: Fault) {
     assert!(missed.is_empty(), "the client missed {missed:?}");
 
     // The audit agrees.
-    let output = stack
-        .env
-        .apply(&mut Command::new(BIN))
-        .arg("replay")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run replay");
-    assert!(
-        output.status.success(),
-        "replay failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    stack.env.replay_ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,11 +19,10 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bus::{Bus, Kv, NatsBus, NatsOptions, RequestError};
-use common::{BIN, Env, Running};
+use common::{Env, Running};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
@@ -331,19 +330,7 @@ impl Drill {
 
     /// `croupier replay` on the database, directly.
     fn replay(&self) {
-        let output = self
-            .env
-            .apply(&mut Command::new(BIN))
-            .arg("replay")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run replay");
-        assert!(
-            output.status.success(),
-            "replay failed: {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        self.env.replay_ok();
     }
 }
 

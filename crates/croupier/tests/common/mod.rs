@@ -59,6 +59,23 @@ impl Env {
             )
     }
 
+    /// Runs `croupier replay` on the environment's database and bus, failing the test with its
+    /// report when it finds the history wrong.
+    pub fn replay_ok(&self) {
+        let output = self
+            .apply(&mut Command::new(BIN))
+            .arg("replay")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run replay");
+        assert!(
+            output.status.success(),
+            "replay failed: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// Runs `croupier <args>` to completion and returns its stdout.
     pub fn croupier(&self, args: &[&str]) -> String {
         let output = self
