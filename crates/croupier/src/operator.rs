@@ -192,13 +192,7 @@ async fn record(settings: &Resolved, event: &Event) -> anyhow::Result<i64> {
         let appended = store
             .timed("record the operator's switch", async {
                 let tx = client.transaction().await?;
-                let version: i32 = tx
-                    .query_one(
-                        "SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream = $1",
-                        &[&OPERATOR_STREAM],
-                    )
-                    .await?
-                    .try_get(0)?;
+                let version = store::next_version(&*tx, OPERATOR_STREAM).await?;
                 let appended = store::append(
                     &tx,
                     &[NewEvent {

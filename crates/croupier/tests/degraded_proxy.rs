@@ -90,20 +90,7 @@ impl Drill {
         let (env, db) = Env::fresh().await;
         let proxy = PgProxy::start(&db.url).await.expect("proxy");
         let store = store::Store::new(&store::PoolConfig::new(db.url.clone())).expect("store");
-        let players: Vec<domain::PlayerId> = (0..players)
-            .map(|i| domain::PlayerId::parse(&format!("p{i}")).expect("player"))
-            .collect();
-        for who in &players {
-            let id = protocol::DepositId::parse(&format!("seed-{who}")).expect("deposit id");
-            gs::ledger::deposit(
-                &store,
-                who,
-                domain::Money::new(DEPOSIT).expect("money"),
-                &id,
-            )
-            .await
-            .expect("deposit");
-        }
+        let players = common::funded_players(&store, "p", players, DEPOSIT).await;
         let bus = NatsBus::connect(&env.nats_url, &env.prefix, NatsOptions::default())
             .await
             .expect("bus");

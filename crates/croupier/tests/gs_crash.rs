@@ -70,20 +70,7 @@ async fn with_two_gs_and_one_killed_mid_batch_every_accepted_bet_is_settled_exac
     testkit::init_logging();
     let (env, db) = Env::fresh().await;
     let store = store::Store::new(&store::PoolConfig::new(db.url.clone())).expect("store");
-    let players: Vec<domain::PlayerId> = (0..PLAYERS)
-        .map(|i| domain::PlayerId::parse(&format!("k{i}")).expect("player"))
-        .collect();
-    for who in &players {
-        let id = protocol::DepositId::parse(&format!("seed-{who}")).expect("deposit id");
-        gs::ledger::deposit(
-            &store,
-            who,
-            domain::Money::new(1_000_000).expect("money"),
-            &id,
-        )
-        .await
-        .expect("deposit");
-    }
+    let players = common::funded_players(&store, "k", PLAYERS, 1_000_000).await;
     let client = db.client().await.expect("connect");
 
     let mut gs_a = env.spawn(&["run", "gs"]);

@@ -386,7 +386,7 @@ async fn probe_loop(health: Health, pg: tokio_postgres::Config, shutdown: Cancel
         "SET LOCAL lock_timeout = '{lock_timeout_ms}ms'; \
          SELECT position FROM public.event_head WHERE id FOR UPDATE"
     );
-    let mut client: Option<tokio_postgres::Client> = None;
+    let mut client: Option<ProbeConnection> = None;
     loop {
         let started = Instant::now();
         health.probe_started(started);
@@ -415,26 +415,39 @@ async fn probe_loop(health: Health, pg: tokio_postgres::Config, shutdown: Cancel
     }
 }
 
+/// The probe's own connection: the client, and the task driving it, aborted with it (as the
+/// store's tailer does), so a connection dropped because it hung ends at once.
+struct ProbeConnection {
+    client: tokio_postgres::Client,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ProbeConnection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
 /// One probe on the probe's own connection (made when missing).
 async fn probe_once(
-    client: &mut Option<tokio_postgres::Client>,
+    connection: &mut Option<ProbeConnection>,
     pg: &tokio_postgres::Config,
     query: &str,
 ) -> Result<(), StoreHealth> {
-    if client.as_ref().is_none_or(|c| c.is_closed()) {
-        let (fresh, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|error| {
+    if connection.as_ref().is_none_or(|c| c.client.is_closed()) {
+        let (client, driver) = pg.connect(tokio_postgres::NoTls).await.map_err(|error| {
             tracing::debug!(%error, "store probe: cannot connect");
             StoreHealth::Unavailable
         })?;
-        tokio::spawn(async move {
-            let _ = connection.await;
+        let driver = tokio::spawn(async move {
+            let _ = driver.await;
         });
-        *client = Some(fresh);
+        *connection = Some(ProbeConnection { client, driver });
     }
-    let Some(connected) = client.as_ref() else {
+    let Some(connected) = connection.as_ref() else {
         return Err(StoreHealth::Unavailable);
     };
-    match connected.simple_query(query).await {
+    match connected.client.simple_query(query).await {
         Ok(_) => Ok(()),
         Err(error) => {
             let slow = error
@@ -444,7 +457,7 @@ async fn probe_once(
             if slow {
                 Err(StoreHealth::Slow)
             } else {
-                *client = None;
+                *connection = None;
                 Err(StoreHealth::Unavailable)
             }
         }

@@ -28,10 +28,7 @@ use bus::{Bus, Kv};
 use domain::TableId;
 use futures_util::StreamExt;
 use protocol::status::reason;
-use protocol::subject::{
-    GS_HEALTH_BUCKET, STATUS_BETTING_KEY, STATUS_BUCKET, STATUS_OPERATOR_KEY,
-    STATUS_OPERATOR_TABLE_KEYS,
-};
+use protocol::subject::{GS_HEALTH_BUCKET, STATUS_BETTING_KEY, STATUS_BUCKET, STATUS_OPERATOR_KEY};
 use protocol::{Betting, BettingStatus, Encoding, GsHeartbeat};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -143,6 +140,76 @@ pub(crate) fn aggregate<'a>(
     (Betting::Disabled, why)
 }
 
+/// What this GS has read of the `status` bucket, from one watch of every key: the betting
+/// status as stored, the operator's switch of every table, and the switches of single tables.
+#[derive(Debug, Default)]
+struct StatusBucket {
+    /// Key `betting` (`None` while missing or undecodable).
+    stored: Option<(Betting, String)>,
+    /// Key `operator` says disabled.
+    operator_off: bool,
+    tables: TableSwitches,
+}
+
+impl StatusBucket {
+    fn apply(&mut self, key: &str, value: Option<&[u8]>) {
+        let decoded = || value.and_then(|v| Encoding::MsgPack.decode::<BettingStatus>(v).ok());
+        match key {
+            STATUS_BETTING_KEY => self.stored = decoded().map(|s| (s.betting, s.reason)),
+            STATUS_OPERATOR_KEY => {
+                self.operator_off = decoded().is_some_and(|s| s.betting == Betting::Disabled);
+            }
+            _ => self.tables.apply(key, value),
+        }
+    }
+
+    /// The status to say: an operator's switch of every table first, else the heartbeats'.
+    fn status<'a>(
+        &self,
+        heartbeats: impl IntoIterator<Item = &'a GsHeartbeat>,
+    ) -> (Betting, &'static str) {
+        if self.operator_off {
+            (Betting::Disabled, reason::OPERATOR)
+        } else {
+            aggregate(heartbeats)
+        }
+    }
+
+    fn stored_is(&self, (betting, why): (Betting, &'static str)) -> bool {
+        self.stored
+            .as_ref()
+            .is_some_and(|(b, r)| *b == betting && r == why)
+    }
+}
+
+/// A bucket handle, opened once and opened again after it failed (each opening is a round
+/// trip to the server).
+struct Bucket<B: Bus> {
+    name: &'static str,
+    kv: Option<B::Kv>,
+}
+
+impl<B: Bus> Bucket<B> {
+    fn new(name: &'static str) -> Self {
+        Self { name, kv: None }
+    }
+
+    async fn get(&mut self, bus: &B) -> Option<B::Kv> {
+        if self.kv.is_none() {
+            match bus.kv(self.name).await {
+                Ok(kv) => self.kv = Some(kv),
+                Err(error) => tracing::warn!(bucket = self.name, %error, "cannot open a bucket"),
+            }
+        }
+        self.kv.clone()
+    }
+
+    /// Forgets the handle after a call on it failed.
+    fn failed(&mut self) {
+        self.kv = None;
+    }
+}
+
 /// Keeps this GS's heartbeat and the betting status until shutdown; `serving` tells the intake.
 pub(crate) async fn run<B: Bus>(
     bus: B,
@@ -159,30 +226,33 @@ pub(crate) async fn run<B: Bus>(
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
     let mut store = health.subscribe();
+    let mut health_bucket = Bucket::<B>::new(GS_HEALTH_BUCKET);
+    let mut status_bucket = Bucket::<B>::new(STATUS_BUCKET);
     let mut others: HashMap<String, (Instant, GsHeartbeat)> = HashMap::new();
-    let mut watching: Option<bus::KvWatch> = None;
+    let mut heartbeats: Option<bus::KvWatch> = None;
     // A watch (re)established replays every key's current value, so a key written while it
     // was down is caught up; only a key deleted meanwhile would be missed (`betting on` never
     // deletes: it writes enabled).
-    let mut switches = TableSwitches::default();
-    let mut watching_switches: Option<bus::KvWatch> = None;
+    let mut bucket = StatusBucket::default();
+    let mut watching_status: Option<bus::KvWatch> = None;
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_written: Option<(Betting, &'static str)> = None;
     let mut last_bad: Option<StoreHealth> = None;
     loop {
-        if watching.is_none() {
-            watching = watch_heartbeats(&bus).await;
+        if heartbeats.is_none() {
+            heartbeats = watch_all(&mut health_bucket, &bus).await;
         }
-        if watching_switches.is_none() {
-            watching_switches = watch_table_switches(&bus).await;
+        if watching_status.is_none() {
+            // Until the watch says otherwise, nothing is known of what is stored.
+            bucket.stored = None;
+            watching_status = watch_all(&mut status_bucket, &bus).await;
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
             Ok(()) = store.changed() => {}
             Ok(()) = caught_up.changed() => {}
-            change = next_change(&mut watching) => {
+            change = next_change(&mut heartbeats) => {
                 match change {
                     Some(change) if change.key != key => {
                         match change.value.as_deref().map(|v| Encoding::MsgPack.decode::<GsHeartbeat>(v)) {
@@ -196,17 +266,17 @@ pub(crate) async fn run<B: Bus>(
                         }
                     }
                     Some(_) => {}
-                    None => watching = None,
+                    None => heartbeats = None,
                 }
                 continue;
             }
-            change = next_change(&mut watching_switches) => {
+            change = next_change(&mut watching_status) => {
                 match change {
                     Some(change) => {
-                        switches.apply(&change.key, change.value.as_deref());
-                        hand_over(&switches, &switched_off);
+                        bucket.apply(&change.key, change.value.as_deref());
+                        hand_over(&bucket.tables, &switched_off);
                     }
-                    None => watching_switches = None,
+                    None => watching_status = None,
                 }
                 continue;
             }
@@ -243,43 +313,27 @@ pub(crate) async fn run<B: Bus>(
             store: last_bad.unwrap_or(own.store).code().to_string(),
             at: now(),
         };
-        put_heartbeat(&bus, &key, &heartbeat).await;
-        hand_over(&switches, &switched_off);
+        put_heartbeat(&mut health_bucket, &bus, &key, &heartbeat).await;
         let now = Instant::now();
         others.retain(|_, (seen, _)| now - *seen < STALE);
-        let status = if operator_switched_off(&bus).await {
-            (Betting::Disabled, reason::OPERATOR)
-        } else {
-            aggregate(std::iter::once(&heartbeat).chain(others.values().map(|(_, h)| h)))
-        };
-        write_status(&bus, status, &mut last_written).await;
+        let status =
+            bucket.status(std::iter::once(&heartbeat).chain(others.values().map(|(_, h)| h)));
+        // Written only when the stored one (as watched) says otherwise; unknown: written.
+        if !bucket.stored_is(status) {
+            write_status(&mut status_bucket, &bus, status, &mut bucket).await;
+        }
     }
     // A graceful stop: withdraw the heartbeat, and say so if no other GS is left.
     serving.send_replace(false);
-    delete_heartbeat(&bus, &key).await;
+    if let Some(kv) = health_bucket.get(&bus).await {
+        if let Err(error) = kv.delete(&key).await {
+            tracing::warn!(%error, "GS heartbeat not withdrawn");
+        }
+    }
     let now = Instant::now();
     others.retain(|_, (seen, _)| now - *seen < STALE);
-    let status = if operator_switched_off(&bus).await {
-        (Betting::Disabled, reason::OPERATOR)
-    } else {
-        aggregate(others.values().map(|(_, h)| h))
-    };
-    last_written = None;
-    write_status(&bus, status, &mut last_written).await;
-}
-
-/// Whether an operator has switched betting off: key `operator` of the `status` bucket
-/// (`croupier betting off`). Unreadable counts as not.
-async fn operator_switched_off<B: Bus>(bus: &B) -> bool {
-    let Ok(kv) = bus.kv(STATUS_BUCKET).await else {
-        return false;
-    };
-    match kv.get(STATUS_OPERATOR_KEY).await {
-        Ok(Some(entry)) => Encoding::MsgPack
-            .decode::<BettingStatus>(&entry.value)
-            .is_ok_and(|s| s.betting == Betting::Disabled),
-        _ => false,
-    }
+    let status = bucket.status(others.values().map(|(_, h)| h));
+    write_status(&mut status_bucket, &bus, status, &mut bucket).await;
 }
 
 async fn next_change(watching: &mut Option<bus::KvWatch>) -> Option<bus::KvEvent> {
@@ -289,98 +343,78 @@ async fn next_change(watching: &mut Option<bus::KvWatch>) -> Option<bus::KvEvent
     }
 }
 
-async fn watch_table_switches<B: Bus>(bus: &B) -> Option<bus::KvWatch> {
-    let kv = bus.kv(STATUS_BUCKET).await.ok()?;
-    match kv.watch(STATUS_OPERATOR_TABLE_KEYS).await {
-        Ok(feed) => Some(feed),
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch the operators' switches of tables; retrying");
-            None
-        }
-    }
-}
-
-async fn watch_heartbeats<B: Bus>(bus: &B) -> Option<bus::KvWatch> {
-    let kv = bus.kv(GS_HEALTH_BUCKET).await.ok()?;
+/// Watches every key of the bucket (its current values first).
+async fn watch_all<B: Bus>(bucket: &mut Bucket<B>, bus: &B) -> Option<bus::KvWatch> {
+    let kv = bucket.get(bus).await?;
     match kv.watch(">").await {
         Ok(feed) => Some(feed),
         Err(error) => {
-            tracing::warn!(%error, "cannot watch the GS heartbeats; retrying");
+            tracing::warn!(bucket = bucket.name, %error, "cannot watch a bucket; retrying");
+            bucket.failed();
             None
         }
     }
 }
 
-async fn put_heartbeat<B: Bus>(bus: &B, key: &str, heartbeat: &GsHeartbeat) {
-    let result = async {
-        let payload = Encoding::MsgPack
-            .encode(heartbeat)
-            .map_err(|e| e.to_string())?;
-        let kv = bus.kv(GS_HEALTH_BUCKET).await.map_err(|e| e.to_string())?;
-        kv.put(key, payload).await.map_err(|e| e.to_string())
-    }
-    .await;
-    if let Err(error) = result {
-        tracing::warn!(%error, "GS heartbeat not written");
-    }
-}
-
-async fn delete_heartbeat<B: Bus>(bus: &B, key: &str) {
-    if let Ok(kv) = bus.kv(GS_HEALTH_BUCKET).await {
-        if let Err(error) = kv.delete(key).await {
-            tracing::warn!(%error, "GS heartbeat not withdrawn");
+async fn put_heartbeat<B: Bus>(
+    bucket: &mut Bucket<B>,
+    bus: &B,
+    key: &str,
+    heartbeat: &GsHeartbeat,
+) {
+    let payload = match Encoding::MsgPack.encode(heartbeat) {
+        Ok(payload) => payload,
+        Err(error) => {
+            tracing::error!(%error, "GS heartbeat could not be encoded");
+            return;
         }
+    };
+    let Some(kv) = bucket.get(bus).await else {
+        return;
+    };
+    if let Err(error) = kv.put(key, payload).await {
+        tracing::warn!(%error, "GS heartbeat not written");
+        bucket.failed();
     }
 }
 
-/// Writes the betting status when the stored one says otherwise.
+/// Writes the betting status, and takes it as the stored one.
 async fn write_status<B: Bus>(
+    status_bucket: &mut Bucket<B>,
     bus: &B,
     (betting, why): (Betting, &'static str),
-    last_written: &mut Option<(Betting, &'static str)>,
+    bucket: &mut StatusBucket,
 ) {
-    let result = async {
-        let kv = bus.kv(STATUS_BUCKET).await.map_err(|e| e.to_string())?;
-        let stored = kv
-            .get(STATUS_BETTING_KEY)
-            .await
-            .map_err(|e| e.to_string())?
-            .and_then(|entry| Encoding::MsgPack.decode::<BettingStatus>(&entry.value).ok());
-        let same = stored
-            .as_ref()
-            .is_some_and(|s| s.betting == betting && s.reason == why);
-        if same {
-            return Ok(false);
+    let status = BettingStatus {
+        betting,
+        reason: why.to_string(),
+        at: now(),
+    };
+    let payload = match Encoding::MsgPack.encode(&status) {
+        Ok(payload) => payload,
+        Err(error) => {
+            tracing::error!(%error, "betting status could not be encoded");
+            return;
         }
-        let status = BettingStatus {
-            betting,
-            reason: why.to_string(),
-            at: now(),
-        };
-        let payload = Encoding::MsgPack
-            .encode(&status)
-            .map_err(|e| e.to_string())?;
-        kv.put(STATUS_BETTING_KEY, payload)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(true)
-    }
-    .await;
-    match result {
-        Ok(true) => {
-            if *last_written != Some((betting, why)) {
-                tracing::info!(
-                    betting = betting.as_str(),
-                    reason = why,
-                    "betting status written"
-                );
-            }
+    };
+    let Some(kv) = status_bucket.get(bus).await else {
+        return;
+    };
+    match kv.put(STATUS_BETTING_KEY, payload).await {
+        Ok(_) => {
+            tracing::info!(
+                betting = betting.as_str(),
+                reason = why,
+                "betting status written"
+            );
             metrics::counter!("gs_betting_status_writes_total", "betting" => betting.as_str())
                 .increment(1);
-            *last_written = Some((betting, why));
+            bucket.stored = Some((betting, why.to_string()));
         }
-        Ok(false) => *last_written = Some((betting, why)),
-        Err(error) => tracing::warn!(%error, "betting status not written"),
+        Err(error) => {
+            tracing::warn!(%error, "betting status not written");
+            status_bucket.failed();
+        }
     }
 }
 
@@ -435,6 +469,36 @@ mod tests {
         switches.apply("operator.t2", Some(&switch(Betting::Disabled)));
         hand_over(&switches, &sender);
         assert_eq!(*receiver.borrow(), BTreeSet::from([t2]));
+    }
+
+    #[test]
+    fn one_watch_of_the_status_bucket_tells_what_is_stored_and_what_operators_switched() {
+        let mut bucket = StatusBucket::default();
+        let well = beat(true, GsHeartbeat::HEALTHY);
+        assert!(
+            !bucket.stored_is((Betting::Enabled, "")),
+            "nothing known yet"
+        );
+        bucket.apply(STATUS_BETTING_KEY, Some(&switch(Betting::Enabled)));
+        assert_eq!(
+            bucket.stored,
+            Some((Betting::Enabled, "dana: drill".into()))
+        );
+        bucket.apply(STATUS_OPERATOR_KEY, Some(&switch(Betting::Disabled)));
+        assert_eq!(
+            bucket.status([&well]),
+            (Betting::Disabled, reason::OPERATOR),
+            "the operator's switch of every table comes first"
+        );
+        bucket.apply("operator.t1", Some(&switch(Betting::Disabled)));
+        assert_eq!(
+            bucket.tables.off(),
+            BTreeSet::from([TableId::parse("t1").expect("table")])
+        );
+        bucket.apply(STATUS_OPERATOR_KEY, Some(&switch(Betting::Enabled)));
+        assert_eq!(bucket.status([&well]), (Betting::Enabled, ""));
+        bucket.apply(STATUS_BETTING_KEY, None);
+        assert_eq!(bucket.stored, None, "deleted: unknown, so written again");
     }
 
     #[test]

@@ -32,9 +32,6 @@ pub const GS_HEALTH_BUCKET: &str = "gs_health";
 /// The key in [`STATUS_BUCKET`] holding an operator's switch of every table (a
 /// [`crate::status::BettingStatus`]; `croupier betting off|on`), which GS obeys.
 pub const STATUS_OPERATOR_KEY: &str = "operator";
-/// The keys in [`STATUS_BUCKET`] holding an operator's switch of one table each
-/// ([`status_operator_table_key`]), as a watch pattern.
-pub const STATUS_OPERATOR_TABLE_KEYS: &str = "operator.*";
 /// Queue group of GS instances on `bets.place.<t>`: each bet goes to one GS.
 pub const GS_QUEUE_GROUP: &str = "gs";
 /// Header carrying the deduplication id of a publish.

@@ -34,7 +34,7 @@ pub use migrations::{
     MIGRATIONS, Migration, MigrationReport, migrate, migrate_url, migrations_fingerprint,
 };
 pub use pool::{PoolConfig, Store};
-pub use read::{StoredEvent, head, last_position, read_from, read_stream};
+pub use read::{StoredEvent, head, last_position, next_version, read_from, read_stream};
 pub use stream::{CopyOut, stream_events};
 pub use tail::{TailOptions, tail};
 pub use verify::{

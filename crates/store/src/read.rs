@@ -103,6 +103,19 @@ pub async fn read_from<C: GenericClient>(
     rows.iter().map(StoredEvent::from_row).collect()
 }
 
+/// The version the next event of `stream` takes: its last version + 1 (1 for a new stream),
+/// as `client` sees it. Two writers that both read it race on the stream's unique version;
+/// the loser gets [`crate::Conflict::VersionConflict`] from [`crate::append`].
+pub async fn next_version<C: GenericClient>(client: &C, stream: &str) -> Result<i32, StoreError> {
+    let row = client
+        .query_typed_one(
+            "SELECT coalesce(max(version), 0) + 1 FROM public.events WHERE stream = $1",
+            &[(&stream, Type::TEXT)],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
 /// The position of the last committed event (0 when the store is empty).
 pub async fn last_position<C: GenericClient>(client: &C) -> Result<i64, StoreError> {
     Ok(head(client).await?.0)

@@ -802,3 +802,23 @@ impl Env {
         Running(child)
     }
 }
+
+/// Players `<prefix>0` to `<prefix>{n-1}`, each credited `amount` straight through GS's ledger
+/// (deposit id `seed-<player>`, so once per player and database).
+pub async fn funded_players(
+    store: &store::Store,
+    prefix: &str,
+    n: usize,
+    amount: i64,
+) -> Vec<domain::PlayerId> {
+    let players: Vec<domain::PlayerId> = (0..n)
+        .map(|i| domain::PlayerId::parse(&format!("{prefix}{i}")).expect("player"))
+        .collect();
+    for who in &players {
+        let id = protocol::DepositId::parse(&format!("seed-{who}")).expect("deposit id");
+        gs::ledger::deposit(store, who, domain::Money::new(amount).expect("money"), &id)
+            .await
+            .expect("deposit");
+    }
+    players
+}

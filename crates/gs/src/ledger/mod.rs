@@ -260,13 +260,7 @@ pub async fn record_transition(
         return Ok(false);
     }
     let stream = round_stream(table, round);
-    let version: i32 = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream = $1",
-            &[&stream],
-        )
-        .await?
-        .get(0);
+    let version = store::next_version(&*tx, &stream).await?;
     let seq = i64::try_from(bus_seq).unwrap_or(i64::MAX);
     let round_no = round.get() as i64;
     let at = event.at.as_offset_datetime();

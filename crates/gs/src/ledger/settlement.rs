@@ -262,13 +262,7 @@ async fn settle_in(
     .await?;
     stages.mark("credits");
     let stream = round_stream(table, round);
-    let version: i32 = tx
-        .query_typed_one(
-            "SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream = $1",
-            &[(&stream, Type::TEXT)],
-        )
-        .await?
-        .try_get(0)?;
+    let version = store::next_version(tx, &stream).await?;
     let settlement = Settlement {
         bets: bets.len() as u64,
         staked,
