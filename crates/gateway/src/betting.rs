@@ -57,9 +57,10 @@ impl Current {
     }
 }
 
-/// What the gateway has heard, from which it says [`Current`].
+/// What the gateway has heard, from which it says [`Current`]: read once before it serves
+/// ([`initial`]), then kept up to date by [`watch`].
 #[derive(Debug)]
-struct Heard {
+pub(crate) struct Heard {
     /// The `betting` key: `None` while missing.
     status: Option<Current>,
     /// GS heartbeats by key, when last heard.
@@ -112,11 +113,11 @@ impl Heard {
     }
 }
 
-/// The status at start-up, from the buckets; `gs_unavailable` when the bus does not answer
-/// in time or says nothing.
-pub(crate) async fn initial<B: Bus>(bus: &B) -> Current {
+/// What the buckets say at start-up: the status key and the heartbeats alive. With nothing
+/// read in time, it says `gs_unavailable` until [`watch`] hears otherwise.
+pub(crate) async fn initial<B: Bus>(bus: &B) -> Heard {
+    let mut heard = Heard::new();
     let read = async {
-        let mut heard = Heard::new();
         let status = bus.kv(STATUS_BUCKET).await.ok()?;
         let entry = status.get(STATUS_BETTING_KEY).await.ok()?;
         heard.status_changed(entry.as_ref().map(|e| e.value.as_ref()));
@@ -128,22 +129,26 @@ pub(crate) async fn initial<B: Bus>(bus: &B) -> Current {
         {
             heard.heartbeat(change, Instant::now());
         }
-        Some(heard.current(Instant::now()))
+        Some(())
     };
-    tokio::time::timeout(INITIAL_READ, read)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| Current::disabled(reason::GS_UNAVAILABLE))
+    let _ = tokio::time::timeout(INITIAL_READ, read).await;
+    heard
+}
+
+impl Heard {
+    /// What to tell clients now.
+    pub(crate) fn now(&mut self) -> Current {
+        self.current(Instant::now())
+    }
 }
 
 /// Watches the status and the heartbeats until shutdown, publishing each change to the sessions.
 pub(crate) async fn watch<B: Bus>(
     bus: B,
+    mut heard: Heard,
     current: watch::Sender<Current>,
     shutdown: CancellationToken,
 ) {
-    let mut heard = Heard::new();
     let mut status: Option<KvWatch> = None;
     let mut beats: Option<KvWatch> = None;
     let mut retry_at = Instant::now();
@@ -157,7 +162,7 @@ pub(crate) async fn watch<B: Bus>(
             };
             match watching {
                 Ok((s, b)) => {
-                    heard.status = None;
+                    // What was heard stands until the watches replay the current values.
                     status = Some(s);
                     beats = Some(b);
                 }

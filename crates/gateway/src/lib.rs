@@ -136,6 +136,8 @@ pub(crate) struct Shared<B> {
 pub struct Gateway<B> {
     listener: TcpListener,
     shared: Arc<Shared<B>>,
+    /// What the buckets said at start-up, handed to the betting watch when it starts.
+    heard: betting::Heard,
 }
 
 impl<B> std::fmt::Debug for Gateway<B> {
@@ -156,7 +158,8 @@ impl<B: Bus> Gateway<B> {
         let listener = listen(config.http_addr, config.limits.send_buffer)?;
         let tasks = TaskTracker::new();
         // Learn the betting status before the first client is welcomed.
-        let (betting, _) = tokio::sync::watch::channel(betting::initial(&bus).await);
+        let mut heard = betting::initial(&bus).await;
+        let (betting, _) = tokio::sync::watch::channel(heard.now());
         let admission = Arc::new(limits::Admission::new(&config.limits));
         let shared = Arc::new(Shared {
             admission,
@@ -167,7 +170,11 @@ impl<B: Bus> Gateway<B> {
             shutdown,
             betting,
         });
-        Ok(Self { listener, shared })
+        Ok(Self {
+            listener,
+            shared,
+            heard,
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -178,9 +185,14 @@ impl<B: Bus> Gateway<B> {
     /// Serves until the shutdown token fires, then closes every connection and waits for them
     /// (at most `drain_timeout`).
     pub async fn run(self) {
-        let Self { listener, shared } = self;
+        let Self {
+            listener,
+            shared,
+            heard,
+        } = self;
         shared.tasks.spawn(betting::watch(
             shared.bus.clone(),
+            heard,
             shared.betting.clone(),
             shared.shutdown.clone(),
         ));
