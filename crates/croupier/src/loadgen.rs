@@ -29,7 +29,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Resolved;
 
+mod bets;
 mod clients;
+
+pub use bets::{BetReport, RoundReport};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
@@ -55,9 +58,28 @@ pub struct LoadgenArgs {
     /// How long to measure once every client is connected, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// The table to follow.
+    /// The tables to follow, comma-separated: client `i` follows the `i mod n`-th.
     #[arg(long, default_value = "roulette-1")]
     pub table: String,
+    /// Bet at this total rate (bets/s, all tables together) while rounds are open,
+    /// open-loop: a bet is due every `1/rate` whatever the answers do, and its latency is timed
+    /// from when it was due. Bets go round-robin over each table's bettors, four in five
+    /// even-money and one in five straight up; a `TIMEOUT` is retried with the same `bet_id`.
+    /// Bettors also follow their player channel (for `bet_settled`). Without it, each bettor
+    /// bets once per round.
+    #[arg(long)]
+    pub bet_rate: Option<f64>,
+    /// Bettor `i` bets as player `<players>-<i>` (fund them first: `croupier wallet deposit`).
+    #[arg(long, default_value = "lg")]
+    pub players: String,
+    /// With `--bet-rate`: stop betting on a round this long before its `closes_at`.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub close_margin: Duration,
+    /// With `--bet-rate`: write every bet's final answer to this file, one line per bet,
+    /// tab-separated: bet id, player, table, round, answer (`accepted`, the error code, or
+    /// `none` when no definite answer came). `croupier audit-bets FILE` checks it.
+    #[arg(long)]
+    pub bets_out: Option<std::path::PathBuf>,
     /// Spread clients over this many source addresses 127.0.0.1.. (when ports run short).
     #[arg(long, default_value_t = 1)]
     pub source_addrs: u8,
@@ -116,6 +138,8 @@ pub struct Report {
     pub server_rss_before_kib: Option<u64>,
     pub server_rss_after_kib: Option<u64>,
     pub server_rss_per_connection_kib: Option<f64>,
+    /// `--bet-rate` only.
+    pub bets: Option<BetReport>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -152,6 +176,10 @@ struct Shared {
     bets_accepted: AtomicU64,
     /// Set while measuring: deliveries during the ramp-up are not counted.
     measuring: AtomicBool,
+    /// `--bet-rate`: set while bets are to be made.
+    betting: AtomicBool,
+    /// `--bet-rate`: bets sent without a final answer yet.
+    bets_outstanding: AtomicU64,
 }
 
 impl Shared {
@@ -165,6 +193,8 @@ impl Shared {
             bets_answered: AtomicU64::new(0),
             bets_accepted: AtomicU64::new(0),
             measuring: AtomicBool::new(false),
+            betting: AtomicBool::new(false),
+            bets_outstanding: AtomicU64::new(0),
         })
     }
 
@@ -192,6 +222,42 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     if args.bettors > 0 && args.target == Target::Nats {
         anyhow::bail!("--bettors works only with --target croupier");
     }
+    let tables: Vec<String> = args
+        .table
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect();
+    for table in &tables {
+        domain::TableId::parse(table).map_err(|e| anyhow::anyhow!("--table {table}: {e}"))?;
+    }
+    if tables.is_empty() {
+        anyhow::bail!("--table names no table");
+    }
+    let threads = args.threads.max(1);
+    let bet_every = match args.bet_rate {
+        Some(rate) if rate.is_finite() && rate > 0.0 => {
+            if args.bettors == 0 {
+                anyhow::bail!("--bet-rate needs --bettors");
+            }
+            let per_table = rate / (threads * tables.len()) as f64;
+            Some(Duration::from_secs_f64(1.0 / per_table))
+        }
+        Some(rate) => anyhow::bail!("--bet-rate must be a positive number of bets/s, not {rate}"),
+        None => {
+            if args.bets_out.is_some() {
+                anyhow::bail!("--bets-out needs --bet-rate");
+            }
+            None
+        }
+    };
+    let bets_out = match &args.bets_out {
+        Some(path) => Some(
+            bets::BetsOut::create(path).with_context(|| format!("create {}", path.display()))?,
+        ),
+        None => None,
+    };
     let secret = gateway::JwtSecret::new(&settings.jwt_secret).context("CROUPIER_JWT_SECRET")?;
     let shared = Arc::new(Shared::new()?);
     let stop = CancellationToken::new();
@@ -211,7 +277,7 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
                 .context("streams")?;
             Some(tokio::spawn(publish(
                 bus,
-                args.table.clone(),
+                tables[0].clone(),
                 rate,
                 stop.clone(),
             )))
@@ -221,11 +287,15 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
 
     let reader_config = Arc::new(clients::ReaderConfig {
         target: args.target,
-        table: args.table.clone(),
+        tables: tables.clone(),
         read_batching: args.read_batching,
+        bet_every,
+        close_margin_us: args.close_margin.as_micros() as i64,
+        players: args.players.clone(),
+        bets_out: bets_out.clone(),
     });
     let mut readers = Vec::new();
-    for _ in 0..args.threads.max(1) {
+    for _ in 0..threads {
         readers.push(clients::spawn_reader(
             reader_config.clone(),
             shared.clone(),
@@ -233,24 +303,35 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
         )?);
     }
     let url = Arc::new(args.url.clone());
-    let first = Arc::new(match args.target {
-        Target::Croupier => {
-            serde_json::json!({"type": "subscribe", "channel": format!("table.{}", args.table)})
-                .to_string()
+    let first = |table: &str, player: Option<&str>| -> Vec<String> {
+        match args.target {
+            Target::Croupier => {
+                let mut first = vec![
+                    serde_json::json!({"type": "subscribe", "channel": format!("table.{table}")})
+                        .to_string(),
+                ];
+                if let Some(player) = player.filter(|_| bet_every.is_some()) {
+                    first.push(
+                        serde_json::json!({"type": "subscribe", "channel": format!("player.{player}")})
+                            .to_string(),
+                    );
+                }
+                first
+            }
+            Target::Nats => vec![format!(
+                "CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"headers\":false}}\r\nSUB table.{table}.round 1\r\n"
+            )],
         }
-        Target::Nats => format!(
-            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"headers\":false}}\r\nSUB table.{}.round 1\r\n",
-            args.table
-        ),
-    });
+    };
 
     let progress = progress_bar(&args, args.clients as u64, "connecting");
     let mut connecting = tokio::task::JoinSet::new();
     let gap = Duration::from_secs_f64(1.0 / f64::from(args.connect_rate.max(1)));
     for i in 0..args.clients {
+        let player_name = format!("{}-{i}", args.players);
+        let table = i % tables.len();
         let token = (i < args.bettors).then(|| {
-            let player =
-                domain::PlayerId::parse(&format!("lg-{i}")).map_err(|e| anyhow::anyhow!("{e}"));
+            let player = domain::PlayerId::parse(&player_name).map_err(|e| anyhow::anyhow!("{e}"));
             player.map(|p| {
                 gateway::auth::mint(
                     &secret,
@@ -265,7 +346,11 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
             index: i,
             url: url.clone(),
             target: args.target,
-            first: first.clone(),
+            first: first(
+                &tables[table],
+                (i < args.bettors).then_some(player_name.as_str()),
+            ),
+            table,
             token,
             source: source_addr(i, args.source_addrs),
         };
@@ -302,6 +387,7 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     let rss_after = args.server_pid.and_then(rss_kib);
 
     shared.measuring.store(true, Ordering::Relaxed);
+    shared.betting.store(bet_every.is_some(), Ordering::Relaxed);
     let measure_start = Instant::now();
     let delivered_before = shared.delivered.load(Ordering::Relaxed);
     let bar = progress_bar(&args, args.duration.as_secs().max(1), "measuring (s)");
@@ -317,11 +403,25 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     bar.finish_and_clear();
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = measure_start.elapsed().as_secs_f64();
+    if bet_every.is_some() {
+        // No new bets; the ones sent get a while to be answered (a bet waits at most the
+        // gateway's bet timeout, then a few retries of a `TIMEOUT`).
+        shared.betting.store(false, Ordering::Relaxed);
+        for (handle, _) in &readers {
+            handle.wake();
+        }
+        let drain_until = Instant::now() + Duration::from_secs(30);
+        while shared.bets_outstanding.load(Ordering::Relaxed) > 0 && Instant::now() < drain_until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     stop.cancel();
     connecting.abort_all();
     while connecting.join_next().await.is_some() {}
     // Each reader thread kept its own histograms; the report is their sum.
-    let (mut latency, mut bet_latency) = (histogram()?, histogram()?);
+    let (mut latency, mut bet_latency, mut settled_latency) =
+        (histogram()?, histogram()?, histogram()?);
+    let mut bet_tally = bets::BetTally::default();
     for (handle, thread) in readers {
         handle.wake();
         let tally = tokio::task::spawn_blocking(move || thread.join())
@@ -331,8 +431,56 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
         latency
             .add(&tally.latency)
             .and_then(|()| bet_latency.add(&tally.bet_latency))
+            .and_then(|()| settled_latency.add(&tally.settled_latency))
             .map_err(|e| anyhow::anyhow!("merge latency histograms: {e:?}"))?;
+        bet_tally.merge(tally.bets);
     }
+    if let Some(out) = &bets_out {
+        out.flush().context("write --bets-out")?;
+    }
+    let bet_report = args.bet_rate.filter(|_| bet_every.is_some()).map(|rate| {
+        let open_s = if bet_tally.windows.is_empty() {
+            0.0
+        } else {
+            bet_tally
+                .windows
+                .iter()
+                .map(Duration::as_secs_f64)
+                .sum::<f64>()
+                / bet_tally.windows.len() as f64
+        };
+        let per_s = |n: u64| n as f64 / open_s.max(f64::EPSILON);
+        let mut rounds: Vec<RoundReport> = bet_tally
+            .rounds
+            .iter()
+            .filter_map(|(&(table, round), times)| {
+                let settle = times.settled_at? - times.outcome_at?;
+                Some(RoundReport {
+                    table: tables[table].clone(),
+                    round,
+                    bets: times.bets.unwrap_or_default(),
+                    settle_ms: settle as f64 / 1000.0,
+                })
+            })
+            .collect();
+        rounds.sort_by(|a, b| (&a.table, a.round).cmp(&(&b.table, b.round)));
+        BetReport {
+            rate,
+            bettors: args.bettors,
+            tables: tables.len(),
+            sent: bet_tally.sent,
+            open_s,
+            offered_per_s: per_s(bet_tally.sent),
+            accepted: bet_tally.accepted,
+            accepted_per_s: per_s(bet_tally.accepted),
+            refusals: bet_tally.refusals.clone(),
+            timeouts_retried: bet_tally.timeouts_retried,
+            unanswered: bet_tally.unanswered,
+            latency_ms: Percentiles::of(&bet_latency),
+            settled_at_client_ms: Percentiles::of(&settled_latency),
+            rounds,
+        }
+    });
     if let Some(publisher) = publisher {
         let _ = publisher.await;
     }
@@ -361,6 +509,7 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
             }
             _ => None,
         },
+        bets: bet_report,
     };
     print_report(&report);
     if let Some(path) = &args.json {
@@ -412,6 +561,37 @@ fn print_report(r: &Report) {
             r.bets_answered,
             r.bets_accepted
         );
+    }
+    if let Some(b) = &r.bets {
+        println!(
+            "bets offered           {} in {:.1} s open ({:.0}/s of {:.0}/s asked), {} accepted ({:.0}/s)",
+            b.sent, b.open_s, b.offered_per_s, b.rate, b.accepted, b.accepted_per_s
+        );
+        let refusals: Vec<String> = b.refusals.iter().map(|(c, n)| format!("{n} {c}")).collect();
+        println!(
+            "bets refused           {} ({} TIMEOUT retried, {} without a definite answer)",
+            if refusals.is_empty() {
+                "0".to_string()
+            } else {
+                refusals.join(", ")
+            },
+            b.timeouts_retried,
+            b.unanswered
+        );
+        println!(
+            "bet due->answer ms     p50 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}",
+            b.latency_ms.p50, b.latency_ms.p99, b.latency_ms.p999, b.latency_ms.max
+        );
+        println!(
+            "outcome->bet_settled   p50 {:.2}  p99 {:.2} ms at the bettors ({} samples)",
+            b.settled_at_client_ms.p50, b.settled_at_client_ms.p99, b.settled_at_client_ms.samples
+        );
+        for round in &b.rounds {
+            println!(
+                "round settled          {} #{}: {} bets in {:.1} ms",
+                round.table, round.round, round.bets, round.settle_ms
+            );
+        }
     }
     println!(
         "drops                  {} ({} closed as slow consumers)",
@@ -494,6 +674,8 @@ struct Incoming<'a> {
     event: Option<IncomingEvent<'a>>,
     #[serde(borrow, default)]
     request_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    code: Option<std::borrow::Cow<'a, str>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -504,6 +686,13 @@ struct IncomingEvent<'a> {
     at: std::borrow::Cow<'a, str>,
     #[serde(default)]
     round: Option<u64>,
+    #[serde(borrow, default)]
+    table: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    closes_at: Option<std::borrow::Cow<'a, str>>,
+    /// `round_settled`'s count of bets.
+    #[serde(default)]
+    bets: Option<u64>,
 }
 
 /// The one field of an event (on the bus, MessagePack) that latency needs; the others are
@@ -517,8 +706,9 @@ struct Client {
     index: usize,
     url: Arc<String>,
     target: Target,
-    /// The first text frame: Croupier's `subscribe`, or NATS's `CONNECT` and `SUB`.
-    first: Arc<String>,
+    /// The first text frames: Croupier's `subscribe`s, or NATS's `CONNECT` and `SUB`.
+    first: Vec<String>,
+    table: usize,
     token: Option<String>,
     source: Option<IpAddr>,
 }
@@ -555,6 +745,7 @@ impl Client {
             stream,
             leftover,
             bettor: self.token.is_some(),
+            table: self.table,
         })
     }
 }

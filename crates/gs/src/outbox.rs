@@ -5,8 +5,9 @@
 //! several GS instances publishing the same event store it once.
 //!
 //! Metrics: `gs_outbox_published_total`, `gs_outbox_publish_failures_total`,
-//! `gs_outbox_publish_seconds` and `gs_outbox_position` (the last published position, as
-//! saved). Sampled every [`SAMPLE_EVERY`] by the same task: `gs_store_head_position` (the last
+//! `gs_outbox_publish_seconds` (one publish, sent to acknowledged), `gs_outbox_lag_seconds`
+//! (the event's `recorded_at` to its publish acknowledged: how far behind the commits the bus
+//! is) and `gs_outbox_position` (the last published position, as saved). Sampled every [`SAMPLE_EVERY`] by the same task: `gs_store_head_position` (the last
 //! committed position: `gs_store_head_position - gs_outbox_position` is how far the outbox is
 //! behind), and the Postgres pool's use: `gs_db_pool_connections{state="in_use"|"idle"}`,
 //! `gs_db_pool_max_connections` (`CROUPIER_DB_POOL_SIZE`) and `gs_db_pool_waiting` (callers
@@ -185,11 +186,18 @@ async fn publish_from_cursor<B: Bus>(bus: &B, store: &Store) -> Result<(), Strin
                 let publish =
                     Publish::new(subject, stored.data.clone()).msg_id(stored.event_id.to_string());
                 let bus = bus.clone();
+                let recorded_at = stored.recorded_at;
                 in_flight.push_back(Box::pin(async move {
                     let started = Instant::now();
                     match bus.publish(publish).await {
                         Ok(_) => {
                             metrics::histogram!("gs_outbox_publish_seconds").record(started.elapsed());
+                            // The database's clock at append to ours at acknowledgement: one
+                            // machine's clock on a single host, near enough elsewhere.
+                            let lag = (time::OffsetDateTime::now_utc() - recorded_at)
+                                .as_seconds_f64()
+                                .max(0.0);
+                            metrics::histogram!("gs_outbox_lag_seconds").record(lag);
                             metrics::counter!("gs_outbox_published_total").increment(1);
                             Ok(position)
                         }

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use protocol::Encoding;
 
+use super::bets::{self, BetTally, BetsOut, Pending, TableState};
 use super::{EventTime, Incoming, Shared, Target};
 
 /// Largest HTTP response to an upgrade, and largest WebSocket message, a client accepts.
@@ -52,6 +53,8 @@ pub(super) struct Connected {
     pub leftover: Vec<u8>,
     /// Bettors carry a token (Croupier only).
     pub bettor: bool,
+    /// The table it follows: an index into [`ReaderConfig::tables`].
+    pub table: usize,
 }
 
 /// Connects the WebSocket: the upgrade request, its response checked (status 101, the accept
@@ -61,7 +64,7 @@ pub(super) async fn handshake(
     mut stream: tokio::net::TcpStream,
     request: Request,
     expect_protocol: Option<&str>,
-    first: &str,
+    first: &[String],
 ) -> anyhow::Result<(TcpStream, Vec<u8>)> {
     let (bytes, key) = generate_request(request).context("build the upgrade request")?;
     stream.write_all(&bytes).await?;
@@ -91,7 +94,9 @@ pub(super) async fn handshake(
         }
     }
     let leftover = buffer.split_off(length);
-    stream.write_all(&text_frame(first.as_bytes())).await?;
+    for message in first {
+        stream.write_all(&text_frame(message.as_bytes())).await?;
+    }
     let stream = stream.into_std()?;
     Ok((stream, leftover))
 }
@@ -153,13 +158,25 @@ impl Handle {
 pub(super) struct Tally {
     pub latency: Histogram<u64>,
     pub bet_latency: Histogram<u64>,
+    /// Outcome declared to `bet_settled` at the bettor (`--bet-rate`).
+    pub settled_latency: Histogram<u64>,
+    pub bets: BetTally,
 }
 
 /// Settings every reader thread shares.
 pub(super) struct ReaderConfig {
     pub target: Target,
-    pub table: String,
+    /// The tables followed; clients are spread over them.
+    pub tables: Vec<String>,
     pub read_batching: Duration,
+    /// `--bet-rate`: the time between two bets on one table, for this thread (the rate is split
+    /// over threads and tables). `None`: bettors bet once per round, as before.
+    pub bet_every: Option<Duration>,
+    /// Stop betting on a round this long before its `closes_at` (µs).
+    pub close_margin_us: i64,
+    /// Bettor `i` bets as player `<players>-<i>`.
+    pub players: String,
+    pub bets_out: Option<BetsOut>,
 }
 
 const WAKER: mio::Token = mio::Token(usize::MAX);
@@ -175,21 +192,7 @@ pub(super) fn spawn_reader(
     let (tx, rx) = std::sync::mpsc::sync_channel(HANDOVER_QUEUE);
     let thread = std::thread::Builder::new()
         .name("loadgen-reader".into())
-        .spawn(move || {
-            Reader {
-                config,
-                shared,
-                poll,
-                conns: Vec::new(),
-                free: Vec::new(),
-                scratch: vec![0; READ_CHUNK],
-                tally: Tally {
-                    latency: super::histogram()?,
-                    bet_latency: super::histogram()?,
-                },
-            }
-            .run(&rx, &stop)
-        })
+        .spawn(move || Reader::new(config, shared, poll)?.run(&rx, &stop))
         .context("start a reader thread")?;
     Ok((Handle { tx, waker }, thread))
 }
@@ -206,7 +209,8 @@ struct Conn {
     /// NATS protocol bytes not parsed yet (`--target nats`).
     nats: Vec<u8>,
     bettor: bool,
-    bets_sent: HashMap<String, Instant>,
+    table: usize,
+    bets_sent: HashMap<String, Pending>,
     next_bet: u64,
 }
 
@@ -221,9 +225,40 @@ struct Reader {
     free: Vec<usize>,
     scratch: Vec<u8>,
     tally: Tally,
+    tables: Vec<TableState>,
+    /// Bets made by this thread so far (picks each one's selection).
+    bets_made: u64,
 }
 
 impl Reader {
+    fn new(
+        config: Arc<ReaderConfig>,
+        shared: Arc<Shared>,
+        poll: mio::Poll,
+    ) -> anyhow::Result<Self> {
+        let tables = config
+            .tables
+            .iter()
+            .map(|_| TableState::default())
+            .collect();
+        Ok(Self {
+            config,
+            shared,
+            poll,
+            conns: Vec::new(),
+            free: Vec::new(),
+            scratch: vec![0; READ_CHUNK],
+            tally: Tally {
+                latency: super::histogram()?,
+                bet_latency: super::histogram()?,
+                settled_latency: super::histogram()?,
+                bets: BetTally::default(),
+            },
+            tables,
+            bets_made: 0,
+        })
+    }
+
     fn run(mut self, rx: &Receiver<Connected>, stop: &CancellationToken) -> anyhow::Result<Tally> {
         let mut events = mio::Events::with_capacity(1024);
         let pause = self.config.read_batching;
@@ -239,7 +274,8 @@ impl Reader {
                 }
             }
             if !ready {
-                self.wait(&mut events, Duration::from_millis(100))?;
+                let until_due = self.bet_rounds(Instant::now())?;
+                self.wait(&mut events, until_due.min(Duration::from_millis(100)))?;
             }
             for event in &events {
                 if event.token() == WAKER {
@@ -253,7 +289,9 @@ impl Reader {
             while let Ok(connected) = rx.try_recv() {
                 self.adopt(connected);
             }
+            self.bet_rounds(Instant::now())?;
         }
+        self.finish_bets();
         // Our own stop: a Close to each server, best effort.
         let mut close = Frame::close(Some(CloseFrame {
             code: CloseCode::Normal,
@@ -298,6 +336,10 @@ impl Reader {
             self.count_drop(None);
             return;
         }
+        let table = connected.table.min(self.tables.len().saturating_sub(1));
+        if connected.bettor && self.config.bet_every.is_some() {
+            self.tables[table].bettors.push(slot);
+        }
         self.conns[slot] = Some(Conn {
             index: connected.index,
             stream,
@@ -306,6 +348,7 @@ impl Reader {
             unsent: Vec::new(),
             nats: Vec::new(),
             bettor: connected.bettor,
+            table,
             bets_sent: HashMap::new(),
             next_bet: 0,
         });
@@ -323,6 +366,10 @@ impl Reader {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             self.free.push(slot);
             self.count_drop(code);
+            self.tables[conn.table].bettors.retain(|s| *s != slot);
+            for (_, pending) in conn.bets_sent.drain() {
+                self.final_answer(conn.index, &pending, "none");
+            }
         }
     }
 
@@ -469,54 +516,267 @@ impl Reader {
         };
         match message.kind.as_ref() {
             "event" => {
-                let event = message.event.as_ref();
-                let at = event
-                    .and_then(|e| domain::Timestamp::parse(&e.at).ok())
+                let Some(event) = message.event.as_ref() else {
+                    self.delivered(None);
+                    return Ok(());
+                };
+                let at = domain::Timestamp::parse(&event.at)
+                    .ok()
                     .map(|t| t.unix_micros());
                 self.delivered(at);
+                let table = event
+                    .table
+                    .as_deref()
+                    .and_then(|t| self.config.tables.iter().position(|name| name == t));
+                if let (Some(table), Some(round)) = (table, event.round) {
+                    self.track(table, round, event, at);
+                }
+                if self.config.bet_every.is_some() {
+                    return Ok(());
+                }
+                // Without a rate: each bettor bets once on each round it sees open.
                 let Some(conn) = self.conns[slot].as_mut() else {
                     return Ok(());
                 };
                 if conn.bettor
                     && conn.bets_sent.len() < BETS_IN_FLIGHT
-                    && event.is_some_and(|e| e.kind == "round_opened")
+                    && event.kind == "round_opened"
                 {
-                    let Some(round) = event.and_then(|e| e.round) else {
+                    let Some(round) = event.round else {
                         return Ok(());
                     };
-                    conn.next_bet += 1;
-                    let request_id = format!("{}-{}", conn.index, conn.next_bet);
-                    let bet = serde_json::json!({
-                        "type": "bet", "request_id": request_id, "bet_id": uuid::Uuid::new_v4().to_string(),
-                        "table": self.config.table, "round": round, "selection": {"kind": "red"}, "amount": 10
-                    });
-                    conn.bets_sent.insert(request_id, Instant::now());
-                    let frame = text_frame(bet.to_string().as_bytes());
-                    self.send(slot, &frame)?;
+                    let table = conn.table;
+                    self.place(slot, table, round, Instant::now(), false)?;
                 }
             }
             "bet_result" | "error" => {
                 let Some(conn) = self.conns[slot].as_mut() else {
                     return Ok(());
                 };
-                if let Some(sent) = message
+                let Some(pending) = message
                     .request_id
                     .as_deref()
                     .and_then(|id| conn.bets_sent.remove(id))
-                {
-                    self.shared.bets_answered.fetch_add(1, Ordering::Relaxed);
-                    if message.kind == "bet_result" {
-                        self.shared.bets_accepted.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if self.shared.is_measuring() {
-                        let micros = sent.elapsed().as_micros() as u64;
-                        let _ = self.tally.bet_latency.record(micros.max(1));
-                    }
+                else {
+                    return Ok(());
+                };
+                let index = conn.index;
+                let code = if message.kind == "bet_result" {
+                    "accepted"
+                } else {
+                    message.code.as_deref().unwrap_or("error")
+                };
+                if code == "TIMEOUT" && pending.counted && pending.tries < bets::MAX_TRIES {
+                    // The bet's fate is unknown: ask again with the same bet id.
+                    self.tally.bets.timeouts_retried += 1;
+                    return self.send_bet(slot, pending);
                 }
+                self.shared.bets_answered.fetch_add(1, Ordering::Relaxed);
+                if code == "accepted" {
+                    self.shared.bets_accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                if self.shared.is_measuring() || pending.counted {
+                    let micros = pending.due.elapsed().as_micros() as u64;
+                    let _ = self.tally.bet_latency.record(micros.max(1));
+                }
+                let code = code.to_string();
+                self.final_answer(index, &pending, &code);
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Keeps what a table event says about its round: when it is open for bets (and until
+    /// when), when its outcome and settlement were stamped; and times a bettor's `bet_settled`
+    /// from its round's outcome.
+    fn track(
+        &mut self,
+        table: usize,
+        round: u64,
+        event: &super::IncomingEvent<'_>,
+        at: Option<i64>,
+    ) {
+        let now = Instant::now();
+        match event.kind.as_ref() {
+            "round_opened" => {
+                let closes_at = event
+                    .closes_at
+                    .as_deref()
+                    .and_then(|c| domain::Timestamp::parse(c).ok())
+                    .map(|t| t.unix_micros());
+                let state = &mut self.tables[table];
+                if let Some(closes_at) = closes_at
+                    && round > state.opened
+                {
+                    state.stop_betting(now);
+                    state.open = Some((round, closes_at));
+                    state.opened = round;
+                }
+            }
+            "betting_closed" | "round_voided" => {
+                let state = &mut self.tables[table];
+                if state.open.is_some_and(|(r, _)| r == round) {
+                    state.open = None;
+                    state.stop_betting(now);
+                }
+            }
+            "outcome_declared" => {
+                let times = self.tally.bets.rounds.entry((table, round)).or_default();
+                times.outcome_at = times.outcome_at.or(at);
+            }
+            "round_settled" => {
+                let times = self.tally.bets.rounds.entry((table, round)).or_default();
+                times.settled_at = times.settled_at.or(at);
+                times.bets = times.bets.or(event.bets);
+            }
+            "bet_settled" | "bet_refunded" => {
+                let outcome = self
+                    .tally
+                    .bets
+                    .rounds
+                    .get(&(table, round))
+                    .and_then(|t| t.outcome_at);
+                if let Some(outcome) = outcome {
+                    let latency = (wall_micros() - outcome).max(1) as u64;
+                    let _ = self.tally.settled_latency.record(latency);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `--bet-rate`: sends every bet due by `now` on each table whose round is open; returns
+    /// how long until the next one is due.
+    fn bet_rounds(&mut self, now: Instant) -> Result<Duration, anyhow::Error> {
+        let Some(every) = self.config.bet_every else {
+            return Ok(Duration::MAX);
+        };
+        let betting = self.shared.betting.load(Ordering::Relaxed);
+        let wall = wall_micros();
+        let mut until = Duration::MAX;
+        for table in 0..self.tables.len() {
+            let state = &mut self.tables[table];
+            let Some((round, closes_at)) = state.open else {
+                continue;
+            };
+            if !betting || wall >= closes_at - self.config.close_margin_us {
+                state.stop_betting(now);
+                if betting {
+                    state.open = None;
+                }
+                continue;
+            }
+            let mut due = *state.next_due.get_or_insert(now);
+            if state.window_from.is_none() {
+                state.window_from = Some(now);
+            }
+            // Behind by more than a second: this thread cannot keep the rate; the backlog is
+            // dropped rather than burst (the report's bets sent say what was offered).
+            if now.saturating_duration_since(due) > Duration::from_secs(1) {
+                due = now;
+            }
+            while due <= now {
+                let Some(slot) = self.tables[table].next_bettor() else {
+                    break;
+                };
+                if let Err(Ended(code)) = self.place(slot, table, round, due, true) {
+                    self.end(slot, code);
+                }
+                due += every;
+            }
+            self.tables[table].next_due = Some(due);
+            until = until.min(due.saturating_duration_since(now));
+        }
+        Ok(until)
+    }
+
+    /// Makes a new bet on `round` for the bettor in `slot`, due at `due`.
+    fn place(
+        &mut self,
+        slot: usize,
+        table: usize,
+        round: u64,
+        due: Instant,
+        counted: bool,
+    ) -> Result<(), Ended> {
+        self.bets_made += 1;
+        let pending = Pending {
+            due,
+            bet_id: uuid::Uuid::new_v4(),
+            table,
+            round,
+            n: self.bets_made,
+            tries: 0,
+            counted,
+        };
+        if counted {
+            self.tally.bets.sent += 1;
+            self.shared.bets_outstanding.fetch_add(1, Ordering::Relaxed);
+        }
+        self.send_bet(slot, pending)
+    }
+
+    /// Sends (or sends again) a pending bet under a new request id.
+    fn send_bet(&mut self, slot: usize, mut pending: Pending) -> Result<(), Ended> {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return Ok(());
+        };
+        pending.tries += 1;
+        conn.next_bet += 1;
+        let request_id = format!("{}-{}", conn.index, conn.next_bet);
+        let message = bets::bet_message(&request_id, &pending, &self.config.tables[pending.table]);
+        conn.bets_sent.insert(request_id, pending);
+        self.send(slot, &text_frame(message.as_bytes()))
+    }
+
+    /// A counted bet's final answer (`accepted`, a code, or `none`): tallied and written out.
+    fn final_answer(&mut self, index: usize, pending: &Pending, answer: &str) {
+        if !pending.counted {
+            return;
+        }
+        self.shared.bets_outstanding.fetch_sub(1, Ordering::Relaxed);
+        match answer {
+            "accepted" => self.tally.bets.accepted += 1,
+            "none" => self.tally.bets.unanswered += 1,
+            code => {
+                *self
+                    .tally
+                    .bets
+                    .refusals
+                    .entry(code.to_string())
+                    .or_default() += 1
+            }
+        }
+        if let Some(out) = &self.config.bets_out {
+            let player = format!("{}-{index}", self.config.players);
+            out.line(
+                &pending.bet_id,
+                &player,
+                &self.config.tables[pending.table],
+                pending.round,
+                answer,
+            );
+        }
+    }
+
+    /// At the end: open windows closed, bets still waiting counted as unanswered.
+    fn finish_bets(&mut self) {
+        let now = Instant::now();
+        for state in &mut self.tables {
+            state.stop_betting(now);
+        }
+        self.tally.bets.windows = self.tables.iter().map(|t| t.window).collect();
+        for slot in 0..self.conns.len() {
+            let Some(conn) = self.conns[slot].as_mut() else {
+                continue;
+            };
+            let index = conn.index;
+            let left: Vec<Pending> = conn.bets_sent.drain().map(|(_, p)| p).collect();
+            for pending in left {
+                self.final_answer(index, &pending, "none");
+            }
+        }
     }
 
     /// NATS protocol over WebSocket: messages are a byte stream of protocol operations.
@@ -579,8 +839,7 @@ impl Reader {
         }
         self.shared.delivered.fetch_add(1, Ordering::Relaxed);
         if let Some(at) = at_micros {
-            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
-            let latency = (now as i64 - at).max(0) as u64;
+            let latency = (wall_micros() - at).max(0) as u64;
             let _ = self.tally.latency.record(latency.max(1));
         }
     }
@@ -616,6 +875,11 @@ impl Reader {
     }
 }
 
+/// The wall clock, µs since the epoch (events carry their publishers' wall-clock `at`).
+fn wall_micros() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -635,22 +899,16 @@ mod tests {
     }
 
     fn reader(shared: &Arc<Shared>) -> Reader {
-        Reader {
-            config: Arc::new(ReaderConfig {
-                target: Target::Croupier,
-                table: "t".into(),
-                read_batching: Duration::ZERO,
-            }),
-            shared: shared.clone(),
-            poll: mio::Poll::new().expect("poll"),
-            conns: Vec::new(),
-            free: Vec::new(),
-            scratch: vec![0; READ_CHUNK],
-            tally: Tally {
-                latency: super::super::histogram().expect("histogram"),
-                bet_latency: super::super::histogram().expect("histogram"),
-            },
-        }
+        let config = Arc::new(ReaderConfig {
+            target: Target::Croupier,
+            tables: vec!["t".into()],
+            read_batching: Duration::ZERO,
+            bet_every: None,
+            close_margin_us: 0,
+            players: "lg".into(),
+            bets_out: None,
+        });
+        Reader::new(config, shared.clone(), mio::Poll::new().expect("poll")).expect("reader")
     }
 
     /// A reader (measuring) holding one client of a real loopback connection, adopted with
@@ -668,6 +926,7 @@ mod tests {
             stream: client,
             leftover: leftover.to_vec(),
             bettor,
+            table: 0,
         });
         (reader, shared, server)
     }
