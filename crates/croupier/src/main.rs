@@ -4,6 +4,7 @@
 //!
 //! The only crate allowed to depend on concrete adapters.
 
+mod audit_bets;
 mod config;
 mod endpoints;
 mod limits;
@@ -52,8 +53,13 @@ enum Command {
     /// Verify the event store: gapless positions and the hash chain, end to end. Exit 0 only
     /// when every check passes.
     Replay(replay::ReplayArgs),
-    /// Many WebSocket clients and bettors on one table, with a latency report (a benchmark).
+    /// Many WebSocket clients and bettors on one table or several, with a latency report (a
+    /// benchmark).
     Loadgen(loadgen::LoadgenArgs),
+    /// Check `loadgen --bets-out`'s answers against the event store: every accepted bet stored
+    /// and settled once, no refused bet stored, none debited twice. Exit 0 clean, 1 when a
+    /// violation was found, 2 when it could not check.
+    AuditBets(audit_bets::AuditBetsArgs),
     /// The read models (`rounds`, `bets`, `accounts`, `deposits`).
     #[command(subcommand)]
     Projections(projections::ProjectionsCommand),
@@ -127,6 +133,7 @@ async fn async_main(command: Command, settings: config::Resolved) -> anyhow::Res
     let done: anyhow::Result<()> = match command {
         // The one command whose outcome is more than done or failed (exit 0, 1 or 2).
         Command::Replay(args) => return Ok(replay::run(args, &settings).await),
+        Command::AuditBets(args) => return Ok(audit_bets::run(args, &settings).await),
         Command::Run(args) => run::run(*args, settings).await,
         Command::Betting(args) => operator::betting(args, &settings).await,
         Command::Round(operator::RoundCommand::Void(args)) => operator::void(args, &settings).await,
