@@ -97,8 +97,15 @@ bench-degraded: deps
     cargo build --release -q -p croupier
     cargo run --release -q -p croupier --example bench_degraded
 
+# The bet path end to end on `just up`'s stack: steps of offered bets/s (BENCH_RATES=500,1000,…,
+# BENCH_STEP_S=60) with open-loop bettors; accepted bets/s, latency, settlement, outbox, CPU/bet.
+bench-bets: deps
+    cargo build --release -q -p croupier
+    cargo build --release -q -p gs --example bench_store
+    cargo run --release -q -p croupier --example bench_bets
+
 # Every benchmark.
-bench: bench-encode bench-store bench-gms bench-gateway bench-replay bench-outbox bench-degraded
+bench: bench-encode bench-store bench-gms bench-gateway bench-replay bench-outbox bench-degraded bench-bets
 
 # Flags: `--table T --from-round N --to-round M --json`.
 # Verify the event store end to end (gapless positions, hash chain); exit 0 only when it holds.

@@ -13,7 +13,9 @@
 //! the median over batches of ours against the anchor batch that ran right after it, so a
 //! slow drift of a shared machine falls on both sides of each ratio.
 //!
-//! `BENCH_STAGES=1` prints where each batch's and settlement's time went.
+//! `BENCH_STAGES=1` prints where each batch's and settlement's time went. `BENCH_SHORT=1` is the
+//! short pass `just bench-bets` runs as a floor: 5 batches, no row-at-a-time baseline, the 10k
+//! settlement only.
 //!
 //! Uses `DATABASE_URL` when set (a fresh database is made there), else a private durable
 //! server from the test harness.
@@ -270,6 +272,16 @@ async fn main() -> Result<()> {
     // `BENCH_STAGES=1`: every ledger transaction's stage breakdown, and each batch's times, on
     // stderr.
     let stages = std::env::var_os("BENCH_STAGES").is_some();
+    let short = std::env::var_os("BENCH_SHORT").is_some();
+    let (append_batches, row_batches, settle_sizes): (usize, usize, &[(u64, usize)]) = if short {
+        (5, 0, &[(2, 10_000)])
+    } else {
+        (
+            APPEND_BATCHES,
+            ROW_AT_A_TIME_BATCHES,
+            &[(2, 10_000), (3, 100_000)],
+        )
+    };
     if stages {
         tracing_subscriber::fmt()
             .with_env_filter("gs::stages=debug")
@@ -329,7 +341,7 @@ async fn main() -> Result<()> {
     // 1–4, interleaved batch by batch, so that whatever else the machine is doing falls on
     // all four alike; each is reported as the median batch.
     open(&store, &table, 1, next_seq()).await?;
-    let appended = APPEND_BATCHES * BATCH;
+    let appended = append_batches * BATCH;
     client
         .batch_execute(
             "CREATE TABLE bench_indexed (LIKE events INCLUDING ALL);
@@ -340,13 +352,13 @@ async fn main() -> Result<()> {
     let our_bets = bets(&table, 1, appended, 0);
     let anchor_rows = rows(appended, &table)?;
     let (mut ours, mut indexed, mut bare, mut single) = (vec![], vec![], vec![], vec![]);
-    for batch in 0..APPEND_BATCHES {
-        eprintln!("batch {} of {APPEND_BATCHES} …", batch + 1);
+    for batch in 0..append_batches {
+        eprintln!("batch {} of {append_batches} …", batch + 1);
         let range = batch * BATCH..(batch + 1) * BATCH;
         ours.push(place_all(&store, &our_bets[range.clone()], &limits).await?);
         indexed.push(copy_into(&mut client, "bench_indexed", &anchor_rows[range.clone()]).await?);
         bare.push(copy_into(&mut client, "bench_bare", &anchor_rows[range.clone()]).await?);
-        if batch < ROW_AT_A_TIME_BATCHES {
+        if batch < row_batches {
             single.push(row_at_a_time(&mut client, &anchor_rows[range]).await?);
         }
         if stages {
@@ -362,7 +374,7 @@ async fn main() -> Result<()> {
 
     // 5. Settlement of 10k and 100k bets.
     let mut settlements = Vec::new();
-    for (round, n) in [(2u64, 10_000usize), (3, 100_000)] {
+    for &(round, n) in settle_sizes {
         open(&store, &table, round, next_seq()).await?;
         eprintln!("placing {n} bets for settlement …");
         place_all(&store, &bets(&table, round, n, round as usize), &limits).await?;
@@ -415,10 +427,13 @@ async fn main() -> Result<()> {
         ("binary COPY, no indexes", appended, bare_rate),
         (
             "row-at-a-time INSERT (prepared)",
-            ROW_AT_A_TIME_BATCHES * BATCH,
+            row_batches * BATCH,
             single_rate,
         ),
     ] {
+        if n == 0 {
+            continue;
+        }
         println!(
             "| {what:<46} | {n:>10} | {r:>8.0} | {:>14.2}× |",
             r / indexed_rate
@@ -444,6 +459,10 @@ async fn main() -> Result<()> {
         "append / indexed COPY = {vs_copy:.2} (target ≥ 0.5): {}",
         verdict(vs_copy >= 0.5)
     );
+    if short {
+        println!("10k settlement = {big:.3} s");
+        return Ok(());
+    }
     println!(
         "append / row-at-a-time = {vs_single:.1} (target ≥ 10): {}",
         verdict(vs_single >= 10.0)

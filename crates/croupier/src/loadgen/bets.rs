@@ -77,6 +77,9 @@ pub(super) struct RoundTimes {
     pub outcome_at: Option<i64>,
     pub settled_at: Option<i64>,
     pub bets: Option<u64>,
+    /// This thread had a bet accepted on the round (it counts in
+    /// `Shared::rounds_unsettled` until its `round_settled` arrives).
+    pub bet_on: bool,
 }
 
 /// What a thread's bettors did, merged into the report.
@@ -112,6 +115,7 @@ impl BetTally {
             entry.outcome_at = entry.outcome_at.or(times.outcome_at);
             entry.settled_at = entry.settled_at.or(times.settled_at);
             entry.bets = entry.bets.or(times.bets);
+            entry.bet_on |= times.bet_on;
         }
     }
 }
@@ -169,8 +173,10 @@ pub struct RoundReport {
     pub round: u64,
     /// Bets the round's `round_settled` counted.
     pub bets: u64,
-    /// `outcome_declared.at` to `round_settled.at`: the settlement's own time.
-    pub settle_ms: f64,
+    /// `outcome_declared.at` to `round_settled.at`. GS stamps `round_settled` when it starts
+    /// the settlement, so this is how long the round waited for its settlement to begin (the
+    /// settlement's own time is GS's `gs_settlement_seconds`).
+    pub settle_start_ms: f64,
 }
 
 /// The bettors' part of the report (`--bet-rate`).

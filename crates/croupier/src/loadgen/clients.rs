@@ -627,7 +627,10 @@ impl Reader {
             }
             "round_settled" => {
                 let times = self.tally.bets.rounds.entry((table, round)).or_default();
-                times.settled_at = times.settled_at.or(at);
+                if times.settled_at.is_none() && times.bet_on {
+                    self.shared.rounds_unsettled.fetch_sub(1, Ordering::Relaxed);
+                }
+                times.settled_at = times.settled_at.or(at).or(Some(wall_micros()));
                 times.bets = times.bets.or(event.bets);
             }
             "bet_settled" | "bet_refunded" => {
@@ -737,7 +740,19 @@ impl Reader {
         }
         self.shared.bets_outstanding.fetch_sub(1, Ordering::Relaxed);
         match answer {
-            "accepted" => self.tally.bets.accepted += 1,
+            "accepted" => {
+                self.tally.bets.accepted += 1;
+                let times = self
+                    .tally
+                    .bets
+                    .rounds
+                    .entry((pending.table, pending.round))
+                    .or_default();
+                if !times.bet_on && times.settled_at.is_none() {
+                    self.shared.rounds_unsettled.fetch_add(1, Ordering::Relaxed);
+                }
+                times.bet_on = true;
+            }
             "none" => self.tally.bets.unanswered += 1,
             code => {
                 *self
