@@ -272,3 +272,83 @@ async fn a_player_resuming_their_channel_gets_the_wallet_events_they_missed() {
         back.close().await;
     }
 }
+
+/// Player channels share one bus subscription per gateway node (ADR 0025): however many
+/// players are connected, the node holds one consumer on `PLAYERS`, and each player still gets
+/// exactly their own wallet events — including one credited while their subscription starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_on_one_node_share_one_subscription_and_each_gets_only_their_own_events() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let players: Vec<String> = (0..6).map(|i| format!("mux-{i}")).collect();
+    let mut clients = Vec::new();
+    for (i, player) in players.iter().enumerate() {
+        let url = stack.gateway().ws_url(Some(&stack.token(player)));
+        let (mut client, _) = connect(&url, ENCODINGS[i % ENCODINGS.len()]).await;
+        if i == players.len() - 1 {
+            // The last one's deposit races its own subscribe.
+            let env = stack.env.clone();
+            let who = player.clone();
+            let deposit = tokio::task::spawn_blocking(move || {
+                env.deposit(&who, 105, &format!("mux-seed-{who}"))
+            });
+            let subscribed = subscribe(
+                &mut client,
+                json!({"type": "subscribe", "channel": format!("player.{player}")}),
+            )
+            .await;
+            deposit.await.expect("deposit");
+            clients.push((player.clone(), client, subscribed));
+        } else {
+            let subscribed = subscribe(
+                &mut client,
+                json!({"type": "subscribe", "channel": format!("player.{player}")}),
+            )
+            .await;
+            clients.push((player.clone(), client, subscribed));
+        }
+    }
+    for (i, player) in players.iter().enumerate().take(players.len() - 1) {
+        stack
+            .env
+            .deposit(player, 100 + i as i64, &format!("mux-seed-{player}"));
+    }
+
+    for (i, (player, client, subscribed)) in clients.iter_mut().enumerate() {
+        let amount = 100 + i as i64;
+        if subscribed["state"]["balance"] == amount {
+            // The racing deposit landed before the subscription: it is in the state, not
+            // sent again.
+            assert_eq!(i, players.len() - 1, "{subscribed}");
+        } else {
+            let credited = client
+                .recv_until(WAIT, |m| m["type"] == "event")
+                .await
+                .expect("the player's own deposit");
+            assert_eq!(
+                credited["channel"],
+                format!("player.{player}"),
+                "{credited}"
+            );
+            assert_eq!(credited["event"]["kind"], "funds_deposited", "{credited}");
+            assert_eq!(credited["event"]["player"], player.as_str(), "{credited}");
+            assert_eq!(credited["event"]["balance"], amount, "{credited}");
+        }
+        // Nothing else: no other player's event, no second copy.
+        let more = client
+            .recv_until(Duration::from_millis(500), |m| m["type"] == "event")
+            .await;
+        assert!(more.is_err(), "{player} got more: {more:?}");
+    }
+
+    // One consumer on the node's PLAYERS stream, not one per player.
+    let nats = async_nats::connect(&stack.env.nats_url)
+        .await
+        .expect("nats");
+    let js = async_nats::jetstream::new(nats);
+    let mut stream = js
+        .get_stream(format!("{}_PLAYERS", stack.env.prefix))
+        .await
+        .expect("PLAYERS");
+    let info = stream.info().await.expect("stream info");
+    assert_eq!(info.state.consumer_count, 1, "{:?}", info.state);
+}

@@ -1,5 +1,8 @@
-//! Fan-out: one bus subscription per channel per node, shared by every connection subscribed
-//! to it. Each event is decoded once and built once per encoding into a whole WebSocket frame;
+//! Fan-out: one bus subscription per table channel per node, shared by every connection
+//! subscribed to it, and one for all player channels together (ADR 0025): a node follows
+//! `player.*.wallet` once and hands each event to its player's connections, instead of a
+//! JetStream consumer per connected player (thousands of them cost nats-server most of its CPU
+//! under betting load: `just bench-bets`). Each event is decoded once and built once per encoding into a whole WebSocket frame;
 //! a few writer tasks (one per runtime worker, each serving its share of the connections) write
 //! those same bytes to every subscriber's socket without waking its session (ADR 0015). A
 //! connection whose socket would block gets the event on its own bounded queue instead
@@ -9,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use bus::Bus;
+use bus::{Bus, StoredMessage};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use protocol::{Channel, ChannelState, Encoding, encode_event_message, subject};
@@ -38,6 +41,13 @@ const DELIVERIES_PER_TURN: usize = 256;
 const RECENT_SCAN: u64 = 200;
 /// How long that look back may take before the feed starts without it.
 const RECENT_SCAN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What the node's one player subscription follows: every player channel's events.
+const PLAYER_FEED_FILTER: &str = "player.*.wallet";
+
+/// The player feeds of a node, by player id, each with its channel: where the player
+/// subscription finds who receives an event.
+type PlayerFeeds = std::sync::Mutex<HashMap<String, (Channel, Weak<Feed>)>>;
 
 /// One event of a channel as a whole WebSocket frame, built once per encoding.
 #[derive(Debug)]
@@ -103,6 +113,8 @@ pub(crate) struct Feed {
     position: Arc<std::sync::Mutex<Position>>,
     epoch: String,
     stop: CancellationToken,
+    /// A player feed's entry in the node's [`PlayerFeeds`], removed when the feed goes.
+    registered: Option<(Arc<PlayerFeeds>, String)>,
 }
 
 /// The last relayed sequence and the channel's state as of it, kept together so that
@@ -142,6 +154,16 @@ impl Feed {
 impl Drop for Feed {
     fn drop(&mut self) {
         self.stop.cancel();
+        if let Some((players, player)) = self.registered.take() {
+            let mut players = players.lock().unwrap_or_else(|e| e.into_inner());
+            // Only this feed's own entry: a new feed for the player may have replaced it.
+            let own = players
+                .get(&player)
+                .is_some_and(|(_, weak)| std::ptr::eq(weak.as_ptr(), self));
+            if own {
+                players.remove(&player);
+            }
+        }
     }
 }
 
@@ -188,6 +210,11 @@ pub(crate) struct Hub<B> {
     connections: AtomicUsize,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// The player feeds the node's one player subscription serves.
+    players: Arc<PlayerFeeds>,
+    /// That subscription, once started: its stream's epoch, and a token cancelled when it
+    /// ends (then the next player subscribe starts it again).
+    player_subscription: std::sync::Mutex<Option<(String, CancellationToken)>>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -219,6 +246,8 @@ impl<B: Bus> Hub<B> {
             connections: AtomicUsize::new(0),
             tasks,
             shutdown,
+            players: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            player_subscription: std::sync::Mutex::new(None),
         }
     }
 
@@ -239,7 +268,10 @@ impl<B: Bus> Hub<B> {
         let feed = match feeds.get(channel).and_then(Weak::upgrade) {
             Some(feed) => feed,
             None => {
-                let feed = Arc::new(self.start_feed(channel).await?);
+                let feed = match channel {
+                    Channel::Table(_) => Arc::new(self.start_feed(channel).await?),
+                    Channel::Player(player) => self.start_player_feed(channel, player).await?,
+                };
                 feeds.insert(channel.clone(), Arc::downgrade(&feed));
                 feeds.retain(|_, weak| weak.strong_count() > 0);
                 feed
@@ -340,6 +372,7 @@ impl<B: Bus> Hub<B> {
             position: position.clone(),
             epoch: state.epoch,
             stop: stop.clone(),
+            registered: None,
         };
         let channel = channel.clone();
         self.tasks.spawn(async move {
@@ -356,57 +389,209 @@ impl<B: Bus> Hub<B> {
                     }
                     None => break,
                 };
-                let decoded = match protocol::decode_event(&message.payload) {
-                    Ok(decoded) => decoded,
-                    Err(error) => {
-                        // A foreign or corrupt payload is skipped, never relayed.
-                        tracing::warn!(%channel, seq = message.seq, %error, "undecodable event skipped");
-                        metrics::counter!("gateway_events_undecodable_total").increment(1);
-                        continue;
-                    }
-                };
-                let encoded = (
-                    encode_event_message(Encoding::Json, &channel, message.seq, &decoded),
-                    encode_event_message(Encoding::MsgPack, &channel, message.seq, &decoded),
-                );
-                let (Ok(json), Ok(msgpack)) = encoded else {
-                    tracing::warn!(%channel, seq = message.seq, "event could not be encoded");
-                    continue;
-                };
-                let event = Arc::new(Outgoing {
-                    seq: message.seq,
-                    json: frame::message(Encoding::Json, &json),
-                    msgpack: frame::message(Encoding::MsgPack, &msgpack),
-                });
-                {
-                    let mut position = position.lock().unwrap_or_else(|e| e.into_inner());
-                    position.seq = message.seq;
-                    position.standing.apply(&decoded);
-                }
-                metrics::counter!("gateway_events_relayed_total").increment(1);
-                // After the position moved (see `Hub::subscribe`). A writer with none of the
-                // channel's connections is not woken; one that joins after this look was
-                // counted in the position already.
-                for (shard, writer) in writers.iter().enumerate() {
-                    if members.list(shard).is_empty() {
-                        continue;
-                    }
-                    let delivery = Delivery {
-                        members: members.clone(),
-                        event: event.clone(),
-                    };
-                    let sent = tokio::select! {
-                        () = stop.cancelled() => break,
-                        sent = writer.send(delivery) => sent,
-                    };
-                    if sent.is_err() {
-                        break;
-                    }
+                if !relay(&channel, &message, &position, &members, &writers, &stop).await {
+                    break;
                 }
             }
         });
         Ok(feed)
     }
+
+    /// A player channel's feed: registered with the node's player subscription (started if
+    /// need be) *before* it reads where the channel stands, so that every event the
+    /// subscription has not handed out yet reaches it, and every event it already handed out
+    /// is at or before the channel's last message read next. Events at or before the feed's
+    /// position are not relayed twice.
+    async fn start_player_feed(
+        &self,
+        channel: &Channel,
+        player: &domain::PlayerId,
+    ) -> Result<Arc<Feed>, HubError> {
+        let epoch = self.player_subscription().await?;
+        let feed = Arc::new(Feed {
+            members: Arc::new(Members::new(self.writers.len())),
+            position: Arc::new(std::sync::Mutex::new(Position {
+                seq: 0,
+                standing: Standing::Player(None),
+            })),
+            epoch,
+            stop: self.shutdown.child_token(),
+            registered: Some((self.players.clone(), player.as_str().to_string())),
+        });
+        self.players
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                player.as_str().to_string(),
+                (channel.clone(), Arc::downgrade(&feed)),
+            );
+        let last = self
+            .bus
+            .last_message(channel.stream(), &subject::player_wallet_subject(player))
+            .await
+            .map_err(|e| HubError::Bus(e.to_string()))?;
+        if let Some(last) = last {
+            let mut position = feed.position();
+            if last.seq > position.seq {
+                match protocol::decode_event(&last.payload) {
+                    Ok(event) => {
+                        position.seq = last.seq;
+                        position.standing = Standing::Player(None);
+                        position.standing.apply(&event);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%channel, %error, "undecodable last event");
+                        position.seq = last.seq;
+                    }
+                }
+            }
+        }
+        Ok(feed)
+    }
+
+    /// The node's one subscription to every player channel's events, started from the
+    /// stream's end on first use (and again if it ended); returns the stream's epoch.
+    async fn player_subscription(&self) -> Result<String, HubError> {
+        {
+            let running = self
+                .player_subscription
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some((epoch, ended)) = running.as_ref()
+                && !ended.is_cancelled()
+            {
+                return Ok(epoch.clone());
+            }
+        }
+        let bus_error = |e: bus::BusError| HubError::Bus(e.to_string());
+        let stream = protocol::subject::PLAYERS_STREAM;
+        let state = self.bus.stream_state(stream).await.map_err(bus_error)?;
+        let mut messages = self
+            .bus
+            .replay(stream, PLAYER_FEED_FILTER, state.last_seq + 1)
+            .await
+            .map_err(bus_error)?;
+        let ended = CancellationToken::new();
+        *self
+            .player_subscription
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((state.epoch.clone(), ended.clone()));
+        let players = self.players.clone();
+        let writers = self.writers.clone();
+        let stop = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            let _ended = ended.drop_guard();
+            loop {
+                let message = tokio::select! {
+                    () = stop.cancelled() => break,
+                    message = messages.next() => message,
+                };
+                let message = match message {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "player subscription error");
+                        continue;
+                    }
+                    None => break,
+                };
+                // `player.<id>.wallet`: only an event of a player this node serves is decoded.
+                let Some(player) = message.subject.split('.').nth(1) else {
+                    continue;
+                };
+                let found = players
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(player)
+                    .and_then(|(channel, weak)| Some((channel.clone(), weak.upgrade()?)));
+                let Some((channel, feed)) = found else {
+                    continue;
+                };
+                let relayed = relay(
+                    &channel,
+                    &message,
+                    &feed.position,
+                    &feed.members,
+                    &writers,
+                    &stop,
+                )
+                .await;
+                if !relayed {
+                    break;
+                }
+            }
+        });
+        Ok(state.epoch)
+    }
+}
+
+/// Relays one stored message of `channel` to its connections: decoded once, built once per
+/// encoding, the channel's position moved, then handed to each writer that has some of the
+/// connections. A message at or before the position was relayed already (or is part of the
+/// state a player feed started from) and is skipped. Returns `false` once `stop` fires or the
+/// writers are gone.
+async fn relay(
+    channel: &Channel,
+    message: &StoredMessage,
+    position: &std::sync::Mutex<Position>,
+    members: &Arc<Members>,
+    writers: &[mpsc::Sender<Delivery>],
+    stop: &CancellationToken,
+) -> bool {
+    let current = position.lock().unwrap_or_else(|e| e.into_inner()).seq;
+    if message.seq <= current {
+        return true;
+    }
+    let decoded = match protocol::decode_event(&message.payload) {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            // A foreign or corrupt payload is skipped, never relayed.
+            tracing::warn!(%channel, seq = message.seq, %error, "undecodable event skipped");
+            metrics::counter!("gateway_events_undecodable_total").increment(1);
+            return true;
+        }
+    };
+    let encoded = (
+        encode_event_message(Encoding::Json, channel, message.seq, &decoded),
+        encode_event_message(Encoding::MsgPack, channel, message.seq, &decoded),
+    );
+    let (Ok(json), Ok(msgpack)) = encoded else {
+        tracing::warn!(%channel, seq = message.seq, "event could not be encoded");
+        return true;
+    };
+    let event = Arc::new(Outgoing {
+        seq: message.seq,
+        json: frame::message(Encoding::Json, &json),
+        msgpack: frame::message(Encoding::MsgPack, &msgpack),
+    });
+    {
+        let mut position = position.lock().unwrap_or_else(|e| e.into_inner());
+        if message.seq <= position.seq {
+            return true;
+        }
+        position.seq = message.seq;
+        position.standing.apply(&decoded);
+    }
+    metrics::counter!("gateway_events_relayed_total").increment(1);
+    // After the position moved (see `Hub::subscribe`). A writer with none of the channel's
+    // connections is not woken; one that joins after this look was counted in the position
+    // already.
+    for (shard, writer) in writers.iter().enumerate() {
+        if members.list(shard).is_empty() {
+            continue;
+        }
+        let delivery = Delivery {
+            members: members.clone(),
+            event: event.clone(),
+        };
+        let sent = tokio::select! {
+            () = stop.cancelled() => return false,
+            sent = writer.send(delivery) => sent,
+        };
+        if sent.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// One fan-out writer: for each event, the frame of each of its connections' encodings goes to
