@@ -2,6 +2,9 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
+# The build `just up` runs: `release` (optimised) unless CROUPIER_PROFILE=debug (ADR 0024).
+profile := env_var_or_default("CROUPIER_PROFILE", "release")
+
 # Show the recipes.
 default:
     @just --list
@@ -16,13 +19,14 @@ test: deps
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace
 
-# Build the croupier binary.
+# Build the croupier binary `just up` runs (target/release/, or target/debug/ with
+# CROUPIER_PROFILE=debug).
 build:
-    cargo build -p croupier
+    cargo build -p croupier {{ if profile == "release" { "--release" } else { "" } }}
 
 # Start NATS, Postgres and the services in the foreground (Ctrl-C or `just down` stops them).
 up: deps build
-    @ops/scripts/stack.sh up
+    @CROUPIER_PROFILE={{profile}} ops/scripts/stack.sh up
 
 # Stop everything `just up` started, and nothing else.
 down:
@@ -62,7 +66,7 @@ schemas:
 # Two `croupier run gms` processes, the leader killed with SIGKILL 5 times. Flags, e.g. `--lease-ttl-ms 1500`.
 # GMS figures: transition lag p50/p99 over 150 transitions and failover time (median of 5 kills).
 bench-gms *ARGS: build
-    cargo run -q -p gms --example bench-gms -- --croupier target/debug/croupier {{ARGS}}
+    cargo run -q -p gms --example bench-gms -- --croupier target/{{profile}}/croupier {{ARGS}}
 
 # Croupier's gateway vs nats-server's WebSocket listener at 1k and 10k clients (BENCH_SIZES,
 # BENCH_DURATION, BENCH_RATE override); tables of latency, delivered/s and server RSS/connection.
@@ -110,7 +114,7 @@ bench: bench-encode bench-store bench-gms bench-gateway bench-replay bench-outbo
 # Flags: `--table T --from-round N --to-round M --json`.
 # Verify the event store end to end (gapless positions, hash chain); exit 0 only when it holds.
 replay *ARGS: build
-    target/debug/croupier replay {{ARGS}}
+    target/{{profile}}/croupier replay {{ARGS}}
 
 # The demo page in headless Chromium (also part of `just test`); screenshots: artifacts/demo-page.png,
 # artifacts/demo-page-paused.png.

@@ -178,7 +178,7 @@ start_pg() {
 # ---- services -------------------------------------------------------------------------------
 
 croupier_bin() {
-  local profile=${CROUPIER_PROFILE:-debug}
+  local profile=${CROUPIER_PROFILE:-release}
   echo "$root/target/$profile/croupier"
 }
 

@@ -68,6 +68,9 @@ async fn just_up_serves_a_round_and_just_down_leaves_nothing_running() {
     let configure = |command: &mut Command| {
         command
             .env("CROUPIER_DATA_DIR", data.path())
+            // The debug build `cargo test` has just made: the same recipe and script as the
+            // release default (ADR 0024), without a cold optimised build inside the test.
+            .env("CROUPIER_PROFILE", "debug")
             .env("CROUPIER_HTTP_ADDR", &http_addr)
             .env("CROUPIER_BETTING_MS", "1500")
             .env("CROUPIER_RESULT_MS", "200")
