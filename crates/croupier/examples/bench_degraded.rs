@@ -21,8 +21,7 @@
 //!   off (the number of status changes is printed).
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,116 +46,10 @@ fn main() -> Result<()> {
         .block_on(run())
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+#[path = "support/up.rs"]
+mod up;
 
-fn bin() -> PathBuf {
-    root().join("target/release/croupier")
-}
-
-/// The stack, stopped with `stack.sh down` when dropped.
-struct Up {
-    data: tempfile::TempDir,
-    child: Child,
-    http_addr: String,
-}
-
-impl Up {
-    fn stack(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(root().join("ops/scripts/stack.sh"));
-        command
-            .args(args)
-            .env("CROUPIER_DATA_DIR", self.data.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        command
-    }
-
-    fn endpoints(&self) -> HashMap<String, String> {
-        std::fs::read_to_string(self.data.path().join("endpoints.env"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| {
-                let (key, value) = line.split_once('=')?;
-                Some((key.to_string(), value.trim_matches('\'').to_string()))
-            })
-            .collect()
-    }
-
-    fn croupier(&self) -> Command {
-        let mut command = Command::new(bin());
-        command
-            .env(
-                "CROUPIER_ENDPOINTS_FILE",
-                self.data.path().join("endpoints.env"),
-            )
-            .env_remove("NATS_URL")
-            .env_remove("DATABASE_URL")
-            .env_remove("CROUPIER_JWT_SECRET")
-            .stdin(Stdio::null());
-        command
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.stack(&["down"]).status();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
-}
-
-async fn start_stack() -> Result<Up> {
-    let data = tempfile::Builder::new()
-        .prefix("croupier-bench-degraded-")
-        .tempdir()?;
-    let http_addr = free_addr();
-    let log = std::fs::File::create(data.path().join("up.log"))?;
-    let child = Command::new(root().join("ops/scripts/stack.sh"))
-        .arg("up")
-        .env("CROUPIER_DATA_DIR", data.path())
-        .env("CROUPIER_PROFILE", "release")
-        .env("CROUPIER_HTTP_ADDR", &http_addr)
-        .env("CROUPIER_BETTING_MS", "6000")
-        .env("CROUPIER_RESULT_MS", "500")
-        .env("CROUPIER_PAUSE_MS", "500")
-        .env("CROUPIER_MAX_CONNECTIONS", "5000")
-        .env("RUST_LOG", "warn")
-        .env_remove("NATS_URL")
-        .env_remove("DATABASE_URL")
-        .env_remove("CROUPIER_NATS_PREFIX")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("start stack.sh up")?;
-    let up = Up {
-        data,
-        child,
-        http_addr,
-    };
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let ready = tokio::net::TcpStream::connect(&up.http_addr).await.is_ok()
-            && up.endpoints().contains_key("DATABASE_URL");
-        if ready {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the stack did not come up; see {}",
-                up.data.path().join("up.log").display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(up)
-}
+use up::{Up, bin};
 
 /// What the observer saw: table events and betting status changes, with when.
 #[derive(Default)]
@@ -437,7 +330,16 @@ async fn run() -> Result<()> {
         bail!("build first: cargo build --release -p croupier");
     }
     eprintln!("bench-degraded: starting `just up`'s stack (release build)…");
-    let up = start_stack().await?;
+    let up = Up::start(
+        "croupier-bench-degraded-",
+        &[
+            ("CROUPIER_BETTING_MS", "6000"),
+            ("CROUPIER_RESULT_MS", "500"),
+            ("CROUPIER_PAUSE_MS", "500"),
+            ("CROUPIER_MAX_CONNECTIONS", "5000"),
+        ],
+    )
+    .await?;
     let endpoints = up.endpoints();
     let ws = format!("ws://{}/ws", up.http_addr);
     let secret = gateway::JwtSecret::new(&endpoints["CROUPIER_JWT_SECRET"])?;

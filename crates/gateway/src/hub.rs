@@ -376,19 +376,7 @@ impl<B: Bus> Hub<B> {
         };
         let channel = channel.clone();
         self.tasks.spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    () = stop.cancelled() => break,
-                    message = messages.next() => message,
-                };
-                let message = match message {
-                    Some(Ok(message)) => message,
-                    Some(Err(error)) => {
-                        tracing::warn!(%channel, %error, "channel subscription error");
-                        continue;
-                    }
-                    None => break,
-                };
+            while let Some(message) = next_message(&mut messages, &stop, &channel).await {
                 if !relay(&channel, &message, &position, &members, &writers, &stop).await {
                     break;
                 }
@@ -481,19 +469,7 @@ impl<B: Bus> Hub<B> {
         let stop = self.shutdown.clone();
         self.tasks.spawn(async move {
             let _ended = ended.drop_guard();
-            loop {
-                let message = tokio::select! {
-                    () = stop.cancelled() => break,
-                    message = messages.next() => message,
-                };
-                let message = match message {
-                    Some(Ok(message)) => message,
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "player subscription error");
-                        continue;
-                    }
-                    None => break,
-                };
+            while let Some(message) = next_message(&mut messages, &stop, &"player channels").await {
                 // `player.<id>.wallet`: only an event of a player this node serves is decoded.
                 let Some(player) = message.subject.split('.').nth(1) else {
                     continue;
@@ -521,6 +497,25 @@ impl<B: Bus> Hub<B> {
             }
         });
         Ok(state.epoch)
+    }
+}
+
+/// The next message of a feed's bus subscription: `None` once `stop` fires or the
+/// subscription ends; errors are logged (naming `what` the subscription is for) and skipped.
+async fn next_message(
+    messages: &mut bus::Subscription,
+    stop: &CancellationToken,
+    what: &(dyn std::fmt::Display + Sync),
+) -> Option<StoredMessage> {
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => return None,
+            message = messages.next() => message,
+        };
+        match message? {
+            Ok(message) => return Some(message),
+            Err(error) => tracing::warn!(channel = %what, %error, "channel subscription error"),
+        }
     }
 }
 
