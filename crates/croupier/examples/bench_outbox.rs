@@ -113,8 +113,11 @@ async fn run() -> Result<()> {
 /// `count` deposits, one per player, appended in batches straight to the store (what GS's
 /// ledger would write, minus the read models the outbox does not read).
 async fn append_deposits(url: &str, count: usize) -> Result<()> {
-    let (mut client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(connection);
+    let mut pool = store::PoolConfig::new(url.to_string());
+    pool.max_size = 1;
+    pool.statement_timeout = Duration::from_secs(60);
+    let store = store::Store::new(&pool)?;
+    let mut client = store.client().await?;
     let at = domain::Timestamp::from_unix_micros(1_700_000_000_000_000)?;
     let mut i = 0;
     while i < count {

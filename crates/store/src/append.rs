@@ -27,9 +27,9 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::PooledTransaction as Transaction;
 use bytes::Bytes;
 use time::OffsetDateTime;
-use tokio_postgres::Transaction;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
@@ -117,15 +117,15 @@ async fn write(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Appended
     }
     // The clock is read after the lock is granted (the CTE is materialized first), so
     // `recorded_at` grows with the position across transactions.
-    let head = tx
-        .query_typed_opt(
-            "WITH head AS MATERIALIZED ( \
+    let head = crate::prepared::query_opt(
+        tx,
+        "WITH head AS MATERIALIZED ( \
                  SELECT position, hash FROM public.event_head WHERE id FOR UPDATE \
              ) SELECT position, hash, clock_timestamp() FROM head",
-            &[],
-        )
-        .await?
-        .ok_or_else(|| StoreError::corrupt(None, "the event_head row is missing"))?;
+        &[],
+    )
+    .await?
+    .ok_or_else(|| StoreError::corrupt(None, "the event_head row is missing"))?;
     let (head_position, mut prev) = parse_head(&head)?;
     let recorded_at: OffsetDateTime = head.try_get(2)?;
 
@@ -184,7 +184,8 @@ async fn write(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Appended
     // Move the head and notify tailers (delivered on commit).
     let new_head = head_position + count;
     let head_hash = prev.as_slice();
-    tx.query_typed_one(
+    crate::prepared::query_one(
+        tx,
         "WITH moved AS ( \
              UPDATE public.event_head SET position = $1, hash = $2 WHERE id RETURNING position \
          ) SELECT pg_notify($3, moved.position::text) FROM moved",
@@ -273,8 +274,7 @@ async fn check_stream_versions(
     firsts: &HashMap<&str, i32>,
 ) -> Result<(), StoreError> {
     let streams: Vec<&str> = firsts.keys().copied().collect();
-    let rows = tx
-        .query_typed(
+    let rows = crate::prepared::query(tx, 
             "SELECT s.stream, \
                     COALESCE((SELECT max(e.version) FROM public.events e WHERE e.stream = s.stream), 0) \
              FROM unnest($1::text[]) AS s(stream)",

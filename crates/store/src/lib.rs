@@ -19,6 +19,7 @@ mod error;
 mod hash;
 mod migrations;
 mod pool;
+pub mod prepared;
 mod read;
 mod stream;
 mod tail;
@@ -34,6 +35,7 @@ pub use migrations::{
     MIGRATIONS, Migration, MigrationReport, migrate, migrate_url, migrations_fingerprint,
 };
 pub use pool::{PoolConfig, Store};
+pub use prepared::{PooledClient, PooledTransaction};
 pub use read::{StoredEvent, head, last_position, next_version, read_from, read_stream};
 pub use stream::{CopyOut, stream_events};
 pub use tail::{TailOptions, tail};

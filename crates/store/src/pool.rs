@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use futures_util::Stream;
-use tokio_postgres::{NoTls, Transaction};
+use tokio_postgres::NoTls;
 
 use crate::append::{Appended, NewEvent, append};
 use crate::error::{StoreError, Unavailable};
@@ -85,6 +85,14 @@ impl PoolConfig {
             }
             options.push_str(&format!("-c {name}={}", value.as_millis()));
         }
+        // Statements are prepared once per connection (`crate::prepared`) to save their parse,
+        // but each run is still planned for its own parameters: a generic plan knows nothing of
+        // the arrays' sizes and turned the `JOIN unnest(…)` lookups into hash joins over
+        // sequential scans, a cost that grows with the tables.
+        if !options.is_empty() {
+            options.push(' ');
+        }
+        options.push_str("-c plan_cache_mode=force_custom_plan");
         config
             .options(options)
             .application_name(&self.application_name)
@@ -262,7 +270,7 @@ impl Store {
     /// connection.
     pub async fn append(
         &self,
-        tx: &Transaction<'_>,
+        tx: &crate::PooledTransaction<'_>,
         events: &[NewEvent],
     ) -> Result<Vec<Appended>, StoreError> {
         self.timed("append", append(tx, events)).await
@@ -381,6 +389,10 @@ mod tests {
         assert!(options.contains("-c statement_timeout=1500"), "{options}");
         assert!(
             options.contains("-c idle_in_transaction_session_timeout=10000"),
+            "{options}"
+        );
+        assert!(
+            options.contains("-c plan_cache_mode=force_custom_plan"),
             "{options}"
         );
         assert!(pg.get_keepalives());

@@ -7,8 +7,8 @@
 use bytes::Bytes;
 use domain::{BettingWindow, Money, Phase, PlayerId, RoundId, Selection, TableId, Timestamp};
 use protocol::{DepositId, Event, EventBody, FundsDeposited};
+use store::PooledTransaction as Transaction;
 use store::{NewEvent, Store, StoreError};
-use tokio_postgres::Transaction;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
@@ -141,7 +141,8 @@ pub(crate) async fn write_wallets<'a>(
         balances.push(balance.get());
         versions.push(version);
     }
-    tx.execute_typed(
+    store::prepared::execute(
+        tx,
         "UPDATE accounts SET balance = u.b, version = u.v, updated_at = $4 \
          FROM unnest($1::text[], $2::int8[], $3::int4[]) AS u(p, b, v) \
          WHERE accounts.player = u.p",

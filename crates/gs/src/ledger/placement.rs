@@ -33,8 +33,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use domain::{BettingWindow, Money, Phase, TableLimits, Timestamp};
 use protocol::{BetPlaced, ErrorCode, Event, EventBody};
+use store::PooledTransaction as Transaction;
 use store::{Store, StoreError};
-use tokio_postgres::Transaction;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
@@ -214,14 +214,16 @@ async fn stored_bets(
         .collect();
     let rows = match random_ids {
         RandomIds::None => {
-            tx.query_typed(
+            store::prepared::query(
+                tx,
                 "SELECT e.data FROM events e WHERE e.event_id = ANY($1::uuid[])",
                 &[(&event_ids, Type::UUID_ARRAY)],
             )
             .await?
         }
         RandomIds::Some => {
-            tx.query_typed(
+            store::prepared::query(
+                tx,
                 "SELECT e.data FROM events e WHERE e.event_id = ANY($1::uuid[]) \
                  UNION ALL \
                  SELECT e.data FROM legacy_bets l JOIN events e ON e.position = l.placed_position \
@@ -280,7 +282,7 @@ const BET_COLUMNS: [Type; 8] = [
 ];
 
 async fn transact(
-    client: &mut tokio_postgres::Client,
+    client: &mut store::PooledClient,
     bets: &[BetRequest],
     limits: &TableLimits,
     now: Timestamp,
@@ -349,19 +351,22 @@ async fn transact(
         (&kp, Type::TEXT_ARRAY),
     ];
     let (round_rows, random_ids, wallet_rows, stake_rows) = tokio::join!(
-        tx.query_typed(
+        store::prepared::query(
+            &tx,
             "SELECT r.table_id, r.round, r.phase, r.closes_at FROM rounds r \
              JOIN unnest($1::text[], $2::int8[]) AS u(t, n) ON r.table_id = u.t AND r.round = u.n \
              ORDER BY r.table_id, r.round FOR SHARE OF r",
             &round_params,
         ),
-        tx.query_typed("SELECT EXISTS (SELECT 1 FROM legacy_bets)", &[]),
-        tx.query_typed(
+        store::prepared::query(&tx, "SELECT EXISTS (SELECT 1 FROM legacy_bets)", &[]),
+        store::prepared::query(
+            &tx,
             "SELECT player, balance, version FROM accounts WHERE player = ANY($1) \
              ORDER BY player FOR UPDATE",
             &wallet_params,
         ),
-        tx.query_typed(
+        store::prepared::query(
+            &tx,
             "SELECT s.table_id, s.round, s.player, s.staked FROM round_stakes s \
              JOIN unnest($1::text[], $2::int8[], $3::text[]) AS u(t, n, p) \
                ON s.table_id = u.t AND s.round = u.n AND s.player = u.p",
@@ -649,7 +654,8 @@ async fn add_stakes(
         to.stakes.push(stake.added.get());
         to.counts.push(stake.bets);
     }
-    tx.execute_typed(
+    store::prepared::execute(
+        tx,
         "WITH updated AS ( \
              UPDATE round_stakes s SET staked = s.staked + u.a, bets = s.bets + u.c \
              FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int4[]) \

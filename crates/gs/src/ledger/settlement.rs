@@ -33,8 +33,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use domain::{Money, Outcome, PlayerId, RoundId, Selection, TableId};
 use protocol::{BetRefunded, BetSettled, Event, EventBody, RoundSettled};
+use store::PooledTransaction as Transaction;
 use store::{Store, StoreError};
-use tokio_postgres::Transaction;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
@@ -91,12 +91,12 @@ async fn open_bets(
            AND NOT EXISTS (SELECT 1 FROM bet_results r WHERE r.bet_id = b.bet_id) \
          ORDER BY player, bet_id"
     };
-    let rows = tx
-        .query_typed(
-            query,
-            &[(&table.as_str(), Type::TEXT), (&round, Type::INT8)],
-        )
-        .await?;
+    let rows = store::prepared::query(
+        tx,
+        query,
+        &[(&table.as_str(), Type::TEXT), (&round, Type::INT8)],
+    )
+    .await?;
     let mut bets = Vec::with_capacity(rows.len());
     for row in &rows {
         bets.push(OpenBet {
@@ -118,13 +118,13 @@ async fn lock_wallets(
 ) -> Result<HashMap<String, (Money, i32)>, LedgerError> {
     let players: BTreeSet<&str> = bets.iter().map(|b| b.player.as_str()).collect();
     let players: Vec<&str> = players.into_iter().collect();
-    let rows = tx
-        .query_typed(
-            "SELECT player, balance, version FROM accounts WHERE player = ANY($1) \
+    let rows = store::prepared::query(
+        tx,
+        "SELECT player, balance, version FROM accounts WHERE player = ANY($1) \
              ORDER BY player FOR UPDATE",
-            &[(&players, Type::TEXT_ARRAY)],
-        )
-        .await?;
+        &[(&players, Type::TEXT_ARRAY)],
+    )
+    .await?;
     let mut wallets = HashMap::with_capacity(rows.len());
     for row in rows {
         let balance = Money::new(row.try_get(1)?).map_err(|e| corrupt(e.to_string()))?;
@@ -195,17 +195,17 @@ async fn settle_in(
     let mut stages = Stages::start("settle");
     let at = now();
     let round_no = round.get() as i64;
-    let Some(claimed) = tx
-        .query_typed_opt(
-            "UPDATE rounds SET phase = 'settled', updated_at = $3 \
+    let Some(claimed) = store::prepared::query_opt(
+        tx,
+        "UPDATE rounds SET phase = 'settled', updated_at = $3 \
              WHERE table_id = $1 AND round = $2 AND phase = 'resulted' RETURNING outcome",
-            &[
-                (&table.as_str(), Type::TEXT),
-                (&round_no, Type::INT8),
-                (&at.as_offset_datetime(), Type::TIMESTAMPTZ),
-            ],
-        )
-        .await?
+        &[
+            (&table.as_str(), Type::TEXT),
+            (&round_no, Type::INT8),
+            (&at.as_offset_datetime(), Type::TIMESTAMPTZ),
+        ],
+    )
+    .await?
     else {
         return Ok(None);
     };
@@ -262,7 +262,7 @@ async fn settle_in(
     .await?;
     stages.mark("credits");
     let stream = round_stream(table, round);
-    let version = store::next_version(tx, &stream).await?;
+    let version = store::next_version(&**tx, &stream).await?;
     let settlement = Settlement {
         bets: bets.len() as u64,
         staked,
@@ -322,14 +322,14 @@ async fn refund_in(
 ) -> Result<Option<Refund>, LedgerError> {
     let at = now();
     let round_no = round.get() as i64;
-    if tx
-        .query_typed_opt(
-            "SELECT 1 FROM rounds WHERE table_id = $1 AND round = $2 AND phase = 'voided' \
+    if store::prepared::query_opt(
+        tx,
+        "SELECT 1 FROM rounds WHERE table_id = $1 AND round = $2 AND phase = 'voided' \
              FOR UPDATE",
-            &[(&table.as_str(), Type::TEXT), (&round_no, Type::INT8)],
-        )
-        .await?
-        .is_none()
+        &[(&table.as_str(), Type::TEXT), (&round_no, Type::INT8)],
+    )
+    .await?
+    .is_none()
     {
         return Ok(None);
     }
