@@ -274,7 +274,7 @@ async fn check_stream_versions(
     firsts: &HashMap<&str, i32>,
 ) -> Result<(), StoreError> {
     let streams: Vec<&str> = firsts.keys().copied().collect();
-    let rows = crate::prepared::query(tx, 
+    let rows = crate::prepared::query(tx,
             "SELECT s.stream, \
                     COALESCE((SELECT max(e.version) FROM public.events e WHERE e.stream = s.stream), 0) \
              FROM unnest($1::text[]) AS s(stream)",
