@@ -131,6 +131,8 @@ async fn just_up_serves_a_round_and_just_down_leaves_nothing_running() {
     assert!(token.status.success());
     let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
 
+    // Betting on (every GS serving) before the round is played.
+    common::wait_betting_enabled(&format!("ws://{http_addr}/ws")).await;
     // `just up` deposited the demo balance; wait for it to be there before betting.
     let played = play_a_round(&http_addr, &token, "alice", 100).await;
     // alice starts with the demo balance that `just up` deposited.
