@@ -453,7 +453,8 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     if let Some(out) = &bets_out {
         out.flush().context("write --bets-out")?;
     }
-    let bet_report = args.bet_rate.filter(|_| bet_every.is_some()).map(|rate| {
+    // `bet_every` is set exactly when `--bet-rate` is (a rate that is not positive is refused).
+    let bet_report = args.bet_rate.map(|rate| {
         let open_s = if bet_tally.windows.is_empty() {
             0.0
         } else {

@@ -1,9 +1,9 @@
 //! Fan-out: one bus subscription per table channel per node, shared by every connection
 //! subscribed to it, and one for all player channels together (ADR 0025): a node follows
 //! `player.*.wallet` once and hands each event to its player's connections, instead of a
-//! JetStream consumer per connected player (thousands of them cost nats-server most of its CPU
-//! under betting load: `just bench-bets`). Each event is decoded once and built once per encoding into a whole WebSocket frame;
-//! a few writer tasks (one per runtime worker, each serving its share of the connections) write
+//! JetStream consumer per connected player (thousands of them cost nats-server most of its
+//! CPU under betting load: `just bench-bets`). Each event is decoded once and built once per
+//! encoding into a whole WebSocket frame; a few writer tasks (one per runtime worker, each serving its share of the connections) write
 //! those same bytes to every subscriber's socket without waking its session (ADR 0015). A
 //! connection whose socket would block gets the event on its own bounded queue instead
 //! (`outbox`), and one over its bounds is closed (4008) instead of slowing anyone else.
@@ -212,9 +212,21 @@ pub(crate) struct Hub<B> {
     shutdown: CancellationToken,
     /// The player feeds the node's one player subscription serves.
     players: Arc<PlayerFeeds>,
-    /// That subscription, once started: its stream's epoch, and a token cancelled when it
-    /// ends (then the next player subscribe starts it again).
-    player_subscription: std::sync::Mutex<Option<(String, CancellationToken)>>,
+    /// That subscription, once started (the next player subscribe starts it again if it
+    /// ended).
+    player_subscription: std::sync::Mutex<Option<PlayerSubscription>>,
+}
+
+/// The node's one subscription to the player channels.
+#[derive(Debug)]
+struct PlayerSubscription {
+    /// The life of the `PLAYERS` stream it reads.
+    epoch: String,
+    /// Cancelled when its task ends.
+    ended: CancellationToken,
+    /// The last stream sequence it read: a restart in the same epoch goes on from there, so
+    /// the player feeds it serves miss nothing in between.
+    seen: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -440,36 +452,51 @@ impl<B: Bus> Hub<B> {
     /// The node's one subscription to every player channel's events, started from the
     /// stream's end on first use (and again if it ended); returns the stream's epoch.
     async fn player_subscription(&self) -> Result<String, HubError> {
-        {
+        // Only `subscribe` calls this, under its lock: one start at a time.
+        let resume_after = {
             let running = self
                 .player_subscription
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if let Some((epoch, ended)) = running.as_ref()
-                && !ended.is_cancelled()
-            {
-                return Ok(epoch.clone());
+            match running.as_ref() {
+                Some(running) if !running.ended.is_cancelled() => {
+                    return Ok(running.epoch.clone());
+                }
+                Some(ended) => Some((ended.epoch.clone(), ended.seen.load(Ordering::Relaxed))),
+                None => None,
             }
-        }
+        };
         let bus_error = |e: bus::BusError| HubError::Bus(e.to_string());
         let stream = protocol::subject::PLAYERS_STREAM;
         let state = self.bus.stream_state(stream).await.map_err(bus_error)?;
+        // From the stream's end the first time; after a subscription that ended, from where it
+        // stood (the stream's end if the stream was recreated meanwhile).
+        let after = match resume_after {
+            Some((epoch, seen)) if epoch == state.epoch => seen,
+            _ => state.last_seq,
+        };
         let mut messages = self
             .bus
-            .replay(stream, PLAYER_FEED_FILTER, state.last_seq + 1)
+            .replay(stream, PLAYER_FEED_FILTER, after + 1)
             .await
             .map_err(bus_error)?;
         let ended = CancellationToken::new();
+        let seen = Arc::new(AtomicU64::new(after));
         *self
             .player_subscription
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((state.epoch.clone(), ended.clone()));
+            .unwrap_or_else(|e| e.into_inner()) = Some(PlayerSubscription {
+            epoch: state.epoch.clone(),
+            ended: ended.clone(),
+            seen: seen.clone(),
+        });
         let players = self.players.clone();
         let writers = self.writers.clone();
         let stop = self.shutdown.clone();
         self.tasks.spawn(async move {
             let _ended = ended.drop_guard();
             while let Some(message) = next_message(&mut messages, &stop, &"player channels").await {
+                seen.store(message.seq, Ordering::Relaxed);
                 // `player.<id>.wallet`: only an event of a player this node serves is decoded.
                 let Some(player) = message.subject.split('.').nth(1) else {
                     continue;

@@ -274,7 +274,7 @@ impl Reader {
                 }
             }
             if !ready {
-                let until_due = self.bet_rounds(Instant::now())?;
+                let until_due = self.bet_rounds(Instant::now());
                 self.wait(&mut events, until_due.min(Duration::from_millis(100)))?;
             }
             for event in &events {
@@ -289,7 +289,7 @@ impl Reader {
             while let Ok(connected) = rx.try_recv() {
                 self.adopt(connected);
             }
-            self.bet_rounds(Instant::now())?;
+            self.bet_rounds(Instant::now());
         }
         self.finish_bets();
         // Our own stop: a Close to each server, best effort.
@@ -651,9 +651,9 @@ impl Reader {
 
     /// `--bet-rate`: sends every bet due by `now` on each table whose round is open; returns
     /// how long until the next one is due.
-    fn bet_rounds(&mut self, now: Instant) -> Result<Duration, anyhow::Error> {
+    fn bet_rounds(&mut self, now: Instant) -> Duration {
         let Some(every) = self.config.bet_every else {
-            return Ok(Duration::MAX);
+            return Duration::MAX;
         };
         let betting = self.shared.betting.load(Ordering::Relaxed);
         let wall = wall_micros();
@@ -691,7 +691,7 @@ impl Reader {
             self.tables[table].next_due = Some(due);
             until = until.min(due.saturating_duration_since(now));
         }
-        Ok(until)
+        until
     }
 
     /// Makes a new bet on `round` for the bettor in `slot`, due at `due`.
