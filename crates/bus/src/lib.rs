@@ -20,7 +20,7 @@ mod subject;
 pub use definitions::{BucketDef, ConsumerDef, Definitions, Storage, StreamDef};
 pub use error::{BusError, KvError, PublishError, RequestError};
 pub use local::{LocalBus, LocalKv};
-pub use nats::{NatsBus, NatsKv, NatsOptions};
+pub use nats::{NatsBus, NatsKv, NatsOptions, server_list};
 pub use port::{
     AckMessage, Bus, Deliveries, Feed, Kv, KvEntry, KvEvent, KvWatch, Publish, Published, Request,
     Requests, StoredMessage, StreamState, Subscription,

@@ -16,9 +16,13 @@ pub const DEV_JWT_SECRET: &str = "croupier-development-secret-change-me!";
 /// Endpoints and secrets, as flags with environment fallbacks.
 #[derive(Debug, Clone, Args)]
 pub struct Connect {
-    /// NATS server URL.
+    /// NATS server URL, or a comma-separated list of a cluster's servers.
     #[arg(long, env = "NATS_URL", global = true)]
     pub nats_url: Option<String>,
+    /// Replicas of every stream and bucket this process creates or updates (3 on a
+    /// three-node cluster; default 1). Every process of a deployment must agree.
+    #[arg(long, env = "CROUPIER_NATS_REPLICAS", global = true, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: Option<u8>,
     /// Postgres URL of the event store.
     #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<String>,
@@ -44,6 +48,14 @@ pub struct Resolved {
     pub jwt_secret_is_default: bool,
     pub http_addr_from_file: Option<String>,
     pub nats_prefix: String,
+    pub nats_replicas: usize,
+}
+
+impl Resolved {
+    /// The shipped stream and bucket definitions with this deployment's replica count.
+    pub fn definitions(&self) -> bus::Definitions {
+        bus::Definitions::croupier().with_replicas(self.nats_replicas)
+    }
 }
 
 impl Connect {
@@ -65,6 +77,15 @@ impl Connect {
             jwt_secret: secret.unwrap_or_else(|| DEV_JWT_SECRET.to_string()),
             http_addr_from_file: file.get("CROUPIER_HTTP_ADDR").map(str::to_string),
             nats_prefix: self.nats_prefix.clone(),
+            nats_replicas: self
+                .nats_replicas
+                .map(usize::from)
+                .or_else(|| {
+                    file.get("CROUPIER_NATS_REPLICAS")
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .filter(|n| (1..=5).contains(n))
+                })
+                .unwrap_or(1),
         }
     }
 }

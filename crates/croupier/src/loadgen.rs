@@ -281,7 +281,7 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
             )
             .await
             .with_context(|| format!("connect to NATS at {} to publish", settings.nats_url))?;
-            bus.setup(&bus::Definitions::croupier())
+            bus.setup(&settings.definitions())
                 .await
                 .context("streams")?;
             Some(tokio::spawn(publish(

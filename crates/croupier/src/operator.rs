@@ -96,7 +96,7 @@ async fn connect(settings: &Resolved) -> anyhow::Result<bus::NatsBus> {
     )
     .await
     .with_context(|| format!("connect to NATS at {}", settings.nats_url))?;
-    bus.setup(&bus::Definitions::croupier())
+    bus.setup(&settings.definitions())
         .await
         .context("create the streams and buckets")?;
     Ok(bus)

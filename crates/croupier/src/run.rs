@@ -82,9 +82,10 @@ pub struct RunArgs {
     /// Postgres connections per GS.
     #[arg(long, env = "CROUPIER_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
-    /// Names this GS's cursor on the TABLES stream, so a restarted GS resumes where it stood.
-    /// Default: `gs-<hostname>`. Instances may share a name: transitions are recorded
-    /// idempotently in the shared database and the cursor only moves forward.
+    /// Names this GS: its cursor on the TABLES stream (`gs_cursor`), its logs and heartbeat.
+    /// Default: `gs-<hostname>-<pid>`, unique per process, so two GS on one host are two
+    /// instances. A new name resumes from the furthest cursor any GS has saved (everything
+    /// before it is recorded), so a restart under a new name replays nothing.
     #[arg(long, env = "CROUPIER_GS_INSTANCE")]
     pub gs_instance: Option<String>,
     /// GS: most bets written in one transaction.
@@ -297,7 +298,7 @@ async fn run_roles<B: Bus>(
         Some(addr) => Some(telemetry::bind_metrics(addr).await?),
         None => None,
     };
-    bus.setup(&bus::Definitions::croupier())
+    bus.setup(&settings.definitions())
         .await
         .context("create the streams and buckets")?;
     let shutdown = CancellationToken::new();
@@ -459,8 +460,8 @@ async fn wait_for_signal() {
     }
 }
 
-/// `gs-<hostname>`: stable across restarts of the same machine (a random name per start would
-/// make every restart replay the whole TABLES stream and leave a cursor row behind).
+/// `gs-<hostname>-<pid>`: unique per process on a host, and readable beside `ps`. It need not
+/// survive a restart: a GS under a new name resumes from the furthest cursor (ADR 0027).
 fn default_gs_instance() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let host: String = host
@@ -474,9 +475,10 @@ fn default_gs_instance() -> String {
             }
         })
         .collect();
+    let pid = std::process::id();
     if host.is_empty() {
-        "gs".into()
+        format!("gs-{pid}")
     } else {
-        format!("gs-{host}")
+        format!("gs-{host}-{pid}")
     }
 }

@@ -1,6 +1,7 @@
 //! Two GS processes share the bets; one is killed with SIGKILL while batches are in flight.
 //! Every bet a client was told is accepted is settled exactly once, retries with the same
-//! `bet_id` are answered idempotently by the survivor, and money adds up.
+//! `bet_id` are answered idempotently by the survivor, and money adds up. Two GS on one host
+//! are two instances, and one started in the killed one's place resumes from the furthest cursor.
 
 mod common;
 
@@ -65,6 +66,16 @@ async fn place(bus: &NatsBus, request: PlaceBetRequest) -> bool {
     false
 }
 
+async fn gs_cursors(client: &tokio_postgres::Client) -> HashMap<String, i64> {
+    client
+        .query("SELECT consumer, stream_seq FROM gs_cursor", &[])
+        .await
+        .expect("cursors")
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_gs_and_one_killed_mid_batch_every_accepted_bet_is_settled_exactly_once() {
     testkit::init_logging();
@@ -74,7 +85,8 @@ async fn with_two_gs_and_one_killed_mid_batch_every_accepted_bet_is_settled_exac
     let client = db.client().await.expect("connect");
 
     let mut gs_a = env.spawn(&["run", "gs"]);
-    let _gs_b = env.spawn(&["run", "gs"]);
+    let gs_b = env.spawn(&["run", "gs"]);
+    let (pid_a, pid_b) = (gs_a.0.id(), gs_b.0.id());
     let _gms = env.spawn(&["run", "gms"]);
     let bus = NatsBus::connect(&env.nats_url, &env.prefix, NatsOptions::default())
         .await
@@ -119,6 +131,42 @@ async fn with_two_gs_and_one_killed_mid_batch_every_accepted_bet_is_settled_exac
     assert!(
         accepted.len() > ROUNDS * BETS_PER_ROUND / 2,
         "most bets were accepted"
+    );
+
+    // Two GS on one host are two instances by default (`gs-<hostname>-<pid>`), each with its
+    // own cursor; a GS started in A's place resumes from the furthest cursor, not from the
+    // stream's start (its row appears at once, already there).
+    let cursors = gs_cursors(&client).await;
+    for pid in [pid_a, pid_b] {
+        assert!(
+            cursors
+                .keys()
+                .any(|name| name.starts_with("gs-") && name.ends_with(&format!("-{pid}"))),
+            "a cursor row for the GS with pid {pid}: {cursors:?}"
+        );
+    }
+    let furthest = cursors.values().copied().max().unwrap_or(0);
+    assert!(furthest > 0, "the GS recorded transitions: {cursors:?}");
+    let gs_c = env.spawn(&["run", "gs"]);
+    let suffix = format!("-{}", gs_c.0.id());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let first_seen = loop {
+        if let Some((_, seq)) = gs_cursors(&client)
+            .await
+            .into_iter()
+            .find(|(name, _)| name.ends_with(&suffix))
+        {
+            break seq;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted GS created no cursor"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(
+        first_seen >= furthest,
+        "the restarted GS resumed from {first_seen}, behind the furthest cursor {furthest}"
     );
 
     // Wait for every round with bets to be settled by the survivor.

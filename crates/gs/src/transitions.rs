@@ -156,15 +156,36 @@ async fn follow<B: Bus>(
     Err("the TABLES subscription ended".into())
 }
 
+/// Where this instance resumes: the furthest any GS has reached. Each instance saves its
+/// cursor only after it has recorded (and settled) everything up to it, so everything before
+/// the furthest cursor is in the store, whoever wrote it; a new instance (the default name is
+/// one per process) starts there instead of replaying the whole stream. Its row is created at
+/// once, so the replay and an operator see every running instance; rows no instance has
+/// touched for a week are dropped (a returning instance starts from the furthest anyway).
 async fn load_cursor(store: &Store, instance: &str) -> Result<u64, store::StoreError> {
     let client = store.client().await?;
-    let row = client
-        .query_opt(
-            "SELECT stream_seq FROM gs_cursor WHERE consumer = $1",
+    client
+        .execute(
+            "DELETE FROM gs_cursor WHERE consumer <> $1 AND updated_at < now() - interval '7 days'",
             &[&instance],
         )
         .await?;
-    Ok(row.map(|r| r.get::<_, i64>(0)).unwrap_or(0).max(0) as u64)
+    let row = client
+        .query_one(
+            "INSERT INTO gs_cursor (consumer, stream_seq)
+             SELECT $1, coalesce(max(stream_seq), 0) FROM gs_cursor
+             ON CONFLICT (consumer) DO UPDATE SET stream_seq = GREATEST(gs_cursor.stream_seq, EXCLUDED.stream_seq), updated_at = now()
+             RETURNING stream_seq",
+            &[&instance],
+        )
+        .await?;
+    let cursor = row.get::<_, i64>(0).max(0) as u64;
+    tracing::info!(
+        instance,
+        cursor,
+        "round transitions resume after the furthest cursor"
+    );
+    Ok(cursor)
 }
 
 async fn save_cursor(store: &Store, instance: &str, seq: u64) -> Result<(), store::StoreError> {

@@ -72,7 +72,7 @@ pub mod reason {
 /// betting status from all of them (ADR 0020).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct GsHeartbeat {
-    /// The GS's instance name (`CROUPIER_GS_INSTANCE`; several processes may share it).
+    /// The GS's instance name (`CROUPIER_GS_INSTANCE`; by default `gs-<hostname>-<pid>`).
     pub instance: String,
     /// Whether this GS takes bets now: its store is healthy and it has caught up.
     pub serving: bool,

@@ -65,6 +65,10 @@ pub struct NatsOptions {
     pub retry_backoff_max: Duration,
     /// Longest pause between two reconnect attempts.
     pub reconnect_delay_max: Duration,
+    /// How often the client pings a quiet server. Three unanswered pings (two to three
+    /// intervals after the server went silent) drop the connection and move to another server
+    /// of the list: a frozen node is left in seconds, not after async-nats' default minute.
+    pub ping_interval: Duration,
 }
 
 impl Default for NatsOptions {
@@ -76,6 +80,7 @@ impl Default for NatsOptions {
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(2),
             reconnect_delay_max: Duration::from_secs(2),
+            ping_interval: Duration::from_secs(1),
         }
     }
 }
@@ -103,6 +108,25 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
+/// The servers of a NATS URL: one address, or a comma-separated list (`nats://a:4222,b:4222`;
+/// the scheme may be left out), as `NATS_URL` names a cluster.
+pub fn server_list(url: &str) -> Result<Vec<async_nats::ServerAddr>, BusError> {
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|server| {
+            server
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|e| BusError::Connect(format!("bad NATS server address {server:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if servers.is_empty() {
+        return Err(BusError::Connect("no NATS server given".into()));
+    }
+    Ok(servers)
+}
+
 impl NatsBus {
     /// Connects to `url` (a comma-separated list for a cluster) with `prefix` as the namespace
     /// (`CROUPIER_NATS_PREFIX`, may be empty). Fails at once when no server answers; once
@@ -113,8 +137,10 @@ impl NatsBus {
         let connections = Arc::new(watch::channel(0u64).0);
         let on_event = connections.clone();
         let delay_max = options.reconnect_delay_max;
+        let servers = server_list(url)?;
         let mut connect = async_nats::ConnectOptions::new()
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .ping_interval(options.ping_interval)
             .max_reconnects(None::<usize>)
             .request_timeout(Some(options.request_timeout))
             .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, delay_max))
@@ -129,7 +155,7 @@ impl NatsBus {
             connect = connect.name(name);
         }
         let client = connect
-            .connect(url)
+            .connect(servers)
             .await
             .map_err(|e| BusError::Connect(e.to_string()))?;
         let mut js = jetstream::new(client.clone());
