@@ -5,7 +5,11 @@
 //! - publish→client latency: from each event's `at` (stamped by its publisher) to its arrival;
 //! - bet→answer latency, for the `--bettors` clients;
 //! - messages delivered per second, unexpected drops, and closes with 4008 (slow consumer);
-//! - with `--server-pid`, the server's own RSS per connection (read from `/proc`).
+//! - with `--server-pid`, the server's own RSS per connection (read from `/proc`);
+//! - over several gateways (`--url a,b`): client `i` connects to the `i mod n`-th, and a client
+//!   whose connection ends while the run goes on connects to the next one and resumes each
+//!   channel after the last `seq` it received; with `--check-delivery`, every message a client
+//!   missed or got twice, judged against the JetStream streams after the run ([`delivery`]).
 //!
 //! `--target nats` speaks the NATS protocol over WebSocket instead (nats-server's own
 //! `websocket` listener), subscribing to the same subject, so both servers can be measured
@@ -31,6 +35,7 @@ use crate::config::Resolved;
 
 mod bets;
 mod clients;
+mod delivery;
 
 pub use bets::{BetReport, RoundReport};
 
@@ -44,7 +49,10 @@ pub enum Target {
 
 #[derive(Debug, Clone, Args)]
 pub struct LoadgenArgs {
-    /// WebSocket URL, e.g. ws://127.0.0.1:8080/ws (or nats-server's ws://127.0.0.1:9222).
+    /// WebSocket URL, e.g. ws://127.0.0.1:8080/ws (or nats-server's ws://127.0.0.1:9222); with
+    /// Croupier, a comma-separated list of gateways: client `i` connects to the `i mod n`-th,
+    /// and a client whose connection ends during the run connects to the next one in turn and
+    /// resumes its channels (`since` = the last `seq` received).
     #[arg(long)]
     pub url: String,
     #[arg(long, value_enum, default_value = "croupier")]
@@ -97,6 +105,12 @@ pub struct LoadgenArgs {
     /// Sample this process's RSS before and after connecting (the server under test).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Count every message a client missed or received twice on the channels it followed
+    /// (Croupier only): after the run, each client's received sequences are checked against
+    /// the JetStream streams (read with NATS_URL / CROUPIER_NATS_PREFIX), from its first
+    /// `subscribed.seq` to where the channel stood when the run stopped.
+    #[arg(long)]
+    pub check_delivery: bool,
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -145,6 +159,31 @@ pub struct Report {
     pub server_rss_per_connection_kib: Option<f64>,
     /// `--bet-rate` only.
     pub bets: Option<BetReport>,
+    /// Clients connected to each `--url` by the ramp-up.
+    pub gateways: Vec<GatewayReport>,
+    /// Connections made again after one ended during the run.
+    pub reconnects: u64,
+    /// Clients that could not connect again (every URL tried, in turn, with backoff).
+    pub reconnect_failures: u64,
+    /// Answers to a resuming `subscribe`: replayed without a gap, or `recovered: false` (a gap
+    /// in that client's channel, counted in `missed`).
+    pub resumes_recovered: u64,
+    pub resumes_not_recovered: u64,
+    /// `--check-delivery` only: messages of a followed channel a client never received between
+    /// subscribing and leaving (summed over clients and channels).
+    pub missed: Option<u64>,
+    /// `--check-delivery` only: messages a client received twice on one channel.
+    pub doubled: Option<u64>,
+    /// `--check-delivery` only: the messages the clients were answerable for, summed (what
+    /// `missed` is out of), and the client-channel pairs checked.
+    pub delivery_expected: Option<u64>,
+    pub delivery_followed: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct GatewayReport {
+    pub url: String,
+    pub connected: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -188,10 +227,23 @@ struct Shared {
     /// `--bet-rate`: rounds with accepted bets whose `round_settled` has not arrived (summed
     /// over the reader threads, each counting the rounds it bet on).
     rounds_unsettled: std::sync::atomic::AtomicI64,
+    reconnects: AtomicU64,
+    reconnect_failures: AtomicU64,
+    resumes_recovered: AtomicU64,
+    resumes_not_recovered: AtomicU64,
+    /// `--check-delivery`.
+    doubled: AtomicU64,
+    /// Clients connected by the ramp-up, per `--url`.
+    per_url: Vec<AtomicU64>,
+    /// `--check-delivery`: where each channel stood when the run was to stop (channel name to
+    /// `seq`); the reader threads go on until their clients are there.
+    drain_targets: std::sync::OnceLock<std::collections::HashMap<String, u64>>,
+    /// Reader threads whose clients all reached [`Shared::drain_targets`].
+    caught_up: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
-    fn new() -> anyhow::Result<Self> {
+    fn new(urls: usize) -> anyhow::Result<Self> {
         Ok(Self {
             delivered: AtomicU64::new(0),
             connected: AtomicU64::new(0),
@@ -204,6 +256,14 @@ impl Shared {
             betting: AtomicBool::new(false),
             bets_outstanding: AtomicU64::new(0),
             rounds_unsettled: std::sync::atomic::AtomicI64::new(0),
+            reconnects: AtomicU64::new(0),
+            reconnect_failures: AtomicU64::new(0),
+            resumes_recovered: AtomicU64::new(0),
+            resumes_not_recovered: AtomicU64::new(0),
+            doubled: AtomicU64::new(0),
+            per_url: (0..urls).map(|_| AtomicU64::new(0)).collect(),
+            drain_targets: std::sync::OnceLock::new(),
+            caught_up: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -230,6 +290,19 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     }
     if args.bettors > 0 && args.target == Target::Nats {
         anyhow::bail!("--bettors works only with --target croupier");
+    }
+    if args.check_delivery && args.target == Target::Nats {
+        anyhow::bail!("--check-delivery works only with --target croupier");
+    }
+    let urls: Vec<String> = args
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect();
+    if urls.is_empty() {
+        anyhow::bail!("--url names no URL");
     }
     let tables: Vec<String> = args
         .table
@@ -268,9 +341,21 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
         None => None,
     };
     let secret = gateway::JwtSecret::new(&settings.jwt_secret).context("CROUPIER_JWT_SECRET")?;
-    let shared = Arc::new(Shared::new()?);
+    let shared = Arc::new(Shared::new(urls.len())?);
     let stop = CancellationToken::new();
     let rss_before = args.server_pid.and_then(rss_kib);
+    let delivery_bus = if args.check_delivery {
+        let bus = bus::NatsBus::connect(
+            &settings.nats_url,
+            &settings.nats_prefix,
+            bus::NatsOptions::default(),
+        )
+        .await
+        .with_context(|| format!("connect to NATS at {} to check delivery", settings.nats_url))?;
+        Some(bus)
+    } else {
+        None
+    };
 
     let publisher = match args.publish_rate {
         Some(rate) if rate > 0.0 => {
@@ -294,6 +379,7 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
         _ => None,
     };
 
+    let (reconnect_tx, reconnect_rx) = tokio::sync::mpsc::channel(clients::RECONNECT_QUEUE);
     let reader_config = Arc::new(clients::ReaderConfig {
         target: args.target,
         tables: tables.clone(),
@@ -302,6 +388,9 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
         close_margin_us: args.close_margin.as_micros() as i64,
         players: args.players.clone(),
         bets_out: bets_out.clone(),
+        // NATS's protocol has no resume: there a connection that ends stays a drop.
+        reconnects: (args.target == Target::Croupier).then_some(reconnect_tx),
+        check_delivery: args.check_delivery,
     });
     let mut readers = Vec::new();
     for _ in 0..threads {
@@ -311,7 +400,6 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
             stop.clone(),
         )?);
     }
-    let url = Arc::new(args.url.clone());
     let first = |table: &str, player: Option<&str>| -> Vec<String> {
         match args.target {
             Target::Croupier => {
@@ -333,9 +421,7 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
         }
     };
 
-    let progress = progress_bar(&args, args.clients as u64, "connecting");
-    let mut connecting = tokio::task::JoinSet::new();
-    let gap = Duration::from_secs_f64(1.0 / f64::from(args.connect_rate.max(1)));
+    let mut clients = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
         let player_name = format!("{}-{i}", args.players);
         let table = i % tables.len();
@@ -351,9 +437,9 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
             })
         });
         let token = token.transpose()?;
-        let client = Client {
+        clients.push(Client {
             index: i,
-            url: url.clone(),
+            url: i % urls.len(),
             target: args.target,
             first: first(
                 &tables[table],
@@ -362,14 +448,35 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
             table,
             token,
             source: source_addr(i, args.source_addrs),
-        };
+        });
+    }
+    let clients = Arc::new(clients);
+    let urls = Arc::new(urls);
+    let reconnector = tokio::spawn(reconnector(
+        reconnect_rx,
+        clients.clone(),
+        urls.clone(),
+        readers.iter().map(|(handle, _)| handle.clone()).collect(),
+        shared.clone(),
+        stop.clone(),
+    ));
+
+    let progress = progress_bar(&args, args.clients as u64, "connecting");
+    let mut connecting = tokio::task::JoinSet::new();
+    let gap = Duration::from_secs_f64(1.0 / f64::from(args.connect_rate.max(1)));
+    for i in 0..args.clients {
         let reader = readers[i % readers.len()].0.clone();
         let counters = shared.clone();
+        let (clients, urls) = (clients.clone(), urls.clone());
         connecting.spawn(async move {
-            match client.connect().await {
+            let client = &clients[i];
+            match client.connect(&urls, client.url, &client.first, None).await {
                 Ok(connected) => {
                     counters.connected.fetch_add(1, Ordering::Relaxed);
-                    reader.hand_over(connected).await;
+                    counters.per_url[client.url].fetch_add(1, Ordering::Relaxed);
+                    reader
+                        .hand_over(clients::Handover::Connected(connected))
+                        .await;
                 }
                 Err(error) => {
                     tracing::debug!(client = client.index, %error, "connect failed");
@@ -430,13 +537,36 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    if let Some(bus) = &delivery_bus {
+        // Each client answers for its channels up to where they stand now; the clients get a
+        // while to get there (a reconnecting one has to connect and resume first).
+        let players: Vec<String> = match bet_every {
+            Some(_) => (0..args.bettors)
+                .map(|i| format!("{}-{i}", args.players))
+                .collect(),
+            None => Vec::new(),
+        };
+        let lasts = delivery::channel_lasts(bus, &tables, &players)
+            .await
+            .context("read where the channels stand")?;
+        let _ = shared.drain_targets.set(lasts);
+        for (handle, _) in &readers {
+            handle.wake();
+        }
+        let until = Instant::now() + CATCH_UP_DEADLINE;
+        while shared.caught_up.load(Ordering::Relaxed) < readers.len() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     stop.cancel();
     connecting.abort_all();
     while connecting.join_next().await.is_some() {}
+    let _ = reconnector.await;
     // Each reader thread kept its own histograms; the report is their sum.
     let (mut latency, mut bet_latency, mut settled_latency) =
         (histogram()?, histogram()?, histogram()?);
     let mut bet_tally = bets::BetTally::default();
+    let mut records = Vec::new();
     for (handle, thread) in readers {
         handle.wake();
         let tally = tokio::task::spawn_blocking(move || thread.join())
@@ -449,7 +579,16 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
             .and_then(|()| settled_latency.add(&tally.settled_latency))
             .map_err(|e| anyhow::anyhow!("merge latency histograms: {e:?}"))?;
         bet_tally.merge(tally.bets);
+        records.extend(tally.delivery);
     }
+    let verdict = match (&delivery_bus, shared.drain_targets.get()) {
+        (Some(bus), Some(stops)) => Some(
+            delivery::judge(bus, &records, stops)
+                .await
+                .context("check delivery against the streams")?,
+        ),
+        _ => None,
+    };
     if let Some(out) = &bets_out {
         out.flush().context("write --bets-out")?;
     }
@@ -491,6 +630,7 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
             accepted_per_s: per_s(bet_tally.accepted),
             refusals: bet_tally.refusals.clone(),
             timeouts_retried: bet_tally.timeouts_retried,
+            resent_after_reconnect: bet_tally.resent,
             unanswered: bet_tally.unanswered,
             latency_ms: Percentiles::of(&bet_latency),
             settled_at_client_ms: Percentiles::of(&settled_latency),
@@ -526,6 +666,24 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
             _ => None,
         },
         bets: bet_report,
+        gateways: urls
+            .iter()
+            .zip(&shared.per_url)
+            .map(|(url, n)| GatewayReport {
+                url: url.clone(),
+                connected: n.load(Ordering::Relaxed),
+            })
+            .collect(),
+        reconnects: shared.reconnects.load(Ordering::Relaxed),
+        reconnect_failures: shared.reconnect_failures.load(Ordering::Relaxed),
+        resumes_recovered: shared.resumes_recovered.load(Ordering::Relaxed),
+        resumes_not_recovered: shared.resumes_not_recovered.load(Ordering::Relaxed),
+        missed: verdict.as_ref().map(|v| v.missed),
+        doubled: verdict
+            .as_ref()
+            .map(|_| shared.doubled.load(Ordering::Relaxed)),
+        delivery_expected: verdict.as_ref().map(|v| v.expected),
+        delivery_followed: verdict.as_ref().map(|v| v.followed),
     };
     print_report(&report);
     if let Some(path) = &args.json {
@@ -555,6 +713,14 @@ fn print_report(r: &Report) {
         "clients                {} ({} connected, {} failed)",
         r.clients, r.connected, r.connect_failures
     );
+    if r.gateways.len() > 1 {
+        for gateway in &r.gateways {
+            println!(
+                "gateway                {} ({} connected at start)",
+                gateway.url, gateway.connected
+            );
+        }
+    }
     println!("measured               {:.1} s", r.duration_s);
     println!(
         "delivered              {} ({:.0}/s)",
@@ -585,13 +751,14 @@ fn print_report(r: &Report) {
         );
         let refusals: Vec<String> = b.refusals.iter().map(|(c, n)| format!("{n} {c}")).collect();
         println!(
-            "bets refused           {} ({} TIMEOUT retried, {} without a definite answer)",
+            "bets refused           {} ({} TIMEOUT retried, {} sent again after a reconnect, {} without a definite answer)",
             if refusals.is_empty() {
                 "0".to_string()
             } else {
                 refusals.join(", ")
             },
             b.timeouts_retried,
+            b.resent_after_reconnect,
             b.unanswered
         );
         println!(
@@ -613,6 +780,19 @@ fn print_report(r: &Report) {
         "drops                  {} ({} closed as slow consumers)",
         r.drops, r.slow_consumer_closes
     );
+    if r.drops > 0 || r.reconnects > 0 {
+        println!(
+            "reconnects             {} ({} gave up); resumes {} recovered, {} not recovered",
+            r.reconnects, r.reconnect_failures, r.resumes_recovered, r.resumes_not_recovered
+        );
+    }
+    if let (Some(missed), Some(doubled)) = (r.missed, r.doubled) {
+        println!(
+            "delivery               {missed} missed, {doubled} doubled (of {} messages over {} client channels)",
+            r.delivery_expected.unwrap_or_default(),
+            r.delivery_followed.unwrap_or_default()
+        );
+    }
     if let (Some(before), Some(after)) = (r.server_rss_before_kib, r.server_rss_after_kib) {
         println!(
             "server RSS             {before} KiB -> {after} KiB ({:.2} KiB per connection)",
@@ -692,6 +872,16 @@ struct Incoming<'a> {
     request_id: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     code: Option<std::borrow::Cow<'a, str>>,
+    /// `event` and `subscribed`: the channel, and the stream sequence of its message.
+    #[serde(borrow, default)]
+    channel: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<u64>,
+    /// `subscribed` only.
+    #[serde(borrow, default)]
+    epoch: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    recovered: Option<bool>,
 }
 
 #[derive(serde::Deserialize)]
@@ -720,7 +910,8 @@ struct EventTime {
 
 struct Client {
     index: usize,
-    url: Arc<String>,
+    /// The URL it connects to first: an index into the `--url` list.
+    url: usize,
     target: Target,
     /// The first text frames: Croupier's `subscribe`s, or NATS's `CONNECT` and `SUB`.
     first: Vec<String>,
@@ -730,12 +921,41 @@ struct Client {
 }
 
 impl Client {
-    async fn connect(&self) -> anyhow::Result<clients::Connected> {
-        let url = match &self.token {
-            Some(token) => format!("{}?token={token}", self.url),
-            None => self.url.to_string(),
+    /// Connects to `urls[url]` and sends `first`; `slot` is the client's place in its reader
+    /// thread when it connects again.
+    async fn connect(
+        &self,
+        urls: &[String],
+        url: usize,
+        first: &[String],
+        slot: Option<usize>,
+    ) -> anyhow::Result<clients::Connected> {
+        let base = urls.get(url).context("no such URL")?;
+        let full = match &self.token {
+            Some(token) => format!("{base}?token={token}"),
+            None => base.clone(),
         };
-        let mut request = url.as_str().into_client_request()?;
+        let connecting = self.connect_to(&full, first);
+        let (stream, leftover) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .with_context(|| format!("connecting took over {CONNECT_TIMEOUT:?}"))??;
+        Ok(clients::Connected {
+            index: self.index,
+            stream,
+            leftover,
+            bettor: self.token.is_some(),
+            table: self.table,
+            url,
+            slot,
+        })
+    }
+
+    async fn connect_to(
+        &self,
+        url: &str,
+        first: &[String],
+    ) -> anyhow::Result<(std::net::TcpStream, Vec<u8>)> {
+        let mut request = url.into_client_request()?;
         let protocol = (self.target == Target::Croupier).then_some("croupier.v1.json");
         if let Some(protocol) = protocol {
             request
@@ -755,13 +975,101 @@ impl Client {
         }
         let stream = socket.connect(remote).await?;
         stream.set_nodelay(true)?;
-        let (stream, leftover) = clients::handshake(stream, request, protocol, &self.first).await?;
-        Ok(clients::Connected {
-            index: self.index,
-            stream,
-            leftover,
-            bettor: self.token.is_some(),
-            table: self.table,
-        })
+        clients::handshake(stream, request, protocol, first).await
     }
+}
+
+/// One connection attempt: a gateway that is up answers the upgrade well within this; one
+/// that is not may leave a TCP connect hanging.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The wait before a reconnection's first attempt; it doubles with each attempt up to
+/// [`RECONNECT_MAX_WAIT`].
+const RECONNECT_FIRST_WAIT: Duration = Duration::from_millis(100);
+const RECONNECT_MAX_WAIT: Duration = Duration::from_secs(1);
+/// Attempts, each at the next URL, before a client is given up: about 6 s of waits, long
+/// enough for a gateway restart or for another one to take the load.
+const RECONNECT_ATTEMPTS: u32 = 8;
+/// `--check-delivery`: how long the clients get to reach where their channels stood at the
+/// end before those still behind are judged as they are.
+const CATCH_UP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The wait before attempt `attempt` of client `index`: spread over the upper half of the
+/// backoff by client and attempt, so that the clients of a gateway that died do not all knock
+/// on the next one in the same millisecond.
+fn reconnect_wait(index: usize, attempt: u32) -> Duration {
+    let ceiling = RECONNECT_FIRST_WAIT
+        .saturating_mul(1 << attempt.min(16))
+        .min(RECONNECT_MAX_WAIT);
+    let mixed = (index as u64 ^ (u64::from(attempt) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let fraction = (mixed >> 11) as f64 / (1u64 << 53) as f64;
+    ceiling.mul_f64(0.5 + 0.5 * fraction)
+}
+
+/// Takes the reader threads' reconnections: one task per client reconnecting (never per
+/// message), cancelled when the run stops.
+async fn reconnector(
+    mut requests: tokio::sync::mpsc::Receiver<clients::Reconnect>,
+    clients: Arc<Vec<Client>>,
+    urls: Arc<Vec<String>>,
+    readers: Vec<clients::Handle>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            request = requests.recv() => {
+                let Some(request) = request else { break };
+                let reader = readers[request.index % readers.len()].clone();
+                let (clients, urls, shared) = (clients.clone(), urls.clone(), shared.clone());
+                tasks.spawn(async move {
+                    reconnect(request, &clients, &urls, &reader, &shared).await;
+                });
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Connects a client again, trying the URLs after the one it lost in turn, with backoff;
+/// hands the connection (or word that it gave up) to its reader thread.
+async fn reconnect(
+    request: clients::Reconnect,
+    clients: &[Client],
+    urls: &[String],
+    reader: &clients::Handle,
+    shared: &Shared,
+) {
+    let Some(client) = clients.get(request.index) else {
+        return;
+    };
+    for attempt in 0..RECONNECT_ATTEMPTS {
+        tokio::time::sleep(reconnect_wait(request.index, attempt)).await;
+        let url = (request.url + 1 + attempt as usize) % urls.len();
+        match client
+            .connect(urls, url, &request.first, Some(request.slot))
+            .await
+        {
+            Ok(connected) => {
+                shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                reader
+                    .hand_over(clients::Handover::Connected(connected))
+                    .await;
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(client = request.index, url = %urls[url], %error, "reconnect failed");
+            }
+        }
+    }
+    shared.reconnect_failures.fetch_add(1, Ordering::Relaxed);
+    reader
+        .hand_over(clients::Handover::GaveUp {
+            slot: request.slot,
+            index: request.index,
+        })
+        .await;
 }

@@ -7,7 +7,8 @@
 //! before the round's `closes_at` (or its `betting_closed`), so a late answer never delays the
 //! next bet: latency is measured from the due time, not the send. A bet answered `TIMEOUT` is
 //! sent again with the same `bet_id` (the contract's way to learn its fate) until it gets a
-//! definite answer; that answer is the bet's.
+//! definite answer; that answer is the bet's. So is a bet whose connection ended before its
+//! answer came: it goes again on the client's next connection, within the same bound of tries.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-/// Retries of one bet answered `TIMEOUT` before it is left without a definite answer.
+/// Sends of one bet (the first, retries after a `TIMEOUT`, and sends again on a new connection
+/// after the one it went on ended) before it is left without a definite answer.
 pub(super) const MAX_TRIES: u8 = 5;
 
 /// A bet sent and not answered yet.
@@ -89,6 +91,7 @@ pub(super) struct BetTally {
     pub accepted: u64,
     pub refusals: BTreeMap<String, u64>,
     pub timeouts_retried: u64,
+    pub resent: u64,
     pub unanswered: u64,
     /// Betting windows per table, summed over the thread's tables.
     pub windows: Vec<Duration>,
@@ -103,6 +106,7 @@ impl BetTally {
             *self.refusals.entry(code).or_default() += n;
         }
         self.timeouts_retried += other.timeouts_retried;
+        self.resent += other.resent;
         self.unanswered += other.unanswered;
         if self.windows.len() < other.windows.len() {
             self.windows.resize(other.windows.len(), Duration::ZERO);
@@ -196,6 +200,8 @@ pub struct BetReport {
     pub refusals: BTreeMap<String, u64>,
     /// `TIMEOUT` answers that were retried with the same `bet_id`.
     pub timeouts_retried: u64,
+    /// Bets sent again, same `bet_id`, on a new connection after theirs ended unanswered.
+    pub resent_after_reconnect: u64,
     /// Bets with no definite answer at the end (`TIMEOUT` after every retry, or silence).
     pub unanswered: u64,
     /// Due time to final answer.

@@ -11,8 +11,15 @@
 //! The WebSocket handshake and the first request (`subscribe`, or NATS's `CONNECT`/`SUB`) are
 //! done before a client is handed over ([`handshake`]), keeping whatever the server sent after
 //! its response.
+//!
+//! A Croupier client whose connection ends while the run goes on (its gateway was killed, or
+//! closed it) keeps its place in its reader thread: what it followed, where it stood on each
+//! channel, its bets without an answer. The thread asks the connect runtime for a new
+//! connection ([`Reconnect`], with `subscribe`s that resume each channel after the last `seq`
+//! received) and adopts it into the same slot when it is handed over, then sends the
+//! unanswered bets again with their `bet_id`s.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Cursor, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -33,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use protocol::Encoding;
 
 use super::bets::{self, BetTally, BetsOut, Pending, TableState};
+use super::delivery::{Received, Record};
 use super::{EventTime, Incoming, Shared, Target};
 
 /// Largest HTTP response to an upgrade, and largest WebSocket message, a client accepts.
@@ -42,6 +50,14 @@ const MAX_MESSAGE: usize = 1024 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// Connections waiting to be taken by a reader thread.
 const HANDOVER_QUEUE: usize = 1024;
+/// Reconnections asked of the connect runtime and not taken by it yet (all reader threads
+/// together). A thread keeps the requests that do not fit in a backlog of its own, which holds
+/// at most one per client of the thread (a client asks again only once reconnected), so a
+/// gateway losing thousands of clients at once costs no unbounded queue.
+pub(super) const RECONNECT_QUEUE: usize = 1024;
+/// With `--check-delivery`, at the end of the run: how often a thread looks whether its
+/// clients have caught up with where the channels stood.
+const CAUGHT_UP_EVERY: Duration = Duration::from_millis(50);
 /// Bets a bettor leaves unanswered before it stops betting (until answers come back).
 const BETS_IN_FLIGHT: usize = 64;
 
@@ -55,6 +71,28 @@ pub(super) struct Connected {
     pub bettor: bool,
     /// The table it follows: an index into [`ReaderConfig::tables`].
     pub table: usize,
+    /// The URL it connected to: an index into the `--url` list.
+    pub url: usize,
+    /// A reconnection: the slot the client holds in its reader thread.
+    pub slot: Option<usize>,
+}
+
+/// What a reader thread is handed: a connection, or word that a client's reconnection gave
+/// up.
+pub(super) enum Handover {
+    Connected(Connected),
+    GaveUp { slot: usize, index: usize },
+}
+
+/// A client to connect again, asked by its reader thread of the connect runtime.
+#[derive(Debug)]
+pub(super) struct Reconnect {
+    pub index: usize,
+    pub slot: usize,
+    /// The URL whose connection ended: the next ones of the list are tried, in turn.
+    pub url: usize,
+    /// The `subscribe`s resuming each channel it followed.
+    pub first: Vec<String>,
 }
 
 /// Connects the WebSocket: the upgrade request, its response checked (status 101, the accept
@@ -128,18 +166,18 @@ fn mask() -> [u8; 4] {
 /// Where a reader thread's connections come from, and how to wake it when one waits.
 #[derive(Clone)]
 pub(super) struct Handle {
-    tx: SyncSender<Connected>,
+    tx: SyncSender<Handover>,
     waker: Arc<mio::Waker>,
 }
 
 impl Handle {
     /// Hands a connection over; waits while the thread's queue is full.
-    pub async fn hand_over(&self, mut connected: Connected) {
+    pub async fn hand_over(&self, mut handover: Handover) {
         loop {
-            match self.tx.try_send(connected) {
+            match self.tx.try_send(handover) {
                 Ok(()) => break,
                 Err(TrySendError::Full(back)) => {
-                    connected = back;
+                    handover = back;
                     let _ = self.waker.wake();
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -161,6 +199,8 @@ pub(super) struct Tally {
     /// Outcome declared to `bet_settled` at the bettor (`--bet-rate`).
     pub settled_latency: Histogram<u64>,
     pub bets: BetTally,
+    /// `--check-delivery`: each client's account of each channel it followed.
+    pub delivery: Vec<Record>,
 }
 
 /// Settings every reader thread shares.
@@ -177,6 +217,11 @@ pub(super) struct ReaderConfig {
     /// Bettor `i` bets as player `<players>-<i>`.
     pub players: String,
     pub bets_out: Option<BetsOut>,
+    /// Where a client whose connection ended asks for a new one (Croupier only; without it a
+    /// connection that ends is dropped).
+    pub reconnects: Option<tokio::sync::mpsc::Sender<Reconnect>>,
+    /// `--check-delivery`: keep what each client received on each channel.
+    pub check_delivery: bool,
 }
 
 const WAKER: mio::Token = mio::Token(usize::MAX);
@@ -192,14 +237,15 @@ pub(super) fn spawn_reader(
     let (tx, rx) = std::sync::mpsc::sync_channel(HANDOVER_QUEUE);
     let thread = std::thread::Builder::new()
         .name("loadgen-reader".into())
-        .spawn(move || Reader::new(config, shared, poll)?.run(&rx, &stop))
+        .spawn(move || Reader::new(config, shared, poll, stop.clone())?.run(&rx, &stop))
         .context("start a reader thread")?;
     Ok((Handle { tx, waker }, thread))
 }
 
 struct Conn {
     index: usize,
-    stream: mio::net::TcpStream,
+    /// `None` while the client waits to be connected again.
+    stream: Option<mio::net::TcpStream>,
     /// Bytes of a frame not complete yet.
     partial: Vec<u8>,
     /// A fragmented message being put together.
@@ -212,6 +258,59 @@ struct Conn {
     table: usize,
     bets_sent: HashMap<String, Pending>,
     next_bet: u64,
+    /// The URL connected to (an index into the `--url` list).
+    url: usize,
+    follows: Vec<Follow>,
+    /// Bets sent on a connection that ended before their answer: sent again, same `bet_id`,
+    /// on the next one.
+    unanswered: Vec<Pending>,
+}
+
+/// A channel a client follows, and where it stands on it.
+struct Follow {
+    channel: Arc<str>,
+    epoch: Option<String>,
+    /// The last `seq` its view holds: the last event received, or the `subscribed.seq` it
+    /// started from. A resume asks for what follows.
+    at: u64,
+    /// A `subscribed` came, so a new connection resumes instead of starting afresh.
+    subscribed: bool,
+    /// The `subscribe` in flight carries `since` (its answer says whether it recovered).
+    resuming: bool,
+    /// `--check-delivery`: the first `seq` it is responsible for (first `subscribed.seq` + 1).
+    from: Option<u64>,
+    received: Option<Received>,
+}
+
+impl Follow {
+    fn new(channel: Arc<str>, check_delivery: bool) -> Self {
+        Self {
+            channel,
+            epoch: None,
+            at: 0,
+            subscribed: false,
+            resuming: false,
+            from: None,
+            received: check_delivery.then(Received::default),
+        }
+    }
+
+    /// The `subscribe` for a new connection: a resume after `at` once the channel was
+    /// subscribed (websocket.md, "Sequences and resume").
+    fn resubscribe(&mut self) -> String {
+        self.resuming = self.subscribed;
+        if let Some(received) = &mut self.received {
+            received.new_connection();
+        }
+        let mut message = serde_json::json!({"type": "subscribe", "channel": &*self.channel});
+        if self.subscribed {
+            message["since"] = self.at.into();
+            if let Some(epoch) = &self.epoch {
+                message["epoch"] = epoch.as_str().into();
+            }
+        }
+        message.to_string()
+    }
 }
 
 /// How a connection ended while measuring: the server's close code, if it sent one.
@@ -228,6 +327,12 @@ struct Reader {
     tables: Vec<TableState>,
     /// Bets made by this thread so far (picks each one's selection).
     bets_made: u64,
+    stop: CancellationToken,
+    /// Reconnections not taken by the connect runtime yet (at most one per client).
+    backlog: VecDeque<Reconnect>,
+    /// `--check-delivery`: every client reached where its channels stood at the end.
+    caught_up: bool,
+    checked_at: Instant,
 }
 
 impl Reader {
@@ -235,6 +340,7 @@ impl Reader {
         config: Arc<ReaderConfig>,
         shared: Arc<Shared>,
         poll: mio::Poll,
+        stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let tables = config
             .tables
@@ -253,13 +359,18 @@ impl Reader {
                 bet_latency: super::histogram()?,
                 settled_latency: super::histogram()?,
                 bets: BetTally::default(),
+                delivery: Vec::new(),
             },
             tables,
             bets_made: 0,
+            stop,
+            backlog: VecDeque::new(),
+            caught_up: false,
+            checked_at: Instant::now(),
         })
     }
 
-    fn run(mut self, rx: &Receiver<Connected>, stop: &CancellationToken) -> anyhow::Result<Tally> {
+    fn run(mut self, rx: &Receiver<Handover>, stop: &CancellationToken) -> anyhow::Result<Tally> {
         let mut events = mio::Events::with_capacity(1024);
         let pause = self.config.read_batching;
         while !stop.is_cancelled() {
@@ -283,15 +394,26 @@ impl Reader {
                 }
                 let slot = event.token().0;
                 if let Err(Ended(code)) = self.service(slot, event.is_writable()) {
-                    self.end(slot, code);
+                    self.lost(slot, code);
                 }
             }
-            while let Ok(connected) = rx.try_recv() {
-                self.adopt(connected);
+            while let Ok(handover) = rx.try_recv() {
+                match handover {
+                    Handover::Connected(connected) => self.adopt(connected),
+                    Handover::GaveUp { slot, index } => self.gave_up(slot, index),
+                }
             }
             self.bet_rounds(Instant::now());
+            self.ask_reconnects();
+            self.check_caught_up();
         }
         self.finish_bets();
+        for slot in 0..self.conns.len() {
+            if let Some(conn) = self.conns[slot].take() {
+                self.record_delivery(&conn, false);
+                self.conns[slot] = Some(conn);
+            }
+        }
         // Our own stop: a Close to each server, best effort.
         let mut close = Frame::close(Some(CloseFrame {
             code: CloseCode::Normal,
@@ -300,8 +422,13 @@ impl Reader {
         close.header_mut().mask = Some(mask());
         let mut frame = Vec::with_capacity(16);
         let _ = close.format(&mut frame);
-        for conn in self.conns.iter_mut().flatten() {
-            let _ = conn.stream.write(&frame);
+        for stream in self
+            .conns
+            .iter_mut()
+            .flatten()
+            .filter_map(|c| c.stream.as_mut())
+        {
+            let _ = stream.write(&frame);
         }
         Ok(self.tally)
     }
@@ -316,33 +443,43 @@ impl Reader {
     }
 
     fn adopt(&mut self, connected: Connected) {
+        let mut stream = mio::net::TcpStream::from_std(connected.stream);
+        if let Some(slot) = connected.slot {
+            return self.readopt(
+                slot,
+                connected.index,
+                connected.url,
+                stream,
+                connected.leftover,
+            );
+        }
         let slot = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        let mut stream = mio::net::TcpStream::from_std(connected.stream);
-        if stream.set_nodelay(true).is_err()
-            || self
-                .poll
-                .registry()
-                .register(
-                    &mut stream,
-                    mio::Token(slot),
-                    mio::Interest::READABLE | mio::Interest::WRITABLE,
-                )
-                .is_err()
-        {
+        if stream.set_nodelay(true).is_err() || self.register(&mut stream, slot).is_err() {
             self.free.push(slot);
             self.count_drop(None);
             return;
         }
         let table = connected.table.min(self.tables.len().saturating_sub(1));
-        if connected.bettor && self.config.bet_every.is_some() {
+        let rated = self.config.bet_every.is_some();
+        if connected.bettor && rated {
             self.tables[table].bettors.push(slot);
+        }
+        let mut follows = Vec::new();
+        if self.config.target == Target::Croupier {
+            let check = self.config.check_delivery;
+            let channel: Arc<str> = format!("table.{}", self.config.tables[table]).into();
+            follows.push(Follow::new(channel, check));
+            if connected.bettor && rated {
+                let channel = format!("player.{}-{}", self.config.players, connected.index);
+                follows.push(Follow::new(channel.into(), check));
+            }
         }
         self.conns[slot] = Some(Conn {
             index: connected.index,
-            stream,
+            stream: Some(stream),
             partial: Vec::new(),
             fragments: None,
             unsent: Vec::new(),
@@ -351,25 +488,275 @@ impl Reader {
             table,
             bets_sent: HashMap::new(),
             next_bet: 0,
+            url: connected.url,
+            follows,
+            unanswered: Vec::new(),
         });
-        // Frames that came with the upgrade response.
-        if !connected.leftover.is_empty() {
-            let leftover = connected.leftover;
-            if let Err(Ended(code)) = self.take(slot, &leftover) {
-                self.end(slot, code);
+        self.leftover(slot, connected.leftover);
+    }
+
+    fn register(&self, stream: &mut mio::net::TcpStream, slot: usize) -> std::io::Result<()> {
+        self.poll.registry().register(
+            stream,
+            mio::Token(slot),
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        )
+    }
+
+    /// Frames that came with the upgrade response.
+    fn leftover(&mut self, slot: usize, leftover: Vec<u8>) {
+        if !leftover.is_empty()
+            && let Err(Ended(code)) = self.take(slot, &leftover)
+        {
+            self.lost(slot, code);
+        }
+    }
+
+    /// A reconnected client takes its slot again: its `subscribe`s went with the handshake;
+    /// the bets its last connection left unanswered are sent again.
+    fn readopt(
+        &mut self,
+        slot: usize,
+        index: usize,
+        url: usize,
+        mut stream: mio::net::TcpStream,
+        leftover: Vec<u8>,
+    ) {
+        let waiting = self
+            .conns
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c.index == index && c.stream.is_none());
+        if !waiting {
+            return;
+        }
+        if stream.set_nodelay(true).is_err() || self.register(&mut stream, slot).is_err() {
+            self.end(slot, None);
+            return;
+        }
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return;
+        };
+        conn.stream = Some(stream);
+        conn.url = url;
+        if conn.bettor && self.config.bet_every.is_some() {
+            self.tables[conn.table].bettors.push(slot);
+        }
+        let unanswered = std::mem::take(&mut conn.unanswered);
+        let mut result = Ok(());
+        for pending in unanswered {
+            if result.is_err() {
+                if let Some(conn) = self.conns[slot].as_mut() {
+                    conn.unanswered.push(pending);
+                }
+            } else if pending.tries >= bets::MAX_TRIES {
+                self.final_answer(index, &pending, "none");
+            } else {
+                // Its fate is unknown, as after a `TIMEOUT`: asked again with the same bet id.
+                self.tally.bets.resent += 1;
+                result = self.send_bet(slot, pending);
+            }
+        }
+        match result {
+            Ok(()) => self.leftover(slot, leftover),
+            Err(Ended(code)) => self.lost(slot, code),
+        }
+    }
+
+    /// A connection ended. While the run goes on a Croupier client is connected again
+    /// ([`Reconnect`]); otherwise it is gone.
+    fn lost(&mut self, slot: usize, code: Option<u16>) {
+        if self.config.reconnects.is_none() || self.stop.is_cancelled() {
+            return self.end(slot, code);
+        }
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return;
+        };
+        let Some(mut stream) = conn.stream.take() else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut stream);
+        drop(stream);
+        conn.partial.clear();
+        conn.fragments = None;
+        conn.unsent.clear();
+        conn.nats.clear();
+        for (_, pending) in conn.bets_sent.drain() {
+            if pending.counted {
+                conn.unanswered.push(pending);
+            }
+        }
+        let request = Reconnect {
+            index: conn.index,
+            slot,
+            url: conn.url,
+            first: conn.follows.iter_mut().map(Follow::resubscribe).collect(),
+        };
+        let table = conn.table;
+        self.tables[table].bettors.retain(|s| *s != slot);
+        self.count_drop(code);
+        self.backlog.push_back(request);
+    }
+
+    /// The connect runtime could not connect the client again: it is gone, and with it its
+    /// bets without an answer.
+    fn gave_up(&mut self, slot: usize, index: usize) {
+        let waiting = self
+            .conns
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c.index == index && c.stream.is_none());
+        if waiting {
+            self.close(slot, true);
+        }
+    }
+
+    /// Passes on the reconnections the connect runtime has room for.
+    fn ask_reconnects(&mut self) {
+        let Some(requests) = &self.config.reconnects else {
+            return;
+        };
+        while let Some(request) = self.backlog.pop_front() {
+            match requests.try_send(request) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(request)) => {
+                    self.backlog.push_front(request);
+                    break;
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                    self.backlog.clear();
+                    break;
+                }
             }
         }
     }
 
+    /// `--check-delivery`, once the run asks where the channels stand: says when every
+    /// client of this thread has received up to there (or was told where to resume from).
+    fn check_caught_up(&mut self) {
+        if !self.config.check_delivery
+            || self.caught_up
+            || self.checked_at.elapsed() < CAUGHT_UP_EVERY
+        {
+            return;
+        }
+        let Some(targets) = self.shared.drain_targets.get() else {
+            return;
+        };
+        self.checked_at = Instant::now();
+        let behind = self.conns.iter().flatten().any(|conn| {
+            conn.stream.is_none()
+                || conn
+                    .follows
+                    .iter()
+                    .any(|f| f.at < targets.get(f.channel.as_ref()).copied().unwrap_or(0))
+        });
+        if !behind {
+            self.caught_up = true;
+            self.shared.caught_up.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `--check-delivery`: keeps the client's account of each channel it followed. `left`: it
+    /// left before the run ended, so it answers only for what came before.
+    fn record_delivery(&mut self, conn: &Conn, left: bool) {
+        for follow in &conn.follows {
+            let (Some(from), Some(received)) = (follow.from, &follow.received) else {
+                continue;
+            };
+            self.tally.delivery.push(Record {
+                channel: follow.channel.clone(),
+                from,
+                left_at: left.then_some(follow.at),
+                runs: received.runs().to_vec(),
+            });
+        }
+    }
+
+    /// The connection is over for good.
     fn end(&mut self, slot: usize, code: Option<u16>) {
-        if let Some(mut conn) = self.conns[slot].take() {
-            let _ = self.poll.registry().deregister(&mut conn.stream);
-            self.free.push(slot);
+        if self.conns.get(slot).is_some_and(Option::is_some) {
             self.count_drop(code);
-            self.tables[conn.table].bettors.retain(|s| *s != slot);
-            for (_, pending) in conn.bets_sent.drain() {
-                self.final_answer(conn.index, &pending, "none");
-            }
+            self.close(slot, true);
+        }
+    }
+
+    /// Frees the slot; the client's bets still without an answer are left without one.
+    fn close(&mut self, slot: usize, left: bool) {
+        let Some(mut conn) = self.conns[slot].take() else {
+            return;
+        };
+        if let Some(stream) = conn.stream.as_mut() {
+            let _ = self.poll.registry().deregister(stream);
+        }
+        self.free.push(slot);
+        self.tables[conn.table].bettors.retain(|s| *s != slot);
+        let unanswered: Vec<Pending> = conn
+            .bets_sent
+            .drain()
+            .map(|(_, p)| p)
+            .chain(conn.unanswered.drain(..))
+            .collect();
+        for pending in unanswered {
+            self.final_answer(conn.index, &pending, "none");
+        }
+        self.record_delivery(&conn, left);
+    }
+
+    /// A `subscribed` answer: where the channel stands, and whether a resume recovered.
+    fn subscribed(
+        &mut self,
+        slot: usize,
+        channel: &str,
+        seq: u64,
+        epoch: Option<&str>,
+        recovered: bool,
+    ) {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return;
+        };
+        let Some(follow) = conn.follows.iter_mut().find(|f| &*f.channel == channel) else {
+            return;
+        };
+        if follow.resuming {
+            let counter = if recovered {
+                &self.shared.resumes_recovered
+            } else {
+                &self.shared.resumes_not_recovered
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        // A recovered resume replays up to `seq` next, so the view moves with the replay;
+        // otherwise the view starts at `seq` (what came before it is lost to this client).
+        if !follow.resuming || !recovered {
+            follow.at = follow.at.max(seq);
+        }
+        follow.resuming = false;
+        follow.subscribed = true;
+        if let Some(epoch) = epoch
+            && follow.epoch.as_deref() != Some(epoch)
+        {
+            follow.epoch = Some(epoch.to_string());
+        }
+        if follow.from.is_none() {
+            follow.from = Some(seq + 1);
+        }
+    }
+
+    /// An event on a followed channel: the view moves on; with `--check-delivery` it is
+    /// counted, and counted doubled if it came before.
+    fn channel_event(&mut self, slot: usize, channel: &str, seq: u64) {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return;
+        };
+        let Some(follow) = conn.follows.iter_mut().find(|f| &*f.channel == channel) else {
+            return;
+        };
+        follow.at = follow.at.max(seq);
+        if let Some(received) = &mut follow.received
+            && !received.record(seq)
+        {
+            self.shared.doubled.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -386,10 +773,10 @@ impl Reader {
             self.flush(slot)?;
         }
         loop {
-            let Some(conn) = self.conns[slot].as_mut() else {
+            let Some(stream) = self.conns[slot].as_mut().and_then(|c| c.stream.as_mut()) else {
                 return Ok(());
             };
-            let n = match conn.stream.read(&mut self.scratch) {
+            let n = match stream.read(&mut self.scratch) {
                 Ok(0) => return Err(Ended(None)),
                 Ok(n) => n,
                 Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
@@ -516,6 +903,9 @@ impl Reader {
         };
         match message.kind.as_ref() {
             "event" => {
+                if let (Some(channel), Some(seq)) = (message.channel.as_deref(), message.seq) {
+                    self.channel_event(slot, channel, seq);
+                }
                 let Some(event) = message.event.as_ref() else {
                     self.delivered(None);
                     return Ok(());
@@ -547,6 +937,12 @@ impl Reader {
                     };
                     let table = conn.table;
                     self.place(slot, table, round, Instant::now(), false)?;
+                }
+            }
+            "subscribed" => {
+                if let (Some(channel), Some(seq)) = (message.channel.as_deref(), message.seq) {
+                    let recovered = message.recovered.unwrap_or(true);
+                    self.subscribed(slot, channel, seq, message.epoch.as_deref(), recovered);
                 }
             }
             "bet_result" | "error" => {
@@ -684,7 +1080,7 @@ impl Reader {
                     break;
                 };
                 if let Err(Ended(code)) = self.place(slot, table, round, due, true) {
-                    self.end(slot, code);
+                    self.lost(slot, code);
                 }
                 due += every;
             }
@@ -725,6 +1121,12 @@ impl Reader {
         let Some(conn) = self.conns[slot].as_mut() else {
             return Ok(());
         };
+        if conn.stream.is_none() {
+            if pending.counted {
+                conn.unanswered.push(pending);
+            }
+            return Ok(());
+        }
         pending.tries += 1;
         conn.next_bet += 1;
         let request_id = format!("{}-{}", conn.index, conn.next_bet);
@@ -787,7 +1189,12 @@ impl Reader {
                 continue;
             };
             let index = conn.index;
-            let left: Vec<Pending> = conn.bets_sent.drain().map(|(_, p)| p).collect();
+            let left: Vec<Pending> = conn
+                .bets_sent
+                .drain()
+                .map(|(_, p)| p)
+                .chain(conn.unanswered.drain(..))
+                .collect();
             for pending in left {
                 self.final_answer(index, &pending, "none");
             }
@@ -861,7 +1268,7 @@ impl Reader {
 
     /// Writes a frame now, or keeps it for when the socket takes more.
     fn send(&mut self, slot: usize, frame: &[u8]) -> Result<(), Ended> {
-        let Some(conn) = self.conns[slot].as_mut() else {
+        let Some(conn) = self.conns[slot].as_mut().filter(|c| c.stream.is_some()) else {
             return Ok(());
         };
         conn.unsent.extend_from_slice(frame);
@@ -875,8 +1282,11 @@ impl Reader {
         let Some(conn) = self.conns[slot].as_mut() else {
             return Ok(());
         };
+        let Some(stream) = conn.stream.as_mut() else {
+            return Ok(());
+        };
         while !conn.unsent.is_empty() {
-            match conn.stream.write(&conn.unsent) {
+            match stream.write(&conn.unsent) {
                 Ok(0) => return Err(Ended(None)),
                 Ok(n) => {
                     conn.unsent.drain(..n);
@@ -922,8 +1332,11 @@ mod tests {
             close_margin_us: 0,
             players: "lg".into(),
             bets_out: None,
+            reconnects: None,
+            check_delivery: false,
         });
-        Reader::new(config, shared.clone(), mio::Poll::new().expect("poll")).expect("reader")
+        let poll = mio::Poll::new().expect("poll");
+        Reader::new(config, shared.clone(), poll, CancellationToken::new()).expect("reader")
     }
 
     /// A reader (measuring) holding one client of a real loopback connection, adopted with
@@ -933,7 +1346,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (server, _) = listener.accept().expect("accept");
         client.set_nonblocking(true).expect("nonblocking");
-        let shared = Arc::new(Shared::new().expect("shared"));
+        let shared = Arc::new(Shared::new(1).expect("shared"));
         shared.measuring.store(true, Ordering::Relaxed);
         let mut reader = reader(&shared);
         reader.adopt(Connected {
@@ -942,6 +1355,8 @@ mod tests {
             leftover: leftover.to_vec(),
             bettor,
             table: 0,
+            url: 0,
+            slot: None,
         });
         (reader, shared, server)
     }
@@ -1021,6 +1436,141 @@ mod tests {
         let conn = reader.conns[0].as_ref().expect("still connected");
         assert_eq!(conn.bets_sent.len(), BETS_IN_FLIGHT);
         assert_eq!(conn.next_bet, BETS_IN_FLIGHT as u64);
+    }
+
+    /// The text of the masked client frames in `bytes`.
+    fn client_texts(bytes: &[u8]) -> Vec<String> {
+        let mut texts = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let mut cursor = Cursor::new(&bytes[at..]);
+            let (header, length) = FrameHeader::parse(&mut cursor)
+                .expect("a frame")
+                .expect("a whole header");
+            let start = at + cursor.position() as usize;
+            let mask = header.mask.expect("masked");
+            let payload: Vec<u8> = bytes[start..start + length as usize]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            texts.push(String::from_utf8(payload).expect("text"));
+            at = start + length as usize;
+        }
+        texts
+    }
+
+    fn server_text(text: &str) -> Vec<u8> {
+        server_frame(OpCode::Data(Data::Text), text.as_bytes())
+    }
+
+    #[test]
+    fn a_lost_connection_resumes_after_the_last_seq_and_sends_its_unanswered_bets_again() {
+        let (requests, mut asked) = tokio::sync::mpsc::channel(4);
+        let shared = Arc::new(Shared::new(2).expect("shared"));
+        let config = Arc::new(ReaderConfig {
+            target: Target::Croupier,
+            tables: vec!["t".into()],
+            read_batching: Duration::ZERO,
+            bet_every: Some(Duration::from_secs(1)),
+            close_margin_us: 0,
+            players: "lg".into(),
+            bets_out: None,
+            reconnects: Some(requests),
+            check_delivery: true,
+        });
+        let poll = mio::Poll::new().expect("poll");
+        let mut reader =
+            Reader::new(config, shared.clone(), poll, CancellationToken::new()).expect("reader");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let pair = || {
+            let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            client.set_nonblocking(true).expect("nonblocking");
+            (client, server)
+        };
+        let (client, server) = pair();
+        reader.adopt(Connected {
+            index: 0,
+            stream: client,
+            leftover: Vec::new(),
+            bettor: true,
+            table: 0,
+            url: 1,
+            slot: None,
+        });
+        let answers = [
+            r#"{"type":"subscribed","channel":"table.t","seq":5,"epoch":"e1","recovered":true,"state":{}}"#,
+            r#"{"type":"subscribed","channel":"player.lg-0","seq":2,"epoch":"e2","recovered":true,"state":{}}"#,
+            r#"{"type":"event","channel":"table.t","seq":7,"event":{"kind":"x","at":"2024-01-01T00:00:00Z"}}"#,
+        ];
+        for answer in answers {
+            assert!(reader.take(0, &server_text(answer)).is_ok());
+        }
+        assert!(reader.place(0, 0, 1, Instant::now(), true).is_ok());
+        drop(server);
+        reader.lost(0, None);
+        reader.ask_reconnects();
+        let request = asked.try_recv().expect("a reconnection asked");
+        assert_eq!((request.index, request.slot, request.url), (0, 0, 1));
+        let resumes: Vec<serde_json::Value> = request
+            .first
+            .iter()
+            .map(|f| serde_json::from_str(f).expect("JSON"))
+            .collect();
+        assert_eq!(
+            resumes,
+            [
+                serde_json::json!({"type":"subscribe","channel":"table.t","since":7,"epoch":"e1"}),
+                serde_json::json!({"type":"subscribe","channel":"player.lg-0","since":2,"epoch":"e2"}),
+            ]
+        );
+        let conn = reader.conns[0].as_ref().expect("kept while reconnecting");
+        assert_eq!(conn.unanswered.len(), 1);
+        let bet_id = conn.unanswered[0].bet_id.to_string();
+        assert_eq!(shared.drops.load(Ordering::Relaxed), 1);
+
+        // The new connection (to the next URL) resumes; the bet goes again, same bet id.
+        let (client, mut server) = pair();
+        let replayed = [
+            r#"{"type":"subscribed","channel":"table.t","seq":9,"epoch":"e1","recovered":true,"state":{}}"#,
+            r#"{"type":"event","channel":"table.t","seq":8,"event":{"kind":"x","at":"2024-01-01T00:00:00Z"}}"#,
+            r#"{"type":"event","channel":"table.t","seq":9,"event":{"kind":"x","at":"2024-01-01T00:00:00Z"}}"#,
+        ];
+        reader.adopt(Connected {
+            index: 0,
+            stream: client,
+            leftover: replayed.iter().flat_map(|m| server_text(m)).collect(),
+            bettor: true,
+            table: 0,
+            url: 0,
+            slot: Some(0),
+        });
+        let mut sent = vec![0u8; 4096];
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let n = server.read(&mut sent).expect("the bet again");
+        let texts = client_texts(&sent[..n]);
+        assert_eq!(texts.len(), 1, "{texts:?}");
+        assert!(texts[0].contains(&bet_id), "{}", texts[0]);
+        assert_eq!(reader.tally.bets.resent, 1);
+        assert_eq!(shared.resumes_recovered.load(Ordering::Relaxed), 1);
+        let conn = reader.conns[0].as_ref().expect("connected");
+        assert!(conn.stream.is_some() && conn.unanswered.is_empty());
+        assert_eq!(conn.follows[0].at, 9);
+
+        // A replay that sends an event again doubles it.
+        let again = r#"{"type":"event","channel":"table.t","seq":8,"event":{"kind":"x","at":"2024-01-01T00:00:00Z"}}"#;
+        assert!(reader.take(0, &server_text(again)).is_ok());
+        assert_eq!(shared.doubled.load(Ordering::Relaxed), 1);
+        let runs = reader.conns[0].as_ref().expect("connected").follows[0]
+            .received
+            .as_ref()
+            .expect("checked")
+            .runs()
+            .to_vec();
+        assert_eq!(runs.len(), 2, "one run per connection: {runs:?}");
     }
 
     #[test]
