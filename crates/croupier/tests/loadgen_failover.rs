@@ -86,11 +86,14 @@ async fn clients_of_a_killed_gateway_resume_on_the_other_without_a_message_misse
         .spawn()
         .expect("start loadgen");
 
-    // About 1.5 s of ramp-up, then a few seconds of betting before the gateway dies. The
-    // survivor is frozen meanwhile (SIGSTOP) for two seconds, a round's worth of events, so
-    // that its new clients come back to it only after the channels moved on: only a resume
-    // that replays what they missed gives them every message.
+    // About 1.5 s of ramp-up, then a few seconds of betting before the gateway dies. It hangs
+    // for half a second first (SIGSTOP), so that it dies with bets it never answered. The
+    // survivor is frozen for two seconds as it dies, a round's worth of events, so that the
+    // clients come to it only after the channels moved on: only a resume that replays what
+    // they missed gives them every message.
     tokio::time::sleep(Duration::from_secs(4)).await;
+    signal(&doomed, "STOP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
     signal(&survivor, "STOP");
     doomed.0.kill().expect("SIGKILL the gateway");
     let _ = doomed.0.wait();
@@ -146,6 +149,10 @@ async fn clients_of_a_killed_gateway_resume_on_the_other_without_a_message_misse
     let bets = &report["bets"];
     assert!(n(&bets["sent"]) > 100, "{report}");
     assert!(n(&bets["accepted"]) > 0, "{report}");
+    assert!(
+        n(&bets["resent_after_reconnect"]) > 0,
+        "the bets the killed gateway held went again: {report}"
+    );
     assert_eq!(n(&bets["unanswered"]), 0, "{report}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
