@@ -28,6 +28,23 @@ build:
 up: deps build
     @CROUPIER_PROFILE={{profile}} ops/scripts/stack.sh up
 
+# The production topology on loopback: a three-node NATS cluster (streams with three replicas),
+# Postgres, and every role twice as its own process (gms-1/2, gs-1/2, gateway-1/2).
+up-cluster: deps build
+    @CROUPIER_PROFILE={{profile}} ops/scripts/stack.sh up-cluster
+
+# Send SIGNAL (default KILL) to one process of a running stack, e.g. `just kill nats-2`.
+kill NAME SIGNAL="KILL":
+    @ops/scripts/stack.sh kill {{NAME}} {{SIGNAL}}
+
+# Start a process `just kill` stopped (or that died), as the stack started it.
+revive NAME:
+    @ops/scripts/stack.sh revive {{NAME}}
+
+# SIGSTOP one process of a running stack, SIGCONT after SECONDS.
+freeze NAME SECONDS:
+    @ops/scripts/stack.sh freeze {{NAME}} {{SECONDS}}
+
 # Stop everything `just up` started, and nothing else.
 down:
     @ops/scripts/stack.sh down

@@ -5,6 +5,16 @@
 #   up          start NATS and Postgres under .data/ (unless NATS_URL / DATABASE_URL name
 #               adequate ones), write .data/endpoints.env, start the services, and stay in the
 #               foreground with every log prefixed by its service; Ctrl-C (or `down`) stops it all.
+#   up-cluster  the same with the production topology on loopback: a three-node NATS JetStream
+#               cluster (ops/nats/cluster/, streams and buckets with three replicas), Postgres,
+#               and every role twice as its own process: gms-1/gms-2 (one leads each table, the
+#               other stands by), gs-1/gs-2, gateway-1/gateway-2 on two ports.
+#   kill NAME [SIGNAL]
+#               send SIGNAL (default KILL) to one process of a running stack (nats-2, gs-1,
+#               gateway-2, postgres, ...); it stays down until `revive NAME`.
+#   revive NAME start it again, exactly as `up` started it.
+#   freeze NAME SECONDS
+#               SIGSTOP one process (and its children), SIGCONT after SECONDS.
 #   down        stop what `up` started, and nothing else.
 #   pg-stop|pg-start|nats-stop|nats-start
 #               stop or start one server of a running stack (drills of degraded mode).
@@ -67,11 +77,23 @@ pick_port() { # name default
 }
 
 # Starts a command detached (its own session, stdin closed), logging to .data/log/<name>.log.
+# The command line is kept in .data/run/<name>.cmd, so `revive NAME` starts it again as it was.
 start_detached() { # name stop-signal command...
   local name=$1 sig=$2; shift 2
   setsid "$@" </dev/null >>"$logs/$name.log" 2>&1 &
   echo $! >"$run/$name.pid"
   echo "$sig" >"$run/$name.signal"
+  printf '%q ' "$sig" "$@" >"$run/$name.cmd"
+}
+
+# Every process the stack has started and not stopped for good: names of .data/run/*.pid.
+started_names() {
+  local f
+  for f in "$run"/*.pid; do
+    [[ -e $f ]] || continue
+    f=${f##*/}; f=${f%.pid}
+    [[ $f == up ]] || echo "$f"
+  done
 }
 
 stop_one() { # name
@@ -124,6 +146,54 @@ start_nats() {
   done
   tail -n 20 "$logs/nats.log" >&2
   die "nats-server did not start (log: $logs/nats.log)"
+}
+
+# The stack's own /healthz of a cluster node: 200 once JetStream has a meta leader and its
+# assets are current.
+http_status() { # port path
+  local line
+  exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+  printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
+  IFS= read -r -t 3 line <&3 || true
+  exec 3<&-
+  set -- $line
+  echo "${2:-}"
+}
+
+# Three nodes from ops/nats/cluster/n<k>.conf, on their configured ports unless those are busy
+# (then the next free ones, kept in .data/run/nats-<k>*.port), each with its store in
+# .data/cluster/n<k>.
+start_nats_cluster() {
+  [[ -x $venv_bin/nats-server ]] || die "nats-server missing: run 'just deps'"
+  local k ports=() routes=() monitors=() route_list=""
+  for k in 1 2 3; do
+    ports+=("$(pick_port "nats-$k" $((4230 + k)))")
+    routes+=("$(pick_port "nats-$k-route" $((6230 + k)))")
+    monitors+=("$(pick_port "nats-$k-monitor" $((8230 + k)))")
+  done
+  for k in 0 1 2; do route_list+="${route_list:+,}nats-route://127.0.0.1:${routes[$k]}"; done
+  # A cluster name of this data directory's own: nodes of another stack on this machine that
+  # still dial a route port this one has since taken are refused instead of merged.
+  local cluster_name
+  cluster_name="croupier-$(printf '%s' "$data" | sha256sum | cut -c1-8)"
+  for k in 1 2 3; do
+    mkdir -p "$data/cluster/n$k"
+    start_detached "nats-$k" TERM "$venv_bin/nats-server" -c "$root/ops/nats/cluster/n$k.conf" \
+      -a 127.0.0.1 -p "${ports[$((k - 1))]}" -sd "$data/cluster/n$k" -m "${monitors[$((k - 1))]}" \
+      --cluster_name "$cluster_name" --cluster "nats://127.0.0.1:${routes[$((k - 1))]}" --routes "$route_list"
+  done
+  for k in 1 2 3; do
+    local ok=
+    for _ in $(seq 1 300); do
+      [[ $(http_status "${monitors[$((k - 1))]}" /healthz 2>/dev/null) == 200 ]] && { ok=1; break; }
+      alive "$(pid_of "nats-$k")" || break
+      sleep 0.1
+    done
+    [[ -n $ok ]] || { tail -n 20 "$logs/nats-$k.log" >&2; die "nats-$k did not become healthy (log: $logs/nats-$k.log)"; }
+  done
+  NATS_URL=""
+  for k in 0 1 2; do NATS_URL+="${NATS_URL:+,}nats://127.0.0.1:${ports[$k]}"; done
+  export NATS_URL
 }
 
 # ---- Postgres -------------------------------------------------------------------------------
@@ -203,6 +273,43 @@ start_services() {
   fi
 }
 
+# Every role twice, each its own process (up-cluster).
+start_cluster_services() {
+  local bin
+  bin=$(croupier_bin)
+  export CROUPIER_ENDPOINTS_FILE="$endpoints"
+  export CROUPIER_DEV_TOKENS=${CROUPIER_DEV_TOKENS:-1}
+  "$bin" migrate >>"$logs/croupier.log" 2>&1 || { tail -n 20 "$logs/croupier.log" >&2; die "migrations failed"; }
+  # Every CROUPIER_* setting of this shell goes into each command line, so that `revive` from
+  # another shell starts a process exactly as it was (same round timings, same tables).
+  local inherited=()
+  mapfile -t inherited < <(env | grep -E '^(CROUPIER_[A-Z_]*|RUST_LOG)=' | grep -vE '^CROUPIER_(HTTP|METRICS)_ADDR=' || true)
+  local common=(env "${inherited[@]}" "NATS_URL=$NATS_URL" "DATABASE_URL=$DATABASE_URL" "CROUPIER_NATS_REPLICAS=3"
+    "CROUPIER_TABLES=$CROUPIER_TABLES" "CROUPIER_JWT_SECRET=$CROUPIER_JWT_SECRET"
+    "CROUPIER_SEED_SECRET=$CROUPIER_SEED_SECRET" "CROUPIER_DEV_TOKENS=$CROUPIER_DEV_TOKENS"
+    "CROUPIER_ENDPOINTS_FILE=$endpoints")
+  local i name
+  for i in 1 2; do
+    for role in gs gms; do
+      name="$role-$i"
+      local base=9100
+      [[ $role == gms ]] && base=9110
+      start_detached "$name" INT "${common[@]}" \
+        "CROUPIER_METRICS_ADDR=127.0.0.1:$(pick_port "$name-metrics" $((base + i)))" \
+        "$bin" run "$role"
+    done
+  done
+  for i in 1 2; do
+    name="gateway-$i"
+    start_detached "$name" INT "${common[@]}" "CROUPIER_HTTP_ADDR=${gateway_addrs[$((i - 1))]}" \
+      "$bin" run gateway
+  done
+  for player in alice bob; do
+    "$bin" wallet deposit --player "$player" --amount 100000 --deposit-id "demo-$player" \
+      >>"$logs/croupier.log" 2>&1 || say "demo deposit for $player failed (see .data/log/croupier.log)"
+  done
+}
+
 write_endpoints() {
   local secret=${CROUPIER_JWT_SECRET:-}
   if [[ -z $secret && -f $endpoints ]]; then
@@ -222,6 +329,10 @@ write_endpoints() {
       printf "DATABASE_URL='%s'\n" "$DATABASE_URL"
       printf "CROUPIER_HTTP_ADDR='%s'\n" "${CROUPIER_HTTP_ADDR:-127.0.0.1:8080}"
       printf "CROUPIER_JWT_SECRET='%s'\n" "$secret"
+      if [[ -n ${CROUPIER_WS_URLS:-} ]]; then
+        printf "CROUPIER_WS_URLS='%s'\n" "$CROUPIER_WS_URLS"
+        printf "CROUPIER_NATS_REPLICAS='%s'\n" 3
+      fi
     } >"$tmp"
   )
   mv "$tmp" "$endpoints"
@@ -241,13 +352,20 @@ write_endpoints() {
 # ---- commands -------------------------------------------------------------------------------
 
 stop_all() {
-  stop_one croupier
-  stop_one nats
+  local name
+  # Services first, then the bus, then the store.
+  for name in $(started_names); do
+    case $name in nats* | postgres) ;; *) stop_one "$name" ;; esac
+  done
+  for name in $(started_names); do
+    case $name in nats*) stop_one "$name" ;; esac
+  done
   stop_one postgres
   rm -f "$run/up.pid" "$run"/*.stopped
 }
 
-cmd_up() {
+cmd_up() { # topology: single | cluster
+  local topology=${1:-single}
   mkdir -p "$run" "$logs"
   local up_pid
   up_pid=$(pid_of up)
@@ -259,7 +377,11 @@ cmd_up() {
   # Ctrl-C and `just down` are the normal ways to stop: a clean stop exits 0.
   trap 'exit 0' INT TERM
 
-  if [[ -n ${NATS_URL:-} ]]; then
+  if [[ $topology == cluster ]]; then
+    [[ -z ${NATS_URL:-} ]] || die "up-cluster starts its own NATS cluster: unset NATS_URL"
+    start_nats_cluster
+    say "NATS cluster on $NATS_URL (data in .data/cluster)"
+  elif [[ -n ${NATS_URL:-} ]]; then
     check_nats_url
     say "using NATS at $NATS_URL"
   else
@@ -279,8 +401,14 @@ cmd_up() {
     export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/croupier"
     say "Postgres on $DATABASE_URL (data in .data/pg)"
   fi
+  if [[ $topology == cluster ]]; then
+    gateway_addrs=("127.0.0.1:$(pick_port gateway-1 8080)" "127.0.0.1:$(pick_port gateway-2 8081)")
+    export CROUPIER_HTTP_ADDR=${gateway_addrs[0]}
+    export CROUPIER_WS_URLS="ws://${gateway_addrs[0]}/ws,ws://${gateway_addrs[1]}/ws"
+    export CROUPIER_TABLES=${CROUPIER_TABLES:-roulette-1,roulette-2}
+  fi
   write_endpoints
-  start_services
+  if [[ $topology == cluster ]]; then start_cluster_services; else start_services; fi
   local http=${CROUPIER_HTTP_ADDR:-127.0.0.1:8080} cli
   cli=$(croupier_bin); cli=${cli#"$root"/}
   say "ready. The stack runs in this terminal; its logs follow, each line prefixed with its service."
@@ -290,29 +418,42 @@ cmd_up() {
     *) say "  token      http://$http/dev/token?player=alice  (or: $cli token --player alice)" ;;
   esac
   say "  play       ws://$http/ws?token=<token>  (alice and bob start with 100000; README: Playing a round by hand)"
-  say "  metrics    http://$http/metrics  (GMS, GS and gateway; Prometheus: prometheus --config.file=ops/prometheus/prometheus.yml, dashboard ops/grafana/croupier.json)"
+  if [[ $topology == cluster ]]; then
+    say "  metrics    http://<gateway>/metrics, GS and GMS on $(for n in gs-1 gs-2 gms-1 gms-2; do printf '%s ' "$(cat "$run/$n-metrics.port")"; done)(127.0.0.1)"
+  else
+    say "  metrics    http://$http/metrics  (GMS, GS and gateway; Prometheus: prometheus --config.file=ops/prometheus/prometheus.yml, dashboard ops/grafana/croupier.json)"
+  fi
   say "  endpoints  ${endpoints#"$root"/}  (NATS_URL, DATABASE_URL, ...: the croupier CLI finds the stack through it)"
+  if [[ $topology == cluster ]]; then
+    say "  gateways   $CROUPIER_WS_URLS (CROUPIER_WS_URLS)"
+    say "  faults     just kill NAME [SIGNAL] | just revive NAME | just freeze NAME SECONDS  (names: $(started_names | tr '\n' ' '))"
+  fi
   say "  stop       Ctrl-C here, or 'just down' in another shell"
 
   # Relay every log with its service's name until told to stop: one tail over all logs, its
   # file headers turned into prefixes (one process to stop, and no procps needed for it).
-  local files=()
-  for name in nats postgres croupier; do
-    [[ -f $run/$name.pid ]] && files+=("$logs/$name.log")
-  done
+  local files=() names
+  names=$(started_names)
+  for name in $names; do files+=("$logs/$name.log"); done
   tail -n 0 -F "${files[@]}" 2>/dev/null > >(awk '
     /^==> .* <==$/ { n = $2; sub(/.*\//, "", n); sub(/\.log$/, "", n); next }
     /^$/ { next }
     { print "[" n "] " $0; fflush() }') &
   relay=$!
   while true; do
-    for name in nats postgres croupier; do
+    for name in $names; do
       local pid
       pid=$(pid_of "$name")
       [[ -f $run/$name.pid ]] || continue
       if ! alive "$pid" && [[ ! -f $run/$name.stopped ]]; then
-        say "$name exited unexpectedly; stopping the stack (log: .data/log/$name.log)"
-        exit 1
+        if [[ $topology == cluster ]]; then
+          # Losing one node is what the cluster is for: say so, and keep the rest running.
+          say "$name exited unexpectedly; the others carry on ('just revive $name' starts it again)"
+          touch "$run/$name.stopped"
+        else
+          say "$name exited unexpectedly; stopping the stack (log: .data/log/$name.log)"
+          exit 1
+        fi
       fi
     done
     sleep 1
@@ -402,6 +543,50 @@ cmd_pg_freeze() { # seconds
   echo "[pg-freeze] thawed"
 }
 
+cmd_kill() { # name [signal]
+  local name=${1:-} sig=${2:-KILL} pid
+  [[ -n $name ]] || die "give a process name: $(started_names | tr '\n' ' ')"
+  alive "$(pid_of up)" || die "the stack is not running"
+  [[ -f $run/$name.pid ]] || die "no process $name in this stack: $(started_names | tr '\n' ' ')"
+  pid=$(pid_of "$name")
+  alive "$pid" || die "$name is not running ('just revive $name')"
+  touch "$run/$name.stopped"
+  kill -s "$sig" "$pid"
+  echo "[$name] sent SIG$sig to pid $pid ('just revive $name' starts it again)"
+}
+
+cmd_revive() { # name
+  local name=${1:-} cmd sig
+  [[ -n $name ]] || die "give a process name"
+  alive "$(pid_of up)" || die "the stack is not running"
+  [[ -f $run/$name.cmd ]] || die "no process $name in this stack"
+  alive "$(pid_of "$name")" && { echo "[$name] already running"; return; }
+  # The command line as `up` started it: its stop signal, then the command.
+  eval "cmd=($(cat "$run/$name.cmd"))"
+  sig=${cmd[0]}
+  start_detached "$name" "$sig" "${cmd[@]:1}"
+  rm -f "$run/$name.stopped"
+  echo "[$name] started (pid $(pid_of "$name"))"
+}
+
+cmd_freeze() { # name seconds
+  local name=${1:-} seconds pid procs
+  seconds=$(seconds_arg "${2:-}" "freeze $name")
+  alive "$(pid_of up)" || die "the stack is not running"
+  pid=$(pid_of "$name")
+  alive "$pid" || die "$name is not running"
+  procs="$pid $(children_of "$pid")"
+  frozen="$procs"
+  trap 'kill -s CONT ${frozen:-} 2>/dev/null || true' EXIT
+  # shellcheck disable=SC2086
+  kill -s STOP $procs
+  echo "[$name] frozen for ${seconds}s"
+  sleep "$seconds"
+  # shellcheck disable=SC2086
+  kill -s CONT $procs 2>/dev/null || true
+  echo "[$name] thawed"
+}
+
 cmd_clean() {
   alive "$(pid_of up)" && die "the stack runs: 'just down' first"
   if [[ -L $data/pg ]]; then rm -rf "$(readlink "$data/pg")"; fi
@@ -410,7 +595,11 @@ cmd_clean() {
 }
 
 case ${1:-} in
-  up) cmd_up ;;
+  up) cmd_up single ;;
+  up-cluster) cmd_up cluster ;;
+  kill) cmd_kill "${2:-}" "${3:-}" ;;
+  revive) cmd_revive "${2:-}" ;;
+  freeze) cmd_freeze "${2:-}" "${3:-}" ;;
   down) cmd_down ;;
   pg-stop) cmd_stop_server postgres pg ;;
   pg-start) cmd_start_server postgres ;;
@@ -419,5 +608,5 @@ case ${1:-} in
   pg-slow) cmd_pg_slow "${2:-}" ;;
   pg-freeze) cmd_pg_freeze "${2:-}" ;;
   clean) cmd_clean ;;
-  *) echo "usage: $0 up|down|pg-stop|pg-start|pg-slow SECONDS|pg-freeze SECONDS|nats-stop|nats-start|clean" >&2; exit 2 ;;
+  *) echo "usage: $0 up|up-cluster|down|kill NAME [SIGNAL]|revive NAME|freeze NAME SECONDS|pg-stop|pg-start|pg-slow SECONDS|pg-freeze SECONDS|nats-stop|nats-start|clean" >&2; exit 2 ;;
 esac

@@ -24,7 +24,9 @@ mod proxy;
 pub mod ws;
 
 pub use error::HarnessError;
-pub use nats::{NatsInfo, NatsServer, TestNats, check_nats_adequate, nats, nats_server_binary};
+pub use nats::{
+    NatsCluster, NatsInfo, NatsServer, TestNats, check_nats_adequate, nats, nats_server_binary,
+};
 pub use postgres::{PgServer, PgServerOptions, TestDb, connect as pg_connect, postgres};
 pub use proxy::{Armed, CutAt, PgProxy};
 pub use ws::{WsClient, WsEnd};

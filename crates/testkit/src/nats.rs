@@ -154,7 +154,17 @@ pub struct NatsServer {
     port: u16,
     jetstream: bool,
     shared: bool,
+    /// A node of a [`NatsCluster`]: its route port and every node's route port.
+    cluster: Option<ClusterNode>,
     process: Slot,
+}
+
+#[derive(Debug, Clone)]
+struct ClusterNode {
+    name: String,
+    route_port: u16,
+    monitor_port: u16,
+    routes: Vec<u16>,
 }
 
 impl NatsServer {
@@ -184,6 +194,7 @@ impl NatsServer {
                 port: free_port()?,
                 jetstream,
                 shared,
+                cluster: None,
                 process: Slot::empty("nats-server"),
             };
             match server.launch() {
@@ -204,8 +215,28 @@ impl NatsServer {
             "-p".into(),
             self.port.to_string(),
             "-n".into(),
-            format!("croupier-test-{}", self.port),
+            self.cluster.as_ref().map_or_else(
+                || format!("croupier-test-{}", self.port),
+                |c| c.name.clone(),
+            ),
         ];
+        if let Some(cluster) = &self.cluster {
+            let routes: Vec<String> = cluster
+                .routes
+                .iter()
+                .map(|port| format!("nats-route://127.0.0.1:{port}"))
+                .collect();
+            args.extend([
+                "--cluster_name".into(),
+                "croupier-test".into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{}", cluster.route_port),
+                "--routes".into(),
+                routes.join(","),
+                "-m".into(),
+                cluster.monitor_port.to_string(),
+            ]);
+        }
         if self.jetstream {
             args.push("-js".into());
             args.push("-sd".into());
@@ -268,6 +299,14 @@ impl NatsServer {
         self.launch()
     }
 
+    /// Kills the server with SIGKILL (no shutdown of its own) and waits for it; the store is
+    /// kept for [`Self::restart`].
+    pub fn kill(&mut self) -> Result<(), HarnessError> {
+        self.signal("KILL")?;
+        self.process.stop();
+        Ok(())
+    }
+
     /// Freezes the server (SIGSTOP): connections stay open but nothing answers.
     pub fn pause(&self) -> Result<(), HarnessError> {
         self.signal("STOP")
@@ -285,6 +324,145 @@ impl NatsServer {
     pub fn dir(&self) -> &Path {
         &self.dir_path
     }
+}
+
+/// A three-node JetStream cluster on loopback, owned by a test: every node can be killed,
+/// frozen and restarted on its ports with its store (chaos tests, issue 17). Streams on it
+/// want three replicas (`Definitions::with_replicas(3)`).
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and waits until JetStream has a meta leader (each node's `/healthz`
+    /// answers 200), so streams can be created at once.
+    pub fn start() -> Result<Self, HarnessError> {
+        Self::start_nodes(3)
+    }
+
+    fn start_nodes(count: usize) -> Result<Self, HarnessError> {
+        let binary = nats_server_binary()?;
+        let mut last_error = None;
+        for _ in 0..3 {
+            let mut ports = Vec::new();
+            for _ in 0..count * 3 {
+                ports.push(free_port()?);
+            }
+            let routes: Vec<u16> = (0..count).map(|i| ports[count + i]).collect();
+            let mut nodes = Vec::new();
+            for i in 0..count {
+                let dir = tempfile::Builder::new()
+                    .prefix("croupier-nats-cluster-")
+                    .tempdir()
+                    .map_err(HarnessError::io("create a NATS store directory"))?;
+                nodes.push(NatsServer {
+                    binary: binary.clone(),
+                    dir_path: dir.path().to_path_buf(),
+                    dir: Some(dir),
+                    port: ports[i],
+                    jetstream: true,
+                    shared: false,
+                    cluster: Some(ClusterNode {
+                        name: format!("n{}", i + 1),
+                        route_port: routes[i],
+                        monitor_port: ports[2 * count + i],
+                        routes: routes.clone(),
+                    }),
+                    process: Slot::empty("nats-server"),
+                });
+            }
+            let started: Result<(), HarnessError> =
+                nodes.iter_mut().try_for_each(NatsServer::launch);
+            let cluster = Self { nodes };
+            match started.and_then(|()| cluster.wait_healthy()) {
+                Ok(()) => return Ok(cluster),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or(HarnessError::Command {
+            what: "start a NATS cluster".into(),
+            detail: "no attempt made".into(),
+        }))
+    }
+
+    /// Waits until every running node says it is healthy (JetStream with a meta leader and
+    /// its streams current).
+    pub fn wait_healthy(&self) -> Result<(), HarnessError> {
+        let ok = wait_until(Duration::from_secs(30), || {
+            self.nodes
+                .iter()
+                .filter(|n| n.is_running())
+                .all(NatsServer::healthy)
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(HarnessError::Command {
+                what: "wait for the NATS cluster".into(),
+                detail: format!(
+                    "not healthy after 30 s; logs in {}",
+                    self.nodes
+                        .iter()
+                        .map(|n| n.dir().join("nats-server.log").display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+        }
+    }
+
+    /// Every node's client URL, comma-separated (a `NATS_URL` for the cluster).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn node(&self, index: usize) -> &NatsServer {
+        &self.nodes[index]
+    }
+
+    pub fn node_mut(&mut self, index: usize) -> &mut NatsServer {
+        &mut self.nodes[index]
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+impl NatsServer {
+    /// A cluster node's `/healthz` answers 200 (JetStream current); a lone server: reachable.
+    pub fn healthy(&self) -> bool {
+        let Some(cluster) = &self.cluster else {
+            return read_info(&self.url()).is_ok();
+        };
+        http_status(cluster.monitor_port, "/healthz") == Some(200)
+    }
+}
+
+/// The status code of a plain HTTP GET on loopback, or `None` when nothing answers in time.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 16];
+    let n = stream.read(&mut head).ok()?;
+    let line = std::str::from_utf8(&head[..n]).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 impl Drop for NatsServer {

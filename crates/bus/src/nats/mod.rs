@@ -108,6 +108,97 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
+/// Why one step of `setup` failed: worth another try (the cluster has no settled leader, the
+/// request timed out) or not (the server refused the definition).
+#[derive(Debug)]
+enum SetupFailure {
+    Transient(String),
+    Refused(String),
+}
+
+impl std::fmt::Display for SetupFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Transient(e) | Self::Refused(e) => f.write_str(e),
+        }
+    }
+}
+
+impl SetupFailure {
+    fn from_code(code: Option<ErrorCode>, error: impl std::fmt::Display) -> Self {
+        match code {
+            Some(code) if !is_cluster_unsettled(code) => Self::Refused(error.to_string()),
+            _ => Self::Transient(error.to_string()),
+        }
+    }
+
+    fn create(error: jetstream::context::CreateStreamError) -> Self {
+        use jetstream::context::CreateStreamErrorKind as K;
+        match error.kind() {
+            K::TimedOut | K::JetStreamUnavailable | K::Response => {
+                Self::Transient(error.to_string())
+            }
+            K::JetStream(js) => Self::from_code(Some(js.error_code()), error),
+            _ => Self::Refused(error.to_string()),
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for a reason that is not transient, or `deadline`
+/// passes (then its last error), pausing 100 ms doubling to 1 s in between.
+async fn retry_transient<F, Fut>(
+    deadline: tokio::time::Instant,
+    mut attempt: F,
+) -> Result<(), SetupFailure>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), SetupFailure>>,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(()) => return Ok(()),
+            Err(SetupFailure::Transient(error))
+                if tokio::time::Instant::now() + pause < deadline =>
+            {
+                tracing::warn!(%error, "JetStream not ready; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Whether a stream's settings are the ones Croupier sets (the server fills in the rest).
+fn same_stream_settings(current: &stream::Config, wanted: &stream::Config) -> bool {
+    let mut subjects = current.subjects.clone();
+    let mut wanted_subjects = wanted.subjects.clone();
+    subjects.sort();
+    wanted_subjects.sort();
+    subjects == wanted_subjects
+        && current.retention == wanted.retention
+        && current.discard == wanted.discard
+        && current.storage == wanted.storage
+        && current.max_age == wanted.max_age
+        && current.max_messages == wanted.max_messages
+        && current.max_bytes == wanted.max_bytes
+        && current.duplicate_window == wanted.duplicate_window
+        && current.num_replicas == wanted.num_replicas.max(1)
+}
+
+/// JetStream errors that say a cluster has no settled leadership yet (not a refusal).
+fn is_cluster_unsettled(code: ErrorCode) -> bool {
+    [
+        ErrorCode::CLUSTER_NOT_AVAILABLE,
+        ErrorCode::CLUSTER_NO_PEERS,
+        ErrorCode::CLUSTER_NOT_ACTIVE,
+        ErrorCode::CLUSTER_NOT_LEADER,
+        ErrorCode::CLUSTER_INCOMPLETE,
+    ]
+    .contains(&code)
+}
+
 /// The servers of a NATS URL: one address, or a comma-separated list (`nats://a:4222,b:4222`;
 /// the scheme may be left out), as `NATS_URL` names a cluster.
 pub fn server_list(url: &str) -> Result<Vec<async_nats::ServerAddr>, BusError> {
@@ -214,6 +305,69 @@ impl NatsBus {
             num_replicas: def.replicas,
             ..Default::default()
         }
+    }
+
+    /// Creates the stream, or updates it where its settings differ from `config`; a stream
+    /// already as defined is left alone (an update is a replicated proposal: several processes
+    /// starting at once against a cluster would queue them for nothing).
+    async fn ensure_stream(&self, config: stream::Config) -> Result<(), SetupFailure> {
+        let js = &self.inner.js;
+        match js.get_stream(&config.name).await {
+            Ok(handle) => {
+                if same_stream_settings(&handle.cached_info().config, &config) {
+                    return Ok(());
+                }
+                js.update_stream(&config)
+                    .await
+                    .map(drop)
+                    .map_err(SetupFailure::create)
+            }
+            Err(e) => match e.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(found)
+                    if found.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    // Identical concurrent creations succeed; one with other settings is
+                    // refused as "name in use" and is updated on the next try.
+                    js.create_stream(config).await.map(drop).map_err(
+                        |e| match SetupFailure::create(e) {
+                            SetupFailure::Refused(e) if e.contains("already in use") => {
+                                SetupFailure::Transient(e)
+                            }
+                            other => other,
+                        },
+                    )
+                }
+                jetstream::context::GetStreamErrorKind::JetStream(js) => {
+                    Err(SetupFailure::from_code(Some(js.error_code()), e))
+                }
+                _ => Err(SetupFailure::Transient(e.to_string())),
+            },
+        }
+    }
+
+    /// Like [`Self::ensure_stream`] for a key-value bucket (its stream is `KV_<bucket>`).
+    async fn ensure_bucket(&self, config: jetstream::kv::Config) -> Result<(), SetupFailure> {
+        let js = &self.inner.js;
+        if let Ok(handle) = js.get_stream(format!("KV_{}", config.bucket)).await {
+            let current = &handle.cached_info().config;
+            if current.max_messages_per_subject == config.history
+                && current.max_age == config.max_age
+                && current.storage == config.storage
+                && current.num_replicas == config.num_replicas.max(1)
+            {
+                return Ok(());
+            }
+        }
+        js.create_or_update_key_value(config)
+            .await
+            .map(drop)
+            .map_err(|e| match e.kind() {
+                jetstream::context::CreateKeyValueErrorKind::TimedOut
+                | jetstream::context::CreateKeyValueErrorKind::JetStream => {
+                    SetupFailure::Transient(e.to_string())
+                }
+                _ => SetupFailure::Refused(e.to_string()),
+            })
     }
 
     fn bucket_config(&self, def: &BucketDef) -> jetstream::kv::Config {
@@ -357,11 +511,15 @@ impl Bus for NatsBus {
 
     async fn setup(&self, definitions: &Definitions) -> Result<(), BusError> {
         definitions.validate()?;
-        let js = &self.inner.js;
+        // A cluster may be electing a leader (just started, or a node just died): what fails for
+        // that is retried until the publish deadline; a refusal of the definition is not.
+        let deadline = tokio::time::Instant::now() + self.inner.options.publish_deadline;
         for def in &definitions.streams {
-            js.create_or_update_stream(self.stream_config(def))
+            retry_transient(deadline, || self.ensure_stream(self.stream_config(def)))
                 .await
-                .map_err(|e| other(&format!("create or update stream {}", def.name), e))?;
+                .map_err(|e| {
+                    BusError::Other(format!("create or update stream {}: {e}", def.name))
+                })?;
             self.inner
                 .streams
                 .write()
@@ -369,9 +527,11 @@ impl Bus for NatsBus {
                 .insert(def.name.clone(), def.clone());
         }
         for def in &definitions.buckets {
-            js.create_or_update_key_value(self.bucket_config(def))
+            retry_transient(deadline, || self.ensure_bucket(self.bucket_config(def)))
                 .await
-                .map_err(|e| other(&format!("create or update bucket {}", def.name), e))?;
+                .map_err(|e| {
+                    BusError::Other(format!("create or update bucket {}: {e}", def.name))
+                })?;
         }
         for def in &definitions.consumers {
             let handle = self.get_stream(&def.stream).await?;
@@ -619,9 +779,10 @@ impl NatsBus {
         let options = &self.inner.options;
         let deadline = Instant::now() + options.publish_deadline;
         let mut backoff = options.retry_backoff;
-        // A server that just came back may answer "no stream" until JetStream has recovered;
-        // after a transient failure that answer is retried too.
-        let mut interrupted = false;
+        // A server that just came back may answer "no stream" until JetStream has recovered,
+        // and a cluster answers it while the stream elects a new leader (a node died): after a
+        // transient failure, or for a stream this bus set up, that answer is retried too.
+        let mut interrupted = self.declared_capturing(&publish.subject);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let attempt =
@@ -659,6 +820,14 @@ impl NatsBus {
                         interrupted = true;
                         e.to_string()
                     }
+                    // "Duplicate message id is in process" (10158): the stream is still
+                    // storing an earlier try of this very publish (its leader was slow or just
+                    // changed); async-nats has no kind for it. Asking again later gets that
+                    // try's acknowledgement or a duplicate, never a second copy.
+                    _ if e.to_string().contains("10158") => {
+                        interrupted = true;
+                        e.to_string()
+                    }
                     _ => return Err(PublishError::Other(e.to_string())),
                 },
             };
@@ -682,6 +851,15 @@ impl NatsBus {
             stream,
             seq: last.seq,
             duplicate: true,
+        })
+    }
+
+    /// Whether a stream this bus set up captures `subject`.
+    fn declared_capturing(&self, subject: &str) -> bool {
+        self.inner.streams.read().is_ok_and(|streams| {
+            streams
+                .values()
+                .any(|def| def.subjects.iter().any(|pattern| matches(pattern, subject)))
         })
     }
 

@@ -213,21 +213,48 @@ pub async fn play_a_round(http_addr: &str, token: &str, player: &str, amount: i6
     let table = "table.roulette-1";
     let wallet = format!("player.{player}");
     for channel in [table, wallet.as_str()] {
-        client
-            .send_json(&json!({"type": "subscribe", "channel": channel}))
-            .await
-            .expect("subscribe");
-        let subscribed = client
-            .recv_until(WAIT, |m| {
-                m["type"] == "subscribed" && m["channel"] == channel
-            })
-            .await
-            .expect("subscribed");
-        assert!(subscribed["seq"].is_u64(), "{subscribed}");
+        // A channel the gateway cannot open right now (its bus is moving to another server) is
+        // answered OVERLOADED, "retry": a client retries after a pause.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            client
+                .send_json(&json!({"type": "subscribe", "channel": channel}))
+                .await
+                .expect("subscribe");
+            let subscribed = client
+                .recv_until(WAIT, |m| {
+                    (m["type"] == "subscribed" && m["channel"] == channel) || m["type"] == "error"
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("no answer to subscribe {channel} on {http_addr}: {e:?}")
+                });
+            if subscribed["code"] == "OVERLOADED" && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+            assert!(subscribed["seq"].is_u64(), "{subscribed}");
+            break;
+        }
     }
 
+    // A round with time left to bet: one relayed late (the gateway caught up after its bus
+    // moved) may already be closing, and its bet would rightly be refused.
     let opened = client
-        .recv_until(WAIT, |m| is_event(m, table, "round_opened"))
+        .recv_until(WAIT, |m| {
+            is_event(m, table, "round_opened")
+                && m["event"]["closes_at"]
+                    .as_str()
+                    .and_then(|t| domain::Timestamp::parse(t).ok())
+                    .is_some_and(|closes| {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .expect("clock")
+                            .as_micros() as i64;
+                        closes.unix_micros() - now > 500_000
+                    })
+        })
         .await
         .expect("round_opened");
     let round = opened["event"]["round"].as_u64().expect("round");
