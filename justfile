@@ -125,6 +125,14 @@ bench-bets: deps
     cargo build --release -q -p gs --example bench_store
     cargo run --release -q -p croupier --example bench_bets
 
+# Every scenario of issue 17 on `just up-cluster`'s stack (release) under 2,000 clients and 500
+# bets/s: a GS, the GMS leader, a gateway and a NATS node killed, a NATS node frozen, Postgres
+# stopped, frozen, and stopped past the duplicate window; the report as a table and JSON
+# (artifacts/chaos.json). CHAOS_SCENARIOS, CHAOS_CLIENTS, CHAOS_BET_RATE, CHAOS_FAULT_S.
+chaos: deps
+    cargo build --release -q -p croupier
+    cargo run --release -q -p croupier --example chaos
+
 # Every benchmark.
 bench: bench-encode bench-store bench-gms bench-gateway bench-replay bench-outbox bench-degraded bench-bets
 

@@ -309,7 +309,10 @@ async fn run_roles<B: Bus>(
     if with(Role::Gs) {
         let mut pool = store::PoolConfig::new(settings.database_url.clone());
         pool.max_size = args.db_pool_size;
-        pool.application_name = "croupier-gs".into();
+        let instance = args.gs_instance.clone().unwrap_or_else(default_gs_instance);
+        // The instance's name in `pg_stat_activity`, so an operator (or a chaos run) can tell
+        // which GS holds a transaction open.
+        pool.application_name = instance.clone();
         let store = store::Store::new(&pool).context("configure the Postgres pool")?;
         let report = store.migrate().await.context("apply migrations")?;
         tracing::info!(?report, "migrations checked");
@@ -325,7 +328,7 @@ async fn run_roles<B: Bus>(
                 off_after: Duration::from_millis(args.db_off_after_ms),
                 on_after: Duration::from_millis(args.db_on_after_ms),
             },
-            ..gs::GsConfig::new(args.gs_instance.clone().unwrap_or_else(default_gs_instance))
+            ..gs::GsConfig::new(instance)
         };
         let gs = gs::Gs::build(config, bus.clone(), store);
         let token = shutdown.clone();

@@ -238,6 +238,11 @@ pub(crate) async fn run<B: Bus>(
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_bad: Option<StoreHealth> = None;
+    // A GS that has just started knows no other GS's heartbeat until its watch delivers them:
+    // it must not write "disabled" over a status other GS keep enabled (a false alarm at every
+    // restart, seen in the chaos run's gs-kill). It writes only "enabled" until it has watched
+    // for two heartbeats; gateways judge GS that went silent themselves (ADR 0020).
+    let started = Instant::now();
     loop {
         if heartbeats.is_none() {
             heartbeats = watch_all(&mut health_bucket, &bus).await;
@@ -319,7 +324,8 @@ pub(crate) async fn run<B: Bus>(
         let status =
             bucket.status(std::iter::once(&heartbeat).chain(others.values().map(|(_, h)| h)));
         // Written only when the stored one (as watched) says otherwise; unknown: written.
-        if !bucket.stored_is(status) {
+        let knows_others = started.elapsed() >= HEARTBEAT * 2;
+        if !bucket.stored_is(status) && (status.0 == Betting::Enabled || knows_others) {
             write_status(&mut status_bucket, &bus, status, &mut bucket).await;
         }
     }

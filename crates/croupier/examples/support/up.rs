@@ -1,6 +1,7 @@
-//! `just up`'s stack for the benchmarks that run on it (`bench-degraded`, `bench-bets`):
-//! `ops/scripts/stack.sh up` in a temporary data directory, with the release build, stopped
-//! with `stack.sh down` when dropped. Included with `#[path]` by each of them.
+//! `just up`'s stack for the benchmarks that run on it (`bench-degraded`, `bench-bets`), and
+//! `just up-cluster`'s for the chaos scenarios (`just chaos`, and its subset in `just test`):
+//! `ops/scripts/stack.sh up|up-cluster` in a temporary data directory, stopped with
+//! `stack.sh down` when dropped. Included with `#[path]` by each of them.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,22 +23,52 @@ pub fn bin() -> PathBuf {
 pub struct Up {
     pub data: tempfile::TempDir,
     child: Child,
+    /// The (first) gateway's address.
     pub http_addr: String,
+    /// Every gateway's WebSocket URL (one on `just up`, two on `just up-cluster`).
+    pub ws_urls: Vec<String>,
+    /// The build the stack runs: `release` or `debug`.
+    pub profile: &'static str,
+}
+
+/// Which recipe starts the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)]
+pub enum Topology {
+    /// `just up`: one NATS, one `croupier run all`.
+    Single,
+    /// `just up-cluster`: three NATS nodes, every role twice.
+    Cluster,
 }
 
 impl Up {
-    /// Starts the stack with `vars` on top of the defaults (a free gateway address, the
+    /// Starts `just up`'s stack with `vars` on top of the defaults (a free gateway address, the
     /// release build, warnings only in the logs, no outside NATS or Postgres), and waits until
     /// the gateway answers and the endpoints file is written.
+    #[allow(dead_code)]
     pub async fn start(prefix: &str, vars: &[(&str, &str)]) -> Result<Up> {
+        Self::start_as(Topology::Single, "release", prefix, vars).await
+    }
+
+    /// Starts the stack of `topology` from the `profile` build; with the cluster, waits until
+    /// every gateway answers.
+    pub async fn start_as(
+        topology: Topology,
+        profile: &'static str,
+        prefix: &str,
+        vars: &[(&str, &str)],
+    ) -> Result<Up> {
         let data = tempfile::Builder::new().prefix(prefix).tempdir()?;
         let http_addr = free_addr();
         let log = std::fs::File::create(data.path().join("up.log"))?;
         let mut command = Command::new(root().join("ops/scripts/stack.sh"));
         command
-            .arg("up")
+            .arg(match topology {
+                Topology::Single => "up",
+                Topology::Cluster => "up-cluster",
+            })
             .env("CROUPIER_DATA_DIR", data.path())
-            .env("CROUPIER_PROFILE", "release")
+            .env("CROUPIER_PROFILE", profile)
             .env("CROUPIER_HTTP_ADDR", &http_addr)
             .env("RUST_LOG", "warn")
             .env_remove("NATS_URL")
@@ -52,17 +83,34 @@ impl Up {
             .stderr(log)
             .spawn()
             .context("start stack.sh up")?;
-        let up = Up {
+        let mut up = Up {
             data,
             child,
             http_addr,
+            ws_urls: Vec::new(),
+            profile,
         };
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
-            let ready = tokio::net::TcpStream::connect(&up.http_addr).await.is_ok()
-                && up.endpoints().contains_key("DATABASE_URL");
-            if ready {
-                return Ok(up);
+            let endpoints = up.endpoints();
+            if endpoints.contains_key("DATABASE_URL") {
+                let urls: Vec<String> = match endpoints.get("CROUPIER_WS_URLS") {
+                    Some(list) => list.split(',').map(str::to_string).collect(),
+                    None => vec![format!("ws://{}/ws", up.http_addr)],
+                };
+                let mut ready = true;
+                for url in &urls {
+                    let addr = url.trim_start_matches("ws://").trim_end_matches("/ws");
+                    ready &= tokio::net::TcpStream::connect(addr).await.is_ok();
+                }
+                if ready {
+                    up.http_addr = urls[0]
+                        .trim_start_matches("ws://")
+                        .trim_end_matches("/ws")
+                        .to_string();
+                    up.ws_urls = urls;
+                    return Ok(up);
+                }
             }
             if Instant::now() > deadline {
                 bail!(
@@ -99,7 +147,7 @@ impl Up {
 
     /// `croupier` pointed at this stack through its endpoints file, and nothing else.
     pub fn croupier(&self) -> Command {
-        let mut command = Command::new(bin());
+        let mut command = Command::new(root().join("target").join(self.profile).join("croupier"));
         command
             .env(
                 "CROUPIER_ENDPOINTS_FILE",
@@ -113,7 +161,8 @@ impl Up {
         command
     }
 
-    /// The pid `stack.sh` recorded for one of its processes (`croupier`, `nats`, `postgres`).
+    /// The pid `stack.sh` recorded for one of its processes (`croupier`, `nats`, `postgres`;
+    /// on the cluster `nats-1`, `gs-2`, `gateway-1`, …).
     #[allow(dead_code)]
     pub fn pid(&self, name: &str) -> Option<u32> {
         std::fs::read_to_string(self.data.path().join(format!("run/{name}.pid")))
