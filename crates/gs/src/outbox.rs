@@ -39,7 +39,9 @@ pub const OUTBOX_IN_FLIGHT: usize = 256;
 
 /// The cursor is written at most this often, and when the outbox goes idle. Before, every
 /// event paid a committed (fsynced) UPDATE. After a crash the events since the last write are
-/// published again with the same Msg-Id, which the stream's duplicate window drops.
+/// published again with the same Msg-Id, which the stream's duplicate window drops (a restart
+/// comes within seconds, the window is two minutes). A store that went away does not cost that:
+/// the process resumes from what it knows was acknowledged, however long the outage.
 pub const CURSOR_EVERY: Duration = Duration::from_millis(100);
 
 /// How often the store's head and the pool's use are sampled: often enough for a dashboard
@@ -85,10 +87,15 @@ fn record_pool_metrics(store: &Store) {
 }
 
 async fn publish<B: Bus>(bus: B, store: &Store, shutdown: &CancellationToken) {
+    // The last position this process knows to be on the bus. The cursor in the store trails it
+    // by up to `CURSOR_EVERY`; resuming from the stored cursor alone would publish that stretch
+    // again, and after an outage longer than the streams' duplicate window (a Postgres stopped
+    // for minutes) the stream would store it twice.
+    let mut published = 0;
     loop {
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            result = publish_from_cursor(&bus, store) => result,
+            result = publish_from_cursor(&bus, store, &mut published) => result,
         };
         if let Err(error) = result {
             tracing::warn!(%error, "outbox interrupted; resuming");
@@ -114,8 +121,14 @@ async fn save_cursor(store: &Store, position: i64) -> Result<(), String> {
     Ok(())
 }
 
-async fn publish_from_cursor<B: Bus>(bus: &B, store: &Store) -> Result<(), String> {
-    let from = {
+/// Publishes what follows the furthest of the stored cursor and `published` (the position
+/// this process last had acknowledged), moving `published` as acknowledgements come.
+async fn publish_from_cursor<B: Bus>(
+    bus: &B,
+    store: &Store,
+    published: &mut i64,
+) -> Result<(), String> {
+    let stored_cursor = {
         let client = store.client().await.map_err(|e| e.to_string())?;
         client
             .query_opt(
@@ -127,7 +140,9 @@ async fn publish_from_cursor<B: Bus>(bus: &B, store: &Store) -> Result<(), Strin
             .map(|row| row.get::<_, i64>(0))
             .unwrap_or(0)
     };
-    metrics::gauge!("gs_outbox_position").set(from as f64);
+    let from = stored_cursor.max(*published);
+    *published = from;
+    metrics::gauge!("gs_outbox_position").set(stored_cursor as f64);
     let options = TailOptions {
         call_timeout: store.call_timeout(),
         ..TailOptions::default()
@@ -138,23 +153,22 @@ async fn publish_from_cursor<B: Bus>(bus: &B, store: &Store) -> Result<(), Strin
     // events that are all on the bus.
     let mut in_flight: FuturesOrdered<BoxFuture<'static, Result<i64, String>>> =
         FuturesOrdered::new();
-    let mut published = from;
     // The stream the publishes in flight go to (`player.` or `table.` subjects).
     let mut in_flight_to: Option<bool> = None;
-    let mut saved = from;
+    let mut saved = stored_cursor;
     let mut saved_at = Instant::now();
     loop {
-        let save_due = published > saved && saved_at.elapsed() >= CURSOR_EVERY;
-        if save_due || (published > saved && in_flight.is_empty()) {
-            save_cursor(store, published).await?;
-            saved = published;
+        let save_due = *published > saved && saved_at.elapsed() >= CURSOR_EVERY;
+        if save_due || (*published > saved && in_flight.is_empty()) {
+            save_cursor(store, *published).await?;
+            saved = *published;
             saved_at = Instant::now();
         }
         tokio::select! {
             biased;
             done = in_flight.next(), if !in_flight.is_empty() => {
                 if let Some(position) = done {
-                    published = position?;
+                    *published = position?;
                 }
             }
             stored = events.next(), if in_flight.len() < OUTBOX_IN_FLIGHT => {
@@ -179,7 +193,7 @@ async fn publish_from_cursor<B: Bus>(bus: &B, store: &Store) -> Result<(), Strin
                 let to_players = subject.starts_with("player.");
                 if in_flight_to.is_some_and(|current| current != to_players) {
                     while let Some(done) = in_flight.next().await {
-                        published = done?;
+                        *published = done?;
                     }
                 }
                 in_flight_to = Some(to_players);
@@ -209,7 +223,7 @@ async fn publish_from_cursor<B: Bus>(bus: &B, store: &Store) -> Result<(), Strin
                 }));
             }
             // Idle with a cursor to write: come round again when it is due.
-            () = tokio::time::sleep(CURSOR_EVERY), if published > saved => {}
+            () = tokio::time::sleep(CURSOR_EVERY), if *published > saved => {}
         }
     }
     Err("the event tail ended".into())
