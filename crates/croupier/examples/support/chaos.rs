@@ -526,6 +526,9 @@ async fn gs_in_transaction(up: &Up) -> Result<(String, String)> {
         .filter_map(|name| Some((up.pid(name)?, name.to_string())))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(20);
+    // A write (a batch of bets, a settlement) for the first 10 s; after that any transaction,
+    // the health probe's included (`SET LOCAL lock_timeout …` on the head row).
+    let prefer_writes_until = SystemTime::now() + Duration::from_secs(10);
     let found = loop {
         let rows = client
             .query(
@@ -533,8 +536,9 @@ async fn gs_in_transaction(up: &Up) -> Result<(String, String)> {
                         extract(epoch FROM now() - xact_start)::float8, left(query, 60) \
                  FROM pg_stat_activity \
                  WHERE application_name LIKE 'gs-%' AND xact_start IS NOT NULL \
-                   AND state IN ('active', 'idle in transaction') AND pid <> pg_backend_pid()",
-                &[],
+                   AND state IN ('active', 'idle in transaction') AND pid <> pg_backend_pid() \
+                   AND (query NOT LIKE 'SET LOCAL lock_timeout%' OR now() > $1::timestamptz)",
+                &[&prefer_writes_until],
             )
             .await?;
         let hit = rows.iter().find_map(|row| {
