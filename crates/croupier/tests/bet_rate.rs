@@ -7,25 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Env, funded_players, wait_betting_enabled, wait_ready};
-
-/// `croupier audit-bets --json FILE`: exit code and verdict.
-fn audit_bets(env: &Env, file: &std::path::Path) -> (i32, serde_json::Value) {
-    let output = env
-        .apply(&mut Command::new(BIN))
-        .args(["audit-bets", "--json"])
-        .arg(file)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run audit-bets");
-    let verdict = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
-        panic!(
-            "audit-bets printed no verdict: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    (output.status.code().unwrap_or(-1), verdict)
-}
+use common::{BIN, Env, audit_bets, funded_players, wait_betting_enabled, wait_ready};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_bettors_on_two_tables_are_all_answered_and_audit_bets_checks_the_answers() {

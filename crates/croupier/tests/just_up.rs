@@ -6,54 +6,17 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{TABLE, check_round, free_addr, play_a_round, wait_ready};
+use common::{
+    DownOnDrop, TABLE, check_round, free_addr, just, pid_alive, play_a_round, read_endpoints,
+    wait_ready,
+};
 use testkit::WsClient;
-
-fn just() -> Command {
-    let root = testkit::workspace_root();
-    let mut command = Command::new(root.join(".tools/venv/bin/just"));
-    command.current_dir(&root);
-    command
-}
-
-fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-    })
-}
-
-fn read_endpoints(path: &std::path::Path) -> HashMap<String, String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let (key, value) = line.split_once('=')?;
-            Some((key.to_string(), value.trim_matches('\'').to_string()))
-        })
-        .collect()
-}
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Runs `just down` for the stack of this data directory when dropped.
-struct DownOnDrop(std::path::PathBuf);
-
-impl Drop for DownOnDrop {
-    fn drop(&mut self) {
-        let _ = just()
-            .arg("down")
-            .env("CROUPIER_DATA_DIR", &self.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
 /// Generous: detection is meant to take ≤ 2 s and recovery ≤ 5 s (`just bench-degraded`).
 const SWITCH: Duration = Duration::from_secs(30);
 

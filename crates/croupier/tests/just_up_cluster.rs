@@ -6,67 +6,10 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{check_round, play_a_round, wait_ready};
-
-fn just() -> Command {
-    let root = testkit::workspace_root();
-    let mut command = Command::new(root.join(".tools/venv/bin/just"));
-    command.current_dir(&root);
-    command
-}
-
-fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-    })
-}
-
-fn read_endpoints(path: &std::path::Path) -> HashMap<String, String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let (key, value) = line.split_once('=')?;
-            Some((key.to_string(), value.trim_matches('\'').to_string()))
-        })
-        .collect()
-}
-
-/// Runs `just down` for the stack of this data directory when dropped.
-struct DownOnDrop(std::path::PathBuf);
-
-impl Drop for DownOnDrop {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            // What the processes said, for the failure's report (the directory goes away).
-            for entry in std::fs::read_dir(self.0.join("log"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let notable: Vec<&str> = text
-                    .lines()
-                    .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("[ERR]"))
-                    .collect();
-                let tail = &notable[notable.len().saturating_sub(15)..];
-                eprintln!("--- {}:\n{}", entry.path().display(), tail.join("\n"));
-            }
-        }
-        let _ = just()
-            .arg("down")
-            .env("CROUPIER_DATA_DIR", &self.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
+use common::{DownOnDrop, check_round, just, pid_alive, play_a_round, read_endpoints, wait_ready};
 
 const PROCESSES: [&str; 10] = [
     "nats-1",

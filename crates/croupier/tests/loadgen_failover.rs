@@ -9,27 +9,11 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Env, Running, Stack, StackOptions, free_addr, funded_players, wait_ready};
+use common::{
+    BIN, Env, Running, Stack, StackOptions, audit_bets, free_addr, funded_players, wait_ready,
+};
 
 const CLIENTS: u64 = 200;
-
-/// `croupier audit-bets --json FILE`: exit code and verdict.
-fn audit_bets(env: &Env, file: &std::path::Path) -> (i32, serde_json::Value) {
-    let output = env
-        .apply(&mut Command::new(BIN))
-        .args(["audit-bets", "--json"])
-        .arg(file)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run audit-bets");
-    let verdict = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
-        panic!(
-            "audit-bets printed no verdict: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    (output.status.code().unwrap_or(-1), verdict)
-}
 
 /// `croupier run gateway` on an address of its own.
 async fn gateway(env: &Env) -> (Running, String) {

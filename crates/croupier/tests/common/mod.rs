@@ -853,3 +853,83 @@ pub async fn funded_players(
     }
     players
 }
+
+// ---------------------------------------------------------------------------------------------
+// Stacks started by the recipes (`just up`, `just up-cluster`) and the verdicts of the CLI.
+
+/// `just` from the project's virtualenv, in the workspace root.
+pub fn just() -> Command {
+    let root = testkit::workspace_root();
+    let mut command = Command::new(root.join(".tools/venv/bin/just"));
+    command.current_dir(&root);
+    command
+}
+
+/// Whether `pid` runs (a zombie does not).
+pub fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// A stack's `endpoints.env`, as a map.
+pub fn read_endpoints(path: &std::path::Path) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            Some((key.to_string(), value.trim_matches('\'').to_string()))
+        })
+        .collect()
+}
+
+/// Runs `just down` for the stack of this data directory when dropped; when the test is
+/// failing, first prints what its processes warned of (the directory goes away with it).
+pub struct DownOnDrop(pub std::path::PathBuf);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for entry in std::fs::read_dir(self.0.join("log"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let notable: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("[ERR]"))
+                    .collect();
+                let tail = &notable[notable.len().saturating_sub(15)..];
+                eprintln!("--- {}:\n{}", entry.path().display(), tail.join("\n"));
+            }
+        }
+        let _ = just()
+            .arg("down")
+            .env("CROUPIER_DATA_DIR", &self.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `croupier audit-bets --json FILE` on the environment's store: exit code and verdict.
+pub fn audit_bets(env: &Env, file: &std::path::Path) -> (i32, Value) {
+    let output = env
+        .apply(&mut Command::new(BIN))
+        .args(["audit-bets", "--json"])
+        .arg(file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run audit-bets");
+    let verdict = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "audit-bets printed no verdict: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code().unwrap_or(-1), verdict)
+}
