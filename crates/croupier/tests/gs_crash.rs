@@ -170,25 +170,7 @@ async fn with_two_gs_and_one_killed_mid_batch_every_accepted_bet_is_settled_exac
     );
 
     // Wait for every round with bets to be settled by the survivor.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let open: i64 = client
-            .query_one(
-                "SELECT count(*) FROM bets_with_results WHERE status = 'accepted'",
-                &[],
-            )
-            .await
-            .expect("count")
-            .get(0);
-        if open == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{open} bets never settled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_bets_settled(&client, Duration::from_secs(60)).await;
 
     let rows = client
         .query("SELECT data FROM events ORDER BY position", &[])

@@ -210,25 +210,7 @@ async fn a_nats_node_killed_under_load_and_restarted_loses_nothing() {
     let seen = watching.await.expect("watcher");
 
     // Every round with bets gets settled.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let open: i64 = client
-            .query_one(
-                "SELECT count(*) FROM bets_with_results WHERE status = 'accepted'",
-                &[],
-            )
-            .await
-            .expect("count")
-            .get(0);
-        if open == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{open} bets never settled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_bets_settled(&client, Duration::from_secs(60)).await;
 
     // Bets: accepted ⇒ stored and settled once; refused ⇒ not stored; nothing unanswered.
     let unanswered = answers

@@ -125,10 +125,11 @@ impl std::fmt::Display for SetupFailure {
 }
 
 impl SetupFailure {
-    fn from_code(code: Option<ErrorCode>, error: impl std::fmt::Display) -> Self {
-        match code {
-            Some(code) if !is_cluster_unsettled(code) => Self::Refused(error.to_string()),
-            _ => Self::Transient(error.to_string()),
+    fn from_code(code: ErrorCode, error: impl std::fmt::Display) -> Self {
+        if is_cluster_unsettled(code) {
+            Self::Transient(error.to_string())
+        } else {
+            Self::Refused(error.to_string())
         }
     }
 
@@ -138,7 +139,7 @@ impl SetupFailure {
             K::TimedOut | K::JetStreamUnavailable | K::Response => {
                 Self::Transient(error.to_string())
             }
-            K::JetStream(js) => Self::from_code(Some(js.error_code()), error),
+            K::JetStream(js) => Self::from_code(js.error_code(), error),
             _ => Self::Refused(error.to_string()),
         }
     }
@@ -338,7 +339,7 @@ impl NatsBus {
                     )
                 }
                 jetstream::context::GetStreamErrorKind::JetStream(js) => {
-                    Err(SetupFailure::from_code(Some(js.error_code()), e))
+                    Err(SetupFailure::from_code(js.error_code(), e))
                 }
                 _ => Err(SetupFailure::Transient(e.to_string())),
             },

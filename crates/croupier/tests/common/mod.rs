@@ -933,3 +933,26 @@ pub fn audit_bets(env: &Env, file: &std::path::Path) -> (i32, Value) {
     });
     (output.status.code().unwrap_or(-1), verdict)
 }
+
+/// Waits until no accepted bet in the store is left unsettled (fails the test after `wait`).
+pub async fn wait_bets_settled(client: &tokio_postgres::Client, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let open: i64 = client
+            .query_one(
+                "SELECT count(*) FROM bets_with_results WHERE status = 'accepted'",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if open == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{open} bets never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
