@@ -521,12 +521,12 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     let elapsed = measure_start.elapsed().as_secs_f64();
     if bet_every.is_some() {
         // No new bets; the ones sent get a while to be answered (a bet waits at most the
-        // gateway's bet timeout, then a few retries of a `TIMEOUT`).
+        // gateway's bet timeout, then retries of a `TIMEOUT`, paced over about half a minute).
         shared.betting.store(false, Ordering::Relaxed);
         for (handle, _) in &readers {
             handle.wake();
         }
-        let drain_until = Instant::now() + Duration::from_secs(30);
+        let drain_until = Instant::now() + Duration::from_secs(60);
         while shared.bets_outstanding.load(Ordering::Relaxed) > 0 && Instant::now() < drain_until {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -21,7 +21,14 @@ use chaos::Scenario;
 async fn a_gs_a_gateway_and_a_nats_node_killed_under_load_lose_nothing() {
     let options = chaos::Options {
         profile: "debug",
-        scenarios: vec![Scenario::GsKill, Scenario::GatewayKill, Scenario::NatsKill],
+        // `CHAOS_SCENARIOS` narrows the run (to chase one scenario's failure, say).
+        scenarios: match std::env::var("CHAOS_SCENARIOS") {
+            Ok(list) => list
+                .split(',')
+                .map(|s| Scenario::parse(s.trim()).expect("a scenario name"))
+                .collect(),
+            Err(_) => vec![Scenario::GsKill, Scenario::GatewayKill, Scenario::NatsKill],
+        },
         clients: 200,
         bettors: 40,
         bet_rate: 100,
@@ -59,12 +66,13 @@ async fn a_gs_a_gateway_and_a_nats_node_killed_under_load_lose_nothing() {
             outcome.largest_round_delay_s
         );
     }
-    let gateway = outcomes
+    if let Some(gateway) = outcomes
         .iter()
         .find(|o| o.scenario == Scenario::GatewayKill)
-        .expect("gateway-kill ran");
-    assert!(
-        gateway.reconnects > 0,
-        "the killed gateway's clients reconnected"
-    );
+    {
+        assert!(
+            gateway.reconnects > 0,
+            "the killed gateway's clients reconnected"
+        );
+    }
 }

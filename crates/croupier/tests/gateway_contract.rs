@@ -369,6 +369,178 @@ async fn a_bet_gs_does_not_answer_is_a_timeout_and_too_many_are_rate_limited() {
     held.abort();
 }
 
+/// Sends a bet and waits for its answer.
+async fn ask(client: &mut WsClient, message: Value) -> Value {
+    let request_id = message["request_id"].as_str().expect("id").to_string();
+    client.send_json(&message).await.expect("bet");
+    answer_to(client, &request_id).await
+}
+
+/// A bet answered `TIMEOUT` may have been recorded: until GS answers it, a retry with the same
+/// `bet_id` is never told `BETTING_UNAVAILABLE` ("not recorded") by something that did not
+/// look — the gateway while betting is off, "no game service", or a GS refusing it without
+/// its store — while a fresh bet still is. (Seen in the chaos run: a bet recorded by GS whose
+/// answer was lost with a NATS node, retried while betting was off, told it was not.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bet_whose_fate_is_unknown_is_never_refused_as_not_recorded() {
+    use futures_util::StreamExt;
+    let stack = Stack::start(StackOptions {
+        gms: false,
+        gs: false,
+        bet_timeout: Duration::from_millis(500),
+        deposits: vec![],
+        ..StackOptions::default()
+    })
+    .await;
+    let alice = stack.token("alice");
+    let url = stack.gateway().ws_url(Some(&alice));
+    let bet_id = uuid::Uuid::new_v4().to_string();
+    let same_bet = |request_id: &str| {
+        let mut message = bet(request_id, 1, 100);
+        message["bet_id"] = json!(bet_id);
+        message
+    };
+
+    // A GS that takes the bet and never answers: TIMEOUT, the bet is in doubt.
+    let mut silent = bus::Bus::serve(&stack.bus, "bets.place.*", "gs")
+        .await
+        .expect("serve");
+    let held = tokio::spawn(async move {
+        let mut requests = Vec::new();
+        while let Some(request) = silent.next().await {
+            requests.push(request);
+        }
+    });
+    let _alive = common::pretend_gs_alive(&stack.bus);
+    common::wait_betting_enabled(&url).await;
+    let (mut client, _) = connect(&url, ENCODINGS[0]).await;
+    assert_error(
+        &ask(&mut client, same_bet("first")).await,
+        "TIMEOUT",
+        Some("first"),
+    );
+
+    // No GS any more: the retry is still in doubt, a fresh bet is not recorded.
+    held.abort();
+    let _ = held.await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let fresh = ask(&mut client, bet("fresh", 1, 100)).await;
+        if fresh["code"] == "BETTING_UNAVAILABLE" {
+            break;
+        }
+        // The silent GS's interest may linger on the server a moment.
+        assert_error(&fresh, "TIMEOUT", Some("fresh"));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no responders never seen"
+        );
+    }
+    assert_error(
+        &ask(&mut client, same_bet("again")).await,
+        "TIMEOUT",
+        Some("again"),
+    );
+
+    // Betting switched off: the gateway refuses fresh bets itself, but not this one. (No GS
+    // here to turn the operator's key into the status: written as GS writes it.)
+    let say_betting = |betting: protocol::Betting, reason: &str| {
+        let status = protocol::BettingStatus {
+            betting,
+            reason: reason.to_string(),
+            at: domain::Timestamp::from_unix_micros(0).expect("timestamp"),
+        };
+        let bus = stack.bus.clone();
+        async move {
+            use bus::{Bus, Kv};
+            let kv = bus.kv("status").await.expect("status bucket");
+            kv.put(
+                "betting",
+                protocol::Encoding::MsgPack.encode(&status).expect("encode"),
+            )
+            .await
+            .expect("put status");
+        }
+    };
+    say_betting(protocol::Betting::Disabled, "operator").await;
+    client
+        .recv_until(WAIT, |m| m["type"] == "status")
+        .await
+        .expect("status");
+    assert_error(
+        &ask(&mut client, bet("off", 1, 100)).await,
+        "BETTING_UNAVAILABLE",
+        Some("off"),
+    );
+    assert_error(
+        &ask(&mut client, same_bet("off-again")).await,
+        "TIMEOUT",
+        Some("off-again"),
+    );
+    // Through the same node, on a new connection too.
+    let (mut other, _) = connect(&url, ENCODINGS[1]).await;
+    assert_error(
+        &ask(&mut other, same_bet("elsewhere")).await,
+        "TIMEOUT",
+        Some("elsewhere"),
+    );
+    other.close().await;
+    say_betting(protocol::Betting::Enabled, "").await;
+    client
+        .recv_until(WAIT, |m| m["type"] == "status" && m["betting"] == "enabled")
+        .await
+        .expect("status enabled");
+
+    // A GS that refuses without its store ("not recorded" of this attempt only): TIMEOUT.
+    let mut refusing = bus::Bus::serve(&stack.bus, "bets.place.*", "gs")
+        .await
+        .expect("serve");
+    let reply = |code: protocol::ErrorCode| {
+        protocol::Encoding::MsgPack
+            .encode(&protocol::PlaceBetReply::rejected(
+                code,
+                "store unavailable",
+            ))
+            .expect("encode")
+    };
+    let unavailable = reply(protocol::ErrorCode::BettingUnavailable);
+    let answering = tokio::spawn(async move {
+        while let Some(request) = refusing.next().await {
+            let _ = request.respond(unavailable.clone()).await;
+        }
+    });
+    assert_error(
+        &ask(&mut client, same_bet("refused")).await,
+        "TIMEOUT",
+        Some("refused"),
+    );
+    assert_error(
+        &ask(&mut client, bet("refused-fresh", 1, 100)).await,
+        "BETTING_UNAVAILABLE",
+        Some("refused-fresh"),
+    );
+    answering.abort();
+    let _ = answering.await;
+
+    // GS answers definitely (here: closed): that answer is the bet's, and the doubt ends.
+    let mut definite = bus::Bus::serve(&stack.bus, "bets.place.*", "gs")
+        .await
+        .expect("serve");
+    let closed = reply(protocol::ErrorCode::BettingClosed);
+    let answering = tokio::spawn(async move {
+        while let Some(request) = definite.next().await {
+            let _ = request.respond(closed.clone()).await;
+        }
+    });
+    assert_error(
+        &ask(&mut client, same_bet("definite")).await,
+        "BETTING_CLOSED",
+        Some("definite"),
+    );
+    answering.abort();
+    client.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_on_two_gateway_nodes_see_the_same_events_in_the_same_order() {
     let stack = Stack::start(StackOptions {

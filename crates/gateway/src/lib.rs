@@ -29,6 +29,7 @@
 
 pub mod auth;
 mod betting;
+mod doubtful;
 mod frame;
 mod http;
 mod hub;
@@ -130,6 +131,8 @@ pub(crate) struct Shared<B> {
     pub betting: tokio::sync::watch::Sender<betting::Current>,
     /// Connection slots, the handshake bucket and the node's bets in flight.
     pub admission: Arc<limits::Admission>,
+    /// Bets whose fate this node left unknown to their client (never refused "not recorded").
+    pub doubt: Arc<doubtful::Doubtful>,
 }
 
 /// A bound, not yet serving gateway.
@@ -163,6 +166,7 @@ impl<B: Bus> Gateway<B> {
         let admission = Arc::new(limits::Admission::new(&config.limits));
         let shared = Arc::new(Shared {
             admission,
+            doubt: Arc::default(),
             hub: hub::Hub::new(bus.clone(), tasks.clone(), shutdown.clone()),
             bus,
             config,

@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Shared;
 use crate::auth::Verified;
 use crate::betting;
+use crate::doubtful::Doubtful;
 use crate::frame;
 use crate::hub::{Feed, Subscription};
 use crate::limits::{BetTicket, Slot, TokenBucket};
@@ -502,6 +503,11 @@ impl<B: Bus> Session<B> {
                 }
                 let status = self.betting.borrow().clone();
                 if !status.betting.is_enabled() {
+                    if self.shared.doubt.contains(&token.player, &bet.bet_id) {
+                        return self
+                            .error(Some(request_id), ErrorCode::Timeout, doubtful_message())
+                            .await;
+                    }
                     let message = if status.reason.is_empty() {
                         "betting is switched off".to_string()
                     } else {
@@ -535,9 +541,10 @@ impl<B: Bus> Session<B> {
                 let request = bet.into_request(token.player);
                 let bus = self.shared.bus.clone();
                 let timeout = self.shared.config.bet_timeout;
+                let doubt = self.shared.doubt.clone();
                 metrics::counter!("gateway_bets_forwarded_total").increment(1);
                 self.bets.push(Box::pin(async move {
-                    let answer = forward_bet(bus, table, request, timeout).await;
+                    let answer = forward_bet(bus, table, request, timeout, doubt).await;
                     drop(ticket);
                     answer
                 }));
@@ -841,17 +848,30 @@ impl Drop for Joined {
 }
 
 /// Sends a bet to GS and turns every outcome into an answer for the client: `bet_result`, or an
-/// `error` under the bet's `request_id` — never silence.
+/// `error` under the bet's `request_id` — never silence. A bet in `doubt` (an earlier attempt
+/// may stand, [`crate::doubtful`]) is never answered `BETTING_UNAVAILABLE`: that says "not
+/// recorded", and neither "no game service" nor a GS that refused without reaching the store
+/// knows. The answer is marked in `doubt` when it leaves the bet's fate unknown and cleared
+/// when GS answered it definitely; a bet dropped unanswered (its client left) is marked.
 async fn forward_bet<B: Bus>(
     bus: B,
     table: domain::TableId,
     request: protocol::PlaceBetRequest,
     timeout: Duration,
+    doubt: Arc<Doubtful>,
 ) -> ServerMessage {
+    let mut in_flight = InFlight {
+        doubt,
+        player: request.player.clone(),
+        bet: request.bet_id,
+        fate: Fate::Unknown,
+    };
+    let earlier_may_stand = in_flight.doubt.contains(&in_flight.player, &in_flight.bet);
     let request_id = request.request_id.clone();
     let payload = match Encoding::MsgPack.encode(&request) {
         Ok(payload) => payload,
         Err(error) => {
+            in_flight.fate = Fate::Untouched;
             return ServerMessage::error(
                 Some(request_id),
                 ErrorCode::BadMessage,
@@ -864,12 +884,24 @@ async fn forward_bet<B: Bus>(
     let (outcome, answer) = match bus.request(&subject, payload, timeout).await {
         Ok(reply) => match Encoding::MsgPack.decode::<PlaceBetReply>(&reply) {
             Ok(PlaceBetReply::Accepted(accepted)) => {
+                in_flight.fate = Fate::Definite;
                 ("accepted", ServerMessage::bet_result(request_id, accepted))
             }
-            Ok(PlaceBetReply::Rejected(rejected)) => (
-                "rejected",
-                ServerMessage::error(Some(request_id), rejected.code, rejected.message),
-            ),
+            Ok(PlaceBetReply::Rejected(rejected))
+                if earlier_may_stand && rejected.code == ErrorCode::BettingUnavailable =>
+            {
+                (
+                    "timeout",
+                    ServerMessage::error(Some(request_id), ErrorCode::Timeout, doubtful_message()),
+                )
+            }
+            Ok(PlaceBetReply::Rejected(rejected)) => {
+                in_flight.fate = Fate::Definite;
+                (
+                    "rejected",
+                    ServerMessage::error(Some(request_id), rejected.code, rejected.message),
+                )
+            }
             Err(error) => {
                 tracing::error!(%error, "undecodable reply from GS");
                 (
@@ -882,14 +914,22 @@ async fn forward_bet<B: Bus>(
                 )
             }
         },
-        Err(RequestError::NoResponders) => (
-            "unavailable",
-            ServerMessage::error(
-                Some(request_id),
-                ErrorCode::BettingUnavailable,
-                "no game service is available",
-            ),
+        Err(RequestError::NoResponders) if earlier_may_stand => (
+            "timeout",
+            ServerMessage::error(Some(request_id), ErrorCode::Timeout, doubtful_message()),
         ),
+        Err(RequestError::NoResponders) => {
+            // Nobody received this attempt, and no earlier one is in doubt here.
+            in_flight.fate = Fate::Untouched;
+            (
+                "unavailable",
+                ServerMessage::error(
+                    Some(request_id),
+                    ErrorCode::BettingUnavailable,
+                    "no game service is available",
+                ),
+            )
+        }
         Err(_) => (
             "timeout",
             ServerMessage::error(
@@ -902,4 +942,39 @@ async fn forward_bet<B: Bus>(
     metrics::histogram!("gateway_bet_answer_seconds", "outcome" => outcome)
         .record(started.elapsed());
     answer
+}
+
+/// The answer to a bet in doubt that cannot be looked up now.
+pub(crate) fn doubtful_message() -> &'static str {
+    "betting is unavailable, and an earlier attempt of this bet may have been recorded: \
+     retry with the same bet_id once betting is back"
+}
+
+/// What a bet's answer says of its fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// GS may have recorded it; the client does not know (also: dropped unanswered).
+    Unknown,
+    /// GS answered it: recorded (accepted) or refused after looking.
+    Definite,
+    /// This attempt reached no GS: an earlier doubt, if any, stands as it was.
+    Untouched,
+}
+
+/// A bet on its way to GS; settles the node's doubt about it when it ends, however it ends.
+struct InFlight {
+    doubt: Arc<Doubtful>,
+    player: domain::PlayerId,
+    bet: domain::BetId,
+    fate: Fate,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        match self.fate {
+            Fate::Unknown => self.doubt.mark(&self.player, &self.bet),
+            Fate::Definite => self.doubt.clear(&self.player, &self.bet),
+            Fate::Untouched => {}
+        }
+    }
 }

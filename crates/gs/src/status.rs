@@ -41,6 +41,10 @@ use crate::health::{Health, StoreHealth};
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A heartbeat not renewed for this long is a dead GS's.
 pub const STALE: Duration = Duration::from_secs(3);
+/// The longest one bucket call (open, heartbeat, status) may hold up the beat: a call that a
+/// leader election leaves unanswered is given up and made again at the next beat, with a
+/// fresh heartbeat, rather than waited on for the connection's 5 s request timeout.
+const CALL_LIMIT: Duration = HEARTBEAT;
 
 /// Whether this GS serves bets, as the intake follows it.
 pub(crate) type Serving = watch::Receiver<bool>;
@@ -196,15 +200,20 @@ impl<B: Bus> Bucket<B> {
 
     async fn get(&mut self, bus: &B) -> Option<B::Kv> {
         if self.kv.is_none() {
-            match bus.kv(self.name).await {
-                Ok(kv) => self.kv = Some(kv),
-                Err(error) => tracing::warn!(bucket = self.name, %error, "cannot open a bucket"),
+            match tokio::time::timeout(CALL_LIMIT, bus.kv(self.name)).await {
+                Ok(Ok(kv)) => self.kv = Some(kv),
+                Ok(Err(error)) => {
+                    tracing::warn!(bucket = self.name, %error, "cannot open a bucket");
+                }
+                Err(_) => tracing::warn!(bucket = self.name, "cannot open a bucket: no answer"),
             }
         }
         self.kv.clone()
     }
 
-    /// Forgets the handle after a call on it failed.
+    /// Forgets the handle after a watch on it failed. (A failed write keeps it: a write fails
+    /// while the bucket's stream elects a leader, and opening the bucket again then would wait
+    /// for the cluster too, holding up the next heartbeat.)
     fn failed(&mut self) {
         self.kv = None;
     }
@@ -378,9 +387,10 @@ async fn put_heartbeat<B: Bus>(
     let Some(kv) = bucket.get(bus).await else {
         return;
     };
-    if let Err(error) = kv.put(key, payload).await {
-        tracing::warn!(%error, "GS heartbeat not written");
-        bucket.failed();
+    match tokio::time::timeout(CALL_LIMIT, kv.put(key, payload)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "GS heartbeat not written"),
+        Err(_) => tracing::warn!("GS heartbeat not written: no acknowledgement in time"),
     }
 }
 
@@ -406,7 +416,12 @@ async fn write_status<B: Bus>(
     let Some(kv) = status_bucket.get(bus).await else {
         return;
     };
-    match kv.put(STATUS_BETTING_KEY, payload).await {
+    let written = match tokio::time::timeout(CALL_LIMIT, kv.put(STATUS_BETTING_KEY, payload)).await
+    {
+        Ok(written) => written.map_err(|e| e.to_string()),
+        Err(_) => Err("no acknowledgement in time".to_string()),
+    };
+    match written {
         Ok(_) => {
             tracing::info!(
                 betting = betting.as_str(),
@@ -417,10 +432,7 @@ async fn write_status<B: Bus>(
                 .increment(1);
             bucket.stored = Some((betting, why.to_string()));
         }
-        Err(error) => {
-            tracing::warn!(%error, "betting status not written");
-            status_bucket.failed();
-        }
+        Err(error) => tracing::warn!(%error, "betting status not written"),
     }
 }
 

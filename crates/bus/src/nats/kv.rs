@@ -23,7 +23,7 @@ use crate::subject::{valid_key, valid_key_pattern};
 const WATCH_CAPACITY: usize = 64;
 /// Pauses between attempts to re-establish a watch while the server is away.
 const REWATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
-const REWATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+const REWATCH_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// A bucket of a [`super::NatsBus`].
 #[derive(Debug, Clone)]
@@ -224,16 +224,24 @@ async fn forward_watch(
             }
         }
         let mut delay = Duration::ZERO;
+        let mut limit = super::tasks::ATTEMPT_TIMEOUT_FIRST;
         watch = loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}
             }
-            match store.watch_with_history(&pattern).await {
-                Ok(watch) => break watch,
-                Err(error) => {
+            match tokio::time::timeout(limit, store.watch_with_history(&pattern)).await {
+                Ok(Ok(watch)) => break watch,
+                Ok(Err(error)) => {
                     tracing::debug!(%error, "watch not re-established yet");
                     delay = (delay * 2).clamp(REWATCH_BACKOFF_MIN, REWATCH_BACKOFF_MAX);
+                }
+                Err(_) => {
+                    // Nobody answered (a leader being elected): try again at once, waiting
+                    // longer for the answer (`tasks::ATTEMPT_TIMEOUT_FIRST`).
+                    tracing::debug!(?limit, "watch not re-established yet: no answer");
+                    limit = (limit * 2).min(super::tasks::ATTEMPT_TIMEOUT_LAST);
+                    delay = delay.clamp(REWATCH_BACKOFF_MIN, REWATCH_BACKOFF_MAX);
                 }
             }
         };

@@ -16,7 +16,16 @@ use crate::port::{AckMessage, Acker, StoredMessage};
 
 /// Pauses between attempts to re-establish a consumer while the server is away.
 const RESUBSCRIBE_BACKOFF_MIN: Duration = Duration::from_millis(100);
-const RESUBSCRIBE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+const RESUBSCRIBE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// How long one attempt to re-establish a consumer or a watch may take, doubling from the
+/// first to the last while attempts go unanswered. While a stream or the cluster's metadata elects a
+/// leader (seconds after a node dies), a consumer request is not answered at all: with the
+/// connection's 5 s request timeout, an attempt that just missed the election held the feed
+/// back up to 5 s more (two such were measured as a gateway's feeds returning 10 s after a
+/// node kill, the leaders back after 5). Healthy, the request takes milliseconds.
+pub(super) const ATTEMPT_TIMEOUT_FIRST: Duration = Duration::from_secs(1);
+pub(super) const ATTEMPT_TIMEOUT_LAST: Duration = Duration::from_secs(5);
 
 pub(super) struct ReplaySpec {
     pub stream: String,
@@ -87,22 +96,33 @@ pub(super) async fn replay(
                 }
             }
             let mut delay = Duration::ZERO;
+            let mut limit = ATTEMPT_TIMEOUT_FIRST;
             ordered = loop {
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     () = tokio::time::sleep(delay) => {}
                 }
-                match bus.ordered(&spec.stream, &spec.filter, spec.next_seq).await {
-                    Ok(ordered) => {
+                let opened = tokio::time::timeout(
+                    limit,
+                    bus.ordered(&spec.stream, &spec.filter, spec.next_seq),
+                )
+                .await;
+                match opened {
+                    Ok(Ok(ordered)) => {
                         tracing::info!(next_seq = spec.next_seq, "replay re-established");
                         break ordered;
                     }
-                    Err(error @ BusError::StreamNotFound(_)) => {
+                    Ok(Err(error @ BusError::StreamNotFound(_))) => {
                         // The stream is gone: resuming in a new one would mix epochs.
                         let _ = sender.send(Err(error)).await;
                         return;
                     }
-                    Err(error) => {
+                    Err(_) => {
+                        tracing::debug!(?limit, "replay not re-established yet: no answer");
+                        limit = (limit * 2).min(ATTEMPT_TIMEOUT_LAST);
+                        delay = delay.clamp(RESUBSCRIBE_BACKOFF_MIN, RESUBSCRIBE_BACKOFF_MAX);
+                    }
+                    Ok(Err(error)) => {
                         tracing::debug!(%error, "replay not re-established yet");
                         delay = (delay * 2).clamp(RESUBSCRIBE_BACKOFF_MIN, RESUBSCRIBE_BACKOFF_MAX);
                     }
@@ -160,21 +180,34 @@ pub(super) async fn consume(
                 }
             }
             let mut delay = RESUBSCRIBE_BACKOFF_MIN;
+            let mut limit = ATTEMPT_TIMEOUT_FIRST;
             pull = loop {
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     () = tokio::time::sleep(delay) => {}
                 }
-                match bus.durable(&spec.stream, &spec.durable, &spec.filter).await {
-                    Ok(pull) => {
+                let opened = tokio::time::timeout(
+                    limit,
+                    bus.durable(&spec.stream, &spec.durable, &spec.filter),
+                )
+                .await;
+                match opened {
+                    Ok(Ok(pull)) => {
                         tracing::info!("durable consumer re-established");
                         break pull;
                     }
-                    Err(error @ BusError::StreamNotFound(_)) => {
+                    Ok(Err(error @ BusError::StreamNotFound(_))) => {
                         let _ = sender.send(Err(error)).await;
                         return;
                     }
-                    Err(error) => {
+                    Err(_) => {
+                        tracing::debug!(
+                            ?limit,
+                            "durable consumer not re-established yet: no answer"
+                        );
+                        limit = (limit * 2).min(ATTEMPT_TIMEOUT_LAST);
+                    }
+                    Ok(Err(error)) => {
                         tracing::debug!(%error, "durable consumer not re-established yet");
                         delay = (delay * 2).min(RESUBSCRIBE_BACKOFF_MAX);
                     }

@@ -102,6 +102,8 @@ pub struct Options {
 
 pub const TABLES: &str = "roulette-1,roulette-2";
 const PLAYER_PREFIX: &str = "chaos";
+/// How long after the load ends betting may still be off before the scenario fails.
+const BETTING_BACK_WITHIN: Duration = Duration::from_secs(30);
 
 /// What one scenario did and what was found.
 #[derive(Debug, Clone, Serialize)]
@@ -168,6 +170,23 @@ impl Observer {
             }
         });
         Ok(Observer { changes, task })
+    }
+
+    /// Waits until betting is on (or `within` passed).
+    async fn await_on(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let on = self
+                .changes
+                .lock()
+                .expect("observer")
+                .last()
+                .is_none_or(|(_, on, _)| *on);
+            if on {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Detection (from `fault` to the first `off` after it), recovery (from `healed` to the
@@ -344,6 +363,9 @@ async fn one(up: &Up, options: &Options, scenario: Scenario, dir: &Path) -> Resu
         bail!("loadgen failed ({status})");
     }
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_file)?)?;
+    // Betting must come back; how long it took is reported, so the check waits a while for
+    // it rather than judging at the very end of the load.
+    observer.await_on(BETTING_BACK_WITHIN).await;
     let judged = observer.judge(fault, healed);
     drop(observer);
 

@@ -70,7 +70,11 @@ impl Up {
             .env("CROUPIER_DATA_DIR", data.path())
             .env("CROUPIER_PROFILE", profile)
             .env("CROUPIER_HTTP_ADDR", &http_addr)
-            .env("RUST_LOG", "warn")
+            // `CROUPIER_STACK_RUST_LOG` (say `info`) to see more of the services when chasing a failure.
+            .env(
+                "RUST_LOG",
+                std::env::var("CROUPIER_STACK_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env_remove("NATS_URL")
             .env_remove("DATABASE_URL")
             .env_remove("CROUPIER_NATS_PREFIX");
@@ -177,6 +181,11 @@ impl Drop for Up {
     fn drop(&mut self) {
         let _ = self.stack(&["down"]).status();
         let _ = self.child.wait();
+        // `CROUPIER_KEEP_STACK=1` keeps the data directory (every process's log) to read after.
+        if std::env::var_os("CROUPIER_KEEP_STACK").is_some() {
+            self.data.disable_cleanup(true);
+            eprintln!("stack data kept in {}", self.data.path().display());
+        }
     }
 }
 

@@ -6,8 +6,8 @@
 //! are due every `1 / rate` from the moment its round is seen open until `--close-margin`
 //! before the round's `closes_at` (or its `betting_closed`), so a late answer never delays the
 //! next bet: latency is measured from the due time, not the send. A bet answered `TIMEOUT` is
-//! sent again with the same `bet_id` (the contract's way to learn its fate) until it gets a
-//! definite answer; that answer is the bet's. So is a bet whose connection ended before its
+//! sent again with the same `bet_id` (the contract's way to learn its fate), after a pause
+//! ([`retry_pause`]), until it gets a definite answer; that answer is the bet's. So is a bet whose connection ended before its
 //! answer came: it goes again on the client's next connection, within the same bound of tries.
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +19,16 @@ use serde::Serialize;
 
 /// Sends of one bet (the first, retries after a `TIMEOUT`, and sends again on a new connection
 /// after the one it went on ended) before it is left without a definite answer.
-pub(super) const MAX_TRIES: u8 = 5;
+pub(super) const MAX_TRIES: u8 = 10;
+
+/// The pause before a `TIMEOUT` is asked again: 250 ms, doubling, at most 4 s. A `TIMEOUT`
+/// can last as long as an outage (a gateway answers a bet whose earlier attempt may stand
+/// `TIMEOUT` while betting is off), so the tries are spread over about half a minute rather
+/// than spent at once.
+pub(super) fn retry_pause(tries: u8) -> Duration {
+    let doublings = u32::from(tries.saturating_sub(1)).min(4);
+    Duration::from_millis(250) * 2u32.pow(doublings)
+}
 
 /// A bet sent and not answered yet.
 pub(super) struct Pending {

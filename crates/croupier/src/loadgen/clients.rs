@@ -330,6 +330,8 @@ struct Reader {
     stop: CancellationToken,
     /// Reconnections not taken by the connect runtime yet (at most one per client).
     backlog: VecDeque<Reconnect>,
+    /// Bets answered `TIMEOUT`, to ask again when due: (due, slot, client index, bet).
+    retries: Vec<(Instant, usize, usize, Pending)>,
     /// `--check-delivery`: every client reached where its channels stood at the end.
     caught_up: bool,
     checked_at: Instant,
@@ -365,6 +367,7 @@ impl Reader {
             bets_made: 0,
             stop,
             backlog: VecDeque::new(),
+            retries: Vec::new(),
             caught_up: false,
             checked_at: Instant::now(),
         })
@@ -385,7 +388,8 @@ impl Reader {
                 }
             }
             if !ready {
-                let until_due = self.bet_rounds(Instant::now());
+                let now = Instant::now();
+                let until_due = self.bet_rounds(now).min(self.retry_due(now));
                 self.wait(&mut events, until_due.min(Duration::from_millis(100)))?;
             }
             for event in &events {
@@ -404,6 +408,7 @@ impl Reader {
                 }
             }
             self.bet_rounds(Instant::now());
+            self.retry_timeouts(Instant::now());
             self.ask_reconnects();
             self.check_caught_up();
         }
@@ -963,9 +968,11 @@ impl Reader {
                     message.code.as_deref().unwrap_or("error")
                 };
                 if code == "TIMEOUT" && pending.counted && pending.tries < bets::MAX_TRIES {
-                    // The bet's fate is unknown: ask again with the same bet id.
+                    // The bet's fate is unknown: ask again with the same bet id, after a pause.
                     self.tally.bets.timeouts_retried += 1;
-                    return self.send_bet(slot, pending);
+                    let due = Instant::now() + bets::retry_pause(pending.tries);
+                    self.retries.push((due, slot, index, pending));
+                    return Ok(());
                 }
                 self.shared.bets_answered.fetch_add(1, Ordering::Relaxed);
                 if code == "accepted" {
@@ -1178,8 +1185,42 @@ impl Reader {
     }
 
     /// At the end: open windows closed, bets still waiting counted as unanswered.
+    /// How long until the next `TIMEOUT` retry is due.
+    fn retry_due(&self, now: Instant) -> Duration {
+        self.retries
+            .iter()
+            .map(|(due, ..)| due.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::MAX)
+    }
+
+    /// Sends the `TIMEOUT` retries that are due, each on its client's connection (or kept for
+    /// its next one); a client gone for good takes its bet without an answer.
+    fn retry_timeouts(&mut self, now: Instant) {
+        if self.retries.iter().all(|(due, ..)| *due > now) {
+            return;
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retries)
+            .into_iter()
+            .partition(|(at, ..)| *at <= now);
+        self.retries = later;
+        for (_, slot, index, pending) in due {
+            let same_client = self.conns[slot].as_ref().is_some_and(|c| c.index == index);
+            if !same_client {
+                self.final_answer(index, &pending, "none");
+                continue;
+            }
+            if let Err(Ended(code)) = self.send_bet(slot, pending) {
+                self.lost(slot, code);
+            }
+        }
+    }
+
     fn finish_bets(&mut self) {
         let now = Instant::now();
+        for (_, _, index, pending) in std::mem::take(&mut self.retries) {
+            self.final_answer(index, &pending, "none");
+        }
         for state in &mut self.tables {
             state.stop_betting(now);
         }
