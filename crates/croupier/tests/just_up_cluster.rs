@@ -41,10 +41,15 @@ async fn just_up_cluster_rides_out_a_killed_nats_node_and_gms() {
 }
 
 async fn up_cluster_with_faults(killed: &[&str]) {
-    let data = tempfile::Builder::new()
+    let mut data = tempfile::Builder::new()
         .prefix("croupier-up-cluster-")
         .tempdir()
         .expect("tempdir");
+    // `CROUPIER_KEEP_STACK=1` keeps every process's log to read after the run.
+    if std::env::var_os("CROUPIER_KEEP_STACK").is_some() {
+        data.disable_cleanup(true);
+        eprintln!("stack data kept in {}", data.path().display());
+    }
     let log = std::fs::File::create(data.path().join("up.log")).expect("log");
     let configure = |command: &mut Command| {
         command

@@ -47,9 +47,19 @@ const CONSUME_BATCH: usize = 64;
 /// consumer and drops requests (their senders then time out and retry).
 const SUBSCRIPTION_CAPACITY: usize = 1024;
 /// Pull-request expiry of ordered and durable consumers, and the idle heartbeat within it: short,
-/// so that a consumer lost in a server restart is noticed in seconds, not minutes.
-const PULL_EXPIRES: Duration = Duration::from_secs(10);
-const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+/// so that a consumer lost with a server is noticed in seconds. The client gives up on a
+/// consumer after two missed heartbeats: at 10 s / 5 s that was 20 s, and a gateway's player
+/// feed whose consumer lived on a killed node of a cluster (the gateway's own connection
+/// elsewhere, so no reconnect to hint at it) stayed silent past 30 s. An idle consumer costs one
+/// pull request per expiry.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// The request timeout of ordered consumers' JetStream calls, which the client also uses when
+/// it recreates one by itself (after missed heartbeats): during a leader election those
+/// requests go unanswered, and each recreation attempt (a delete, then a create) waited the
+/// connection's 5 s twice. A first creation that times out is tried again ([`ORDERED_TRIES`]).
+const ORDERED_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+const ORDERED_TRIES: usize = 3;
 
 /// Tuning of the nats adapter; the defaults suit production and tests alike.
 #[derive(Debug, Clone)]
@@ -95,6 +105,8 @@ pub struct NatsBus {
 struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// `js` with [`ORDERED_REQUEST_TIMEOUT`]: what ordered consumers are made with.
+    ordered_js: jetstream::Context,
     names: Names,
     options: NatsOptions,
     /// Durable consumers declared by `setup`, by (logical stream, logical name).
@@ -252,10 +264,13 @@ impl NatsBus {
             .map_err(|e| BusError::Connect(e.to_string()))?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(options.request_timeout);
+        let mut ordered_js = js.clone();
+        ordered_js.set_timeout(ORDERED_REQUEST_TIMEOUT.min(options.request_timeout));
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
                 js,
+                ordered_js,
                 names,
                 options,
                 consumers: RwLock::new(HashMap::new()),
@@ -425,18 +440,30 @@ impl NatsBus {
         filter: &str,
         from_seq: u64,
     ) -> Result<consumer::pull::Ordered, BusError> {
-        let handle = self.get_stream(stream).await?;
-        let consumer = handle
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: self.inner.names.subject(filter),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from_seq.max(1),
-                },
-                max_expires: PULL_EXPIRES,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| consumer_error(stream, e))?;
+        check_name("stream name", stream)?;
+        let config = consumer::pull::OrderedConfig {
+            filter_subject: self.inner.names.subject(filter),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from_seq.max(1),
+            },
+            max_expires: PULL_EXPIRES,
+            ..Default::default()
+        };
+        let name = self.inner.names.name(stream);
+        let mut tries = 0;
+        let consumer = loop {
+            tries += 1;
+            let created = self
+                .inner
+                .ordered_js
+                .create_consumer_on_stream(config.clone(), name.as_str())
+                .await
+                .map_err(|e| consumer_error(stream, e));
+            match created {
+                Err(BusError::Timeout) if tries < ORDERED_TRIES => continue,
+                other => break other?,
+            }
+        };
         consumer
             .messages()
             .await
@@ -471,6 +498,27 @@ impl NatsBus {
             .messages()
             .await
             .map_err(|e| other("start durable consumer", e))
+    }
+
+    /// The stream sequence of the last message matching `filter` (wildcards allowed), if any:
+    /// what a replay of `filter` should have delivered up to.
+    async fn last_seq_matching(&self, stream: &str, filter: &str) -> Result<Option<u64>, BusError> {
+        let handle = self
+            .inner
+            .ordered_js
+            .get_stream_no_info(self.inner.names.name(stream))
+            .await
+            .map_err(|e| other("read stream", e))?;
+        match handle
+            .get_last_raw_message_by_subject(&self.inner.names.subject(filter))
+            .await
+        {
+            Ok(message) => Ok(Some(message.sequence)),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(other("read last message", e)),
+        }
     }
 
     fn stored(&self, message: &async_nats::Message, seq: u64) -> StoredMessage {

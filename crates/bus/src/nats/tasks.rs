@@ -27,6 +27,16 @@ const RESUBSCRIBE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub(super) const ATTEMPT_TIMEOUT_FIRST: Duration = Duration::from_secs(1);
 pub(super) const ATTEMPT_TIMEOUT_LAST: Duration = Duration::from_secs(5);
 
+/// A replay that has delivered nothing for this long asks whether the stream holds anything
+/// past what it delivered; it re-establishes itself when the answer is yes twice,
+/// [`STALL_RECHECK`] apart. The client's ordered consumer recreates itself after missed
+/// heartbeats, but it did not always come back: a gateway's feed of every player channel,
+/// whose consumer lived on a node killed in a cluster while the gateway's own connection was
+/// elsewhere, delivered nothing for more than 30 s with no error (ADR 0028). A quiet feed
+/// costs one read of the stream's last matching message every few seconds.
+const STALL_QUIET: Duration = Duration::from_secs(3);
+const STALL_RECHECK: Duration = Duration::from_secs(1);
+
 pub(super) struct ReplaySpec {
     pub stream: String,
     pub filter: String,
@@ -55,7 +65,13 @@ pub(super) async fn replay(
     let mut watch_connections = true;
     async move {
         loop {
+            // Stall watch: when nothing has come for `STALL_QUIET`, ask the stream for its last
+            // message matching the filter; one past what was delivered, seen twice in a row,
+            // means the consumer is gone without a word (see `STALL_QUIET`).
+            let mut quiet_since = tokio::time::Instant::now();
+            let mut suspect = false;
             loop {
+                let check_at = quiet_since + if suspect { STALL_RECHECK } else { STALL_QUIET };
                 let item = tokio::select! {
                     () = cancel.cancelled() => return,
                     changed = connections.changed(), if watch_connections => {
@@ -67,6 +83,25 @@ pub(super) async fn replay(
                         // rather than after missed heartbeats.
                         tracing::info!(next_seq = spec.next_seq, "reconnected; re-establishing the replay");
                         break;
+                    }
+                    () = tokio::time::sleep_until(check_at) => {
+                        quiet_since = tokio::time::Instant::now();
+                        let last = tokio::time::timeout(
+                            ATTEMPT_TIMEOUT_FIRST,
+                            bus.last_seq_matching(&spec.stream, &spec.filter),
+                        )
+                        .await;
+                        match last {
+                            Ok(Ok(Some(last))) if last >= spec.next_seq => {
+                                if suspect {
+                                    tracing::warn!(next_seq = spec.next_seq, last, "replay stalled: the stream holds messages it does not deliver; re-establishing");
+                                    break;
+                                }
+                                suspect = true;
+                            }
+                            _ => suspect = false,
+                        }
+                        continue;
                     }
                     item = ordered.next() => item,
                 };
@@ -94,6 +129,8 @@ pub(super) async fn replay(
                     () = cancel.cancelled() => return,
                     sent = sender.send(Ok(stored)) => if sent.is_err() { return },
                 }
+                quiet_since = tokio::time::Instant::now();
+                suspect = false;
             }
             let mut delay = Duration::ZERO;
             let mut limit = ATTEMPT_TIMEOUT_FIRST;
@@ -217,4 +254,42 @@ pub(super) async fn consume(
     }
     .instrument(span)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Bus, Definitions, NatsOptions, Publish};
+
+    /// The stall watch reads the last message matching a replay's filter, wildcards and all: a
+    /// server that refused wildcards would leave the watch blind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_stall_watch_finds_the_last_message_matching_a_wildcard_filter() {
+        let server = testkit::NatsServer::start().expect("a NATS server");
+        let bus = NatsBus::connect(
+            &server.url(),
+            &testkit::unique_prefix(),
+            NatsOptions::default(),
+        )
+        .await
+        .expect("connect");
+        bus.setup(&Definitions::croupier()).await.expect("setup");
+        for (subject, id) in [("table.a.round", "a1"), ("table.b.round", "b1")] {
+            bus.publish(Publish::new(subject, id).msg_id(id))
+                .await
+                .expect("publish");
+        }
+        let last = |filter: &'static str| {
+            let bus = bus.clone();
+            async move {
+                bus.last_seq_matching("TABLES", filter)
+                    .await
+                    .expect("read the last message")
+            }
+        };
+        assert_eq!(last("table.a.>").await, Some(1));
+        assert_eq!(last("table.b.>").await, Some(2));
+        assert_eq!(last("table.*.round").await, Some(2));
+        assert_eq!(last("table.c.>").await, None);
+    }
 }
