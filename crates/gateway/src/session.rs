@@ -978,3 +978,82 @@ impl Drop for InFlight {
         }
     }
 }
+
+/// What every connection holds, by type (issue 19, ADR 0029): a type or future that grows makes
+/// every idle connection heavier, so each is held to the size measured when the budget was set
+/// (a debug build, as `cargo test` runs; release sizes are the same or smaller). The heap per
+/// connection as a whole is `crates/croupier/tests/gateway_heap.rs`.
+#[cfg(test)]
+mod sizes {
+    use std::mem::size_of;
+
+    use super::*;
+
+    /// The size of what `f` returns (an async fn's future), without calling it.
+    fn output_of_2<A, B, R>(_: impl FnOnce(A, B) -> R) -> usize {
+        size_of::<R>()
+    }
+
+    fn output_of_5<A, B, C, D, E, R>(_: impl FnOnce(A, B, C, D, E) -> R) -> usize {
+        size_of::<R>()
+    }
+
+    fn output_of_6<A, B, C, D, E, F, R>(_: impl FnOnce(A, B, C, D, E, F) -> R) -> usize {
+        size_of::<R>()
+    }
+
+    fn report(what: &str, size: usize, budget: usize) {
+        println!("{what}: {size} bytes (budget {budget})");
+        assert!(
+            size <= budget,
+            "{what} is {size} bytes, over its budget of {budget}: every idle connection holds \
+             one (ADR 0029)"
+        );
+    }
+
+    #[test]
+    fn each_connection_holds_types_no_larger_than_measured() {
+        // Measured: 288.
+        report("Conn", size_of::<Conn>(), 320);
+        // Measured: 216.
+        report("Session", size_of::<Session<bus::LocalBus>>(), 240);
+        // Measured: 32; tokio allocates the inbound queue 32 slots at a time whatever its bound,
+        // so this is 1 KiB of every connection.
+        report("Inbound", size_of::<Inbound>(), 32);
+        // Measured: 32.
+        report("Verified", size_of::<Verified>(), 40);
+        // Measured: 24.
+        report("Subscriptions", size_of::<Subscriptions>(), 24);
+        // Measured: 48 (on the heap, in `Subscriptions`).
+        report("(Channel, Joined)", size_of::<(Channel, Joined)>(), 56);
+        // Measured: 32.
+        report("TokenBucket", size_of::<TokenBucket>(), 40);
+        // Measured: 112 (its 8 KiB read buffer is on the heap).
+        report("WebSocketRead", size_of::<WebSocketRead<ReadIo>>(), 128);
+        // Measured: 192 (`welcome` is one, held in `serve`'s future for the connection's life).
+        report("ServerMessage", size_of::<ServerMessage>(), 208);
+    }
+
+    #[test]
+    fn each_connection_holds_futures_no_larger_than_measured() {
+        // Measured: 1696 (the session task's 2 KiB on the heap, with the upgrade's block
+        // around it and tokio's task header).
+        report(
+            "the session's future (`run`)",
+            output_of_6(run::<bus::LocalBus>),
+            1792,
+        );
+        // Measured: 1296 (part of `run`'s).
+        report(
+            "`Session::serve`'s future",
+            output_of_2(Session::<bus::LocalBus>::serve),
+            1408,
+        );
+        // Measured: 800 (the reader task's 1 KiB on the heap, with tokio's task header).
+        report(
+            "the reader's future (`read_loop`)",
+            output_of_5(read_loop),
+            864,
+        );
+    }
+}
