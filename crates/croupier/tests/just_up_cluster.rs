@@ -1,7 +1,7 @@
 //! `just up-cluster` as a user runs it (issue 17): a three-node NATS cluster, Postgres and every
-//! role twice, each its own process. A client plays a round on each gateway; `just kill gms-1`
-//! (SIGKILL; and `nats-1` in the test run on demand) leaves the stack serving rounds and bets
-//! through the other nodes; `just revive` brings them back; `just replay` proves the history; `just down` leaves
+//! role twice, each its own process. A client plays a round on each gateway; `just kill nats-1`
+//! and `just kill gms-1` (SIGKILL) leave the stack serving rounds and bets through the other
+//! nodes; `just revive` brings them back; `just replay` proves the history; `just down` leaves
 //! nothing running.
 
 mod common;
@@ -24,19 +24,13 @@ const PROCESSES: [&str; 10] = [
     "gateway-2",
 ];
 
+/// A NATS node and a GMS killed, then revived: rounds, bets and their settlements go on at both
+/// gateways. (With the NATS node killed, a client's `bet_settled` was once late by more than
+/// 30 s in about one run in five: a gateway's feed of every player channel whose consumer
+/// lived on the killed node stayed silent; ADR 0028 has the finding and the fix, after which
+/// it passed 8 runs in 8.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn just_up_cluster_runs_every_role_twice_and_rides_out_a_killed_gms() {
-    up_cluster_with_faults(&["gms-1"]).await;
-}
-
-/// With a NATS node killed too, a client's `bet_settled` has twice (in about ten runs) not
-/// arrived within 30 s, with nothing in any process's warnings; `just chaos` and
-/// `tests/chaos.rs` (a NATS node killed under 2,000 / 200 clients) see nothing missed once the
-/// rounds are settled. Until that is explained (issue 17), this runs on demand:
-/// `cargo test -p croupier --test just_up_cluster -- --ignored`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 17: a late bet_settled after a NATS node kill, under investigation"]
-async fn just_up_cluster_rides_out_a_killed_nats_node_and_gms() {
+async fn just_up_cluster_runs_every_role_twice_and_rides_out_a_killed_nats_node_and_gms() {
     up_cluster_with_faults(&["nats-1", "gms-1"]).await;
 }
 
