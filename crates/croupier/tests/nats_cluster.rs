@@ -223,6 +223,7 @@ async fn a_nats_node_killed_under_load_and_restarted_loses_nothing() {
         .filter(|(_, a)| *a == Answer::Accepted)
         .map(|(id, _)| *id)
         .collect();
+    eprintln!("bets: {} answered, {} accepted", answers.len(), accepted.len());
     assert!(accepted.len() > 50, "bets were taken: {}", accepted.len());
     let refused: HashSet<uuid::Uuid> = answers
         .iter()
