@@ -160,8 +160,16 @@ impl Reader {
             self.pending.extend_from_slice(&chunk[..read]);
             return Ok(read);
         }
-        self.pending.reserve(self.needed().max(READ_CHUNK));
-        socket.try_read_buf(&mut self.pending)
+        // The rest of the frame in progress at once (a big one in few reads), or a chunk.
+        let rest = self.needed().saturating_sub(self.pending.len());
+        self.pending.reserve(rest.max(READ_CHUNK));
+        let read = socket.try_read_buf(&mut self.pending);
+        if !matches!(read, Ok(n) if n > 0) {
+            // Nothing came (a stale readiness, nearly always): a peer that stalls in a frame
+            // header keeps its few bytes, not the chunk reserved for them.
+            self.compact();
+        }
+        read
     }
 
     /// The next whole frame among the bytes read, `None` until there is one. After a refusal,
