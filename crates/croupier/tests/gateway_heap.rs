@@ -39,12 +39,13 @@ use testkit::WsClient;
 /// Clients of each kind measured (besides one warm-up client per kind).
 const CLIENTS: usize = 500;
 
-/// The heap one idle spectator may cost the node, in bytes: measured 14,335 bytes in 19 blocks
-/// (debug build, the same on every run), with about 10 % on top. Where they go: ADR 0029.
-const SPECTATOR_BUDGET: u64 = 15_800;
-/// The heap one idle player (a connection with a token) may cost: measured 14,351 bytes in 21
-/// blocks (its player id and the token's expiry on top of a spectator's).
-const PLAYER_BUDGET: u64 = 15_800;
+/// The heap one idle spectator may cost the node, in bytes: measured 3,162 bytes in 10 blocks
+/// (debug build, the same on every run), with about 10 % on top. Where they go: ADR 0029 (its
+/// "after"; 14,335 bytes in 19 blocks before the session read the socket itself).
+const SPECTATOR_BUDGET: u64 = 3_500;
+/// The heap one idle player (a connection with a token) may cost: measured 3,170 bytes in 11
+/// blocks (its player id, in the token's `Verified`, on top of a spectator's).
+const PLAYER_BUDGET: u64 = 3_500;
 
 /// Set in the child process: the gateway's WebSocket URL.
 const CHILD_ENV: &str = "CROUPIER_HEAP_CLIENTS_OF";

@@ -33,6 +33,7 @@ mod doubtful;
 mod frame;
 mod http;
 mod hub;
+mod inbound;
 mod limits;
 mod outbox;
 mod session;
