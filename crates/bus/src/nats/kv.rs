@@ -21,9 +21,6 @@ use crate::subject::{valid_key, valid_key_pattern};
 /// Events a watch task holds for a busy reader. Buckets hold a handful of keys (one lease per
 /// table, one status), so this is many rounds of changes.
 const WATCH_CAPACITY: usize = 64;
-/// Pauses between attempts to re-establish a watch while the server is away.
-const REWATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
-const REWATCH_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// A bucket of a [`super::NatsBus`].
 #[derive(Debug, Clone)]
@@ -223,27 +220,17 @@ async fn forward_watch(
                 sent = sender.send(event) => if sent.is_err() { return },
             }
         }
-        let mut delay = Duration::ZERO;
-        let mut limit = super::tasks::ATTEMPT_TIMEOUT_FIRST;
-        watch = loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
-            }
-            match tokio::time::timeout(limit, store.watch_with_history(&pattern)).await {
-                Ok(Ok(watch)) => break watch,
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, "watch not re-established yet");
-                    delay = (delay * 2).clamp(REWATCH_BACKOFF_MIN, REWATCH_BACKOFF_MAX);
-                }
-                Err(_) => {
-                    // Nobody answered (a leader being elected): try again at once, waiting
-                    // longer for the answer (`tasks::ATTEMPT_TIMEOUT_FIRST`).
-                    tracing::debug!(?limit, "watch not re-established yet: no answer");
-                    limit = (limit * 2).min(super::tasks::ATTEMPT_TIMEOUT_LAST);
-                    delay = delay.clamp(REWATCH_BACKOFF_MIN, REWATCH_BACKOFF_MAX);
-                }
-            }
+        let opened = super::tasks::reestablish(
+            "watch",
+            &cancel,
+            Duration::ZERO,
+            || store.watch_with_history(&pattern),
+            |_| false,
+        )
+        .await;
+        watch = match opened {
+            Some(Ok(watch)) => watch,
+            _ => return,
         };
     }
 }

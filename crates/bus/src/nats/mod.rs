@@ -501,23 +501,40 @@ impl NatsBus {
     }
 
     /// The stream sequence of the last message matching `filter` (wildcards allowed), if any:
-    /// what a replay of `filter` should have delivered up to.
+    /// what a replay of `filter` should have delivered up to. Through `ordered_js`: the stall
+    /// watch asking must not wait the connection's full timeout.
     async fn last_seq_matching(&self, stream: &str, filter: &str) -> Result<Option<u64>, BusError> {
-        let handle = self
-            .inner
-            .ordered_js
+        let last = self
+            .last_raw(&self.inner.ordered_js, stream, filter)
+            .await?;
+        Ok(last.map(|message| message.sequence))
+    }
+
+    /// The last stored message on `subject` (wildcards allowed) of `stream`, through `js`.
+    async fn last_raw(
+        &self,
+        js: &jetstream::Context,
+        stream: &str,
+        subject: &str,
+    ) -> Result<Option<jetstream::message::StreamMessage>, BusError> {
+        let handle = js
             .get_stream_no_info(self.inner.names.name(stream))
             .await
             .map_err(|e| other("read stream", e))?;
         match handle
-            .get_last_raw_message_by_subject(&self.inner.names.subject(filter))
+            .get_last_raw_message_by_subject(&self.inner.names.subject(subject))
             .await
         {
-            Ok(message) => Ok(Some(message.sequence)),
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-                Ok(None)
-            }
-            Err(e) => Err(other("read last message", e)),
+            Ok(message) => Ok(Some(message)),
+            Err(e) => match e.kind() {
+                jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                jetstream::stream::LastRawMessageErrorKind::JetStream(js)
+                    if js.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Err(BusError::StreamNotFound(stream.to_string()))
+                }
+                _ => Err(other("read last message", e)),
+            },
         }
     }
 
@@ -610,35 +627,16 @@ impl Bus for NatsBus {
     ) -> Result<Option<StoredMessage>, BusError> {
         check_name("stream name", stream)?;
         check_subject(subject)?;
-        let handle = self
-            .inner
-            .js
-            .get_stream_no_info(self.inner.names.name(stream))
-            .await
-            .map_err(|e| other("read stream", e))?;
-        match handle
-            .get_last_raw_message_by_subject(&self.inner.names.subject(subject))
-            .await
-        {
-            Ok(message) => Ok(Some(StoredMessage {
-                subject: self.inner.names.logical_subject(message.subject.as_str()),
-                seq: message.sequence,
-                payload: message.payload,
-                msg_id: message
-                    .headers
-                    .get(async_nats::header::NATS_MESSAGE_ID)
-                    .map(|v| v.as_str().to_string()),
-            })),
-            Err(e) => match e.kind() {
-                jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-                jetstream::stream::LastRawMessageErrorKind::JetStream(js)
-                    if js.error_code() == ErrorCode::STREAM_NOT_FOUND =>
-                {
-                    Err(BusError::StreamNotFound(stream.to_string()))
-                }
-                _ => Err(other("read last message", e)),
-            },
-        }
+        let last = self.last_raw(&self.inner.js, stream, subject).await?;
+        Ok(last.map(|message| StoredMessage {
+            subject: self.inner.names.logical_subject(message.subject.as_str()),
+            seq: message.sequence,
+            payload: message.payload,
+            msg_id: message
+                .headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .map(|v| v.as_str().to_string()),
+        }))
     }
 
     async fn stream_state(&self, stream: &str) -> Result<StreamState, BusError> {

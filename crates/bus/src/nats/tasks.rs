@@ -24,8 +24,8 @@ const RESUBSCRIBE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// connection's 5 s request timeout, an attempt that just missed the election held the feed
 /// back up to 5 s more (two such were measured as a gateway's feeds returning 10 s after a
 /// node kill, the leaders back after 5). Healthy, the request takes milliseconds.
-pub(super) const ATTEMPT_TIMEOUT_FIRST: Duration = Duration::from_secs(1);
-pub(super) const ATTEMPT_TIMEOUT_LAST: Duration = Duration::from_secs(5);
+const ATTEMPT_TIMEOUT_FIRST: Duration = Duration::from_secs(1);
+const ATTEMPT_TIMEOUT_LAST: Duration = Duration::from_secs(5);
 
 /// A replay that has delivered nothing for this long asks whether the stream holds anything
 /// past what it delivered; it re-establishes itself when the answer is yes twice,
@@ -36,6 +36,45 @@ pub(super) const ATTEMPT_TIMEOUT_LAST: Duration = Duration::from_secs(5);
 /// costs one read of the stream's last matching message every few seconds.
 const STALL_QUIET: Duration = Duration::from_secs(3);
 const STALL_RECHECK: Duration = Duration::from_secs(1);
+
+/// Re-establishes what a server lost (a consumer, a watch): calls `open` until it succeeds,
+/// pausing `first_pause` before the first attempt and twice as long after each refusal (up to
+/// [`RESUBSCRIBE_BACKOFF_MAX`]); an attempt left unanswered is given [`ATTEMPT_TIMEOUT_FIRST`],
+/// doubling to [`ATTEMPT_TIMEOUT_LAST`], and is followed at once by the next. `None` once
+/// `cancel` fires; `Some(Err)` for an error `is_final` says no retry mends.
+pub(super) async fn reestablish<T, E, Fut>(
+    what: &'static str,
+    cancel: &CancellationToken,
+    first_pause: Duration,
+    mut open: impl FnMut() -> Fut,
+    is_final: impl Fn(&E) -> bool,
+) -> Option<Result<T, E>>
+where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = first_pause;
+    let mut limit = ATTEMPT_TIMEOUT_FIRST;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        match tokio::time::timeout(limit, open()).await {
+            Ok(Ok(opened)) => return Some(Ok(opened)),
+            Ok(Err(error)) if is_final(&error) => return Some(Err(error)),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "{what} not re-established yet");
+                delay = (delay * 2).clamp(RESUBSCRIBE_BACKOFF_MIN, RESUBSCRIBE_BACKOFF_MAX);
+            }
+            Err(_) => {
+                tracing::debug!(?limit, "{what} not re-established yet: no answer");
+                limit = (limit * 2).min(ATTEMPT_TIMEOUT_LAST);
+                delay = delay.clamp(RESUBSCRIBE_BACKOFF_MIN, RESUBSCRIBE_BACKOFF_MAX);
+            }
+        }
+    }
+}
 
 pub(super) struct ReplaySpec {
     pub stream: String,
@@ -132,37 +171,24 @@ pub(super) async fn replay(
                 quiet_since = tokio::time::Instant::now();
                 suspect = false;
             }
-            let mut delay = Duration::ZERO;
-            let mut limit = ATTEMPT_TIMEOUT_FIRST;
-            ordered = loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
+            let opened = reestablish(
+                "replay",
+                &cancel,
+                Duration::ZERO,
+                || bus.ordered(&spec.stream, &spec.filter, spec.next_seq),
+                |error| matches!(error, BusError::StreamNotFound(_)),
+            )
+            .await;
+            ordered = match opened {
+                None => return,
+                Some(Ok(ordered)) => {
+                    tracing::info!(next_seq = spec.next_seq, "replay re-established");
+                    ordered
                 }
-                let opened = tokio::time::timeout(
-                    limit,
-                    bus.ordered(&spec.stream, &spec.filter, spec.next_seq),
-                )
-                .await;
-                match opened {
-                    Ok(Ok(ordered)) => {
-                        tracing::info!(next_seq = spec.next_seq, "replay re-established");
-                        break ordered;
-                    }
-                    Ok(Err(error @ BusError::StreamNotFound(_))) => {
-                        // The stream is gone: resuming in a new one would mix epochs.
-                        let _ = sender.send(Err(error)).await;
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(?limit, "replay not re-established yet: no answer");
-                        limit = (limit * 2).min(ATTEMPT_TIMEOUT_LAST);
-                        delay = delay.clamp(RESUBSCRIBE_BACKOFF_MIN, RESUBSCRIBE_BACKOFF_MAX);
-                    }
-                    Ok(Err(error)) => {
-                        tracing::debug!(%error, "replay not re-established yet");
-                        delay = (delay * 2).clamp(RESUBSCRIBE_BACKOFF_MIN, RESUBSCRIBE_BACKOFF_MAX);
-                    }
+                Some(Err(error)) => {
+                    // The stream is gone: resuming in a new one would mix epochs.
+                    let _ = sender.send(Err(error)).await;
+                    return;
                 }
             };
         }
@@ -216,38 +242,23 @@ pub(super) async fn consume(
                     sent = sender.send(Ok(delivery)) => if sent.is_err() { return },
                 }
             }
-            let mut delay = RESUBSCRIBE_BACKOFF_MIN;
-            let mut limit = ATTEMPT_TIMEOUT_FIRST;
-            pull = loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
+            let opened = reestablish(
+                "durable consumer",
+                &cancel,
+                RESUBSCRIBE_BACKOFF_MIN,
+                || bus.durable(&spec.stream, &spec.durable, &spec.filter),
+                |error| matches!(error, BusError::StreamNotFound(_)),
+            )
+            .await;
+            pull = match opened {
+                None => return,
+                Some(Ok(pull)) => {
+                    tracing::info!("durable consumer re-established");
+                    pull
                 }
-                let opened = tokio::time::timeout(
-                    limit,
-                    bus.durable(&spec.stream, &spec.durable, &spec.filter),
-                )
-                .await;
-                match opened {
-                    Ok(Ok(pull)) => {
-                        tracing::info!("durable consumer re-established");
-                        break pull;
-                    }
-                    Ok(Err(error @ BusError::StreamNotFound(_))) => {
-                        let _ = sender.send(Err(error)).await;
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(
-                            ?limit,
-                            "durable consumer not re-established yet: no answer"
-                        );
-                        limit = (limit * 2).min(ATTEMPT_TIMEOUT_LAST);
-                    }
-                    Ok(Err(error)) => {
-                        tracing::debug!(%error, "durable consumer not re-established yet");
-                        delay = (delay * 2).min(RESUBSCRIBE_BACKOFF_MAX);
-                    }
+                Some(Err(error)) => {
+                    let _ = sender.send(Err(error)).await;
+                    return;
                 }
             };
         }
