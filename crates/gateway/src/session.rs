@@ -426,7 +426,7 @@ impl<B: Bus> Session<B> {
                 if !status.betting.is_enabled() {
                     if self.shared.doubt.contains(&token.player, &bet.bet_id) {
                         return self
-                            .error(Some(request_id), ErrorCode::Timeout, doubtful_message())
+                            .error(Some(request_id), ErrorCode::Timeout, DOUBTFUL)
                             .await;
                     }
                     let message = if status.reason.is_empty() {
@@ -781,24 +781,30 @@ async fn forward_bet<B: Bus>(
     timeout: Duration,
     doubt: Arc<Doubtful>,
 ) -> ServerMessage {
-    let mut in_flight = InFlight {
-        doubt,
-        player: request.player.clone(),
-        bet: request.bet_id,
-        fate: Fate::Unknown,
-    };
-    let earlier_may_stand = in_flight.doubt.contains(&in_flight.player, &in_flight.bet);
-    let request_id = request.request_id.clone();
+    let protocol::PlaceBetRequest {
+        request_id,
+        player,
+        bet_id,
+        ..
+    } = &request;
+    let request_id = request_id.clone();
     let payload = match Encoding::MsgPack.encode(&request) {
         Ok(payload) => payload,
         Err(error) => {
-            in_flight.fate = Fate::Untouched;
             return ServerMessage::error(
                 Some(request_id),
                 ErrorCode::BadMessage,
                 error.to_string(),
             );
         }
+    };
+    let earlier_may_stand = doubt.contains(player, bet_id);
+    // The request is sent from here on; its player moves into the guard, not copied.
+    let mut in_flight = InFlight {
+        doubt,
+        bet: *bet_id,
+        player: request.player,
+        fate: Fate::Unknown,
     };
     let subject = protocol::subject::bets_place_subject(&table);
     let started = Instant::now();
@@ -813,7 +819,7 @@ async fn forward_bet<B: Bus>(
             {
                 (
                     "timeout",
-                    ServerMessage::error(Some(request_id), ErrorCode::Timeout, doubtful_message()),
+                    ServerMessage::error(Some(request_id), ErrorCode::Timeout, DOUBTFUL),
                 )
             }
             Ok(PlaceBetReply::Rejected(rejected)) => {
@@ -837,7 +843,7 @@ async fn forward_bet<B: Bus>(
         },
         Err(RequestError::NoResponders) if earlier_may_stand => (
             "timeout",
-            ServerMessage::error(Some(request_id), ErrorCode::Timeout, doubtful_message()),
+            ServerMessage::error(Some(request_id), ErrorCode::Timeout, DOUBTFUL),
         ),
         Err(RequestError::NoResponders) => {
             // Nobody received this attempt, and no earlier one is in doubt here.
@@ -866,10 +872,8 @@ async fn forward_bet<B: Bus>(
 }
 
 /// The answer to a bet in doubt that cannot be looked up now.
-pub(crate) fn doubtful_message() -> &'static str {
-    "betting is unavailable, and an earlier attempt of this bet may have been recorded: \
-     retry with the same bet_id once betting is back"
-}
+const DOUBTFUL: &str = "betting is unavailable, and an earlier attempt of this bet may have been recorded: \
+     retry with the same bet_id once betting is back";
 
 /// What a bet's answer says of its fate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
