@@ -60,6 +60,38 @@ pub(super) const RECONNECT_QUEUE: usize = 1024;
 const CAUGHT_UP_EVERY: Duration = Duration::from_millis(50);
 /// Bets a bettor leaves unanswered before it stops betting (until answers come back).
 const BETS_IN_FLIGHT: usize = 64;
+/// `TIMEOUT` answers waiting for their retry, per reader thread: open-loop bettors keep betting
+/// through an outage, so this is what bounds the queue (a bet beyond it keeps its `TIMEOUT`).
+const MAX_RETRIES_WAITING: usize = 65_536;
+
+/// A bet answered `TIMEOUT`, to ask again at `due` on client `index` (in `slot`).
+struct Retry {
+    due: Instant,
+    slot: usize,
+    index: usize,
+    pending: Pending,
+}
+
+// Ordered by due time, soonest first out of `BinaryHeap` (a max-heap).
+impl Ord for Retry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.due.cmp(&self.due)
+    }
+}
+
+impl PartialOrd for Retry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Retry {
+    fn eq(&self, other: &Self) -> bool {
+        self.due == other.due
+    }
+}
+
+impl Eq for Retry {}
 
 /// A client after its handshake, ready for a reader thread.
 pub(super) struct Connected {
@@ -330,8 +362,8 @@ struct Reader {
     stop: CancellationToken,
     /// Reconnections not taken by the connect runtime yet (at most one per client).
     backlog: VecDeque<Reconnect>,
-    /// Bets answered `TIMEOUT`, to ask again when due: (due, slot, client index, bet).
-    retries: Vec<(Instant, usize, usize, Pending)>,
+    /// Bets answered `TIMEOUT`, soonest due first, to ask again (bounded: [`MAX_RETRIES_WAITING`]).
+    retries: std::collections::BinaryHeap<Retry>,
     /// `--check-delivery`: every client reached where its channels stood at the end.
     caught_up: bool,
     checked_at: Instant,
@@ -367,7 +399,7 @@ impl Reader {
             bets_made: 0,
             stop,
             backlog: VecDeque::new(),
-            retries: Vec::new(),
+            retries: std::collections::BinaryHeap::new(),
             caught_up: false,
             checked_at: Instant::now(),
         })
@@ -970,8 +1002,18 @@ impl Reader {
                 if code == "TIMEOUT" && pending.counted && pending.tries < bets::MAX_TRIES {
                     // The bet's fate is unknown: ask again with the same bet id, after a pause.
                     self.tally.bets.timeouts_retried += 1;
+                    if self.retries.len() >= MAX_RETRIES_WAITING {
+                        // More bets in doubt than a run can mean to resolve: this one stays so.
+                        self.final_answer(index, &pending, "TIMEOUT");
+                        return Ok(());
+                    }
                     let due = Instant::now() + bets::retry_pause(pending.tries);
-                    self.retries.push((due, slot, index, pending));
+                    self.retries.push(Retry {
+                        due,
+                        slot,
+                        index,
+                        pending,
+                    });
                     return Ok(());
                 }
                 self.shared.bets_answered.fetch_add(1, Ordering::Relaxed);
@@ -1187,24 +1229,24 @@ impl Reader {
     /// At the end: open windows closed, bets still waiting counted as unanswered.
     /// How long until the next `TIMEOUT` retry is due.
     fn retry_due(&self, now: Instant) -> Duration {
-        self.retries
-            .iter()
-            .map(|(due, ..)| due.saturating_duration_since(now))
-            .min()
-            .unwrap_or(Duration::MAX)
+        self.retries.peek().map_or(Duration::MAX, |retry| {
+            retry.due.saturating_duration_since(now)
+        })
     }
 
     /// Sends the `TIMEOUT` retries that are due, each on its client's connection (or kept for
     /// its next one); a client gone for good takes its bet without an answer.
     fn retry_timeouts(&mut self, now: Instant) {
-        if self.retries.iter().all(|(due, ..)| *due > now) {
-            return;
-        }
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retries)
-            .into_iter()
-            .partition(|(at, ..)| *at <= now);
-        self.retries = later;
-        for (_, slot, index, pending) in due {
+        while self.retries.peek().is_some_and(|retry| retry.due <= now) {
+            let Some(Retry {
+                slot,
+                index,
+                pending,
+                ..
+            }) = self.retries.pop()
+            else {
+                break;
+            };
             let same_client = self.conns[slot].as_ref().is_some_and(|c| c.index == index);
             if !same_client {
                 self.final_answer(index, &pending, "none");
@@ -1218,7 +1260,7 @@ impl Reader {
 
     fn finish_bets(&mut self) {
         let now = Instant::now();
-        for (_, _, index, pending) in std::mem::take(&mut self.retries) {
+        for Retry { index, pending, .. } in std::mem::take(&mut self.retries) {
             self.final_answer(index, &pending, "none");
         }
         for state in &mut self.tables {
