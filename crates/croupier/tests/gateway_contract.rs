@@ -336,16 +336,7 @@ async fn a_bet_gs_does_not_answer_is_a_timeout_and_too_many_are_rate_limited() {
     client.close().await;
 
     // A GS that takes requests and never answers.
-    let mut silent = bus::Bus::serve(&stack.bus, "bets.place.*", "gs")
-        .await
-        .expect("serve");
-    let held = tokio::spawn(async move {
-        use futures_util::StreamExt;
-        let mut requests = Vec::new();
-        while let Some(request) = silent.next().await {
-            requests.push(request);
-        }
-    });
+    let held = stand_in_gs(&stack.bus, None).await;
     let _alive = common::pretend_gs_alive(&stack.bus);
     common::wait_betting_enabled(&url).await;
     for subprotocol in ENCODINGS {
@@ -383,7 +374,6 @@ async fn ask(client: &mut WsClient, message: Value) -> Value {
 /// answer was lost with a NATS node, retried while betting was off, told it was not.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bet_whose_fate_is_unknown_is_never_refused_as_not_recorded() {
-    use futures_util::StreamExt;
     let stack = Stack::start(StackOptions {
         gms: false,
         gs: false,
@@ -402,15 +392,7 @@ async fn a_bet_whose_fate_is_unknown_is_never_refused_as_not_recorded() {
     };
 
     // A GS that takes the bet and never answers: TIMEOUT, the bet is in doubt.
-    let mut silent = bus::Bus::serve(&stack.bus, "bets.place.*", "gs")
-        .await
-        .expect("serve");
-    let held = tokio::spawn(async move {
-        let mut requests = Vec::new();
-        while let Some(request) = silent.next().await {
-            requests.push(request);
-        }
-    });
+    let held = stand_in_gs(&stack.bus, None).await;
     let _alive = common::pretend_gs_alive(&stack.bus);
     common::wait_betting_enabled(&url).await;
     let (mut client, _) = connect(&url, ENCODINGS[0]).await;
@@ -444,25 +426,7 @@ async fn a_bet_whose_fate_is_unknown_is_never_refused_as_not_recorded() {
 
     // Betting switched off: the gateway refuses fresh bets itself, but not this one. (No GS
     // here to turn the operator's key into the status: written as GS writes it.)
-    let say_betting = |betting: protocol::Betting, reason: &str| {
-        let status = protocol::BettingStatus {
-            betting,
-            reason: reason.to_string(),
-            at: domain::Timestamp::from_unix_micros(0).expect("timestamp"),
-        };
-        let bus = stack.bus.clone();
-        async move {
-            use bus::{Bus, Kv};
-            let kv = bus.kv("status").await.expect("status bucket");
-            kv.put(
-                "betting",
-                protocol::Encoding::MsgPack.encode(&status).expect("encode"),
-            )
-            .await
-            .expect("put status");
-        }
-    };
-    say_betting(protocol::Betting::Disabled, "operator").await;
+    stack.say_betting(false, "operator").await;
     client
         .recv_until(WAIT, |m| m["type"] == "status")
         .await
@@ -485,30 +449,19 @@ async fn a_bet_whose_fate_is_unknown_is_never_refused_as_not_recorded() {
         Some("elsewhere"),
     );
     other.close().await;
-    say_betting(protocol::Betting::Enabled, "").await;
+    stack.say_betting(true, "").await;
     client
         .recv_until(WAIT, |m| m["type"] == "status" && m["betting"] == "enabled")
         .await
         .expect("status enabled");
 
     // A GS that refuses without its store ("not recorded" of this attempt only): TIMEOUT.
-    let mut refusing = bus::Bus::serve(&stack.bus, "bets.place.*", "gs")
-        .await
-        .expect("serve");
-    let reply = |code: protocol::ErrorCode| {
-        protocol::Encoding::MsgPack
-            .encode(&protocol::PlaceBetReply::rejected(
-                code,
-                "store unavailable",
-            ))
-            .expect("encode")
-    };
-    let unavailable = reply(protocol::ErrorCode::BettingUnavailable);
-    let answering = tokio::spawn(async move {
-        while let Some(request) = refusing.next().await {
-            let _ = request.respond(unavailable.clone()).await;
-        }
-    });
+    let refusing = |code| Some(protocol::PlaceBetReply::rejected(code, "store unavailable"));
+    let answering = stand_in_gs(
+        &stack.bus,
+        refusing(protocol::ErrorCode::BettingUnavailable),
+    )
+    .await;
     assert_error(
         &ask(&mut client, same_bet("refused")).await,
         "TIMEOUT",
@@ -523,22 +476,58 @@ async fn a_bet_whose_fate_is_unknown_is_never_refused_as_not_recorded() {
     let _ = answering.await;
 
     // GS answers definitely (here: closed): that answer is the bet's, and the doubt ends.
-    let mut definite = bus::Bus::serve(&stack.bus, "bets.place.*", "gs")
-        .await
-        .expect("serve");
-    let closed = reply(protocol::ErrorCode::BettingClosed);
-    let answering = tokio::spawn(async move {
-        while let Some(request) = definite.next().await {
-            let _ = request.respond(closed.clone()).await;
-        }
-    });
+    let answering = stand_in_gs(&stack.bus, refusing(protocol::ErrorCode::BettingClosed)).await;
     assert_error(
         &ask(&mut client, same_bet("definite")).await,
         "BETTING_CLOSED",
         Some("definite"),
     );
     answering.abort();
+    let _ = answering.await;
+    // With no GS again, the same bet is now refused like a fresh one: the doubt ended.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let after = ask(&mut client, same_bet("after")).await;
+        if after["code"] == "BETTING_UNAVAILABLE" {
+            break;
+        }
+        // The stand-in's interest may linger on the server a moment (it answers closed);
+        // a doubt that never ended answers TIMEOUT until the deadline.
+        assert!(
+            after["code"] == "BETTING_CLOSED" || after["code"] == "TIMEOUT",
+            "{after}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the doubt never ended: {after}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     client.close().await;
+}
+
+/// Stands in for GS on `bets.place.*`: answers every bet with `reply`, or holds it unanswered
+/// when `None`. Aborting the task leaves the queue group.
+async fn stand_in_gs(
+    bus: &bus::NatsBus,
+    reply: Option<protocol::PlaceBetReply>,
+) -> tokio::task::JoinHandle<()> {
+    use futures_util::StreamExt;
+    let mut requests = bus::Bus::serve(bus, "bets.place.*", "gs")
+        .await
+        .expect("serve");
+    let reply = reply.map(|r| protocol::Encoding::MsgPack.encode(&r).expect("encode"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some(request) = requests.next().await {
+            match &reply {
+                Some(bytes) => {
+                    let _ = request.respond(bytes.clone()).await;
+                }
+                None => held.push(request),
+            }
+        }
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -851,15 +840,8 @@ async fn readiness_fails_and_new_channels_are_overloaded_while_the_bus_is_down()
     bus::Bus::setup(&bus, &common::croupier_definitions())
         .await
         .expect("setup");
-    let secret = gateway::JwtSecret::new(common::SECRET).expect("secret");
-    let config = gateway::GatewayConfig::new("127.0.0.1:0".parse().expect("addr"), secret);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let node = gateway::Gateway::build(config, bus, shutdown.clone())
-        .await
-        .expect("bind");
-    let addr = node.local_addr().expect("addr").to_string();
-    let done = tokio::spawn(node.run());
-    common::wait_ready(&addr).await;
+    let node = common::GatewayNode::start(bus, |_| {}).await;
+    let addr = node.addr.clone();
     let (mut client, _) = connect(&format!("ws://{addr}/ws"), ENCODINGS[0]).await;
 
     nats.stop();
@@ -872,6 +854,5 @@ async fn readiness_fails_and_new_channels_are_overloaded_while_the_bus_is_down()
     assert_error(&answer, "OVERLOADED", None);
     assert_usable(&mut client).await;
     client.close().await;
-    shutdown.cancel();
-    let _ = tokio::time::timeout(WAIT, done).await;
+    node.stop().await;
 }

@@ -117,17 +117,12 @@ async fn measure() -> ((PerConnection, PerConnection), Running) {
     bus::Bus::setup(&bus, &common::croupier_definitions())
         .await
         .expect("set up the streams");
-    let secret = gateway::JwtSecret::new(common::SECRET).expect("secret");
-    let mut config = gateway::GatewayConfig::new("127.0.0.1:0".parse().expect("addr"), secret);
-    // No pings during the measurement: a ping in flight is not an idle connection's state.
-    config.idle_timeout = Duration::from_secs(600);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let node = gateway::Gateway::build(config, bus, shutdown.clone())
-        .await
-        .expect("bind the gateway");
-    let addr = node.local_addr().expect("addr").to_string();
-    let served = tokio::spawn(node.run());
-    common::wait_ready(&addr).await;
+    let node = common::GatewayNode::start(bus, |config| {
+        // No pings during the measurement: a ping in flight is not an idle connection's state.
+        config.idle_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let addr = node.addr.clone();
 
     let mut clients = Clients::start(&format!("ws://{addr}/ws"));
     // Warm-up: the table's feed, the hub's writers and whatever else the first connection of
@@ -147,8 +142,7 @@ async fn measure() -> ((PerConnection, PerConnection), Running) {
     let result = (per(&before, &spectators), per(&spectators, &players));
     let running = Running {
         clients,
-        shutdown,
-        served,
+        node,
         _nats: nats,
     };
     (result, running)
@@ -157,16 +151,14 @@ async fn measure() -> ((PerConnection, PerConnection), Running) {
 /// What stays up until the profile is written.
 struct Running {
     clients: Clients,
-    shutdown: tokio_util::sync::CancellationToken,
-    served: tokio::task::JoinHandle<()>,
+    node: common::GatewayNode,
     _nats: testkit::TestNats,
 }
 
 impl Running {
     async fn stop(self) {
         drop(self.clients);
-        self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.served).await;
+        self.node.stop().await;
     }
 }
 
@@ -199,7 +191,7 @@ async fn settled() -> dhat::HeapStats {
 /// The clients' process, seen from the parent.
 struct Clients {
     child: std::process::Child,
-    answers: tokio::sync::mpsc::UnboundedReceiver<String>,
+    answers: tokio::sync::mpsc::Receiver<String>,
 }
 
 impl Clients {
@@ -213,11 +205,11 @@ impl Clients {
             .spawn()
             .expect("start the clients' process");
         let stdout = child.stdout.take().expect("the child's stdout");
-        let (tx, answers) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, answers) = tokio::sync::mpsc::channel(16);
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
+                if tx.blocking_send(line).is_err() {
                     return;
                 }
             }

@@ -394,6 +394,36 @@ pub struct GatewayNode {
 }
 
 impl GatewayNode {
+    /// A gateway node in this process on `bus`, with the tests' secret, a 2 s drain and what
+    /// `configure` sets; returns once it answers `/readyz`.
+    pub async fn start(
+        bus: bus::NatsBus,
+        configure: impl FnOnce(&mut gateway::GatewayConfig),
+    ) -> GatewayNode {
+        let secret = gateway::JwtSecret::new(SECRET).expect("secret");
+        let mut config = gateway::GatewayConfig::new("127.0.0.1:0".parse().expect("addr"), secret);
+        config.drain_timeout = Duration::from_secs(2);
+        configure(&mut config);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let node = gateway::Gateway::build(config, bus, shutdown.clone())
+            .await
+            .expect("bind gateway");
+        let addr = node.local_addr().expect("addr").to_string();
+        let done = tokio::spawn(node.run());
+        wait_ready(&addr).await;
+        GatewayNode {
+            addr,
+            shutdown,
+            done,
+        }
+    }
+
+    /// Shuts the node down and waits (a while) for it to end.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.done).await;
+    }
+
     pub fn ws_url(&self, token: Option<&str>) -> String {
         match token {
             Some(token) => format!("ws://{}/ws?token={token}", self.addr),
@@ -552,25 +582,14 @@ impl Stack {
         )
         .await
         .expect("connect to NATS");
-        let secret = gateway::JwtSecret::new(SECRET).expect("secret");
-        let mut config = gateway::GatewayConfig::new("127.0.0.1:0".parse().expect("addr"), secret);
-        config.idle_timeout = options.idle_timeout;
-        config.bet_timeout = options.bet_timeout;
-        config.dev_tokens = options.dev_tokens;
-        config.drain_timeout = Duration::from_secs(2);
-        config.metrics = Some(std::sync::Arc::new(|| "# metrics\n".to_string()));
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let node = gateway::Gateway::build(config, bus, shutdown.clone())
-            .await
-            .expect("bind gateway");
-        let addr = node.local_addr().expect("addr").to_string();
-        let done = tokio::spawn(node.run());
-        wait_ready(&addr).await;
-        self.gateways.push(GatewayNode {
-            addr,
-            shutdown,
-            done,
-        });
+        let node = GatewayNode::start(bus, |config| {
+            config.idle_timeout = options.idle_timeout;
+            config.bet_timeout = options.bet_timeout;
+            config.dev_tokens = options.dev_tokens;
+            config.metrics = Some(std::sync::Arc::new(|| "# metrics\n".to_string()));
+        })
+        .await;
+        self.gateways.push(node);
     }
 
     pub fn gateway(&self) -> &GatewayNode {
@@ -592,24 +611,35 @@ impl Stack {
     /// Switches betting as an operator does: key `operator` of bucket `status`, MessagePack;
     /// GS turns it into the betting status.
     pub async fn set_betting(&self, enabled: bool, reason: &str) {
-        use bus::{Bus, Kv};
-        let status = protocol::BettingStatus {
-            betting: if enabled {
-                protocol::Betting::Enabled
-            } else {
-                protocol::Betting::Disabled
-            },
-            reason: reason.to_string(),
-            at: domain::Timestamp::from_unix_micros(0).expect("timestamp"),
-        };
-        let kv = self.bus.kv("status").await.expect("status bucket");
-        kv.put(
-            "operator",
-            protocol::Encoding::MsgPack.encode(&status).expect("encode"),
-        )
-        .await
-        .expect("put status");
+        put_betting_status(&self.bus, "operator", enabled, reason).await;
     }
+
+    /// Writes the betting status itself (key `betting`), as GS does: for tests that stand in
+    /// for GS.
+    pub async fn say_betting(&self, enabled: bool, reason: &str) {
+        put_betting_status(&self.bus, "betting", enabled, reason).await;
+    }
+}
+
+/// Puts a betting status under `key` of bucket `status`, MessagePack.
+async fn put_betting_status(bus: &bus::NatsBus, key: &str, enabled: bool, reason: &str) {
+    use bus::{Bus, Kv};
+    let status = protocol::BettingStatus {
+        betting: if enabled {
+            protocol::Betting::Enabled
+        } else {
+            protocol::Betting::Disabled
+        },
+        reason: reason.to_string(),
+        at: domain::Timestamp::from_unix_micros(0).expect("timestamp"),
+    };
+    let kv = bus.kv("status").await.expect("status bucket");
+    kv.put(
+        key,
+        protocol::Encoding::MsgPack.encode(&status).expect("encode"),
+    )
+    .await
+    .expect("put status");
 }
 
 /// Makes gateways believe a GS is alive and serving, as a real one says it: a heartbeat in
@@ -772,22 +802,7 @@ pub async fn lone_gateway(
     bus::Bus::setup(&bus, &croupier_definitions())
         .await
         .expect("set up streams");
-    let secret = gateway::JwtSecret::new(SECRET).expect("secret");
-    let mut config = gateway::GatewayConfig::new("127.0.0.1:0".parse().expect("addr"), secret);
-    config.drain_timeout = Duration::from_secs(2);
-    configure(&mut config);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let node = gateway::Gateway::build(config, connect().await.expect("connect"), shutdown.clone())
-        .await
-        .expect("bind gateway");
-    let addr = node.local_addr().expect("addr").to_string();
-    let done = tokio::spawn(node.run());
-    wait_ready(&addr).await;
-    let node = GatewayNode {
-        addr,
-        shutdown,
-        done,
-    };
+    let node = GatewayNode::start(connect().await.expect("connect"), configure).await;
     (node, bus)
 }
 
