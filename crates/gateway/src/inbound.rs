@@ -216,7 +216,8 @@ impl Reader {
                     Ok(Some(Frame::Fragment))
                 }
             }
-            OpCode::Continuation if self.fragments.is_some() => {
+            OpCode::Continuation => {
+                // A continuation of nothing (§5.4).
                 let Some(message) = self.fragments.as_mut() else {
                     return Err(Refusal::Protocol("bad fragmentation"));
                 };
@@ -229,10 +230,8 @@ impl Reader {
                     Ok(Some(Frame::Fragment))
                 }
             }
-            // A new message inside a fragmented one, or a continuation of nothing (§5.4).
-            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                Err(Refusal::Protocol("bad fragmentation"))
-            }
+            // A new message inside a fragmented one (§5.4).
+            OpCode::Text | OpCode::Binary => Err(Refusal::Protocol("bad fragmentation")),
         }
     }
 
