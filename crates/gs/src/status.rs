@@ -46,6 +46,16 @@ pub const STALE: Duration = Duration::from_secs(3);
 /// fresh heartbeat, rather than waited on for the connection's 5 s request timeout.
 const CALL_LIMIT: Duration = HEARTBEAT;
 
+/// `call` within [`CALL_LIMIT`]: its error, or that none came in time, as text.
+async fn bounded<T, E: std::fmt::Display>(
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(CALL_LIMIT, call).await {
+        Ok(done) => done.map_err(|e| e.to_string()),
+        Err(_) => Err("no answer in time".to_string()),
+    }
+}
+
 /// Whether this GS serves bets, as the intake follows it.
 pub(crate) type Serving = watch::Receiver<bool>;
 
@@ -200,12 +210,9 @@ impl<B: Bus> Bucket<B> {
 
     async fn get(&mut self, bus: &B) -> Option<B::Kv> {
         if self.kv.is_none() {
-            match tokio::time::timeout(CALL_LIMIT, bus.kv(self.name)).await {
-                Ok(Ok(kv)) => self.kv = Some(kv),
-                Ok(Err(error)) => {
-                    tracing::warn!(bucket = self.name, %error, "cannot open a bucket");
-                }
-                Err(_) => tracing::warn!(bucket = self.name, "cannot open a bucket: no answer"),
+            match bounded(bus.kv(self.name)).await {
+                Ok(kv) => self.kv = Some(kv),
+                Err(error) => tracing::warn!(bucket = self.name, %error, "cannot open a bucket"),
             }
         }
         self.kv.clone()
@@ -387,10 +394,8 @@ async fn put_heartbeat<B: Bus>(
     let Some(kv) = bucket.get(bus).await else {
         return;
     };
-    match tokio::time::timeout(CALL_LIMIT, kv.put(key, payload)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => tracing::warn!(%error, "GS heartbeat not written"),
-        Err(_) => tracing::warn!("GS heartbeat not written: no acknowledgement in time"),
+    if let Err(error) = bounded(kv.put(key, payload)).await {
+        tracing::warn!(%error, "GS heartbeat not written");
     }
 }
 
@@ -416,11 +421,7 @@ async fn write_status<B: Bus>(
     let Some(kv) = status_bucket.get(bus).await else {
         return;
     };
-    let written = match tokio::time::timeout(CALL_LIMIT, kv.put(STATUS_BETTING_KEY, payload)).await
-    {
-        Ok(written) => written.map_err(|e| e.to_string()),
-        Err(_) => Err("no acknowledgement in time".to_string()),
-    };
+    let written = bounded(kv.put(STATUS_BETTING_KEY, payload)).await;
     match written {
         Ok(_) => {
             tracing::info!(
