@@ -38,13 +38,7 @@ async fn run() -> Result<i32> {
     if !up::bin().exists() {
         anyhow::bail!("build first: cargo build --release -p croupier");
     }
-    let scenarios = match std::env::var("CHAOS_SCENARIOS") {
-        Ok(list) => list
-            .split(',')
-            .map(|s| chaos::Scenario::parse(s.trim()))
-            .collect::<Result<Vec<_>>>()?,
-        Err(_) => chaos::Scenario::ALL.to_vec(),
-    };
+    let scenarios = chaos::Scenario::from_env(&chaos::Scenario::ALL)?;
     let options = chaos::Options {
         profile: "release",
         scenarios,

@@ -22,13 +22,12 @@ async fn a_gs_a_gateway_and_a_nats_node_killed_under_load_lose_nothing() {
     let options = chaos::Options {
         profile: "debug",
         // `CHAOS_SCENARIOS` narrows the run (to chase one scenario's failure, say).
-        scenarios: match std::env::var("CHAOS_SCENARIOS") {
-            Ok(list) => list
-                .split(',')
-                .map(|s| Scenario::parse(s.trim()).expect("a scenario name"))
-                .collect(),
-            Err(_) => vec![Scenario::GsKill, Scenario::GatewayKill, Scenario::NatsKill],
-        },
+        scenarios: Scenario::from_env(&[
+            Scenario::GsKill,
+            Scenario::GatewayKill,
+            Scenario::NatsKill,
+        ])
+        .expect("CHAOS_SCENARIOS names scenarios"),
         clients: 200,
         bettors: 40,
         bet_rate: 100,

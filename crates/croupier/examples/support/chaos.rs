@@ -75,6 +75,14 @@ impl Scenario {
             .find(|s| s.name() == name)
             .with_context(|| format!("no scenario {name:?}"))
     }
+
+    /// The scenarios `CHAOS_SCENARIOS` names (comma-separated), or `default` when it is unset.
+    pub fn from_env(default: &[Scenario]) -> Result<Vec<Scenario>> {
+        match std::env::var("CHAOS_SCENARIOS") {
+            Ok(list) => list.split(',').map(|s| Scenario::parse(s.trim())).collect(),
+            Err(_) => Ok(default.to_vec()),
+        }
+    }
 }
 
 /// How a run is sized.
