@@ -103,6 +103,16 @@ async fn a_nats_node_killed_under_load_and_restarted_loses_nothing() {
     common::wait_ready(&env.http_addr).await;
     let ws_url = format!("ws://{}/ws", env.http_addr);
     common::wait_betting_enabled(&ws_url).await;
+    // GMS may still be setting up the cluster's streams when GS and the gateway are ready: the
+    // load and the kill start once a round is open, or the test would judge a startup.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while open_round(&client).await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no round opened within 60 s of the stack starting"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A client on the gateway follows the table for the whole run.
     let (mut watcher, _) = common::connect(&ws_url, "croupier.v1.json").await;

@@ -158,7 +158,13 @@ impl SetupFailure {
 }
 
 /// Runs `attempt` until it succeeds, fails for a reason that is not transient, or `deadline`
-/// passes (then its last error), pausing 100 ms doubling to 1 s in between.
+/// passes (then its last error), pausing 100 ms doubling to 1 s in between. An attempt left
+/// unanswered is given up after 1 s, doubling to 5 s while none is answered: a cluster drops,
+/// rather than answers, a request to create a stream or bucket whose creation by another
+/// process is still being agreed, and several services start at once and create the same
+/// definitions. With the connection's 5 s request timeout each such race cost 5 s: three
+/// services starting on a fresh three-node cluster each waited 5 s (now 1 s), and in CI a GMS
+/// was still retrying its setup 15 s after GS and the gateway were serving.
 async fn retry_transient<F, Fut>(
     deadline: tokio::time::Instant,
     mut attempt: F,
@@ -168,8 +174,17 @@ where
     Fut: std::future::Future<Output = Result<(), SetupFailure>>,
 {
     let mut pause = Duration::from_millis(100);
+    let mut limit = tasks::ATTEMPT_TIMEOUT_FIRST;
     loop {
-        match attempt().await {
+        let outcome = match tokio::time::timeout(limit, attempt()).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let unanswered = SetupFailure::Transient(format!("no answer within {limit:?}"));
+                limit = (limit * 2).min(tasks::ATTEMPT_TIMEOUT_LAST);
+                Err(unanswered)
+            }
+        };
+        match outcome {
             Ok(()) => return Ok(()),
             Err(SetupFailure::Transient(error))
                 if tokio::time::Instant::now() + pause < deadline =>

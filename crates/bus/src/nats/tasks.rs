@@ -24,8 +24,8 @@ const RESUBSCRIBE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// connection's 5 s request timeout, an attempt that just missed the election held the feed
 /// back up to 5 s more (two such were measured as a gateway's feeds returning 10 s after a
 /// node kill, the leaders back after 5). Healthy, the request takes milliseconds.
-const ATTEMPT_TIMEOUT_FIRST: Duration = Duration::from_secs(1);
-const ATTEMPT_TIMEOUT_LAST: Duration = Duration::from_secs(5);
+pub(super) const ATTEMPT_TIMEOUT_FIRST: Duration = Duration::from_secs(1);
+pub(super) const ATTEMPT_TIMEOUT_LAST: Duration = Duration::from_secs(5);
 
 /// A replay that has delivered nothing for this long asks whether the stream holds anything
 /// past what it delivered; it re-establishes itself when the answer is yes twice,
