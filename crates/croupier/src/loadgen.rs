@@ -5,7 +5,10 @@
 //! - publish→client latency: from each event's `at` (stamped by its publisher) to its arrival;
 //! - bet→answer latency, for the `--bettors` clients;
 //! - messages delivered per second, unexpected drops, and closes with 4008 (slow consumer);
-//! - with `--server-pid`, the server's own RSS per connection (read from `/proc`);
+//! - with `--server-pid`, the server's own RSS per connection and its CPU time per event (read
+//!   from `/proc`), and the kernel's TCP memory beside it; `--bus-pid` the same for
+//!   nats-server; `--burst` also after a burst of events that a share of the clients does not
+//!   read;
 //! - over several gateways (`--url a,b`): client `i` connects to the `i mod n`-th, and a client
 //!   whose connection ends while the run goes on connects to the next one and resumes each
 //!   channel after the last `seq` it received; with `--check-delivery`, every message a client
@@ -14,7 +17,8 @@
 //! `--target nats` speaks the NATS protocol over WebSocket instead (nats-server's own
 //! `websocket` listener), subscribing to the same subject, so both servers can be measured
 //! side by side on the same events. `--publish-rate` makes loadgen itself publish synthetic
-//! `round_opened` events to `table.<table>.round` on JetStream at that rate, for both.
+//! `round_opened` events to `table.<table>.round` on JetStream at that rate on every table, for
+//! both.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -36,8 +40,10 @@ use crate::config::Resolved;
 mod bets;
 mod clients;
 mod delivery;
+mod probe;
 
 pub use bets::{BetReport, RoundReport};
+pub use probe::MemorySample;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
@@ -99,12 +105,29 @@ pub struct LoadgenArgs {
     /// New connections per second while ramping up.
     #[arg(long, default_value_t = 1000)]
     pub connect_rate: u32,
-    /// Publish synthetic events to `table.<table>.round` on JetStream at this rate (per second).
+    /// Publish synthetic events to `table.<table>.round` on JetStream at this rate (per second
+    /// and table), on every table followed.
     #[arg(long)]
     pub publish_rate: Option<f64>,
-    /// Sample this process's RSS before and after connecting (the server under test).
+    /// Every client also follows its own player channel, `player.<players>-<i>` (Croupier
+    /// only; each gets a token), without betting unless it is one of `--bettors`.
+    #[arg(long)]
+    pub player_channels: bool,
+    /// The server under test: its RSS before and after connecting, after the measurement and
+    /// around `--burst`, and its CPU time during the measurement (from `/proc`).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// The bus (nats-server) behind the server: its RSS and CPU time, sampled as the server's.
+    #[arg(long)]
+    pub bus_pid: Option<u32>,
+    /// After the measurement: a share of the clients (`--slow-share`) stops reading, this many
+    /// events are published on each table as fast as they are acknowledged, and the memory is
+    /// sampled with those clients backed up, then again once they read and caught up.
+    #[arg(long, default_value_t = 0)]
+    pub burst: u32,
+    /// With `--burst`: the share of clients that stop reading (read by a thread of their own).
+    #[arg(long, default_value_t = 0.1)]
+    pub slow_share: f64,
     /// Count every message a client missed or received twice on the channels it followed
     /// (Croupier only): after the run, each client's received sequences are checked against
     /// the JetStream streams (read with NATS_URL / CROUPIER_NATS_PREFIX), from its first
@@ -178,6 +201,35 @@ pub struct Report {
     /// `missed` is out of), and the client-channel pairs checked.
     pub delivery_expected: Option<u64>,
     pub delivery_followed: Option<u64>,
+    /// CPU time of the server and the bus during the measurement.
+    pub cpu: CpuReport,
+    /// Memory at each stage of the run (see [`MemorySample::at`]).
+    pub memory: Vec<MemorySample>,
+    /// `--burst` only.
+    pub burst: Option<BurstReport>,
+}
+
+/// CPU time during the measurement, in ms, in all and per event (per `clients` deliveries:
+/// one event to every client when all follow one table).
+#[derive(Debug, Default, Serialize)]
+pub struct CpuReport {
+    pub server_ms: Option<u64>,
+    pub server_ms_per_event: Option<f64>,
+    pub bus_ms: Option<u64>,
+    pub bus_ms_per_event: Option<f64>,
+}
+
+/// What `--burst` did: the clients that stopped reading, the events published to them, and
+/// how many connections the server closed meanwhile (4008: a backlog past its bounds).
+#[derive(Debug, Default, Serialize)]
+pub struct BurstReport {
+    pub slow_clients: u64,
+    pub events_per_table: u32,
+    pub publish_ms: f64,
+    pub drops: u64,
+    pub slow_consumer_closes: u64,
+    /// From resuming the slow clients until every client had all the burst's events.
+    pub catch_up_ms: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -212,6 +264,8 @@ impl Percentiles {
 /// Counters shared by the reader threads and the report.
 struct Shared {
     delivered: AtomicU64,
+    /// Events received at any time, measuring or not (`--burst` waits on it).
+    received: AtomicU64,
     connected: AtomicU64,
     connect_failures: AtomicU64,
     drops: AtomicU64,
@@ -246,6 +300,7 @@ impl Shared {
     fn new(urls: usize) -> anyhow::Result<Self> {
         Ok(Self {
             delivered: AtomicU64::new(0),
+            received: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             drops: AtomicU64::new(0),
@@ -293,6 +348,15 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     }
     if args.check_delivery && args.target == Target::Nats {
         anyhow::bail!("--check-delivery works only with --target croupier");
+    }
+    if args.player_channels && args.target == Target::Nats {
+        anyhow::bail!("--player-channels works only with --target croupier");
+    }
+    if args.burst > 0 && !(args.slow_share > 0.0 && args.slow_share < 1.0) {
+        anyhow::bail!(
+            "--slow-share must be between 0 and 1 (exclusive), not {}",
+            args.slow_share
+        );
     }
     let urls: Vec<String> = args
         .url
@@ -343,7 +407,8 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     let secret = gateway::JwtSecret::new(&settings.jwt_secret).context("CROUPIER_JWT_SECRET")?;
     let shared = Arc::new(Shared::new(urls.len())?);
     let stop = CancellationToken::new();
-    let rss_before = args.server_pid.and_then(rss_kib);
+    let mut memory = vec![MemorySample::take("before", args.server_pid, args.bus_pid)];
+    let rss_before = memory[0].server_rss_kib;
     let delivery_bus = if args.check_delivery {
         let bus = bus::NatsBus::connect(
             &settings.nats_url,
@@ -357,27 +422,34 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
         None
     };
 
-    let publisher = match args.publish_rate {
-        Some(rate) if rate > 0.0 => {
-            let bus = bus::NatsBus::connect(
-                &settings.nats_url,
-                &settings.nats_prefix,
-                bus::NatsOptions::default(),
-            )
+    let rate = args.publish_rate.filter(|rate| *rate > 0.0);
+    let publish_bus = if rate.is_some() || args.burst > 0 {
+        let bus = bus::NatsBus::connect(
+            &settings.nats_url,
+            &settings.nats_prefix,
+            bus::NatsOptions::default(),
+        )
+        .await
+        .with_context(|| format!("connect to NATS at {} to publish", settings.nats_url))?;
+        bus.setup(&settings.definitions())
             .await
-            .with_context(|| format!("connect to NATS at {} to publish", settings.nats_url))?;
-            bus.setup(&settings.definitions())
-                .await
-                .context("streams")?;
-            Some(tokio::spawn(publish(
-                bus,
-                tables[0].clone(),
+            .context("streams")?;
+        Some(bus)
+    } else {
+        None
+    };
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let mut publishers = tokio::task::JoinSet::new();
+    if let (Some(rate), Some(bus)) = (rate, &publish_bus) {
+        for table in &tables {
+            publishers.spawn(publish(
+                bus.clone(),
+                Synthetic::new(table, &run_id)?,
                 rate,
                 stop.clone(),
-            )))
+            ));
         }
-        _ => None,
-    };
+    }
 
     let (reconnect_tx, reconnect_rx) = tokio::sync::mpsc::channel(clients::RECONNECT_QUEUE);
     let reader_config = Arc::new(clients::ReaderConfig {
@@ -398,8 +470,25 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
             reader_config.clone(),
             shared.clone(),
             stop.clone(),
+            None,
         )?);
     }
+    // `--burst`: the slow share of the clients is read by a thread of its own, paused for it.
+    let slow = (args.burst > 0).then(|| Arc::new(AtomicBool::new(false)));
+    if let Some(paused) = &slow {
+        readers.push(clients::spawn_reader(
+            reader_config.clone(),
+            shared.clone(),
+            stop.clone(),
+            Some(paused.clone()),
+        )?);
+    }
+    let assign = ReaderAssignment {
+        readers: threads,
+        slow_every: slow
+            .as_ref()
+            .map(|_| ((1.0 / args.slow_share).round() as usize).max(2)),
+    };
     let first = |table: &str, player: Option<&str>| -> Vec<String> {
         match args.target {
             Target::Croupier => {
@@ -407,7 +496,7 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
                     serde_json::json!({"type": "subscribe", "channel": format!("table.{table}")})
                         .to_string(),
                 ];
-                if let Some(player) = player.filter(|_| bet_every.is_some()) {
+                if let Some(player) = player {
                     first.push(
                         serde_json::json!({"type": "subscribe", "channel": format!("player.{player}")})
                             .to_string(),
@@ -425,7 +514,11 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     for i in 0..args.clients {
         let player_name = format!("{}-{i}", args.players);
         let table = i % tables.len();
-        let token = (i < args.bettors).then(|| {
+        let bettor = i < args.bettors;
+        // A client's player channel: a bettor's with `--bet-rate` (for `bet_settled`), or
+        // every client's with `--player-channels`.
+        let follows_player = args.player_channels || (bettor && bet_every.is_some());
+        let token = (bettor || args.player_channels).then(|| {
             let player = domain::PlayerId::parse(&player_name).map_err(|e| anyhow::anyhow!("{e}"));
             player.map(|p| {
                 gateway::auth::mint(
@@ -443,10 +536,12 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
             target: args.target,
             first: first(
                 &tables[table],
-                (i < args.bettors).then_some(player_name.as_str()),
+                follows_player.then_some(player_name.as_str()),
             ),
             table,
             token,
+            bettor,
+            player_channel: follows_player,
             source: source_addr(i, args.source_addrs),
         });
     }
@@ -457,6 +552,7 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
         clients.clone(),
         urls.clone(),
         readers.iter().map(|(handle, _)| handle.clone()).collect(),
+        assign,
         shared.clone(),
         stop.clone(),
     ));
@@ -465,7 +561,7 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     let mut connecting = tokio::task::JoinSet::new();
     let gap = Duration::from_secs_f64(1.0 / f64::from(args.connect_rate.max(1)));
     for i in 0..args.clients {
-        let reader = readers[i % readers.len()].0.clone();
+        let reader = readers[assign.of(i)].0.clone();
         let counters = shared.clone();
         let (clients, urls) = (clients.clone(), urls.clone());
         connecting.spawn(async move {
@@ -500,12 +596,21 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     progress.finish_and_clear();
     // Let the server settle before its memory is read.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after = args.server_pid.and_then(rss_kib);
+    memory.push(MemorySample::take(
+        "connected",
+        args.server_pid,
+        args.bus_pid,
+    ));
+    let rss_after = memory[1].server_rss_kib;
 
     shared.measuring.store(true, Ordering::Relaxed);
     shared.betting.store(bet_every.is_some(), Ordering::Relaxed);
     let measure_start = Instant::now();
     let delivered_before = shared.delivered.load(Ordering::Relaxed);
+    let cpu_before = (
+        args.server_pid.and_then(probe::cpu_ms),
+        args.bus_pid.and_then(probe::cpu_ms),
+    );
     let bar = progress_bar(&args, args.duration.as_secs().max(1), "measuring (s)");
     while measure_start.elapsed() < args.duration {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -519,6 +624,57 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     bar.finish_and_clear();
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = measure_start.elapsed().as_secs_f64();
+    let delivered = shared.delivered.load(Ordering::Relaxed) - delivered_before;
+    let cpu_after = (
+        args.server_pid.and_then(probe::cpu_ms),
+        args.bus_pid.and_then(probe::cpu_ms),
+    );
+    // CPU per event: per `clients` deliveries, which is one event to every client when they
+    // all follow one table, and the same work spread over tables when they do not.
+    let fan_outs = delivered as f64 / args.clients as f64;
+    let per_event = |before: Option<u64>, after: Option<u64>| match (before, after) {
+        (Some(b), Some(a)) if fan_outs > 0.0 => Some(a.saturating_sub(b) as f64 / fan_outs),
+        _ => None,
+    };
+    let cpu = CpuReport {
+        server_ms: cpu_before
+            .0
+            .zip(cpu_after.0)
+            .map(|(b, a)| a.saturating_sub(b)),
+        server_ms_per_event: per_event(cpu_before.0, cpu_after.0),
+        bus_ms: cpu_before
+            .1
+            .zip(cpu_after.1)
+            .map(|(b, a)| a.saturating_sub(b)),
+        bus_ms_per_event: per_event(cpu_before.1, cpu_after.1),
+    };
+    memory.push(MemorySample::take(
+        "measured",
+        args.server_pid,
+        args.bus_pid,
+    ));
+    let (drops, slow_closes) = (
+        shared.drops.load(Ordering::Relaxed),
+        shared.slow_closes.load(Ordering::Relaxed),
+    );
+    let burst = match (&slow, &publish_bus, readers.last()) {
+        (Some(paused), Some(bus), Some((slow_reader, _))) => {
+            let slow_clients = (0..args.clients).filter(|&i| assign.is_slow(i)).count();
+            let burst = Burst {
+                bus,
+                tables: &tables,
+                run: &run_id,
+                events: args.burst,
+                paused,
+                slow_reader,
+                slow_clients: slow_clients as u64,
+                shared: &shared,
+                pids: (args.server_pid, args.bus_pid),
+            };
+            Some(burst.run(&mut memory).await?)
+        }
+        _ => None,
+    };
     if bet_every.is_some() {
         // No new bets; the ones sent get a while to be answered (a bet waits at most the
         // gateway's bet timeout, then retries of a `TIMEOUT`, paced over about half a minute).
@@ -540,12 +696,16 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     if let Some(bus) = &delivery_bus {
         // Each client answers for its channels up to where they stand now; the clients get a
         // while to get there (a reconnecting one has to connect and resume first).
-        let players: Vec<String> = match bet_every {
-            Some(_) => (0..args.bettors)
-                .map(|i| format!("{}-{i}", args.players))
-                .collect(),
-            None => Vec::new(),
+        let following_players = if args.player_channels {
+            args.clients
+        } else if bet_every.is_some() {
+            args.bettors
+        } else {
+            0
         };
+        let players: Vec<String> = (0..following_players)
+            .map(|i| format!("{}-{i}", args.players))
+            .collect();
         let lasts = delivery::channel_lasts(bus, &tables, &players)
             .await
             .context("read where the channels stand")?;
@@ -637,11 +797,8 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
             rounds,
         }
     });
-    if let Some(publisher) = publisher {
-        let _ = publisher.await;
-    }
+    while publishers.join_next().await.is_some() {}
 
-    let delivered = shared.delivered.load(Ordering::Relaxed) - delivered_before;
     let connected = shared.connected.load(Ordering::Relaxed);
     let report = Report {
         target: format!("{:?}", args.target).to_lowercase(),
@@ -655,8 +812,8 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
         bets_answered: shared.bets_answered.load(Ordering::Relaxed),
         bets_accepted: shared.bets_accepted.load(Ordering::Relaxed),
         bet_latency_ms: Percentiles::of(&bet_latency),
-        drops: shared.drops.load(Ordering::Relaxed),
-        slow_consumer_closes: shared.slow_closes.load(Ordering::Relaxed),
+        drops,
+        slow_consumer_closes: slow_closes,
         server_rss_before_kib: rss_before,
         server_rss_after_kib: rss_after,
         server_rss_per_connection_kib: match (rss_before, rss_after) {
@@ -684,6 +841,9 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
             .map(|_| shared.doubled.load(Ordering::Relaxed)),
         delivery_expected: verdict.as_ref().map(|v| v.expected),
         delivery_followed: verdict.as_ref().map(|v| v.followed),
+        cpu,
+        memory,
+        burst,
     };
     print_report(&report);
     if let Some(path) = &args.json {
@@ -799,15 +959,37 @@ fn print_report(r: &Report) {
             r.server_rss_per_connection_kib.unwrap_or_default()
         );
     }
-}
-
-/// `VmRSS` of a process, in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    for (what, total, per_event) in [
+        ("server CPU", r.cpu.server_ms, r.cpu.server_ms_per_event),
+        ("bus CPU", r.cpu.bus_ms, r.cpu.bus_ms_per_event),
+    ] {
+        if let (Some(total), Some(per_event)) = (total, per_event) {
+            println!("{what:<22} {total} ms while measuring ({per_event:.2} ms per event)");
+        }
+    }
+    if let Some(b) = &r.burst {
+        println!(
+            "burst                  {} events per table, {} clients not reading: published in {:.0} ms, all caught up {:.0} ms after they read again; {} drops ({} slow-consumer closes)",
+            b.events_per_table,
+            b.slow_clients,
+            b.publish_ms,
+            b.catch_up_ms,
+            b.drops,
+            b.slow_consumer_closes
+        );
+    }
+    if r.memory.iter().any(|m| m.server_rss_kib.is_some()) {
+        let kib = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| format!("{v} KiB"));
+        for m in &r.memory {
+            println!(
+                "memory {:<15} server {}, bus {}, kernel TCP {}",
+                m.at,
+                kib(m.server_rss_kib),
+                kib(m.bus_rss_kib),
+                kib(m.kernel_tcp_kib)
+            );
+        }
+    }
 }
 
 fn source_addr(index: usize, spread: u8) -> Option<IpAddr> {
@@ -821,43 +1003,157 @@ fn source_addr(index: usize, spread: u8) -> Option<IpAddr> {
     })
 }
 
-/// Publishes a synthetic `round_opened` per tick, each stamped with its publish time.
-async fn publish(bus: bus::NatsBus, table: String, rate: f64, stop: CancellationToken) {
-    let Ok(table_id) = domain::TableId::parse(&table) else {
-        tracing::error!(%table, "invalid table id");
-        return;
-    };
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let mut n: u64 = 0;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        n += 1;
-        let Ok(round) = domain::RoundId::new(n) else {
-            return;
-        };
+/// Synthetic `round_opened` events for one table, each stamped with the time it is made
+/// (its latency's start) and with a message id of its own.
+struct Synthetic {
+    table: domain::TableId,
+    /// The message ids' prefix: the run, the table, and what publishes them.
+    ids: String,
+    n: u64,
+}
+
+impl Synthetic {
+    fn new(table: &str, run: &str) -> anyhow::Result<Self> {
+        Self::named(table, run, "rate")
+    }
+
+    fn named(table: &str, run: &str, what: &str) -> anyhow::Result<Self> {
+        let table = domain::TableId::parse(table).map_err(|e| anyhow::anyhow!("{table}: {e}"))?;
+        let ids = format!("loadgen:{run}:{table}:{what}");
+        Ok(Self { table, ids, n: 0 })
+    }
+
+    fn next(&mut self) -> Option<bus::Publish> {
+        self.n += 1;
+        let round = domain::RoundId::new(self.n).ok()?;
         let now = domain::Timestamp::from_offset_datetime(time::OffsetDateTime::now_utc())
             .unwrap_or(domain::Timestamp::UNIX_EPOCH);
         let closes_at = now.checked_add(Duration::from_secs(15)).unwrap_or(now);
         let body = protocol::EventBody::RoundOpened(protocol::RoundOpened {
-            table: table_id.clone(),
+            table: self.table.clone(),
             round,
             closes_at,
             seed_hash: domain::ServerSeed::from_bytes([0; 32]).hash(),
         });
         let event = protocol::Event::new(uuid::Uuid::new_v4(), now, body);
-        let Ok(payload) = protocol::encode_event(&event) else {
-            continue;
+        let payload = protocol::encode_event(&event).ok()?;
+        Some(
+            bus::Publish::new(protocol::subject::table_round_subject(&self.table), payload)
+                .msg_id(format!("{}:{}", self.ids, self.n)),
+        )
+    }
+}
+
+/// Publishes one synthetic event per tick until `stop`.
+async fn publish(bus: bus::NatsBus, mut events: Synthetic, rate: f64, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(publish) = events.next() else {
+            return;
         };
-        let publish = bus::Publish::new(protocol::subject::table_round_subject(&table_id), payload)
-            .msg_id(format!("loadgen:{run}:{n}"));
         if let Err(error) = bus.publish(publish).await {
             tracing::warn!(%error, "loadgen publish failed");
         }
+    }
+}
+
+/// Which reader thread reads client `i`: with `--burst`, every `slow_every`-th client goes to
+/// the slow thread (the last), the others round-robin over the `readers` others.
+#[derive(Debug, Clone, Copy)]
+struct ReaderAssignment {
+    readers: usize,
+    slow_every: Option<usize>,
+}
+
+impl ReaderAssignment {
+    fn is_slow(self, i: usize) -> bool {
+        self.slow_every.is_some_and(|every| i % every == every - 1)
+    }
+
+    fn of(self, i: usize) -> usize {
+        if self.is_slow(i) {
+            self.readers
+        } else {
+            i % self.readers
+        }
+    }
+}
+
+/// `--burst`: what it works with.
+struct Burst<'a> {
+    bus: &'a bus::NatsBus,
+    tables: &'a [String],
+    run: &'a str,
+    events: u32,
+    paused: &'a AtomicBool,
+    slow_reader: &'a clients::Handle,
+    slow_clients: u64,
+    shared: &'a Shared,
+    pids: (Option<u32>, Option<u32>),
+}
+
+impl Burst<'_> {
+    /// Stops the slow clients' reading, publishes the burst on every table, samples memory
+    /// with them backed up, lets them read again, and samples once every client has the
+    /// burst.
+    async fn run(self, memory: &mut Vec<MemorySample>) -> anyhow::Result<BurstReport> {
+        self.paused.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (drops, slow_closes) = (
+            self.shared.drops.load(Ordering::Relaxed),
+            self.shared.slow_closes.load(Ordering::Relaxed),
+        );
+        let received = self.shared.received.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let mut publishing = tokio::task::JoinSet::new();
+        for table in self.tables {
+            let (bus, events) = (self.bus.clone(), self.events);
+            let mut synthetic = Synthetic::named(table, self.run, "burst")?;
+            publishing.spawn(async move {
+                for _ in 0..events {
+                    let publish = synthetic.next().context("a burst event")?;
+                    bus.publish(publish)
+                        .await
+                        .context("publish a burst event")?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = publishing.join_next().await {
+            done.context("a burst publisher")??;
+        }
+        let publish_ms = started.elapsed().as_secs_f64() * 1e3;
+        tokio::time::sleep(BURST_BACKED_UP).await;
+        memory.push(MemorySample::take("burst", self.pids.0, self.pids.1));
+
+        self.paused.store(false, Ordering::Relaxed);
+        self.slow_reader.wake();
+        let resumed = Instant::now();
+        // Every client follows one table, which had `events` more: all of them are in once
+        // the count grew by that many per client (events at the publish rate come on top).
+        let wanted =
+            received + u64::from(self.events) * self.shared.connected.load(Ordering::Relaxed);
+        while self.shared.received.load(Ordering::Relaxed) < wanted
+            && resumed.elapsed() < BURST_CATCH_UP_DEADLINE
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let catch_up_ms = resumed.elapsed().as_secs_f64() * 1e3;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        memory.push(MemorySample::take("after_burst", self.pids.0, self.pids.1));
+        Ok(BurstReport {
+            slow_clients: self.slow_clients,
+            events_per_table: self.events,
+            publish_ms,
+            drops: self.shared.drops.load(Ordering::Relaxed) - drops,
+            slow_consumer_closes: self.shared.slow_closes.load(Ordering::Relaxed) - slow_closes,
+            catch_up_ms,
+        })
     }
 }
 
@@ -917,6 +1213,9 @@ struct Client {
     first: Vec<String>,
     table: usize,
     token: Option<String>,
+    /// Bets (`--bettors`); a client may hold a token only to follow its player channel.
+    bettor: bool,
+    player_channel: bool,
     source: Option<IpAddr>,
 }
 
@@ -943,7 +1242,8 @@ impl Client {
             index: self.index,
             stream,
             leftover,
-            bettor: self.token.is_some(),
+            bettor: self.bettor,
+            player_channel: self.player_channel,
             table: self.table,
             url,
             slot,
@@ -1012,6 +1312,7 @@ async fn reconnector(
     clients: Arc<Vec<Client>>,
     urls: Arc<Vec<String>>,
     readers: Vec<clients::Handle>,
+    assign: ReaderAssignment,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
@@ -1021,7 +1322,7 @@ async fn reconnector(
             () = stop.cancelled() => break,
             request = requests.recv() => {
                 let Some(request) = request else { break };
-                let reader = readers[request.index % readers.len()].clone();
+                let reader = readers[assign.of(request.index)].clone();
                 let (clients, urls, shared) = (clients.clone(), urls.clone(), shared.clone());
                 tasks.spawn(async move {
                     reconnect(request, &clients, &urls, &reader, &shared).await;
@@ -1073,3 +1374,8 @@ async fn reconnect(
         })
         .await;
 }
+/// `--burst`: how long after the burst was published the memory is read with the slow clients
+/// backed up (the server has written what their sockets take by then).
+const BURST_BACKED_UP: Duration = Duration::from_secs(2);
+/// `--burst`: how long the slow clients get to catch up after they read again.
+const BURST_CATCH_UP_DEADLINE: Duration = Duration::from_secs(30);

@@ -156,3 +156,100 @@ async fn loadgen_measures_nats_servers_own_websocket_listener_too() {
         "{report}"
     );
 }
+
+/// What `just bench-gateway` reads besides latency: clients spread over several tables, each
+/// also on its own player channel; the gateway's and the bus's memory at every stage and their
+/// CPU time; and a burst that a share of the clients does not read until it is over. The burst's
+/// clients must catch up (every client gets every burst event) and nothing may be missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_measures_memory_and_cpu_across_a_burst_on_many_tables_with_player_channels() {
+    // A server of this test's own, whose process loadgen can read.
+    let nats = testkit::NatsServer::start().expect("private nats");
+    let env = Env {
+        nats_url: nats.url(),
+        prefix: testkit::unique_prefix(),
+        database_url: "postgres://unused@127.0.0.1:1/unused".into(),
+        http_addr: free_addr(),
+    };
+    let gateway = env.spawn(&["run", "gateway"]);
+    wait_ready(&env.http_addr).await;
+
+    let url = format!("ws://{}/ws", env.http_addr);
+    let pid = gateway.0.id().to_string();
+    let bus_pid = nats.pid().expect("nats-server runs").to_string();
+    let (output, report) = run_loadgen(
+        &env,
+        &[
+            "--url",
+            &url,
+            "--table",
+            "smoke-1,smoke-2,smoke-3",
+            "--clients",
+            "90",
+            "--player-channels",
+            "--duration",
+            "2s",
+            "--publish-rate",
+            "5",
+            "--burst",
+            "50",
+            "--slow-share",
+            "0.2",
+            "--server-pid",
+            &pid,
+            "--bus-pid",
+            &bus_pid,
+            "--check-delivery",
+        ],
+    )
+    .await;
+    assert!(output.contains("burst"), "{output}");
+    assert_eq!(report["connected"], 90, "{report}");
+    assert_eq!(report["drops"], 0, "{report}");
+    // Every client followed its table and its player channel, and missed nothing on either.
+    assert_eq!(report["delivery_followed"], 180, "{report}");
+    assert_eq!(report["missed"], 0, "{report}");
+    assert_eq!(report["doubled"], 0, "{report}");
+    // Each table had its events: every client received some while measuring.
+    let delivered = report["delivered"].as_u64().expect("delivered");
+    assert!(delivered >= 90, "only {delivered} deliveries: {report}");
+
+    let burst = &report["burst"];
+    assert_eq!(burst["slow_clients"], 18, "{report}");
+    assert_eq!(burst["events_per_table"], 50, "{report}");
+    let catch_up = burst["catch_up_ms"].as_f64().expect("catch_up_ms");
+    assert!(
+        catch_up < 30_000.0,
+        "the slow clients never caught up with the burst: {report}"
+    );
+
+    let stages: Vec<&str> = report["memory"]
+        .as_array()
+        .expect("memory")
+        .iter()
+        .map(|m| m["at"].as_str().expect("at"))
+        .collect();
+    assert_eq!(
+        stages,
+        ["before", "connected", "measured", "burst", "after_burst"],
+        "{report}"
+    );
+    for sample in report["memory"].as_array().expect("memory") {
+        assert!(
+            sample["server_rss_kib"].as_u64().is_some_and(|k| k > 0),
+            "{report}"
+        );
+        assert!(
+            sample["bus_rss_kib"].as_u64().is_some_and(|k| k > 0),
+            "{report}"
+        );
+    }
+    assert!(
+        report["cpu"]["server_ms_per_event"].as_f64().is_some(),
+        "{report}"
+    );
+    assert!(
+        report["cpu"]["bus_ms_per_event"].as_f64().is_some(),
+        "{report}"
+    );
+}

@@ -23,7 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{Cursor, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -101,6 +101,8 @@ pub(super) struct Connected {
     pub leftover: Vec<u8>,
     /// Bettors carry a token (Croupier only).
     pub bettor: bool,
+    /// It follows its player channel too (a bettor with `--bet-rate`, or `--player-channels`).
+    pub player_channel: bool,
     /// The table it follows: an index into [`ReaderConfig::tables`].
     pub table: usize,
     /// The URL it connected to: an index into the `--url` list.
@@ -259,17 +261,24 @@ pub(super) struct ReaderConfig {
 const WAKER: mio::Token = mio::Token(usize::MAX);
 
 /// Starts a reader thread; it runs until `stop` is cancelled (and the handle woken).
+/// A reader thread; with `paused`, one that stops reading its sockets while it is set
+/// (`--burst`'s slow clients).
 pub(super) fn spawn_reader(
     config: Arc<ReaderConfig>,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    paused: Option<Arc<AtomicBool>>,
 ) -> anyhow::Result<(Handle, std::thread::JoinHandle<anyhow::Result<Tally>>)> {
     let poll = mio::Poll::new().context("create a poll")?;
     let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER).context("create a waker")?);
     let (tx, rx) = std::sync::mpsc::sync_channel(HANDOVER_QUEUE);
     let thread = std::thread::Builder::new()
         .name("loadgen-reader".into())
-        .spawn(move || Reader::new(config, shared, poll, stop.clone())?.run(&rx, &stop))
+        .spawn(move || {
+            let mut reader = Reader::new(config, shared, poll, stop.clone())?;
+            reader.paused = paused;
+            reader.run(&rx, &stop)
+        })
         .context("start a reader thread")?;
     Ok((Handle { tx, waker }, thread))
 }
@@ -367,6 +376,8 @@ struct Reader {
     /// `--check-delivery`: every client reached where its channels stood at the end.
     caught_up: bool,
     checked_at: Instant,
+    /// While set, nothing is read (`--burst`'s slow clients).
+    paused: Option<Arc<AtomicBool>>,
 }
 
 impl Reader {
@@ -402,6 +413,7 @@ impl Reader {
             retries: std::collections::BinaryHeap::new(),
             caught_up: false,
             checked_at: Instant::now(),
+            paused: None,
         })
     }
 
@@ -409,6 +421,15 @@ impl Reader {
         let mut events = mio::Events::with_capacity(1024);
         let pause = self.config.read_batching;
         while !stop.is_cancelled() {
+            if self
+                .paused
+                .as_ref()
+                .is_some_and(|p| p.load(Ordering::Relaxed))
+            {
+                // The sockets' readiness stays with the poll until it is asked again.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
             // Take what is ready; with nothing ready, pause first (`--read-batching`) so that
             // the next wait wakes to many sockets instead of one, then wait.
             let mut ready = false;
@@ -509,7 +530,7 @@ impl Reader {
             let check = self.config.check_delivery;
             let channel: Arc<str> = format!("table.{}", self.config.tables[table]).into();
             follows.push(Follow::new(channel, check));
-            if connected.bettor && rated {
+            if connected.player_channel {
                 let channel = format!("player.{}-{}", self.config.players, connected.index);
                 follows.push(Follow::new(channel.into(), check));
             }
@@ -1339,6 +1360,7 @@ impl Reader {
     }
 
     fn delivered(&mut self, at_micros: Option<i64>) {
+        self.shared.received.fetch_add(1, Ordering::Relaxed);
         if !self.shared.is_measuring() {
             return;
         }
@@ -1437,6 +1459,7 @@ mod tests {
             stream: client,
             leftover: leftover.to_vec(),
             bettor,
+            player_channel: false,
             table: 0,
             url: 0,
             slot: None,
@@ -1578,6 +1601,7 @@ mod tests {
             stream: client,
             leftover: Vec::new(),
             bettor: true,
+            player_channel: true,
             table: 0,
             url: 1,
             slot: None,
@@ -1625,6 +1649,7 @@ mod tests {
             stream: client,
             leftover: replayed.iter().flat_map(|m| server_text(m)).collect(),
             bettor: true,
+            player_channel: true,
             table: 0,
             url: 0,
             slot: Some(0),
