@@ -37,12 +37,12 @@ def floor_of(size, run):
             if f is None:
                 continue
             txt = f"{out}/{other}-floor-{run}.txt"
-            cpu = None
+            cpu = reader = None
             if os.path.exists(txt):
-                m = re.search(r"CPU/round senders ([\d.]+) ms", open(txt).read())
-                cpu = float(m.group(1)) if m else None
-            return f, cpu
-    return None, None
+                m = re.search(r"CPU/round senders ([\d.]+) ms reader ([\d.]+) ms", open(txt).read())
+                cpu, reader = (float(m.group(1)), float(m.group(2))) if m else (None, None)
+            return f, cpu, reader
+    return None, None, None
 
 
 def per_conn(r, stage, key="server_rss_kib"):
@@ -75,9 +75,9 @@ def keep(size, what, value):
 for run in range(1, runs + 1):
     print(f"\nrun {run}: latency (ms) and CPU per event (ms; per `clients` deliveries)")
     print(f"{'size':>8} {'server':<9} {'p50':>7} {'p99':>7} {'p999':>7} {'deliv/s':>8} {'drops':>5} "
-          f"{'CPU/ev':>7} {'bus CPU':>7} {'p99/floor':>9} {'CPU/floor':>9}")
+          f"{'CPU/ev':>7} {'bus CPU':>7} {'lg CPU':>7} {'p99/floor':>9} {'CPU/floor':>9}")
     for size in sizes:
-        floor, floor_cpu = floor_of(size, run)
+        floor, floor_cpu, floor_reader = floor_of(size, run)
         for who in ("croupier", "nats"):
             r = load(size, who, run)
             if r is None:
@@ -90,17 +90,25 @@ for run in range(1, runs + 1):
             keep(size, f"{who} CPU/floor", cpu_ratio)
             keep(size, f"{who} p99", l["p99"])
             keep(size, f"{who} CPU/ev", ev)
+            keep(size, f"{who} loadgen CPU/ev", cpu.get("loadgen_ms_per_event"))
+            # The two cores' whole work per event against the floor's (its senders and its
+            # reader): what the latencies are made of when both sides share the machine.
+            lg = cpu.get("loadgen_ms_per_event")
+            if ev is not None and lg is not None and floor_cpu and floor_reader:
+                keep(size, f"{who} machine CPU/floor", (ev + lg) / (floor_cpu + floor_reader))
             keep(size, f"{who} KiB/conn", per_conn(r, "connected"))
             keep(size, f"{who} drops", r["drops"])
             print(f"{size:>8} {who:<9} {l['p50']:>7.2f} {l['p99']:>7.2f} {l['p999']:>7.2f} "
                   f"{r['delivered_per_s']:>8.0f} {r['drops']:>5} {fmt(ev):>7} "
-                  f"{fmt(cpu.get('bus_ms_per_event')):>7} {fmt(p99_ratio):>9} {fmt(cpu_ratio):>9}")
+                  f"{fmt(cpu.get('bus_ms_per_event')):>7} {fmt(cpu.get('loadgen_ms_per_event')):>7} "
+                  f"{fmt(p99_ratio):>9} {fmt(cpu_ratio):>9}")
         f = load(size, "floor", run)
         if f is not None:
             keep(size, "floor p99", f["p99"])
             keep(size, "floor CPU/ev", floor_cpu)
+            keep(size, "floor reader CPU/ev", floor_reader)
             print(f"{size:>8} {'floor':<9} {f['p50']:>7.2f} {f['p99']:>7.2f} {f['p999']:>7.2f} "
-                  f"{'-':>8} {'-':>5} {fmt(floor_cpu):>7} {'-':>7} {'-':>9} {'-':>9}")
+                  f"{'-':>8} {'-':>5} {fmt(floor_cpu):>7} {'-':>7} {fmt(floor_reader):>7} {'-':>9} {'-':>9}")
 
     print(f"\nrun {run}: memory per connection (KiB): the server's RSS after connecting, after the "
           "measurement, with a tenth of the clients backed up by a burst, and after they caught up; "
@@ -132,7 +140,7 @@ def spread(values):
 
 
 SUMMARY = ("p99", "p99/floor", "CPU/ev", "CPU/floor", "KiB/conn", "KiB/conn measured",
-           "KiB/conn burst", "bus KiB/conn", "bus CPU/ev")
+           "KiB/conn burst", "bus KiB/conn", "bus CPU/ev", "loadgen CPU/ev", "machine CPU/floor")
 print("\nsummary: median (min-max) over the runs")
 for (size, what), values in sorted(ratios.items(), key=lambda kv: (sizes.index(kv[0][0]), kv[0][1])):
     if what.split(" ", 1)[0] == "floor" or what.split(" ", 1)[1] in SUMMARY:
@@ -155,4 +163,6 @@ for size in sizes:
 
 print("\nfloor: the same fan-out with no server (2 threads sending, 1 reading, bare loopback TCP;")
 print("docs/experiments/loopback-floor.sh, ADR 0017); BENCH_FLOOR=0 skips it. CPU/floor compares")
-print("the server's CPU per event with the floor's senders' CPU per round (one event to every client).")
+print("the server's CPU per event with the floor's senders' CPU per round (one event to every client);")
+print("lg CPU is loadgen's own (the floor's row: its reader's), and machine CPU/floor compares server +")
+print("loadgen with the floor's senders + reader: the two cores' whole work per event.")

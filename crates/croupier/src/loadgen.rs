@@ -217,6 +217,9 @@ pub struct CpuReport {
     pub server_ms_per_event: Option<f64>,
     pub bus_ms: Option<u64>,
     pub bus_ms_per_event: Option<f64>,
+    /// loadgen's own: it shares the machine with the server, so its cost is in the latency too.
+    pub loadgen_ms: Option<u64>,
+    pub loadgen_ms_per_event: Option<f64>,
 }
 
 /// What `--burst` did: the clients that stopped reading, the events published to them, and
@@ -607,9 +610,11 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     shared.betting.store(bet_every.is_some(), Ordering::Relaxed);
     let measure_start = Instant::now();
     let delivered_before = shared.delivered.load(Ordering::Relaxed);
+    let own = std::process::id();
     let cpu_before = (
         args.server_pid.and_then(probe::cpu_ms),
         args.bus_pid.and_then(probe::cpu_ms),
+        probe::cpu_ms(own),
     );
     let bar = progress_bar(&args, args.duration.as_secs().max(1), "measuring (s)");
     while measure_start.elapsed() < args.duration {
@@ -628,6 +633,7 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
     let cpu_after = (
         args.server_pid.and_then(probe::cpu_ms),
         args.bus_pid.and_then(probe::cpu_ms),
+        probe::cpu_ms(own),
     );
     // CPU per event: per `clients` deliveries, which is one event to every client when they
     // all follow one table, and the same work spread over tables when they do not.
@@ -647,6 +653,11 @@ pub async fn run(args: LoadgenArgs, settings: Resolved) -> anyhow::Result<()> {
             .zip(cpu_after.1)
             .map(|(b, a)| a.saturating_sub(b)),
         bus_ms_per_event: per_event(cpu_before.1, cpu_after.1),
+        loadgen_ms: cpu_before
+            .2
+            .zip(cpu_after.2)
+            .map(|(b, a)| a.saturating_sub(b)),
+        loadgen_ms_per_event: per_event(cpu_before.2, cpu_after.2),
     };
     memory.push(MemorySample::take(
         "measured",
@@ -962,6 +973,7 @@ fn print_report(r: &Report) {
     for (what, total, per_event) in [
         ("server CPU", r.cpu.server_ms, r.cpu.server_ms_per_event),
         ("bus CPU", r.cpu.bus_ms, r.cpu.bus_ms_per_event),
+        ("loadgen CPU", r.cpu.loadgen_ms, r.cpu.loadgen_ms_per_event),
     ] {
         if let (Some(total), Some(per_event)) = (total, per_event) {
             println!("{what:<22} {total} ms while measuring ({per_event:.2} ms per event)");
