@@ -7,6 +7,7 @@
 //! Depends on `domain` and `protocol` for the events' shapes only; never on a service, and not
 //! on `domain`'s fairness or payout code.
 
+pub mod copy;
 pub mod crosscheck;
 pub mod model;
 pub mod recall;

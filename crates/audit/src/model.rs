@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 // FxHash: the keys (ids, UUIDs, positions) come from the log being audited, read offline; a
 // crafted set of colliding keys could only slow the audit down, never change its verdict.
+use compact_str::CompactString;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use uuid::Uuid;
 
@@ -68,9 +69,9 @@ impl Scope {
 pub struct Row {
     pub position: i64,
     pub event_id: Uuid,
-    pub stream: String,
+    pub stream: CompactString,
     pub version: i32,
-    pub kind: String,
+    pub kind: CompactString,
     pub data: bytes::Bytes,
     pub metadata: bytes::Bytes,
     pub hash: [u8; 32],
@@ -171,7 +172,9 @@ pub struct Auditor {
     table_ids: HashMap<String, u32>,
     tables: Vec<Table>,
     seed_hashes: HashSet<[u8; 32]>,
-    player_ids: HashMap<String, u32>,
+    /// Player id → index in `wallets`; keys held inline (ids are short), so a lookup reads
+    /// no second cache line.
+    player_ids: HashMap<CompactString, u32>,
     wallets: Vec<Wallet>,
     deposit_ids: HashSet<String>,
     money: Money,
@@ -233,7 +236,7 @@ impl Auditor {
             name: name.to_string(),
             balance: None,
         });
-        self.player_ids.insert(name.to_string(), id);
+        self.player_ids.insert(CompactString::from(name), id);
         id
     }
 
@@ -1064,8 +1067,10 @@ mod tests {
             let event = Event::new(id, at, body);
             let stream = match (event.player(), event.table(), event.round()) {
                 _ if matches!(event.body, EventBody::BettingSwitched(_)) => "operator".into(),
-                (Some(player), _, _) => format!("player-{player}"),
-                (None, Some(table), Some(round)) => format!("round-{table}-{}", round.get()),
+                (Some(player), _, _) => compact_str::format_compact!("player-{player}"),
+                (None, Some(table), Some(round)) => {
+                    compact_str::format_compact!("round-{table}-{}", round.get())
+                }
                 _ => "other".into(),
             };
             let row = Row {
@@ -1073,7 +1078,7 @@ mod tests {
                 event_id: id,
                 stream,
                 version: 1,
-                kind: event.kind().to_string(),
+                kind: event.kind().into(),
                 data: protocol::encode_event(&event).expect("encode"),
                 metadata: bytes::Bytes::new(),
                 hash: [0; 32],
