@@ -153,9 +153,17 @@ pub async fn replay<B: Bus>(
     let (reader_client, reader_connection) =
         config.connect(NoTls).await.map_err(ReplayError::Connect)?;
     let reader_connection = tokio::spawn(reader_connection);
-    let result = replay_on(&client, reader_client, bus, options, &mut progress).await;
+    let (accounts_client, accounts_connection) =
+        config.connect(NoTls).await.map_err(ReplayError::Connect)?;
+    let accounts_connection = tokio::spawn(accounts_connection);
+    let readers = source::Clients {
+        events: reader_client,
+        accounts: accounts_client,
+    };
+    let result = replay_on(&client, readers, bus, options, &mut progress).await;
     connection.abort();
     reader_connection.abort();
+    accounts_connection.abort();
     result.map(|mut report| {
         let seconds = started.elapsed().as_secs_f64();
         report.run.seconds = seconds;
@@ -166,7 +174,7 @@ pub async fn replay<B: Bus>(
 
 async fn replay_on<B: Bus>(
     client: &tokio_postgres::Client,
-    reader_client: tokio_postgres::Client,
+    reader_clients: source::Clients,
     bus: Option<&B>,
     options: &ReplayOptions,
     progress: &mut impl FnMut(Progress),
@@ -186,7 +194,7 @@ async fn replay_on<B: Bus>(
     // The rows' times are needed only to merge them with the bus.
     let times = bus.is_some();
     readers.spawn(async move {
-        source::read(reader_client, start, &checkpoints, times, tx)
+        source::read(reader_clients, start, &checkpoints, times, tx)
             .await
             .map_err(ReplayError::from)
     });

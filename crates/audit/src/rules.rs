@@ -21,6 +21,17 @@ pub const RED: [u8; 18] = [
     1, 3, 5, 7, 9, 12, 14, 16, 18, 19, 21, 23, 25, 27, 30, 32, 34, 36,
 ];
 
+/// [`RED`] as a set of pockets (bit p for pocket p).
+const RED_POCKETS: u64 = {
+    let mut mask = 0u64;
+    let mut i = 0;
+    while i < RED.len() {
+        mask |= 1 << RED[i];
+        i += 1;
+    }
+    mask
+};
+
 /// SHA-256 of the 32 seed bytes: the `seed_hash` a round commits to when it opens.
 pub fn seed_hash(seed: &[u8; 32]) -> [u8; 32] {
     Sha256::digest(seed).into()
@@ -162,8 +173,6 @@ impl Wager {
     /// the layout, as docs/contract/events.md describes it.
     pub fn new(kind: &str, numbers: &[u8], index: Option<u8>) -> Result<Wager, LayoutError> {
         let kind = Kind::parse(kind).ok_or_else(|| LayoutError::UnknownKind(kind.into()))?;
-        let mut sorted = numbers.to_vec();
-        sorted.sort_unstable();
         let inside = matches!(
             kind,
             Kind::Straight | Kind::Split | Kind::Street | Kind::Corner | Kind::SixLine
@@ -173,7 +182,13 @@ impl Wager {
             numbers: numbers.to_vec(),
         };
         if inside {
-            if index.is_some() || !covers(kind, &sorted) {
+            // No inside bet covers more than six pockets: sorted on the stack, not the heap
+            // (this runs once per bet of a replay).
+            let mut sorted = [0u8; 6];
+            let sorted = sorted.get_mut(..numbers.len()).ok_or_else(not_on_layout)?;
+            sorted.copy_from_slice(numbers);
+            sorted.sort_unstable();
+            if index.is_some() || !covers(kind, sorted) {
                 return Err(not_on_layout());
             }
             let pockets = sorted.iter().fold(0u64, |mask, &p| mask | 1 << p);
@@ -182,32 +197,23 @@ impl Wager {
         if !numbers.is_empty() {
             return Err(not_on_layout());
         }
-        let wins: Box<dyn Fn(u8) -> bool> = match kind {
-            Kind::Red => Box::new(|p| RED.contains(&p)),
-            Kind::Black => Box::new(|p| !RED.contains(&p)),
-            Kind::Odd => Box::new(|p| p % 2 == 1),
-            Kind::Even => Box::new(|p| p % 2 == 0),
-            Kind::Low => Box::new(|p| p <= 18),
-            Kind::High => Box::new(|p| p >= 19),
-            Kind::Dozen | Kind::Column => {
-                let Some(i @ 1..=3) = index else {
-                    return Err(LayoutError::BadIndex { kind, index });
-                };
-                if kind == Kind::Dozen {
-                    Box::new(move |p| p > 12 * (i - 1) && p <= 12 * i)
-                } else {
-                    Box::new(move |p| p % 3 == i % 3)
-                }
-            }
-            _ => return Err(not_on_layout()),
+        let i = match (kind, index) {
+            (Kind::Dozen | Kind::Column, Some(i @ 1..=3)) => i,
+            (Kind::Dozen | Kind::Column, _) => return Err(LayoutError::BadIndex { kind, index }),
+            (_, Some(_)) => return Err(LayoutError::BadIndex { kind, index }),
+            (_, None) => 0,
         };
-        if matches!(
-            kind,
-            Kind::Red | Kind::Black | Kind::Odd | Kind::Even | Kind::Low | Kind::High
-        ) && index.is_some()
-        {
-            return Err(LayoutError::BadIndex { kind, index });
-        }
+        let wins = |p: u8| match kind {
+            Kind::Red => RED_POCKETS & 1 << p != 0,
+            Kind::Black => RED_POCKETS & 1 << p == 0,
+            Kind::Odd => p % 2 == 1,
+            Kind::Even => p % 2 == 0,
+            Kind::Low => p <= 18,
+            Kind::High => p >= 19,
+            Kind::Dozen => p > 12 * (i - 1) && p <= 12 * i,
+            Kind::Column => p % 3 == i % 3,
+            Kind::Straight | Kind::Split | Kind::Street | Kind::Corner | Kind::SixLine => false,
+        };
         // Zero loses every outside bet.
         let pockets = (1..POCKETS)
             .filter(|&p| wins(p))

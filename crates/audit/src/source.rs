@@ -101,6 +101,8 @@ pub enum SourceError {
     Store(#[from] store::StoreError),
     #[error("reading the event store's COPY output: {0}")]
     Copy(String),
+    #[error("reading the accounts: {0}")]
+    Task(String),
 }
 
 /// Where the reading starts.
@@ -188,15 +190,56 @@ impl Chain {
     }
 }
 
+/// The reader's two connections: one streams the events, the other reads the `accounts` read
+/// model in the same snapshot meanwhile (an exported snapshot), so that 100,000 balances are
+/// not read after a million events but while they stream.
+#[derive(Debug)]
+pub struct Clients {
+    pub events: tokio_postgres::Client,
+    pub accounts: tokio_postgres::Client,
+}
+
+/// Reads the `accounts` read model (player, balance) in the snapshot `snapshot` exported by
+/// another transaction, which must stay open until this has begun.
+async fn read_accounts(
+    client: tokio_postgres::Client,
+    snapshot: String,
+) -> Result<Vec<(String, i64)>, SourceError> {
+    // An exported snapshot's id is hex digits and dashes (`0000000A-0000001B-1`); it is
+    // formatted into the statement because `SET TRANSACTION SNAPSHOT` takes no parameters.
+    if !snapshot.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Err(SourceError::Task(format!(
+            "the exported snapshot {snapshot:?} is not a snapshot id"
+        )));
+    }
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"
+        ))
+        .await?;
+    let accounts = client
+        .query(
+            "SELECT player, balance FROM public.accounts ORDER BY player",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get::<_, String>(0)?, row.try_get::<_, i64>(1)?)))
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+    client.batch_execute("COMMIT").await?;
+    Ok(accounts)
+}
+
 /// Reads the log from `start` to the head in one snapshot, sending rows to `out`; returns
 /// when the log is read or the receiver is gone.
 pub async fn read(
-    client: tokio_postgres::Client,
+    clients: Clients,
     start: Start,
     checkpoints: &[Checkpoint],
     times: bool,
     out: mpsc::Sender<Piece>,
 ) -> Result<(), SourceError> {
+    let client = clients.events;
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await?;
@@ -216,6 +259,13 @@ pub async fn read(
     if out.send(Piece::Snapshot(snapshot)).await.is_err() {
         return Ok(());
     }
+    // The accounts of this same snapshot, read on the other connection while the events
+    // stream on this one (the task is aborted if this returns early).
+    let exported: String = client
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await?
+        .try_get(0)?;
+    let mut accounts = AbortOnDrop(tokio::spawn(read_accounts(clients.accounts, exported)));
     let mut found = Vec::new();
     let mut chain = Chain {
         prev: start.prev,
@@ -301,15 +351,11 @@ pub async fn read(
             .at(position),
         );
     }
-    let accounts = client
-        .query(
-            "SELECT player, balance FROM public.accounts ORDER BY player",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|row| Ok((row.try_get::<_, String>(0)?, row.try_get::<_, i64>(1)?)))
-        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+    // Joined before this transaction ends: the export lives only as long as it does.
+    let accounts = match (&mut accounts.0).await {
+        Ok(accounts) => accounts?,
+        Err(e) => return Err(SourceError::Task(e.to_string())),
+    };
     client.batch_execute("COMMIT").await?;
     let _ = out
         .send(Piece::End(End {
@@ -321,6 +367,16 @@ pub async fn read(
         }))
         .await;
     Ok(())
+}
+
+/// A spawned task that is aborted when its handle is dropped (an early return or a cancelled
+/// replay leaves nothing running).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Where a replay from a published checkpoint starts: the row at the checkpoint must still

@@ -121,6 +121,7 @@ fn main_with_code() -> anyhow::Result<ExitCode> {
             let runtime = match &command {
                 // Sized for a benchmark that shares the machine with the server it measures.
                 Command::Loadgen(_) => loadgen::runtime(),
+                Command::Replay(_) => replay::runtime(),
                 _ => tokio::runtime::Runtime::new(),
             }
             .context("start the async runtime")?;
