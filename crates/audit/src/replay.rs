@@ -10,7 +10,7 @@
 //! the checkpoints always cover the whole log (from `--from-checkpoint` when given), and
 //! wallets are checked only on an unscoped run from position 1.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use bus::Bus;
 use tokio::sync::mpsc;
@@ -65,8 +65,9 @@ pub struct Progress {
 struct PgSide {
     rx: mpsc::Receiver<Piece>,
     /// Rows in position order; each carries its event's `at` (`Time::ZERO` when it does not
-    /// decode, or when there is no bus to merge with: taken at once).
-    buf: VecDeque<Row>,
+    /// decode, or when there is no bus to merge with: taken at once). The batch as it came
+    /// (a row is 200-odd bytes: moved out once, not copied into another queue first).
+    buf: std::vec::IntoIter<Row>,
     snapshot: Option<Snapshot>,
     end: Option<End>,
     done: bool,
@@ -81,7 +82,7 @@ impl PgSide {
         progress: &mut impl FnMut(Progress),
         total: i64,
     ) {
-        while self.buf.is_empty() && !self.done {
+        while self.buf.as_slice().is_empty() && !self.done {
             match self.rx.recv().await {
                 Some(Piece::Snapshot(snapshot)) => self.snapshot = Some(snapshot),
                 Some(Piece::Rows(rows, found)) => {
@@ -89,7 +90,7 @@ impl PgSide {
                         auditor.violation(violation);
                     }
                     self.events += rows.len() as u64;
-                    self.buf.extend(rows);
+                    self.buf = rows.into_iter();
                     progress(Progress {
                         events: self.events,
                         total,
@@ -102,7 +103,7 @@ impl PgSide {
     }
 
     fn head_at(&self) -> Option<Time> {
-        self.buf.front().map(|row| row.at)
+        self.buf.as_slice().first().map(|row| row.at)
     }
 }
 
@@ -110,7 +111,8 @@ impl PgSide {
 struct BusSide {
     name: &'static str,
     rx: mpsc::Receiver<Vec<BusMessage>>,
-    buf: VecDeque<BusMessage>,
+    /// The batch as it came (see [`PgSide::buf`]).
+    buf: std::vec::IntoIter<BusMessage>,
     done: bool,
     messages: u64,
     /// The `at` of the first message read (the oldest a retention-limited stream holds).
@@ -119,14 +121,14 @@ struct BusSide {
 
 impl BusSide {
     async fn refill(&mut self) {
-        while self.buf.is_empty() && !self.done {
+        while self.buf.as_slice().is_empty() && !self.done {
             match self.rx.recv().await {
                 Some(batch) => {
                     self.messages += batch.len() as u64;
                     if self.first_at.is_none() {
                         self.first_at = batch.iter().find_map(BusMessage::at);
                     }
-                    self.buf.extend(batch);
+                    self.buf = batch.into_iter();
                 }
                 None => self.done = true,
             }
@@ -134,7 +136,10 @@ impl BusSide {
     }
 
     fn head_at(&self) -> Option<Time> {
-        self.buf.front().map(|m| m.at().unwrap_or(Time::ZERO))
+        self.buf
+            .as_slice()
+            .first()
+            .map(|m| m.at().unwrap_or(Time::ZERO))
     }
 }
 
@@ -200,7 +205,7 @@ async fn replay_on<B: Bus>(
     });
     let mut pg = PgSide {
         rx,
-        buf: VecDeque::new(),
+        buf: Vec::new().into_iter(),
         snapshot: None,
         end: None,
         done: false,
@@ -268,7 +273,7 @@ async fn replay_on<B: Bus>(
             sides.push(BusSide {
                 name,
                 rx,
-                buf: VecDeque::new(),
+                buf: Vec::new().into_iter(),
                 done: false,
                 messages: 0,
                 first_at: None,
@@ -300,7 +305,7 @@ async fn replay_on<B: Bus>(
         };
         if take_bus {
             let Some((_, i)) = bus_next else { break };
-            let Some(message) = sides[i].buf.pop_front() else {
+            let Some(message) = sides[i].buf.next() else {
                 continue;
             };
             if let Some(matcher) = matcher.as_mut() {
@@ -311,7 +316,7 @@ async fn replay_on<B: Bus>(
                     matcher.published(message);
                 }
             }
-        } else if let Some(row) = pg.buf.pop_front() {
+        } else if let Some(row) = pg.buf.next() {
             let event = wire::decode(&row.data);
             auditor.apply(&row, event.as_ref().map_err(String::as_str));
             if let Ok(event) = &event {
