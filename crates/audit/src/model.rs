@@ -153,9 +153,13 @@ struct Table {
     report: TableReport,
 }
 
-#[derive(Debug, Default)]
-struct Wallet {
-    name: String,
+/// A player as the rebuild knows them, held in the map entry of their id: the lookup every
+/// money event makes reads one entry, not an entry and then a wallet elsewhere (with 100,000
+/// players neither fits a core's cache, and the second read was most of `apply`'s own time).
+#[derive(Debug)]
+struct Player {
+    /// Index in [`Auditor::names`], and how rounds refer to the player.
+    id: u32,
     /// `None` until known: a replay from a checkpoint learns it from the first event.
     balance: Option<i64>,
 }
@@ -172,10 +176,11 @@ pub struct Auditor {
     table_ids: HashMap<String, u32>,
     tables: Vec<Table>,
     seed_hashes: HashSet<[u8; 32]>,
-    /// Player id → index in `wallets`; keys held inline (ids are short), so a lookup reads
-    /// no second cache line.
-    player_ids: HashMap<CompactString, u32>,
-    wallets: Vec<Wallet>,
+    /// Player id → the player's number and wallet; keys held inline (ids are short), so a
+    /// lookup reads no heap string either.
+    players: HashMap<CompactString, Player>,
+    /// Player number → id, for reports.
+    names: Vec<CompactString>,
     deposit_ids: HashSet<String>,
     money: Money,
     violations: Violations,
@@ -195,8 +200,8 @@ impl Auditor {
             table_ids: HashMap::default(),
             tables: Vec::new(),
             seed_hashes: HashSet::default(),
-            player_ids: HashMap::default(),
-            wallets: Vec::new(),
+            players: HashMap::default(),
+            names: Vec::new(),
             deposit_ids: HashSet::default(),
             money: Money::default(),
             violations: Violations::default(),
@@ -227,17 +232,16 @@ impl Auditor {
         id
     }
 
-    fn player_id(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.player_ids.get(name) {
-            return id;
+    fn player(&mut self, name: &str) -> &mut Player {
+        // Two lookups, the second finding the line the first just read; `entry` would build
+        // the key on every call, which allocates for an id longer than 24 bytes.
+        if !self.players.contains_key(name) {
+            let id = self.names.len() as u32;
+            self.names.push(CompactString::from(name));
+            self.players
+                .insert(CompactString::from(name), Player { id, balance: None });
         }
-        let id = self.wallets.len() as u32;
-        self.wallets.push(Wallet {
-            name: name.to_string(),
-            balance: None,
-        });
-        self.player_ids.insert(CompactString::from(name), id);
-        id
+        self.players.get_mut(name).expect("inserted above")
     }
 
     /// Rebuilds with one more row, whose `data` decoded to `event` (or did not, and why).
@@ -263,10 +267,11 @@ impl Auditor {
             return;
         }
         // Looked up once for both the wallet and the round.
-        let player = event.player().map(|p| self.player_id(p));
-        if self.checks_wallets() {
-            self.apply_wallet(row.position, event, player);
-        }
+        let player = if self.checks_wallets() {
+            self.apply_wallet(row.position, event)
+        } else {
+            event.player().map(|p| self.player(p).id)
+        };
         let (Some(table), Some(round)) = (event.table, event.round) else {
             return;
         };
@@ -345,7 +350,9 @@ impl Auditor {
         );
     }
 
-    fn apply_wallet(&mut self, position: i64, event: &Event<'_>, id: Option<u32>) {
+    /// Applies a money event to its player's wallet; returns the player's number (for any
+    /// event with a player).
+    fn apply_wallet(&mut self, position: i64, event: &Event<'_>) -> Option<u32> {
         let (player, delta, balance, what) = match event.body {
             Body::FundsDeposited {
                 player,
@@ -385,10 +392,10 @@ impl Auditor {
                 balance,
                 ..
             } => (player, amount, balance, "refund"),
-            _ => return,
+            _ => return event.player().map(|p| self.player(p).id),
         };
-        let id = id.unwrap_or_else(|| self.player_id(player)) as usize;
-        let wallet = &mut self.wallets[id];
+        let wallet = self.player(player);
+        let id = wallet.id;
         let before = wallet.balance.unwrap_or(0);
         let after = before.saturating_add(delta);
         wallet.balance = Some(after);
@@ -416,6 +423,7 @@ impl Auditor {
                 .player(player),
             );
         }
+        Some(id)
     }
 
     fn apply_round(
@@ -640,7 +648,7 @@ impl Auditor {
                         found.push(bet(
                             Check::Settlement,
                             bet_id,
-                            format!("paid to {}", self.wallets[placed.player as usize].name),
+                            format!("paid to {}", self.names[placed.player as usize]),
                             format!("paid to {}", event.player().unwrap_or_default()),
                         ));
                     }
@@ -676,7 +684,7 @@ impl Auditor {
                             bet_id,
                             format!(
                                 "{} refunded to {}",
-                                placed.amount, self.wallets[placed.player as usize].name
+                                placed.amount, self.names[placed.player as usize]
                             ),
                             format!(
                                 "{amount} refunded to {}",
@@ -827,10 +835,10 @@ impl Auditor {
         let mut money = None;
         if self.checks_wallets() {
             self.money.balances = self
-                .wallets
-                .iter()
-                .fold(0i64, |sum, w| sum.saturating_add(w.balance.unwrap_or(0)));
-            self.money.wallets = self.wallets.len() as u64;
+                .players
+                .values()
+                .fold(0i64, |sum, p| sum.saturating_add(p.balance.unwrap_or(0)));
+            self.money.wallets = self.players.len() as u64;
             if let Some(accounts) = accounts {
                 self.check_accounts(accounts);
             }
@@ -874,9 +882,9 @@ impl Auditor {
         let mut seen = HashSet::default();
         for (player, balance) in accounts {
             let rebuilt = self
-                .player_ids
+                .players
                 .get(player.as_str())
-                .and_then(|&id| self.wallets[id as usize].balance)
+                .and_then(|p| p.balance)
                 .unwrap_or(0);
             seen.insert(player.as_str());
             if rebuilt != *balance {
@@ -891,10 +899,10 @@ impl Auditor {
             }
         }
         let mut missing: Vec<(&str, i64)> = self
-            .wallets
+            .players
             .iter()
-            .filter(|w| !seen.contains(w.name.as_str()) && w.balance.unwrap_or(0) != 0)
-            .map(|w| (w.name.as_str(), w.balance.unwrap_or(0)))
+            .filter(|(name, p)| !seen.contains(name.as_str()) && p.balance.unwrap_or(0) != 0)
+            .map(|(name, p)| (name.as_str(), p.balance.unwrap_or(0)))
             .collect();
         missing.sort();
         let found: Vec<Violation> = missing
