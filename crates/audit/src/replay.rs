@@ -187,6 +187,7 @@ async fn replay_on<B: Bus>(
     let (start, start_violation) = source::start_at(client, options.from_checkpoint).await?;
     let partial = start.from > 1;
     let mut auditor = Auditor::new(options.limits, options.scope.clone(), partial);
+    auditor.check_stream_versions(!partial);
     if let Some(violation) = start_violation {
         auditor.violation(violation);
     }
