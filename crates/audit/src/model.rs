@@ -194,7 +194,7 @@ pub struct Auditor {
     seed_hashes: HashSet<[u8; 32]>,
     /// Player id → the player's number and wallet; keys held inline (ids are short), so a
     /// lookup reads no heap string either.
-    players: HashMap<CompactString, Player>,
+    players: hashbrown::HashMap<CompactString, Player, rustc_hash::FxBuildHasher>,
     /// Player number → id, for reports.
     names: Vec<CompactString>,
     versions: Option<StreamVersions>,
@@ -217,7 +217,7 @@ impl Auditor {
             table_ids: HashMap::default(),
             tables: Vec::new(),
             seed_hashes: HashSet::default(),
-            players: HashMap::default(),
+            players: hashbrown::HashMap::default(),
             names: Vec::new(),
             versions: None,
             deposit_ids: HashSet::default(),
@@ -251,21 +251,16 @@ impl Auditor {
     }
 
     fn player(&mut self, name: &str) -> &mut Player {
-        // Two lookups, the second finding the line the first just read; `entry` would build
-        // the key on every call, which allocates for an id longer than 24 bytes.
-        if !self.players.contains_key(name) {
-            let id = self.names.len() as u32;
-            self.names.push(CompactString::from(name));
-            self.players.insert(
-                CompactString::from(name),
-                Player {
-                    id,
-                    balance: None,
-                    version: None,
-                },
-            );
-        }
-        self.players.get_mut(name).expect("inserted above")
+        let names = &mut self.names;
+        self.players.entry_ref(name).or_insert_with(|| {
+            let id = names.len() as u32;
+            names.push(CompactString::from(name));
+            Player {
+                id,
+                balance: None,
+                version: None,
+            }
+        })
     }
 
     /// Checks from now on that every stream's versions follow each other (part of the chain

@@ -158,9 +158,17 @@ pub async fn replay<B: Bus>(
     let (reader_client, reader_connection) =
         config.connect(NoTls).await.map_err(ReplayError::Connect)?;
     let reader_connection = tokio::spawn(reader_connection);
-    let (accounts_client, accounts_connection) =
-        config.connect(NoTls).await.map_err(ReplayError::Connect)?;
-    let accounts_connection = tokio::spawn(accounts_connection);
+    // `accounts` is compared with the wallets only where they are rebuilt
+    // (`Auditor::checks_wallets`: no scope, from position 1); elsewhere it is not read.
+    let mut accounts_connection = None;
+    let accounts_client = if options.scope.is_everything() && options.from_checkpoint.is_none() {
+        let (accounts_client, connection) =
+            config.connect(NoTls).await.map_err(ReplayError::Connect)?;
+        accounts_connection = Some(tokio::spawn(connection));
+        Some(accounts_client)
+    } else {
+        None
+    };
     let readers = source::Clients {
         events: reader_client,
         accounts: accounts_client,
@@ -168,7 +176,9 @@ pub async fn replay<B: Bus>(
     let result = replay_on(&client, readers, bus, options, &mut progress).await;
     connection.abort();
     reader_connection.abort();
-    accounts_connection.abort();
+    if let Some(connection) = accounts_connection {
+        connection.abort();
+    }
     result.map(|mut report| {
         let seconds = started.elapsed().as_secs_f64();
         report.run.seconds = seconds;
@@ -367,7 +377,7 @@ async fn replay_on<B: Bus>(
         }
     };
 
-    let finish = auditor.finish(Some(&end.accounts));
+    let finish = auditor.finish(end.accounts.as_deref());
     let mut tables = finish.tables;
     for violation in finish.violations.listed() {
         if let Some(table) = violation.table.as_ref().and_then(|t| tables.get_mut(t)) {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::model::Row;
 use crate::report::{Check, Violation};
@@ -83,8 +84,9 @@ pub struct End {
     /// The last position verified and its hash.
     pub head: (i64, [u8; 32]),
     pub checkpoints_verified: u64,
-    /// The `accounts` read model in the same snapshot (player, balance).
-    pub accounts: Vec<(String, i64)>,
+    /// The `accounts` read model in the same snapshot (player, balance), when it was read
+    /// (only where wallets are rebuilt: an unscoped replay from position 1).
+    pub accounts: Option<Vec<(String, i64)>>,
     /// Chain findings at the end (head row, checkpoints beyond the head).
     pub violations: Vec<Violation>,
 }
@@ -160,13 +162,14 @@ impl Chain {
     }
 }
 
-/// The reader's two connections: one streams the events, the other reads the `accounts` read
-/// model in the same snapshot meanwhile (an exported snapshot), so that 100,000 balances are
-/// not read after a million events but while they stream.
+/// The reader's connections: one streams the events; the other, when the wallets are to be
+/// compared with it, reads the `accounts` read model in the same snapshot meanwhile (an
+/// exported snapshot), so that 100,000 balances are not read after a million events but while
+/// they stream.
 #[derive(Debug)]
 pub struct Clients {
     pub events: tokio_postgres::Client,
-    pub accounts: tokio_postgres::Client,
+    pub accounts: Option<tokio_postgres::Client>,
 }
 
 /// Reads the `accounts` read model (player, balance) in the snapshot `snapshot` exported by
@@ -231,11 +234,19 @@ pub async fn read(
     }
     // The accounts of this same snapshot, read on the other connection while the events
     // stream on this one (the task is aborted if this returns early).
-    let exported: String = client
-        .query_one("SELECT pg_export_snapshot()", &[])
-        .await?
-        .try_get(0)?;
-    let mut accounts = AbortOnDrop(tokio::spawn(read_accounts(clients.accounts, exported)));
+    let accounts = match clients.accounts {
+        Some(accounts_client) => {
+            let exported: String = client
+                .query_one("SELECT pg_export_snapshot()", &[])
+                .await?
+                .try_get(0)?;
+            Some(AbortOnDropHandle::new(tokio::spawn(read_accounts(
+                accounts_client,
+                exported,
+            ))))
+        }
+        None => None,
+    };
     let mut found = Vec::new();
     let mut chain = Chain {
         prev: start.prev,
@@ -243,16 +254,8 @@ pub async fn read(
         checkpoints: checkpoints.iter().map(|c| (c.position, c.hash)).collect(),
         checkpoints_verified: 0,
     };
-    // Positions are integers: formatting them into the statement is safe (COPY takes no
-    // parameters).
-    let copy = format!(
-        "COPY (SELECT {} FROM public.events WHERE position >= {} AND position <= {} \
-         ORDER BY position) TO STDOUT (FORMAT binary)",
-        crate::copy::COLUMNS,
-        start.from,
-        head_position
-    );
-    let messages = client.copy_out(copy.as_str()).await?;
+    let messages =
+        store::copy_events(&client, crate::copy::COLUMNS, start.from, head_position).await?;
     let mut messages = std::pin::pin!(messages);
     let mut reader = crate::copy::Reader::default();
     let mut batch = Vec::with_capacity(BATCH_ROWS);
@@ -320,9 +323,12 @@ pub async fn read(
         );
     }
     // Joined before this transaction ends: the export lives only as long as it does.
-    let accounts = match (&mut accounts.0).await {
-        Ok(accounts) => accounts?,
-        Err(e) => return Err(SourceError::Accounts(e.to_string())),
+    let accounts = match accounts {
+        Some(task) => Some(
+            task.await
+                .map_err(|e| SourceError::Accounts(e.to_string()))??,
+        ),
+        None => None,
     };
     client.batch_execute("COMMIT").await?;
     let _ = out
@@ -335,16 +341,6 @@ pub async fn read(
         }))
         .await;
     Ok(())
-}
-
-/// A spawned task that is aborted when its handle is dropped (an early return or a cancelled
-/// replay leaves nothing running).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Where a replay from a published checkpoint starts: the row at the checkpoint must still

@@ -37,7 +37,7 @@ pub use migrations::{
 pub use pool::{PoolConfig, Store};
 pub use prepared::{PooledClient, PooledTransaction};
 pub use read::{StoredEvent, head, last_position, next_version, read_from, read_stream};
-pub use stream::{CopyOut, stream_events};
+pub use stream::{CopyOut, copy_events, stream_events};
 pub use tail::{TailOptions, tail};
 pub use verify::{
     ChainError, ChainFault, ChainProgress, ChainReport, VERIFY_PAGE, VerifyError, verify_chain,

@@ -42,19 +42,31 @@ impl CopyOut for tokio_postgres::Transaction<'_> {
     }
 }
 
+/// The raw binary `COPY` output of `columns` (a list of the `events` table's column names) for
+/// positions `from..=to` in position order: one `CopyData` message per row. For a reader that
+/// parses the rows itself (the audit's); [`stream_events`] decodes them.
+pub async fn copy_events<C: CopyOut>(
+    client: &C,
+    columns: &str,
+    from: i64,
+    to: i64,
+) -> Result<CopyOutStream, tokio_postgres::Error> {
+    // Positions are integers: formatting them into the statement is safe (COPY takes no
+    // parameters); `columns` is a constant of the caller's, never input.
+    let copy = format!(
+        "COPY (SELECT {columns} FROM public.events WHERE position >= {from} \
+         AND position <= {to} ORDER BY position) TO STDOUT (FORMAT binary)"
+    );
+    client.copy_out_stream(&copy).await
+}
+
 /// The events at positions `from..=to`, in position order, streamed by one binary `COPY`.
 pub async fn stream_events<C: CopyOut>(
     client: &C,
     from: i64,
     to: i64,
 ) -> Result<impl Stream<Item = Result<StoredEvent, StoreError>> + use<C>, StoreError> {
-    // Positions are integers: formatting them into the statement is safe (COPY takes no
-    // parameters).
-    let copy = format!(
-        "COPY (SELECT {EVENT_COLUMNS} FROM public.events WHERE position >= {from} \
-         AND position <= {to} ORDER BY position) TO STDOUT (FORMAT binary)"
-    );
-    let rows = client.copy_out_stream(&copy).await?;
+    let rows = copy_events(client, EVENT_COLUMNS, from, to).await?;
     Ok(
         BinaryCopyOutStream::new(rows, &EVENT_COLUMN_TYPES).map(|row| {
             let row = row?;
