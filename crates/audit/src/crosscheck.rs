@@ -98,7 +98,8 @@ pub struct BusReport {
     pub before_retention: u64,
 }
 
-/// Reads `stream` from `first` to `last` (inclusive), decoding each message, in batches.
+/// Reads `stream` from `first` to `last` (inclusive) in batches, glancing at each message's
+/// event (its id, time and kind: what the merge needs).
 pub async fn read_stream<B: Bus>(
     bus: B,
     stream: &'static str,
@@ -110,42 +111,44 @@ pub async fn read_stream<B: Bus>(
     if last == 0 || first > last {
         return Ok(());
     }
-    let mut messages = bus.replay(stream, filter, first).await?;
-    let mut batch = Vec::with_capacity(BUS_BATCH);
-    while let Some(message) = messages.next().await {
-        let StoredMessage {
-            subject,
-            seq,
-            payload,
-            ..
-        } = message?;
-        let event = wire::decode(&payload).map(|e| Summary {
-            id: e.id,
-            at: e.at,
-            kind: e.kind,
-            subject_holds: e.published_on(&subject),
-        });
-        batch.push(BusMessage {
-            stream,
-            seq,
-            subject,
-            payload,
-            event,
-        });
-        let done = seq >= last;
-        if batch.len() == BUS_BATCH || done {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(BUS_BATCH));
-            if out.send(full).await.is_err() {
-                return Ok(());
-            }
-        }
-        if done {
+    let mut batches = bus.read_range(stream, filter, first, last).await?;
+    let mut read_to = first.saturating_sub(1);
+    while let Some(batch) = batches.next().await {
+        let batch: Vec<BusMessage> = batch?
+            .into_iter()
+            .map(|message| {
+                let StoredMessage {
+                    subject,
+                    seq,
+                    payload,
+                    ..
+                } = message;
+                let event = wire::glance(&payload).map(|e| Summary {
+                    id: e.id,
+                    at: e.at,
+                    kind: e.kind,
+                    subject_holds: e.published_on(&subject),
+                });
+                BusMessage {
+                    stream,
+                    seq,
+                    subject,
+                    payload,
+                    event,
+                }
+            })
+            .collect();
+        read_to = batch.last().map_or(read_to, |m| m.seq);
+        if out.send(batch).await.is_err() {
             return Ok(());
         }
     }
-    Err(BusError::Other(format!(
-        "the {stream} stream ended before sequence {last}"
-    )))
+    if read_to < last {
+        return Err(BusError::Other(format!(
+            "the {stream} stream ended at sequence {read_to}, before {last}"
+        )));
+    }
+    Ok(())
 }
 
 /// A Postgres event waiting for its bus message. What a violation names about it is decoded

@@ -10,6 +10,7 @@
 pub mod copy;
 pub mod crosscheck;
 pub mod model;
+pub mod msgpack;
 pub mod recall;
 pub mod replay;
 pub mod report;

@@ -1,8 +1,8 @@
 //! The events' wire form read by the audit itself, from the contract (a MessagePack map of the
-//! event object, `docs/contract/events.md`): one pass over the bytes into a flat, borrowed
-//! view, checked field by field. It is about ten times cheaper than the services' typed decoder
-//! (which buffers each object and reads it twice), and a replay decodes every event twice (the
-//! store's copy and the bus's).
+//! event object, `docs/contract/events.md`): one pass over the bytes (`crate::msgpack`, no
+//! serde) into a flat, borrowed view, checked field by field ([`decode`]). The merge of the two
+//! logs needs less of most events before that: [`glance`] reads a bus message's envelope and
+//! publisher, [`glance_at`] a stored row's time.
 //!
 //! Times stay the strings the contract fixes (`YYYY-MM-DDTHH:MM:SS.ffffffZ`, UTC, microseconds):
 //! checked for that shape, they order correctly as text, and the audit only compares and prints
@@ -10,9 +10,9 @@
 
 use std::fmt;
 
-use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::msgpack::{Int, Reader};
 use crate::rules::{self, Wager};
 
 /// An instant as the contract writes it: `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
@@ -95,6 +95,14 @@ impl Kind {
         }
     }
 
+    /// Whether events of this kind carry a `player` (a wallet event).
+    pub const fn has_player(self) -> bool {
+        matches!(
+            self,
+            Kind::BetPlaced | Kind::BetSettled | Kind::BetRefunded | Kind::FundsDeposited
+        )
+    }
+
     /// GMS publishes the round transitions; GS everything else but an operator's switch.
     pub const fn by_gms(self) -> bool {
         matches!(
@@ -117,14 +125,87 @@ impl fmt::Display for Kind {
 }
 
 /// A selection as it is on the wire.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 struct RawSelection<'a> {
-    #[serde(borrow)]
     kind: &'a str,
-    #[serde(default)]
-    numbers: Option<Vec<u8>>,
-    #[serde(default)]
+    numbers: Option<Numbers>,
     index: Option<u8>,
+}
+
+/// A selection's numbers, held inline: no selection names more pockets than the wheel has.
+#[derive(Debug, Clone, Copy)]
+struct Numbers {
+    pockets: [u8; rules::POCKETS as usize],
+    len: usize,
+}
+
+impl Numbers {
+    fn as_slice(&self) -> &[u8] {
+        &self.pockets[..self.len]
+    }
+}
+
+impl<'a> RawSelection<'a> {
+    /// A selection's map, or `None` for nil.
+    fn read(reader: &mut Reader<'a>) -> Result<Option<Self>, String> {
+        let Some(len) = reader.opt_map_len()? else {
+            return Ok(None);
+        };
+        let (mut kind, mut numbers, mut index) = (None, None, None);
+        for _ in 0..len {
+            match reader.key()? {
+                b"kind" => set(&mut kind, "selection kind", reader.str()?)?,
+                b"numbers" => {
+                    let read = match reader.opt_array_len()? {
+                        None => None,
+                        Some(len) => {
+                            if len > usize::from(rules::POCKETS) {
+                                return Err(format!("a selection of {len} numbers"));
+                            }
+                            let mut read = Numbers {
+                                pockets: [0; rules::POCKETS as usize],
+                                len,
+                            };
+                            for pocket in &mut read.pockets[..len] {
+                                *pocket = small(reader.opt_int()?, "a selection's number")?;
+                            }
+                            Some(read)
+                        }
+                    };
+                    set(&mut numbers, "numbers", read)?;
+                }
+                b"index" => {
+                    let read = match reader.opt_int()? {
+                        None => None,
+                        read => Some(small(read, "a selection's index")?),
+                    };
+                    set(&mut index, "index", read)?;
+                }
+                _ => reader.skip()?,
+            }
+        }
+        Ok(Some(RawSelection {
+            kind: kind.ok_or("a selection without kind")?,
+            numbers: numbers.flatten(),
+            index: index.flatten(),
+        }))
+    }
+}
+
+/// Sets a field read once; a map that names it twice is refused.
+fn set<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), String> {
+    if slot.replace(value).is_some() {
+        return Err(format!("duplicate field {name}"));
+    }
+    Ok(())
+}
+
+/// An integer of 0..=255.
+fn small(value: Option<Int>, what: &str) -> Result<u8, String> {
+    value
+        .and_then(Int::to_u64)
+        .and_then(|v| u8::try_from(v).ok())
+        .ok_or_else(|| format!("{what} {value:?} is not 0..=255"))
 }
 
 /// Whether an operator switched betting on or off (`betting_switched`'s `betting`).
@@ -143,61 +224,133 @@ impl Switch {
     }
 }
 
-/// A field that may be missing (the outer `None`), `null` (`Some(None)`) or a string.
-fn present<'de: 'a, 'a, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<&'a str>>, D::Error> {
-    Option::<&'a str>::deserialize(deserializer).map(Some)
+/// Every field any event kind has, in one map.
+#[derive(Debug, Default)]
+struct Raw<'a> {
+    kind: Option<&'a str>,
+    id: Option<&'a str>,
+    at: Option<&'a str>,
+    /// Missing (the outer `None`), `null` (`betting_switched` of every table) or a table id.
+    table: Option<Option<&'a str>>,
+    round: Option<u64>,
+    closes_at: Option<&'a str>,
+    seed_hash: Option<&'a str>,
+    outcome: Option<u8>,
+    server_seed: Option<&'a str>,
+    reason: Option<&'a str>,
+    bet_id: Option<&'a str>,
+    player: Option<&'a str>,
+    selection: Option<RawSelection<'a>>,
+    amount: Option<i64>,
+    balance: Option<i64>,
+    payout: Option<i64>,
+    bets: Option<u64>,
+    staked: Option<i64>,
+    paid: Option<i64>,
+    deposit_id: Option<&'a str>,
+    betting: Option<&'a str>,
+    by: Option<&'a str>,
 }
 
-/// Every field any event kind has, in one map.
-#[derive(Debug, Deserialize)]
-struct Raw<'a> {
-    #[serde(borrow)]
-    kind: &'a str,
-    #[serde(borrow)]
-    id: &'a str,
-    #[serde(borrow)]
-    at: &'a str,
-    /// Missing, `null` (`betting_switched` of every table) or a table id.
-    #[serde(default, borrow, deserialize_with = "present")]
-    table: Option<Option<&'a str>>,
-    #[serde(default)]
-    round: Option<u64>,
-    #[serde(default, borrow)]
-    closes_at: Option<&'a str>,
-    #[serde(default, borrow)]
-    seed_hash: Option<&'a str>,
-    #[serde(default)]
-    outcome: Option<u8>,
-    #[serde(default, borrow)]
-    server_seed: Option<&'a str>,
-    #[serde(default, borrow)]
-    reason: Option<&'a str>,
-    #[serde(default, borrow)]
-    bet_id: Option<&'a str>,
-    #[serde(default, borrow)]
-    player: Option<&'a str>,
-    #[serde(default, borrow)]
-    selection: Option<RawSelection<'a>>,
-    #[serde(default)]
-    amount: Option<i64>,
-    #[serde(default)]
-    balance: Option<i64>,
-    #[serde(default)]
-    payout: Option<i64>,
-    #[serde(default)]
-    bets: Option<u64>,
-    #[serde(default)]
-    staked: Option<i64>,
-    #[serde(default)]
-    paid: Option<i64>,
-    #[serde(default, borrow)]
-    deposit_id: Option<&'a str>,
-    #[serde(default, borrow)]
-    betting: Option<&'a str>,
-    #[serde(default, borrow)]
-    by: Option<&'a str>,
+/// The fields [`Raw`] reads, in the order of their bits in its duplicate check.
+const FIELDS: [&str; 22] = [
+    "kind",
+    "id",
+    "at",
+    "table",
+    "round",
+    "closes_at",
+    "seed_hash",
+    "outcome",
+    "server_seed",
+    "reason",
+    "bet_id",
+    "player",
+    "selection",
+    "amount",
+    "balance",
+    "payout",
+    "bets",
+    "staked",
+    "paid",
+    "deposit_id",
+    "betting",
+    "by",
+];
+
+impl<'a> Raw<'a> {
+    /// One pass over the map: each field the contract knows read into its slot (nil reads as
+    /// absent, as for an optional field), any other skipped, a field named twice refused.
+    fn read(bytes: &'a [u8]) -> Result<Self, String> {
+        let mut reader = Reader::new(bytes);
+        let mut raw = Raw::default();
+        let mut seen = 0u32;
+        for _ in 0..reader.map_len()? {
+            let key = reader.key()?;
+            let Some(field) = FIELDS.iter().position(|f| f.as_bytes() == key) else {
+                reader.skip()?;
+                continue;
+            };
+            if seen & (1 << field) != 0 {
+                return Err(format!("duplicate field {}", FIELDS[field]));
+            }
+            seen |= 1 << field;
+            let r = &mut reader;
+            match FIELDS[field] {
+                "kind" => raw.kind = r.opt_str()?,
+                "id" => raw.id = r.opt_str()?,
+                "at" => raw.at = r.opt_str()?,
+                "table" => raw.table = Some(r.opt_str()?),
+                "round" => raw.round = unsigned(r, "round")?,
+                "closes_at" => raw.closes_at = r.opt_str()?,
+                "seed_hash" => raw.seed_hash = r.opt_str()?,
+                "outcome" => {
+                    raw.outcome = match r.opt_int()? {
+                        None => None,
+                        read => Some(small(read, "outcome")?),
+                    }
+                }
+                "server_seed" => raw.server_seed = r.opt_str()?,
+                "reason" => raw.reason = r.opt_str()?,
+                "bet_id" => raw.bet_id = r.opt_str()?,
+                "player" => raw.player = r.opt_str()?,
+                "selection" => raw.selection = RawSelection::read(r)?,
+                "amount" => raw.amount = signed(r, "amount")?,
+                "balance" => raw.balance = signed(r, "balance")?,
+                "payout" => raw.payout = signed(r, "payout")?,
+                "bets" => raw.bets = unsigned(r, "bets")?,
+                "staked" => raw.staked = signed(r, "staked")?,
+                "paid" => raw.paid = signed(r, "paid")?,
+                "deposit_id" => raw.deposit_id = r.opt_str()?,
+                "betting" => raw.betting = r.opt_str()?,
+                _ => raw.by = r.opt_str()?,
+            }
+        }
+        if !reader.is_done() {
+            return Err("bytes after the event's map".into());
+        }
+        Ok(raw)
+    }
+}
+
+fn unsigned(reader: &mut Reader<'_>, what: &str) -> Result<Option<u64>, String> {
+    match reader.opt_int()? {
+        None => Ok(None),
+        Some(i) => i
+            .to_u64()
+            .map(Some)
+            .ok_or_else(|| format!("{what} {i:?} is negative")),
+    }
+}
+
+fn signed(reader: &mut Reader<'_>, what: &str) -> Result<Option<i64>, String> {
+    match reader.opt_int()? {
+        None => Ok(None),
+        Some(i) => i
+            .to_i64()
+            .map(Some)
+            .ok_or_else(|| format!("{what} {i:?} is beyond 64 bits")),
+    }
 }
 
 /// What each kind carries beyond the envelope.
@@ -312,26 +465,89 @@ impl<'a> Event<'a> {
     /// Whether `subject` is [`Event::subject`], without building it (never, for a kind that is
     /// never published).
     pub fn published_on(&self, subject: &str) -> bool {
-        if !self.kind.published() {
-            return false;
-        }
-        let (name, last) = match (self.player(), self.table) {
-            (Some(player), _) => (player, "wallet"),
-            (None, Some(table)) if self.kind == Kind::RoundSettled => (table, "result"),
-            (None, Some(table)) => (table, "round"),
-            (None, None) => return false,
-        };
-        let first = if self.player().is_some() {
-            "player."
-        } else {
-            "table."
-        };
-        subject
-            .strip_prefix(first)
-            .and_then(|rest| rest.strip_prefix(name))
-            .and_then(|rest| rest.strip_prefix('.'))
-            == Some(last)
+        published_on(self.kind, self.player(), self.table, subject)
     }
+}
+
+fn published_on(kind: Kind, player: Option<&str>, table: Option<&str>, subject: &str) -> bool {
+    if !kind.published() {
+        return false;
+    }
+    let (first, name, last) = match (player, table) {
+        (Some(player), _) => ("player.", player, "wallet"),
+        (None, Some(table)) if kind == Kind::RoundSettled => ("table.", table, "result"),
+        (None, Some(table)) => ("table.", table, "round"),
+        (None, None) => return false,
+    };
+    subject
+        .strip_prefix(first)
+        .and_then(|rest| rest.strip_prefix(name))
+        .and_then(|rest| rest.strip_prefix('.'))
+        == Some(last)
+}
+
+/// What the merge of the two logs needs of an event before it is decoded in full: where it
+/// goes in time, which event it is, and where it is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Glance<'a> {
+    pub kind: Kind,
+    pub id: Uuid,
+    pub at: Time,
+    pub table: Option<&'a str>,
+    pub player: Option<&'a str>,
+}
+
+impl Glance<'_> {
+    /// Whether `subject` is the one an event of this kind, table and player is published on
+    /// (see [`Event::published_on`]).
+    pub fn published_on(&self, subject: &str) -> bool {
+        published_on(self.kind, self.player, self.table, subject)
+    }
+}
+
+/// Reads an event's envelope and its table and player, stopping once it has them: the bus
+/// side of the merge trusts a message only as far as its bytes equal the stored event's,
+/// which [`decode`] checks in full, so nothing else of it is read here. Duplicate fields are
+/// not looked for (the full decode refuses them).
+pub fn glance(bytes: &[u8]) -> Result<Glance<'_>, String> {
+    let mut reader = Reader::new(bytes);
+    let (mut kind, mut id, mut at, mut table, mut player) = (None, None, None, None, None);
+    let mut left = reader.map_len()?;
+    // A player event is published by its player, a round event by its table: stop once the
+    // envelope and a player are read, else read to the end.
+    while left > 0 && !(player.is_some() && kind.is_some() && id.is_some() && at.is_some()) {
+        left -= 1;
+        match reader.key()? {
+            b"kind" => kind = reader.opt_str()?,
+            b"id" => id = reader.opt_str()?,
+            b"at" => at = reader.opt_str()?,
+            b"table" => table = reader.opt_str()?,
+            b"player" => player = reader.opt_str()?,
+            _ => reader.skip()?,
+        }
+    }
+    let kind = kind.ok_or("missing field kind")?;
+    let kind = Kind::parse(kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
+    let at = at.ok_or("missing field at")?;
+    Ok(Glance {
+        kind,
+        id: uuid(id.ok_or("missing field id")?, "id")?,
+        at: Time::parse(at).ok_or_else(|| format!("at {at:?} is not a contract time"))?,
+        table,
+        player: player.filter(|_| kind.has_player()),
+    })
+}
+
+/// An event's `at`, read without decoding the rest (its place in the merge of the two logs).
+pub fn glance_at(bytes: &[u8]) -> Option<Time> {
+    let mut reader = Reader::new(bytes);
+    for _ in 0..reader.map_len().ok()? {
+        if reader.key().ok()? == b"at" {
+            return reader.opt_str().ok().flatten().and_then(Time::parse);
+        }
+        reader.skip().ok()?;
+    }
+    None
 }
 
 /// Largest amount of money the contract allows: 2^53 − 1 minor units.
@@ -339,18 +555,20 @@ const MONEY_MAX: i64 = 9_007_199_254_740_991;
 
 /// Decodes and checks one event: every field its kind needs, of the contract's shape.
 pub fn decode(bytes: &[u8]) -> Result<Event<'_>, String> {
-    // A map, as every event is (not a positional array, which serde would also take).
+    // A map, as every event is.
     if !bytes
         .first()
         .is_some_and(|b| matches!(b, 0x80..=0x8f | 0xde | 0xdf))
     {
         return Err("not a MessagePack map".into());
     }
-    let raw: Raw<'_> = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
-    let kind = Kind::parse(raw.kind).ok_or_else(|| format!("unknown kind {:?}", raw.kind))?;
-    let id = uuid(raw.id, "id")?;
-    let at =
-        Time::parse(raw.at).ok_or_else(|| format!("at {:?} is not a contract time", raw.at))?;
+    let raw = Raw::read(bytes)?;
+    let missing = |field: &str| format!("missing field {field}");
+    let kind = raw.kind.ok_or_else(|| missing("kind"))?;
+    let kind = Kind::parse(kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
+    let id = uuid(raw.id.ok_or_else(|| missing("id"))?, "id")?;
+    let at = raw.at.ok_or_else(|| missing("at"))?;
+    let at = Time::parse(at).ok_or_else(|| format!("at {at:?} is not a contract time"))?;
     let need = |what: &str| format!("{kind} without {what}");
     if kind == Kind::BettingSwitched && raw.table.is_none() {
         // `null` for every table, but never left out.
@@ -400,7 +618,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, String> {
         },
         Kind::BetPlaced => {
             let selection = raw.selection.ok_or_else(|| need("selection"))?;
-            let numbers = selection.numbers.as_deref().unwrap_or(&[]);
+            let numbers = selection
+                .numbers
+                .as_ref()
+                .map_or(&[][..], Numbers::as_slice);
             Body::BetPlaced {
                 bet_id: uuid(raw.bet_id.ok_or_else(|| need("bet_id"))?, "bet_id")?,
                 player: player()?,
@@ -659,6 +880,96 @@ mod tests {
             let error = decode(&event(fields)).expect_err(missing);
             assert!(error.contains(missing), "{missing}: {error}");
         }
+    }
+
+    /// A map of `(key, value)` pairs in the order given, duplicates included.
+    fn map_of(fields: &[(&str, serde_json::Value)]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        rmp::encode::write_map_len(&mut bytes, fields.len() as u32).expect("len");
+        for (key, value) in fields {
+            rmp::encode::write_str(&mut bytes, key).expect("key");
+            bytes.extend(rmp_serde::to_vec(value).expect("value"));
+        }
+        bytes
+    }
+
+    fn settled_fields() -> Vec<(&'static str, serde_json::Value)> {
+        use serde_json::json;
+        vec![
+            ("kind", json!("bet_settled")),
+            ("id", json!("7f0c9a52-3d5e-4d6c-9a3b-1f2e3d4c5b6a")),
+            ("v", json!(1)),
+            ("at", json!("2026-12-05T07:45:53.432856Z")),
+            ("table", json!("roulette-1")),
+            ("round", json!(7)),
+            ("bet_id", json!("0b6e1c2d-3e4f-4a5b-8c7d-9e0f1a2b3c4d")),
+            ("player", json!("p-1")),
+            ("payout", json!(360)),
+            ("balance", json!(1320)),
+        ]
+    }
+
+    #[test]
+    fn fields_are_read_in_any_order_unknown_ones_skipped_and_duplicates_refused() {
+        use serde_json::json;
+        let fields = settled_fields();
+        let reference = map_of(&fields);
+        let expected = decode(&reference).expect("decodes");
+        let mut reversed = fields.clone();
+        reversed.reverse();
+        reversed.insert(3, ("later", json!({"nested": [1, [2, "x"]], "n": null})));
+        let reordered = map_of(&reversed);
+        assert_eq!(decode(&reordered).expect("decodes"), expected);
+        let glanced = glance(&reordered).expect("glances");
+        assert_eq!(
+            (
+                glanced.kind,
+                glanced.id,
+                glanced.at,
+                glanced.table,
+                glanced.player
+            ),
+            (
+                expected.kind,
+                expected.id,
+                expected.at,
+                expected.table,
+                expected.player()
+            )
+        );
+        assert_eq!(glance_at(&reordered), Some(expected.at));
+        assert!(glanced.published_on("player.p-1.wallet"));
+        assert!(!glanced.published_on("player.p-2.wallet"));
+
+        let mut twice = fields.clone();
+        twice.push(("payout", json!(0)));
+        let error = decode(&map_of(&twice)).expect_err("a field twice");
+        assert!(error.contains("duplicate field payout"), "{error}");
+
+        let mut trailing = reference.clone();
+        trailing.push(0xc0);
+        assert!(decode(&trailing).is_err());
+
+        for (field, value, says) in [
+            ("payout", json!(-1), "not an amount"),
+            ("payout", json!("360"), "an integer expected"),
+            ("round", json!(-7), "negative"),
+            ("kind", json!(3), "a string expected"),
+        ] {
+            let mut bad = fields.clone();
+            bad.retain(|(k, _)| *k != field);
+            bad.push((field, value));
+            let error = decode(&map_of(&bad)).expect_err(field);
+            assert!(error.contains(says), "{field}: {error}");
+        }
+        let mut without = fields.clone();
+        without.retain(|(k, _)| *k != "at");
+        assert!(
+            decode(&map_of(&without))
+                .expect_err("no at")
+                .contains("missing field at")
+        );
+        assert!(glance(&map_of(&without)).is_err());
     }
 
     #[test]

@@ -22,8 +22,8 @@ pub use error::{BusError, KvError, PublishError, RequestError};
 pub use local::{LocalBus, LocalKv};
 pub use nats::{NatsBus, NatsKv, NatsOptions, server_list};
 pub use port::{
-    AckMessage, Bus, Deliveries, Feed, Kv, KvEntry, KvEvent, KvWatch, Publish, Published, Request,
-    Requests, StoredMessage, StreamState, Subscription,
+    AckMessage, Batches, Bus, Deliveries, Feed, Kv, KvEntry, KvEvent, KvWatch, Publish, Published,
+    Request, Requests, StoredMessage, StreamState, Subscription,
 };
 
 /// An id unique within the process and, with overwhelming likelihood, across processes: for

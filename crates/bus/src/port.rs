@@ -65,6 +65,19 @@ pub trait Bus: Clone + Send + Sync + 'static {
         from_seq: u64,
     ) -> impl Future<Output = Result<Subscription, BusError>> + Send;
 
+    /// The stored messages of `stream` matching `filter_subject` with sequences
+    /// `from_seq..=to_seq`, in order and in batches, for reading a stream's history once (an
+    /// audit): the feed ends after `to_seq`, or with an error if the stream ends before it.
+    /// Like [`Bus::replay`], it resumes across reconnects with no gap and no duplicate, but
+    /// it does not wait for live messages, and it hands over messages a batch at a time.
+    fn read_range(
+        &self,
+        stream: &str,
+        filter_subject: &str,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> impl Future<Output = Result<Batches, BusError>> + Send;
+
     /// Reads `stream` through the durable consumer `durable` (created if missing, with the
     /// settings of its [`crate::ConsumerDef`] when one was set up): every matching message from
     /// the start of the stream, each until it is acked; one not acked within the consumer's
@@ -302,6 +315,8 @@ pub struct Feed<T> {
 
 /// Ordered messages of a [`Bus::replay`].
 pub type Subscription = Feed<Result<StoredMessage, BusError>>;
+/// Batches of a [`Bus::read_range`].
+pub type Batches = Feed<Result<Vec<StoredMessage>, BusError>>;
 /// Messages of a durable consumer ([`Bus::consume`]).
 pub type Deliveries = Feed<Result<AckMessage, BusError>>;
 /// Requests of a [`Bus::serve`].

@@ -37,6 +37,7 @@ conformance_for_both!(
     retried_publish_with_the_same_msg_id_is_a_duplicate_not_a_conflict,
     filtered_replay_from_a_sequence_then_live_has_no_gap_or_duplicate,
     replay_keeps_order_while_messages_arrive_during_it,
+    read_range_hands_over_the_range_in_order_and_ends,
     unacked_message_is_redelivered_after_ack_wait,
     durable_consumer_resumes_after_its_last_acked_message,
     queue_group_spreads_requests_and_each_reaches_one_member,

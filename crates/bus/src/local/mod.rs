@@ -23,7 +23,8 @@ use self::stream::{LocalConsumer, LocalStream};
 use crate::definitions::{ConsumerDef, Definitions};
 use crate::error::{BusError, PublishError, RequestError};
 use crate::port::{
-    Bus, Deliveries, Feed, Publish, Published, Requests, StoredMessage, StreamState, Subscription,
+    Batches, Bus, Deliveries, Feed, Publish, Published, Requests, StoredMessage, StreamState,
+    Subscription,
 };
 use crate::subject::{check_filter, check_name, check_subject, overlaps};
 
@@ -186,6 +187,24 @@ impl Bus for LocalBus {
             cancel,
         ));
         Ok(Feed::from_receiver(receiver, Some(guard)))
+    }
+
+    async fn read_range(
+        &self,
+        stream: &str,
+        filter_subject: &str,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> Result<Batches, BusError> {
+        check_filter(filter_subject)?;
+        let stream = self.stream(stream)?;
+        let filter = filter_subject.to_string();
+        // Everything is in memory: the batches are collected as the reader asks for them.
+        let batches = futures_util::stream::unfold(from_seq.max(1), move |mut next| {
+            let batch = stream.collect(&filter, &mut next, to_seq, stream::RANGE_BATCH);
+            std::future::ready((!batch.is_empty()).then(|| (Ok(batch), next)))
+        });
+        Ok(Feed::from_stream(batches, None))
     }
 
     async fn consume(

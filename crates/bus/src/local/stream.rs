@@ -22,6 +22,8 @@ use crate::subject::matches;
 /// Messages a replay task collects per pass over the log before handing them over; bounds the
 /// time the stream's lock is held by one reader.
 const REPLAY_BATCH: usize = 64;
+/// Messages per batch of a range read.
+pub(super) const RANGE_BATCH: usize = 1024;
 
 pub(crate) struct LocalStream {
     pub(super) name: String,
@@ -189,7 +191,15 @@ impl LocalStream {
 
     /// Up to `limit` messages matching `filter` from `*next` on; advances `*next` past every
     /// message looked at.
-    fn collect(&self, filter: &str, next: &mut u64, limit: usize) -> Vec<StoredMessage> {
+    /// Up to `limit` messages matching `filter` from `*next` up to `last`, moving `*next` past
+    /// what was looked at.
+    pub(super) fn collect(
+        &self,
+        filter: &str,
+        next: &mut u64,
+        last: u64,
+        limit: usize,
+    ) -> Vec<StoredMessage> {
         let data = self.data();
         let mut found = Vec::new();
         let start = (*next).max(data.first_seq);
@@ -197,6 +207,9 @@ impl LocalStream {
             return found;
         };
         for entry in data.log.iter().skip(offset) {
+            if entry.msg.seq > last {
+                break;
+            }
             *next = entry.msg.seq + 1;
             if matches(filter, &entry.msg.subject) {
                 found.push(entry.msg.clone());
@@ -261,7 +274,7 @@ pub(super) async fn replay(
     let mut stored = stream.subscribe();
     loop {
         stored.borrow_and_update();
-        let batch = stream.collect(&filter, &mut next, REPLAY_BATCH);
+        let batch = stream.collect(&filter, &mut next, u64::MAX, REPLAY_BATCH);
         if batch.is_empty() {
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -373,7 +386,10 @@ impl LocalConsumer {
         if room {
             let filter = state.filter.clone();
             let mut next_seq = state.next_seq;
-            let found = self.stream.collect(&filter, &mut next_seq, 1).pop();
+            let found = self
+                .stream
+                .collect(&filter, &mut next_seq, u64::MAX, 1)
+                .pop();
             state.next_seq = next_seq;
             if let Some(message) = found {
                 state.pending.insert(

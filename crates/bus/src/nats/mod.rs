@@ -31,7 +31,7 @@ use self::names::Names;
 use crate::definitions::{BucketDef, ConsumerDef, Definitions, Storage, StreamDef};
 use crate::error::{BusError, PublishError, RequestError};
 use crate::port::{
-    Bus, Deliveries, Feed, Publish, Published, Replier, Request, Requests, StoredMessage,
+    Batches, Bus, Deliveries, Feed, Publish, Published, Replier, Request, Requests, StoredMessage,
     StreamState, Subscription,
 };
 use crate::subject::{check_filter, check_name, check_subject, matches};
@@ -60,6 +60,16 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 /// connection's 5 s twice. A first creation that times out is tried again ([`ORDERED_TRIES`]).
 const ORDERED_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const ORDERED_TRIES: usize = 3;
+/// Messages one pull of a [`Bus::read_range`] asks for. The client asks for the next pull when
+/// half of one is left, so up to one and a half pulls are in flight: that must stay within
+/// [`SUBSCRIPTION_CAPACITY`], or the client drops what overflows (a slow consumer) and the
+/// range read stalls until it is re-established. Larger pulls read faster (ADR 0018,
+/// session 12), but only with a larger capacity for every subscription of the connection.
+pub(crate) const RANGE_BATCH: usize = 640;
+/// Batches in flight between a range's reading task and its reader.
+const RANGE_BATCHES_IN_FLIGHT: usize = 4;
+/// How long the server keeps a range's consumer after its reader went away.
+const RANGE_INACTIVE: Duration = Duration::from_secs(10);
 
 /// Tuning of the nats adapter; the defaults suit production and tests alike.
 #[derive(Debug, Clone)]
@@ -485,6 +495,38 @@ impl NatsBus {
             .map_err(|e| other("start ordered consumer", e))
     }
 
+    /// Starts the pull of an ephemeral consumer for a range read: no acknowledgements, held in
+    /// memory, gone shortly after its reader.
+    async fn range_consumer(
+        &self,
+        stream: &str,
+        filter: &str,
+        from_seq: u64,
+    ) -> Result<consumer::pull::Stream, BusError> {
+        let handle = self.get_stream(stream).await?;
+        let consumer = handle
+            .create_consumer(consumer::pull::Config {
+                filter_subject: self.inner.names.subject(filter),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from_seq.max(1),
+                },
+                ack_policy: consumer::AckPolicy::None,
+                memory_storage: true,
+                inactive_threshold: RANGE_INACTIVE,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| consumer_error(stream, e))?;
+        consumer
+            .stream()
+            .max_messages_per_batch(RANGE_BATCH)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
+            .messages()
+            .await
+            .map_err(|e| other("start range consumer", e))
+    }
+
     /// Starts the pull of a durable consumer.
     async fn durable(
         &self,
@@ -688,6 +730,40 @@ impl Bus for NatsBus {
                 next_seq: from_seq,
             },
             ordered,
+            sender,
+            cancel,
+        ));
+        Ok(Feed::from_receiver(receiver, Some(guard)))
+    }
+
+    async fn read_range(
+        &self,
+        stream: &str,
+        filter_subject: &str,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> Result<Batches, BusError> {
+        check_filter(filter_subject)?;
+        check_name("stream name", stream)?;
+        let from_seq = from_seq.max(1);
+        let (sender, receiver) = tokio::sync::mpsc::channel(RANGE_BATCHES_IN_FLIGHT);
+        if from_seq > to_seq {
+            return Ok(Feed::from_receiver(receiver, None));
+        }
+        let pull = self
+            .range_consumer(stream, filter_subject, from_seq)
+            .await?;
+        let cancel = self.inner.shutdown.child_token();
+        let guard = cancel.clone().drop_guard();
+        self.inner.tasks.spawn(tasks::read_range(
+            self.clone(),
+            tasks::RangeSpec {
+                stream: stream.to_string(),
+                filter: filter_subject.to_string(),
+                next_seq: from_seq,
+                to_seq,
+            },
+            pull,
             sender,
             cancel,
         ));

@@ -76,12 +76,27 @@ where
     }
 }
 
+/// Messages a range read hands over at a time.
+const RANGE_HANDOVER: usize = 1024;
+/// A range read that has read nothing for this long hands over what it holds and asks the
+/// stream whether the range holds more.
+const RANGE_QUIET: Duration = Duration::from_millis(500);
+
 pub(super) struct ReplaySpec {
     pub stream: String,
     pub filter: String,
     /// The first sequence not yet handed to the reader: the replay resumes from here and skips
     /// anything below it, so a re-established consumer causes no duplicate and no gap.
     pub next_seq: u64,
+}
+
+pub(super) struct RangeSpec {
+    pub stream: String,
+    pub filter: String,
+    /// The first sequence not yet handed over (see [`ReplaySpec::next_seq`]).
+    pub next_seq: u64,
+    /// The last sequence of the range.
+    pub to_seq: u64,
 }
 
 pub(super) struct ConsumeSpec {
@@ -187,6 +202,126 @@ pub(super) async fn replay(
                 }
                 Some(Err(error)) => {
                     // The stream is gone: resuming in a new one would mix epochs.
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+            };
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Feeds a range read in batches until its last sequence, or until the stream holds no
+/// further message matching the filter within the range. A consumer lost or interrupted
+/// (reconnect, missed heartbeats, a pull that ends, or one that delivers nothing for two of
+/// [`RANGE_QUIET`] while the stream holds more) is re-established from the first sequence not
+/// yet handed over.
+pub(super) async fn read_range(
+    bus: NatsBus,
+    mut spec: RangeSpec,
+    mut pull: consumer::pull::Stream,
+    sender: mpsc::Sender<Result<Vec<StoredMessage>, BusError>>,
+    cancel: CancellationToken,
+) {
+    let span = tracing::info_span!("bus_read_range", stream = %spec.stream, filter = %spec.filter);
+    async move {
+        let mut batch = Vec::with_capacity(RANGE_HANDOVER);
+        // One timer for the whole read, not one per message: each tick compares where the
+        // read stands with the tick before.
+        let mut quiet =
+            tokio::time::interval_at(tokio::time::Instant::now() + RANGE_QUIET, RANGE_QUIET);
+        quiet.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut seen_at_tick = spec.next_seq;
+            let mut suspect = false;
+            loop {
+                let item = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = quiet.tick() => {
+                        if spec.next_seq != seen_at_tick {
+                            seen_at_tick = spec.next_seq;
+                            suspect = false;
+                            continue;
+                        }
+                        // Nothing came for a while: hand over what there is, and ask the
+                        // stream whether anything is left to come.
+                        if !batch.is_empty() {
+                            let full = std::mem::take(&mut batch);
+                            if sender.send(Ok(full)).await.is_err() {
+                                return;
+                            }
+                        }
+                        match bus.last_seq_matching(&spec.stream, &spec.filter).await {
+                            Ok(last) if last.unwrap_or(0) < spec.next_seq => return,
+                            Ok(Some(last)) if last.min(spec.to_seq) < spec.next_seq => return,
+                            Ok(_) if suspect => {
+                                tracing::warn!(next_seq = spec.next_seq, "range read stalled; re-establishing");
+                                break;
+                            }
+                            _ => suspect = true,
+                        }
+                        continue;
+                    }
+                    item = pull.next() => item,
+                };
+                let message = match item {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, next_seq = spec.next_seq, "range read interrupted");
+                        break;
+                    }
+                    None => break,
+                };
+                let seq = match message.info() {
+                    Ok(info) => info.stream_sequence,
+                    Err(error) => {
+                        tracing::warn!(%error, "message without JetStream metadata");
+                        break;
+                    }
+                };
+                if seq < spec.next_seq {
+                    continue;
+                }
+                spec.next_seq = seq + 1;
+                let done = seq >= spec.to_seq;
+                if seq <= spec.to_seq {
+                    batch.push(bus.stored(&message.message, seq));
+                }
+                if done || batch.len() >= RANGE_HANDOVER {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(RANGE_HANDOVER));
+                    if !full.is_empty() {
+                        tokio::select! {
+                            () = cancel.cancelled() => return,
+                            sent = sender.send(Ok(full)) => if sent.is_err() { return },
+                        }
+                    }
+                }
+                if done {
+                    return;
+                }
+            }
+            if !batch.is_empty() {
+                let full = std::mem::take(&mut batch);
+                if sender.send(Ok(full)).await.is_err() {
+                    return;
+                }
+            }
+            let opened = reestablish(
+                "range read",
+                &cancel,
+                Duration::ZERO,
+                || bus.range_consumer(&spec.stream, &spec.filter, spec.next_seq),
+                |error| matches!(error, BusError::StreamNotFound(_)),
+            )
+            .await;
+            pull = match opened {
+                None => return,
+                Some(Ok(pull)) => {
+                    tracing::info!(next_seq = spec.next_seq, "range read re-established");
+                    pull
+                }
+                Some(Err(error)) => {
                     let _ = sender.send(Err(error)).await;
                     return;
                 }

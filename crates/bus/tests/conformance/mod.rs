@@ -306,6 +306,52 @@ pub async fn filtered_replay_from_a_sequence_then_live_has_no_gap_or_duplicate<B
     assert_eq!(summary(&message), (a6, "table.a.round".into(), "a6".into()));
 }
 
+pub async fn read_range_hands_over_the_range_in_order_and_ends<B: Bus>(bus: B) {
+    // More than one pull and one hand-over of the nats adapter, on two subjects of which the
+    // filter takes one, and a message past the range.
+    const COUNT: u64 = 1_500;
+    let mut wanted = Vec::new();
+    for i in 0..COUNT {
+        let seq = publish(&bus, "table.a.round", &format!("a{i}")).await;
+        wanted.push((seq, "table.a.round".to_string(), format!("a{i}")));
+        if i % 3 == 0 {
+            publish(&bus, "table.b.round", &format!("b{i}")).await;
+        }
+    }
+    let from = wanted[10].0;
+    let to = wanted[1_400].0;
+    publish(&bus, "table.a.round", "after").await;
+    let mut batches = bus
+        .read_range("TABLES", "table.a.>", from, to)
+        .await
+        .expect("start a range read");
+    let read = within("the range read to end", async {
+        let mut read = Vec::new();
+        while let Some(batch) = batches.next().await {
+            let batch = batch.expect("a batch");
+            assert!(!batch.is_empty(), "no empty batch is handed over");
+            read.extend(batch.iter().map(summary));
+        }
+        read
+    })
+    .await;
+    assert_eq!(read, wanted[10..=1_400].to_vec());
+
+    // A range that holds nothing matching ends at once, as does one past the end.
+    let last = bus.stream_state("TABLES").await.expect("state").last_seq;
+    for (filter, from, to) in [("table.c.>", 1, last), ("table.a.>", last + 1, last + 10)] {
+        let mut batches = bus
+            .read_range("TABLES", filter, from, to)
+            .await
+            .expect("start a range read");
+        let first = within("an empty range to end", batches.next()).await;
+        assert!(
+            first.is_none(),
+            "{filter} {from}..={to}: nothing and the end"
+        );
+    }
+}
+
 pub async fn replay_keeps_order_while_messages_arrive_during_it<B: Bus>(bus: B) {
     const COUNT: u64 = 150;
     for i in 1..=COUNT / 2 {
