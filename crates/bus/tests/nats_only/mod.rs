@@ -6,6 +6,8 @@ use std::time::Duration;
 use bus::{Bus, BusError, Definitions, Kv, NatsBus, NatsOptions, Publish, PublishError, StreamDef};
 use bytes::Bytes;
 
+use futures_util::StreamExt;
+
 use crate::support::{next, within};
 
 /// A private server (it gets stopped) and a bus on it that waits for acknowledgements briefly
@@ -115,6 +117,40 @@ async fn ordered_replay_survives_a_nats_restart_without_gap_or_duplicate() {
         assert_eq!(message.seq, expected, "no gap, no duplicate");
         assert_eq!(message.payload, Bytes::from(expected.to_string()));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_read_survives_a_nats_restart_midway_without_gap_or_duplicate() {
+    let (mut server, bus) = private_bus().await;
+    // More than the read holds in flight (pulls of the client, batches handed over), so the
+    // restart falls inside the read.
+    const COUNT: u64 = 12_000;
+    for i in 1..=COUNT {
+        bus.publish(Publish::new("player.p-1.wallet", i.to_string()).msg_id(format!("m{i}")))
+            .await
+            .expect("publish");
+    }
+    let mut batches = bus
+        .read_range("PLAYERS", "player.>", 1, COUNT)
+        .await
+        .expect("start a range read");
+    let mut seqs = Vec::new();
+    let first = next(&mut batches, "the first batch")
+        .await
+        .expect("a batch before the restart");
+    seqs.extend(first.iter().map(|m| m.seq));
+    tokio::task::block_in_place(|| server.restart()).expect("restart the server");
+    within("the rest of the range after the restart", async {
+        while let Some(batch) = batches.next().await {
+            let batch = batch.expect("the read goes on after the restart");
+            for message in batch {
+                assert_eq!(message.payload, Bytes::from(message.seq.to_string()));
+                seqs.push(message.seq);
+            }
+        }
+    })
+    .await;
+    assert_eq!(seqs, (1..=COUNT).collect::<Vec<_>>(), "no gap, no duplicate");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
