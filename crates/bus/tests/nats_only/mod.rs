@@ -150,7 +150,11 @@ async fn range_read_survives_a_nats_restart_midway_without_gap_or_duplicate() {
         }
     })
     .await;
-    assert_eq!(seqs, (1..=COUNT).collect::<Vec<_>>(), "no gap, no duplicate");
+    assert_eq!(
+        seqs,
+        (1..=COUNT).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
