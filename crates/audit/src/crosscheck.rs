@@ -30,9 +30,6 @@ use crate::wire::{self, Event, Kind, Time};
 /// The streams the bus keeps events in, with the filter that reads all of each.
 pub const STREAMS: [(&str, &str); 2] = [("TABLES", "table.>"), ("PLAYERS", "player.>")];
 
-/// Messages per batch handed from a stream's reading task to the merge.
-pub const BUS_BATCH: usize = 1024;
-
 /// Batches in flight per stream between its reading task and the merge.
 pub const BUS_BATCHES_IN_FLIGHT: usize = 4;
 

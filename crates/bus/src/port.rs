@@ -67,7 +67,8 @@ pub trait Bus: Clone + Send + Sync + 'static {
 
     /// The stored messages of `stream` matching `filter_subject` with sequences
     /// `from_seq..=to_seq`, in order and in batches, for reading a stream's history once (an
-    /// audit): the feed ends after `to_seq`, or with an error if the stream ends before it.
+    /// audit): the feed ends after the last of them, which is before `to_seq` when the stream
+    /// holds none that match up to there (the reader compares where it ended).
     /// Like [`Bus::replay`], it resumes across reconnects with no gap and no duplicate, but
     /// it does not wait for live messages, and it hands over messages a batch at a time.
     fn read_range(

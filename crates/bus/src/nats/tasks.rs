@@ -76,6 +76,56 @@ where
     }
 }
 
+/// [`reestablish`] of a replay's or range read's consumer from `next_seq`: the consumer, or
+/// `None` when the task is to stop (cancelled, or the stream is gone, which is told to the
+/// reader: resuming in a new stream would mix epochs).
+async fn reopen<T, S, Fut>(
+    what: &'static str,
+    next_seq: u64,
+    cancel: &CancellationToken,
+    sender: &mpsc::Sender<Result<S, BusError>>,
+    open: impl FnMut() -> Fut,
+) -> Option<T>
+where
+    Fut: std::future::Future<Output = Result<T, BusError>>,
+{
+    match reestablish(what, cancel, Duration::ZERO, open, |error| {
+        matches!(error, BusError::StreamNotFound(_))
+    })
+    .await?
+    {
+        Ok(opened) => {
+            tracing::info!(next_seq, "{what} re-established");
+            Some(opened)
+        }
+        Err(error) => {
+            let _ = sender.send(Err(error)).await;
+            None
+        }
+    }
+}
+
+/// Hands `item` to the reader unless `cancel` fires first; false when the task is to stop
+/// (cancelled, or the reader is gone). A reader that stopped reading cannot hold the task, nor
+/// the bus's `close`, which waits for it.
+async fn hand_over<T>(sender: &mpsc::Sender<T>, cancel: &CancellationToken, item: T) -> bool {
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        sent = sender.send(item) => sent.is_ok(),
+    }
+}
+
+/// The stream sequence of a JetStream message, or `None` (logged) for one without metadata.
+fn stream_sequence(message: &async_nats::jetstream::Message) -> Option<u64> {
+    match message.info() {
+        Ok(info) => Some(info.stream_sequence),
+        Err(error) => {
+            tracing::warn!(%error, "message without JetStream metadata");
+            None
+        }
+    }
+}
+
 /// Messages a range read hands over at a time.
 const RANGE_HANDOVER: usize = 1024;
 /// A range read that has read nothing for this long hands over what it holds and asks the
@@ -167,45 +217,26 @@ pub(super) async fn replay(
                     }
                     None => break,
                 };
-                let seq = match message.info() {
-                    Ok(info) => info.stream_sequence,
-                    Err(error) => {
-                        tracing::warn!(%error, "message without JetStream metadata");
-                        break;
-                    }
+                let Some(seq) = stream_sequence(&message) else {
+                    break;
                 };
                 if seq < spec.next_seq {
                     continue;
                 }
                 let stored = bus.stored(&message.message, seq);
                 spec.next_seq = seq + 1;
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    sent = sender.send(Ok(stored)) => if sent.is_err() { return },
+                if !hand_over(&sender, &cancel, Ok(stored)).await {
+                    return;
                 }
                 quiet_since = tokio::time::Instant::now();
                 suspect = false;
             }
-            let opened = reestablish(
-                "replay",
-                &cancel,
-                Duration::ZERO,
-                || bus.ordered(&spec.stream, &spec.filter, spec.next_seq),
-                |error| matches!(error, BusError::StreamNotFound(_)),
-            )
-            .await;
-            ordered = match opened {
+            let next_seq = spec.next_seq;
+            let open = || bus.ordered(&spec.stream, &spec.filter, next_seq);
+            match reopen("replay", next_seq, &cancel, &sender, open).await {
+                Some(reopened) => ordered = reopened,
                 None => return,
-                Some(Ok(ordered)) => {
-                    tracing::info!(next_seq = spec.next_seq, "replay re-established");
-                    ordered
-                }
-                Some(Err(error)) => {
-                    // The stream is gone: resuming in a new one would mix epochs.
-                    let _ = sender.send(Err(error)).await;
-                    return;
-                }
-            };
+            }
         }
     }
     .instrument(span)
@@ -245,16 +276,13 @@ pub(super) async fn read_range(
                             continue;
                         }
                         // Nothing came for a while: hand over what there is, and ask the
-                        // stream whether anything is left to come.
-                        if !batch.is_empty() {
-                            let full = std::mem::take(&mut batch);
-                            if sender.send(Ok(full)).await.is_err() {
-                                return;
-                            }
+                        // stream whether anything is left to come (a message past the range
+                        // would have ended it).
+                        if !batch.is_empty() && !hand_over(&sender, &cancel, Ok(std::mem::take(&mut batch))).await {
+                            return;
                         }
                         match bus.last_seq_matching(&spec.stream, &spec.filter).await {
                             Ok(last) if last.unwrap_or(0) < spec.next_seq => return,
-                            Ok(Some(last)) if last.min(spec.to_seq) < spec.next_seq => return,
                             Ok(_) if suspect => {
                                 tracing::warn!(next_seq = spec.next_seq, "range read stalled; re-establishing");
                                 break;
@@ -273,12 +301,8 @@ pub(super) async fn read_range(
                     }
                     None => break,
                 };
-                let seq = match message.info() {
-                    Ok(info) => info.stream_sequence,
-                    Err(error) => {
-                        tracing::warn!(%error, "message without JetStream metadata");
-                        break;
-                    }
+                let Some(seq) = stream_sequence(&message) else {
+                    break;
                 };
                 if seq < spec.next_seq {
                     continue;
@@ -288,44 +312,25 @@ pub(super) async fn read_range(
                 if seq <= spec.to_seq {
                     batch.push(bus.stored(&message.message, seq));
                 }
-                if done || batch.len() >= RANGE_HANDOVER {
+                if (done && !batch.is_empty()) || batch.len() >= RANGE_HANDOVER {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(RANGE_HANDOVER));
-                    if !full.is_empty() {
-                        tokio::select! {
-                            () = cancel.cancelled() => return,
-                            sent = sender.send(Ok(full)) => if sent.is_err() { return },
-                        }
+                    if !hand_over(&sender, &cancel, Ok(full)).await {
+                        return;
                     }
                 }
                 if done {
                     return;
                 }
             }
-            if !batch.is_empty() {
-                let full = std::mem::take(&mut batch);
-                if sender.send(Ok(full)).await.is_err() {
-                    return;
-                }
+            if !batch.is_empty() && !hand_over(&sender, &cancel, Ok(std::mem::take(&mut batch))).await {
+                return;
             }
-            let opened = reestablish(
-                "range read",
-                &cancel,
-                Duration::ZERO,
-                || bus.range_consumer(&spec.stream, &spec.filter, spec.next_seq),
-                |error| matches!(error, BusError::StreamNotFound(_)),
-            )
-            .await;
-            pull = match opened {
+            let next_seq = spec.next_seq;
+            let open = || bus.range_consumer(&spec.stream, &spec.filter, next_seq);
+            match reopen("range read", next_seq, &cancel, &sender, open).await {
+                Some(reopened) => pull = reopened,
                 None => return,
-                Some(Ok(pull)) => {
-                    tracing::info!(next_seq = spec.next_seq, "range read re-established");
-                    pull
-                }
-                Some(Err(error)) => {
-                    let _ = sender.send(Err(error)).await;
-                    return;
-                }
-            };
+            }
         }
     }
     .instrument(span)

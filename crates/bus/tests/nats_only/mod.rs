@@ -158,6 +158,31 @@ async fn range_read_survives_a_nats_restart_midway_without_gap_or_duplicate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_bus_ends_a_range_read_whose_reader_stopped_reading() {
+    let (_server, bus) = private_bus().await;
+    // More than the read hands over before its reader must take some (four batches of 1,024),
+    // and a partial batch it holds when the stream goes quiet.
+    const COUNT: u64 = 4_500;
+    for i in 1..=COUNT {
+        bus.publish(Publish::new("player.p-1.wallet", i.to_string()).msg_id(format!("m{i}")))
+            .await
+            .expect("publish");
+    }
+    let batches = bus
+        .read_range("PLAYERS", "player.>", 1, COUNT + 100)
+        .await
+        .expect("start a range read");
+    // The reader takes nothing; the read goes quiet with its queue full.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    within(
+        "the bus to close with a range read blocked on its reader",
+        bus.close(),
+    )
+    .await;
+    drop(batches);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_gives_up_with_a_timeout_after_its_deadline() {
     testkit::init_logging();
     let mut server = testkit::NatsServer::start().expect("a private NATS server");
