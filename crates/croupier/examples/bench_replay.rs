@@ -15,7 +15,10 @@
 //! - the JetStream half in this process: both streams read and decoded by the audit's own
 //!   readers and fed to its matcher;
 //! - the anchors, untuned: `COPY events TO STDOUT (FORMAT binary)` of the same rows, and a
-//!   plain ordered-consumer read of the same streams.
+//!   plain ordered-consumer read of the same streams;
+//! - the floor: both logs read at once, nothing decoded or checked (the COPY, and a bare
+//!   async-nats client pulling both streams in batches of [`FLOOR_PULL`]), which is the least
+//!   any audit of both logs could take on this machine.
 //!
 //! With `DATABASE_URL` and `NATS_URL` set (e.g. `just up`'s, from `.data/endpoints.env`) the
 //! history lives in database `croupier_bench_replay` and under NATS prefix `bench_replay` and
@@ -47,6 +50,9 @@ const BETS_IN_FLIGHT: usize = 512;
 /// Deposits in flight at once.
 const DEPOSITS_IN_FLIGHT: usize = 32;
 const RUNS: usize = 3;
+/// Messages per pull of the floor's bare client: the best of 640 and 5,000 measured alone
+/// (ADR 0018, session 12).
+const FLOOR_PULL: usize = 5_000;
 
 fn main() -> Result<()> {
     tokio::runtime::Builder::new_multi_thread()
@@ -197,6 +203,7 @@ async fn run() -> Result<()> {
     let mut js_half = Vec::new();
     let mut copy_anchor = Vec::new();
     let mut ordered_anchor = Vec::new();
+    let mut floor = Vec::new();
     let mut rss_whole = Vec::new();
     let mut rss_pg = Vec::new();
     let mut bus_messages = 0;
@@ -212,13 +219,15 @@ async fn run() -> Result<()> {
         bus_messages = messages;
         copy_anchor.push(copy_all(&db).await?);
         ordered_anchor.push(ordered_read(&bus).await?);
+        floor.push(both_logs_floor(&servers, &db).await?);
         eprintln!(
-            "run {run}: whole {:.2} s, Postgres half {:.2} s, JetStream half {:.2} s, COPY {:.2} s, ordered read {:.2} s",
+            "run {run}: whole {:.2} s, Postgres half {:.2} s, JetStream half {:.2} s, COPY {:.2} s, ordered read {:.2} s, floor {:.2} s",
             whole[run - 1],
             pg_half[run - 1],
             js_half[run - 1],
             copy_anchor[run - 1],
-            ordered_anchor[run - 1]
+            ordered_anchor[run - 1],
+            floor[run - 1]
         );
     }
     let n = history.events as f64;
@@ -236,6 +245,11 @@ async fn run() -> Result<()> {
             "anchor: ordered-consumer read of both streams",
             median(&ordered_anchor),
             m,
+        ),
+        (
+            "floor: both logs read at once, nothing checked",
+            median(&floor),
+            n,
         ),
     ];
     println!();
@@ -261,6 +275,12 @@ async fn run() -> Result<()> {
         m / median(&ordered_anchor)
     );
     println!(
+        "whole replay: {:.2}× the floor's time ({:.2} s vs {:.2} s: reading both logs at once, nothing decoded or checked)",
+        median(&whole) / median(&floor),
+        median(&whole),
+        median(&floor)
+    );
+    println!(
         "peak RSS of croupier replay: {:.1} MiB whole, {:.1} MiB --no-bus (largest of {RUNS} runs)",
         rss(&rss_whole),
         rss(&rss_pg)
@@ -268,10 +288,11 @@ async fn run() -> Result<()> {
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!();
     println!(
-        "targets: whole replay of {:.2}M events ≤ 5 s: {} ({:.2} s); Postgres half ≥ 0.5× COPY: {} ({:.2}×); peak RSS ≤ 256 MiB: {} ({:.1} MiB)",
+        "targets: whole replay of {:.2}M events ≤ 5 s: {} ({:.2} s; the floor alone {:.2} s); Postgres half ≥ 0.5× COPY: {} ({:.2}×); peak RSS ≤ 256 MiB: {} ({:.1} MiB)",
         n / 1e6,
         verdict(median(&whole) <= 5.0),
         median(&whole),
+        median(&floor),
         verdict(pg_ratio >= 0.5),
         pg_ratio,
         verdict(rss(&rss_whole) <= 256.0),
@@ -393,6 +414,52 @@ async fn copy_all(db: &tokio_postgres::Client) -> Result<f64> {
         bytes += chunk?.len();
     }
     std::hint::black_box(bytes);
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The floor: the COPY anchor and a bare async-nats client pulling both streams (no
+/// acknowledgements, batches of [`FLOOR_PULL`], nothing decoded), all at once; the time until
+/// the last of them is done.
+async fn both_logs_floor(servers: &Servers, db: &tokio_postgres::Client) -> Result<f64> {
+    use async_nats::jetstream::{self, consumer};
+    let js = jetstream::new(async_nats::connect(&servers.nats_url).await?);
+    let started = Instant::now();
+    let streams = audit::crosscheck::STREAMS.map(|(name, _)| {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream(format!("{PREFIX}_{name}")).await?;
+            let last = stream.info().await?.state.last_sequence;
+            if last == 0 {
+                return Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(0);
+            }
+            let consumer = stream
+                .create_consumer(consumer::pull::Config {
+                    ack_policy: consumer::AckPolicy::None,
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    memory_storage: true,
+                    inactive_threshold: Duration::from_secs(30),
+                    ..Default::default()
+                })
+                .await?;
+            let mut messages = consumer
+                .stream()
+                .max_messages_per_batch(FLOOR_PULL)
+                .messages()
+                .await?;
+            let mut count = 0u64;
+            while let Some(message) = messages.next().await {
+                count += 1;
+                if message?.info()?.stream_sequence >= last {
+                    break;
+                }
+            }
+            Ok(count)
+        }
+    });
+    let [tables, players] = streams;
+    let (copy, tables, players) = tokio::join!(copy_all(db), tables, players);
+    copy?;
+    std::hint::black_box((tables?, players?));
     Ok(started.elapsed().as_secs_f64())
 }
 
