@@ -19,7 +19,6 @@ use bus::{Bus, Publish};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
-use protocol::Producer;
 use store::{Store, TailOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -175,14 +174,13 @@ async fn publish_from_cursor<B: Bus>(
                 let Some(stored) = stored else { break };
                 let stored = stored.map_err(|e| e.to_string())?;
                 let position = stored.position;
-                let subject = match protocol::decode_event(&stored.data) {
-                    // Round transitions came from the bus (GMS), and an operator's switch is
-                    // stored only (ADR 0022): only GS's own events go out.
-                    Ok(event) => (event.event_kind().producer() == Producer::Gs)
-                        .then(|| protocol::subject_for(&event))
-                        .flatten(),
+                // From the row's columns, not by decoding the event (ADR 0019): round
+                // transitions came from the bus (GMS), and an operator's switch is stored only
+                // (ADR 0022): only GS's own events go out.
+                let subject = match crate::ledger::outbox_subject(&stored.kind, &stored.stream) {
+                    Ok(subject) => subject,
                     Err(error) => {
-                        tracing::warn!(position, %error, "undecodable event not published");
+                        tracing::warn!(position, %error, "event not published");
                         None
                     }
                 };

@@ -78,6 +78,50 @@ pub(crate) fn player_stream(player: &PlayerId) -> String {
     format!("player-{player}")
 }
 
+/// The subject the outbox publishes a stored GS event on — `protocol::subject_for` of the
+/// event — from its row's `type` and `stream` columns alone, the inverse of [`player_stream`]
+/// and [`round_stream`], so that the outbox does not decode every event it publishes: wallet
+/// events on `player-<p>` go to `player.<p>.wallet`, `round_settled` on `round-<t>-<n>` to
+/// `table.<t>.result`.
+///
+/// `Ok(None)` for a kind GS does not publish (GMS's transitions are on the bus already, an
+/// operator's switch is stored only); `Err` for a GS kind on a stream that does not fit it,
+/// which GS never writes.
+pub fn outbox_subject(kind: &str, stream: &str) -> Result<Option<String>, String> {
+    use protocol::EventKind;
+    let kind: EventKind = kind
+        .parse()
+        .map_err(|_| format!("unknown event type {kind:?}"))?;
+    let misfit = || format!("a {kind} event on stream {stream:?}");
+    let subject = match kind {
+        EventKind::BetPlaced
+        | EventKind::BetSettled
+        | EventKind::BetRefunded
+        | EventKind::FundsDeposited => {
+            let player = stream
+                .strip_prefix("player-")
+                .and_then(|p| PlayerId::parse(p).ok())
+                .ok_or_else(misfit)?;
+            protocol::subject::player_wallet_subject(&player)
+        }
+        EventKind::RoundSettled => {
+            let table = stream
+                .strip_prefix("round-")
+                .and_then(|rest| rest.rsplit_once('-'))
+                .filter(|(_, round)| round.parse::<u64>().is_ok_and(|r| r >= 1))
+                .and_then(|(table, _)| TableId::parse(table).ok())
+                .ok_or_else(misfit)?;
+            protocol::subject::table_result_subject(&table)
+        }
+        EventKind::RoundOpened
+        | EventKind::BettingClosed
+        | EventKind::OutcomeDeclared
+        | EventKind::RoundVoided
+        | EventKind::BettingSwitched => return Ok(None),
+    };
+    Ok(Some(subject))
+}
+
 /// The namespace of [`bet_placed_id`] (a fixed, random UUID: ADR 0016).
 const BET_PLACED_NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_27d4_93b8_4c0e_a5f2_0d8e_61b7_c349);
 
@@ -448,4 +492,77 @@ pub async fn betting_window(
         .and_then(|t| Timestamp::from_offset_datetime(t).ok())
         .unwrap_or(Timestamp::UNIX_EPOCH);
     Ok(Some((phase, BettingWindow { phase, closes_at })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{EventKind, Producer};
+
+    /// The published example of an event of `kind` (`schemas/examples`).
+    fn example(kind: EventKind) -> Event {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/examples");
+        let path = format!("{dir}/event.{}.json", kind.as_str());
+        let text = std::fs::read_to_string(&path).expect(&path);
+        serde_json::from_str(&text).expect(&path)
+    }
+
+    /// The stream GS stores an event of this kind on (as `place_bets`, the settlement, the
+    /// refunds and deposits do).
+    fn stream_of(event: &Event) -> String {
+        match event.player() {
+            Some(player) => player_stream(player),
+            None => round_stream(
+                event.table().expect("a round event"),
+                event.round().expect("a round event"),
+            ),
+        }
+    }
+
+    #[test]
+    fn the_outbox_subject_from_the_columns_is_the_events_own() {
+        for kind in EventKind::ALL {
+            if kind == EventKind::BettingSwitched {
+                assert_eq!(outbox_subject(kind.as_str(), "operator"), Ok(None));
+                continue;
+            }
+            let event = example(kind);
+            let expected = (kind.producer() == Producer::Gs)
+                .then(|| protocol::subject_for(&event))
+                .flatten();
+            assert_eq!(
+                outbox_subject(kind.as_str(), &stream_of(&event)),
+                Ok(expected.clone()),
+                "{kind}"
+            );
+            assert_eq!(
+                expected.is_some(),
+                kind.producer() == Producer::Gs,
+                "{kind}"
+            );
+        }
+        // Table ids hold dashes: the round is what follows the last one.
+        assert_eq!(
+            outbox_subject("round_settled", "round-vip-roulette-2-17"),
+            Ok(Some("table.vip-roulette-2.result".into()))
+        );
+    }
+
+    #[test]
+    fn a_gs_event_on_a_stream_that_does_not_fit_it_is_refused() {
+        for (kind, stream) in [
+            ("bet_placed", "round-roulette-1-3"),
+            ("bet_settled", "player-"),
+            ("funds_deposited", "player-a.b"),
+            ("bet_refunded", "operator"),
+            ("round_settled", "player-alice"),
+            ("round_settled", "round-roulette"),
+            ("round_settled", "round-roulette-1-0"),
+            ("round_settled", "round-roulette-1-x"),
+            ("round_settled", "round--3"),
+        ] {
+            assert!(outbox_subject(kind, stream).is_err(), "{kind} on {stream}");
+        }
+        assert!(outbox_subject("bet_voided", "player-alice").is_err());
+    }
 }
