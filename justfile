@@ -95,7 +95,8 @@ bench-gateway: deps
 bench-store: deps
     cargo run --release -q -p gs --example bench_store
 
-# Building and encoding 10k events (the MessagePack every service writes): medians of 9.
+# Building, encoding and decoding 10k events (the MessagePack every service writes and reads),
+# beside a bare walk of the same bytes: medians of 9.
 bench-encode:
     cargo run --release -q -p protocol --example bench-encode
 

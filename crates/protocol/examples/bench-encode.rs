@@ -1,8 +1,11 @@
 //! `just bench-encode`: how long encoding events takes, the MessagePack form every service
-//! writes to the bus and the store. Not a test: it prints figures.
+//! writes to the bus and the store, and decoding them again as every service reads them. Not a
+//! test: it prints figures.
 //!
-//! 10k `bet_placed` events (one batch of GS's), built and encoded nine times; prints the
-//! median of each part.
+//! 10k `bet_placed` events (one batch of GS's), built, encoded and decoded nine times; prints
+//! the median of each part. Beside the decode (`protocol::decode_event`: strict, through a
+//! buffered JSON value, then typed), the same bytes walked by rmp-serde with nothing kept
+//! (`IgnoredAny`): the least a MessagePack reader of them costs, so the decode's overhead shows.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (round, amount, balance) = (RoundId::new(1)?, Money::stake(10)?, Money::new(1_000)?);
 
     let (mut built, mut encoded, mut bytes) = (Vec::new(), Vec::new(), 0);
+    let (mut decoded, mut walked) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let started = Instant::now();
         let events: Vec<Event> = (0..EVENTS)
@@ -49,11 +53,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         built.push(started.elapsed());
         let started = Instant::now();
-        bytes = 0;
+        // Kept for the decode (the vector sized first, so only the encoding is timed).
+        let mut payloads = Vec::with_capacity(EVENTS);
         for event in &events {
-            bytes += protocol::encode_event(event)?.len();
+            payloads.push(protocol::encode_event(event)?);
         }
         encoded.push(started.elapsed());
+        bytes = payloads.iter().map(|p| p.len()).sum();
+        let started = Instant::now();
+        for payload in &payloads {
+            std::hint::black_box(protocol::decode_event(payload)?);
+        }
+        decoded.push(started.elapsed());
+        let started = Instant::now();
+        for payload in &payloads {
+            std::hint::black_box(rmp_serde::from_slice::<serde::de::IgnoredAny>(payload)?);
+        }
+        walked.push(started.elapsed());
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
@@ -62,6 +78,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ms(median(built)),
         ms(median(encoded.clone())),
         median(encoded).as_nanos() as f64 / EVENTS as f64
+    );
+    let (decoded, walked) = (median(decoded), median(walked));
+    println!(
+        "bench-encode: decoded (protocol::decode_event, strict) in {:.2} ms, {:.0} ns per event; \
+         walked with nothing kept (rmp-serde, IgnoredAny) in {:.2} ms, {:.0} ns per event; \
+         decode / walk = {:.1}",
+        ms(decoded),
+        decoded.as_nanos() as f64 / EVENTS as f64,
+        ms(walked),
+        walked.as_nanos() as f64 / EVENTS as f64,
+        decoded.as_secs_f64() / walked.as_secs_f64()
     );
     Ok(())
 }
