@@ -424,10 +424,11 @@ async fn both_logs_floor(servers: &Servers, db: &tokio_postgres::Client) -> Resu
     use async_nats::jetstream::{self, consumer};
     let js = jetstream::new(async_nats::connect(&servers.nats_url).await?);
     let started = Instant::now();
-    // Each stream on a task of its own, so the readers may use both cores as the replay's do.
+    // Each stream on a task of its own, so the readers may use both cores as the replay's do
+    // (aborted if the COPY fails first).
     let readers = audit::crosscheck::STREAMS.map(|(name, _)| {
         let js = js.clone();
-        tokio::spawn(async move {
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             let mut stream = js.get_stream(format!("{PREFIX}_{name}")).await?;
             let last = stream.info().await?.state.last_sequence;
             if last == 0 {
@@ -455,7 +456,7 @@ async fn both_logs_floor(servers: &Servers, db: &tokio_postgres::Client) -> Resu
                 }
             }
             Ok(count)
-        })
+        }))
     });
     copy_all(db).await?;
     for reader in readers {

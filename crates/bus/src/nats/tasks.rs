@@ -126,6 +126,67 @@ fn stream_sequence(message: &async_nats::jetstream::Message) -> Option<u64> {
     }
 }
 
+/// Why a replay or range read does not hand over its consumer's next item.
+enum Passed {
+    /// A message handed over already (a re-established consumer starts a little early).
+    Skip,
+    /// The consumer ended, failed or sent a message without metadata: re-establish it.
+    Reopen,
+}
+
+/// Sorts the consumer's next `item` against `next_seq` (the first sequence not yet handed
+/// over): the message to hand over with its sequence, or why not. So a re-established consumer
+/// causes no duplicate and no gap.
+fn in_order<E: std::fmt::Display>(
+    item: Option<Result<async_nats::jetstream::Message, E>>,
+    next_seq: u64,
+    what: &str,
+) -> Result<(async_nats::jetstream::Message, u64), Passed> {
+    let message = match item {
+        Some(Ok(message)) => message,
+        Some(Err(error)) => {
+            tracing::warn!(%error, next_seq, "{what} interrupted");
+            return Err(Passed::Reopen);
+        }
+        None => return Err(Passed::Reopen),
+    };
+    match stream_sequence(&message) {
+        None => Err(Passed::Reopen),
+        Some(seq) if seq < next_seq => Err(Passed::Skip),
+        Some(seq) => Ok((message, seq)),
+    }
+}
+
+/// The stall watch's answer.
+enum Last {
+    /// The stream's last sequence matching the filter (`None`: no such message).
+    Seq(Option<u64>),
+    /// The server did not answer within [`ATTEMPT_TIMEOUT_FIRST`], or refused.
+    NoAnswer,
+    /// The task is to stop.
+    Cancelled,
+}
+
+/// The stall watch's question: the stream's last sequence matching the filter, given
+/// [`ATTEMPT_TIMEOUT_FIRST`] (a server that does not answer is no answer, not a wait for the
+/// connection's request timeout) and yielding to `cancel`, so a bus closing meanwhile is not
+/// held.
+async fn last_matching(
+    bus: &NatsBus,
+    stream: &str,
+    filter: &str,
+    cancel: &CancellationToken,
+) -> Last {
+    let ask = tokio::time::timeout(ATTEMPT_TIMEOUT_FIRST, bus.last_seq_matching(stream, filter));
+    tokio::select! {
+        () = cancel.cancelled() => Last::Cancelled,
+        last = ask => match last {
+            Ok(Ok(last)) => Last::Seq(last),
+            _ => Last::NoAnswer,
+        },
+    }
+}
+
 /// Messages a range read hands over at a time.
 const RANGE_HANDOVER: usize = 1024;
 /// A range read that has read nothing for this long hands over what it holds and asks the
@@ -190,13 +251,9 @@ pub(super) async fn replay(
                     }
                     () = tokio::time::sleep_until(check_at) => {
                         quiet_since = tokio::time::Instant::now();
-                        let last = tokio::time::timeout(
-                            ATTEMPT_TIMEOUT_FIRST,
-                            bus.last_seq_matching(&spec.stream, &spec.filter),
-                        )
-                        .await;
-                        match last {
-                            Ok(Ok(Some(last))) if last >= spec.next_seq => {
+                        match last_matching(&bus, &spec.stream, &spec.filter, &cancel).await {
+                            Last::Cancelled => return,
+                            Last::Seq(Some(last)) if last >= spec.next_seq => {
                                 if suspect {
                                     tracing::warn!(next_seq = spec.next_seq, last, "replay stalled: the stream holds messages it does not deliver; re-establishing");
                                     break;
@@ -209,20 +266,11 @@ pub(super) async fn replay(
                     }
                     item = ordered.next() => item,
                 };
-                let message = match item {
-                    Some(Ok(message)) => message,
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, next_seq = spec.next_seq, "replay interrupted");
-                        break;
-                    }
-                    None => break,
+                let (message, seq) = match in_order(item, spec.next_seq, "replay") {
+                    Ok(next) => next,
+                    Err(Passed::Skip) => continue,
+                    Err(Passed::Reopen) => break,
                 };
-                let Some(seq) = stream_sequence(&message) else {
-                    break;
-                };
-                if seq < spec.next_seq {
-                    continue;
-                }
                 let stored = bus.stored(&message.message, seq);
                 spec.next_seq = seq + 1;
                 if !hand_over(&sender, &cancel, Ok(stored)).await {
@@ -281,9 +329,10 @@ pub(super) async fn read_range(
                         if !batch.is_empty() && !hand_over(&sender, &cancel, Ok(std::mem::take(&mut batch))).await {
                             return;
                         }
-                        match bus.last_seq_matching(&spec.stream, &spec.filter).await {
-                            Ok(last) if last.unwrap_or(0) < spec.next_seq => return,
-                            Ok(_) if suspect => {
+                        match last_matching(&bus, &spec.stream, &spec.filter, &cancel).await {
+                            Last::Cancelled => return,
+                            Last::Seq(last) if last.unwrap_or(0) < spec.next_seq => return,
+                            Last::Seq(_) if suspect => {
                                 tracing::warn!(next_seq = spec.next_seq, "range read stalled; re-establishing");
                                 break;
                             }
@@ -293,20 +342,11 @@ pub(super) async fn read_range(
                     }
                     item = pull.next() => item,
                 };
-                let message = match item {
-                    Some(Ok(message)) => message,
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, next_seq = spec.next_seq, "range read interrupted");
-                        break;
-                    }
-                    None => break,
+                let (message, seq) = match in_order(item, spec.next_seq, "range read") {
+                    Ok(next) => next,
+                    Err(Passed::Skip) => continue,
+                    Err(Passed::Reopen) => break,
                 };
-                let Some(seq) = stream_sequence(&message) else {
-                    break;
-                };
-                if seq < spec.next_seq {
-                    continue;
-                }
                 spec.next_seq = seq + 1;
                 let done = seq >= spec.to_seq;
                 if seq <= spec.to_seq {
