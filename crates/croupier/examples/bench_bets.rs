@@ -82,10 +82,7 @@ fn processes() -> Vec<(u32, u32, u64)> {
     };
     dir.filter_map(|entry| {
         let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command may hold spaces and parentheses: fields start after the last ')'.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let fields = testkit::proc_stat(&pid.to_string())?;
         let ppid = fields.get(1)?.parse().ok()?;
         let ticks: u64 = fields
             .get(11..15)?
@@ -117,13 +114,9 @@ fn tree_cpu(all: &[(u32, u32, u64)], root: u32) -> f64 {
 
 /// CPU seconds of this process's reaped children (loadgen, once waited for).
 fn children_cpu() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    let Some(fields) = testkit::proc_stat("self") else {
         return 0.0;
     };
-    let Some(close) = stat.rfind(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
     let ticks: u64 = fields
         .get(13..15)
         .map(|f| f.iter().map(|v| v.parse::<u64>().unwrap_or(0)).sum())

@@ -16,13 +16,7 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 
 /// User + system CPU seconds of process `pid` so far.
 fn cpu_of(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .ok_or("no command in /proc/PID/stat")?
-        .1
-        .split_whitespace()
-        .collect();
+    let fields = testkit::proc_stat(&pid.to_string()).ok_or("no /proc/PID/stat")?;
     let ticks = |i: usize| -> Result<f64> {
         Ok(fields
             .get(i)

@@ -9,6 +9,7 @@
 //! - Tests that stop, restart or pause a server take a private one: [`NatsServer::start`],
 //!   [`PgServer::start`].
 //! - [`WsClient`]: a WebSocket client that is not our server's code, speaking raw JSON.
+//! - [`proc_stat`]: a process's `/proc/<pid>/stat` fields, for the benchmarks' CPU figures.
 //!
 //! Every server runs under a tiny supervisor shell that kills it when our end of its stdin pipe
 //! closes, so servers go away when their owner is dropped and also when the test process dies,
@@ -32,6 +33,16 @@ pub use proxy::{Armed, CutAt, PgProxy};
 pub use ws::{WsClient, WsEnd};
 
 use std::path::PathBuf;
+
+/// The fields of `/proc/<pid>/stat` after the command (`pid` may be `self`), so that field 0 is
+/// the state, 1 the parent's pid and 11..=14 `utime`, `stime`, `cutime`, `cstime` in clock
+/// ticks (`man 5 proc` numbers them from 3). `None` when the process is gone. The command may
+/// hold spaces and parentheses: the fields start after the last `)`.
+pub fn proc_stat(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
 
 /// The workspace root (where `Cargo.toml`, `.tools/` and `migrations/` live).
 pub fn workspace_root() -> PathBuf {
@@ -70,4 +81,20 @@ pub(crate) fn free_port() -> Result<u16, HarnessError> {
         .map_err(HarnessError::io("read a free port"))?
         .port();
     Ok(port)
+}
+
+#[cfg(test)]
+mod proc_stat_tests {
+    #[test]
+    fn this_process_stat_names_its_parent_and_counts_its_cpu() {
+        let fields = super::proc_stat("self").expect("/proc/self/stat");
+        assert_eq!(
+            fields[1].parse::<u32>().expect("a parent pid"),
+            std::os::unix::process::parent_id()
+        );
+        for ticks in &fields[11..15] {
+            ticks.parse::<u64>().expect("clock ticks");
+        }
+        assert_eq!(super::proc_stat("0"), None);
+    }
 }
