@@ -185,8 +185,7 @@ impl fmt::Display for RoundId {
 }
 
 /// A bet, identified by a UUID the client chooses: it is the idempotency key of the bet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BetId(Uuid);
 
 impl BetId {
@@ -212,7 +211,35 @@ impl TryFrom<String> for BetId {
 }
 
 // uuid's own serde writes 16 raw bytes to MessagePack (a non-human-readable format); the wire
-// contract is the same hyphenated string in JSON and MessagePack, so we go through String.
+// contract is the same hyphenated string in JSON and MessagePack. Written from a stack buffer and
+// read from the borrowed text, so neither way allocates.
+impl Serialize for BetId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut text = Uuid::encode_buffer();
+        serializer.serialize_str(self.0.hyphenated().encode_lower(&mut text))
+    }
+}
+
+impl<'de> Deserialize<'de> for BetId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = BetId;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a UUID string")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<BetId, E> {
+                BetId::parse(s).map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
 impl From<BetId> for String {
     fn from(id: BetId) -> String {
         id.0.hyphenated().to_string()

@@ -572,14 +572,13 @@ async fn relay(
             return true;
         }
     };
-    let encoded = (
-        encode_event_message(Encoding::Json, channel, message.seq, &decoded),
-        encode_event_message(Encoding::MsgPack, channel, message.seq, &decoded),
-    );
-    let (Ok(json), Ok(msgpack)) = encoded else {
+    // MessagePack clients get the bus payload itself inside the message (it was just decoded,
+    // strictly); only JSON clients need the event encoded again.
+    let Ok(json) = encode_event_message(Encoding::Json, channel, message.seq, &decoded) else {
         tracing::warn!(%channel, seq = message.seq, "event could not be encoded");
         return true;
     };
+    let msgpack = protocol::msgpack_event_message_around(channel, message.seq, &message.payload);
     let event = Arc::new(Outgoing {
         seq: message.seq,
         json: frame::message(Encoding::Json, &json),

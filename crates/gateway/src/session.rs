@@ -705,8 +705,18 @@ async fn replay<B: Bus>(
                     if events.len() >= MAX_REPLAY_EVENTS {
                         return Err("too far behind");
                     }
-                    let bytes = encode_event_message(encoding, channel, message.seq, &event)
-                        .map_err(|_| "event could not be encoded")?;
+                    let bytes = match encoding {
+                        // As the live relay does (`hub::relay`).
+                        Encoding::MsgPack => protocol::msgpack_event_message_around(
+                            channel,
+                            message.seq,
+                            &message.payload,
+                        ),
+                        Encoding::Json => {
+                            encode_event_message(encoding, channel, message.seq, &event)
+                                .map_err(|_| "event could not be encoded")?
+                        }
+                    };
                     events.push(bytes);
                 }
                 Err(error) => {

@@ -4,13 +4,15 @@
 //!
 //! 10k `bet_placed` events (one batch of GS's), built, encoded and decoded nine times; prints
 //! the median of each part. Beside the decode (`protocol::decode_event`: strict, through a
-//! buffered JSON value, then typed), the same bytes walked by rmp-serde with nothing kept
+//! borrowed buffer, then typed; ADR 0031), the same bytes walked by rmp-serde with nothing kept
 //! (`IgnoredAny`): the least a MessagePack reader of them costs, so the decode's overhead shows.
+//! Then the two other messages every bet is read as: the client's `bet` (JSON, read by the
+//! gateway) and the `PlaceBetRequest` it forwards (MessagePack, read by GS).
 
 use std::time::{Duration, Instant};
 
 use domain::{BetId, Money, PlayerId, RawSelection, RoundId, Selection, TableId, Timestamp};
-use protocol::{BetPlaced, Event, EventBody};
+use protocol::{BetPlaced, ClientMessage, Encoding, Event, EventBody, PlaceBet, PlaceBetRequest};
 use uuid::Uuid;
 
 const EVENTS: usize = 10_000;
@@ -32,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (mut built, mut encoded, mut bytes) = (Vec::new(), Vec::new(), 0);
     let (mut decoded, mut walked) = (Vec::new(), Vec::new());
+    let (mut bets_read, mut requests_read) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let started = Instant::now();
         let events: Vec<Event> = (0..EVENTS)
@@ -70,6 +73,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::hint::black_box(rmp_serde::from_slice::<serde::de::IgnoredAny>(payload)?);
         }
         walked.push(started.elapsed());
+
+        // The same bets as a client sends them (JSON) and as the gateway forwards them.
+        let (mut frames, mut requests) = (Vec::with_capacity(EVENTS), Vec::with_capacity(EVENTS));
+        for event in &events {
+            let EventBody::BetPlaced(bet) = &event.body else {
+                unreachable!("built as bet_placed above");
+            };
+            let place = PlaceBet {
+                request_id: format!("r-{}", bet.bet_id),
+                bet_id: bet.bet_id,
+                table: bet.table.clone(),
+                round: bet.round,
+                selection: bet.selection,
+                amount: bet.amount,
+            };
+            frames.push(Encoding::Json.encode(&ClientMessage::Bet(place.clone()))?);
+            requests.push(Encoding::MsgPack.encode(&place.into_request(bet.player.clone()))?);
+        }
+        let started = Instant::now();
+        for frame in &frames {
+            std::hint::black_box(Encoding::Json.decode::<ClientMessage>(frame)?);
+        }
+        bets_read.push(started.elapsed());
+        let started = Instant::now();
+        for request in &requests {
+            std::hint::black_box(Encoding::MsgPack.decode::<PlaceBetRequest>(request)?);
+        }
+        requests_read.push(started.elapsed());
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
@@ -89,6 +120,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ms(walked),
         walked.as_nanos() as f64 / EVENTS as f64,
         decoded.as_secs_f64() / walked.as_secs_f64()
+    );
+    let per_event = |d: Duration| d.as_nanos() as f64 / EVENTS as f64;
+    println!(
+        "bench-encode: a client's bet (JSON, ClientMessage) read in {:.0} ns; \
+         the gateway's PlaceBetRequest (MessagePack) read in {:.0} ns",
+        per_event(median(bets_read)),
+        per_event(median(requests_read))
     );
     Ok(())
 }

@@ -7,15 +7,13 @@
 //! reserves memory because a length header asks for it: what a decoder builds is bounded by a
 //! constant factor of the (at most 64 KiB) input.
 
-use std::io::Cursor;
-
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error_code::ErrorCode;
 use crate::event::Event;
-use crate::serde_util::Strict;
+use crate::serde_util::{Raw, RawDeserializer};
 
 /// The largest message any decoder accepts: 64 KiB, the WebSocket message limit of
 /// `docs/contract/websocket.md`.
@@ -171,7 +169,16 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
 /// can name the request it answers (`docs/contract/websocket.md`). `None` unless the bytes are an
 /// object within the size limit whose `request_id` is a string; every other field may be anything.
 pub fn salvage_request_id(bytes: &[u8], encoding: Encoding) -> Option<String> {
-    let Strict(object) = encoding.decode(bytes).ok()?;
+    check_size(bytes).ok()?;
+    let object = match encoding {
+        Encoding::Json => {
+            if !json_starts_an_object(bytes) {
+                return None;
+            }
+            serde_json::from_slice::<Raw<'_>>(bytes).ok()?
+        }
+        Encoding::MsgPack => msgpack_raw(bytes).ok()?,
+    };
     object.get("request_id")?.as_str().map(str::to_owned)
 }
 
@@ -208,23 +215,101 @@ fn decode_msgpack<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     // from that data exactly as from JSON text. Read directly, rmp-serde would take an integer
     // for an enum tag or a field name by its index (`{"type": 3}` would be a `ping`), so the
     // same bytes would mean something in MessagePack that they cannot mean in JSON.
-    //
-    // A reader over a cursor copies strings out (they are short) but never reserves what a length
-    // header claims; the borrowed-slice reader gives no way to see what is left, and we refuse
-    // trailing bytes.
-    let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
+    let raw = msgpack_raw(bytes)?;
+    T::deserialize(RawDeserializer(&raw)).map_err(DecodeError::Content)
+}
+
+/// The first step of [`decode_msgpack`]: one map, strictly, with nothing after it. Strings are
+/// borrowed from `bytes`, and nothing is reserved because a length header asks for it.
+fn msgpack_raw(bytes: &[u8]) -> Result<Raw<'_>, DecodeError> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MSGPACK_MAX_DEPTH);
-    let Strict(value) = Strict::deserialize(&mut de).map_err(DecodeError::MsgPack)?;
-    let consumed = usize::try_from(de.get_ref().position()).unwrap_or(usize::MAX);
-    match bytes.len().checked_sub(consumed) {
-        Some(0) => {}
-        Some(trailing) => return Err(DecodeError::TrailingBytes { trailing }),
-        None => return Err(DecodeError::TrailingBytes { trailing: 0 }),
+    let raw = Raw::deserialize(&mut de).map_err(DecodeError::MsgPack)?;
+    // The borrowing reader does not say where it stopped; a walk of the same bytes through a
+    // reader that counts does (it keeps nothing, and costs a tenth of the read above).
+    let trailing = trailing_bytes(bytes);
+    if trailing > 0 {
+        return Err(DecodeError::TrailingBytes { trailing });
     }
-    if !value.is_object() {
+    if !matches!(raw, Raw::Map(_)) {
         return Err(DecodeError::NotAnObject);
     }
-    T::deserialize(&value).map_err(DecodeError::Content)
+    Ok(raw)
+}
+
+/// How many bytes follow the first value of `bytes`, which has been read whole already: its
+/// end is found from the markers and lengths alone, as a MessagePack value lays them out.
+fn trailing_bytes(bytes: &[u8]) -> usize {
+    value_end(bytes).map_or(0, |end| bytes.len() - end)
+}
+
+/// Where the first MessagePack value of `bytes` ends; `None` if `bytes` stops inside it. Counts
+/// the values still to skip rather than recursing, so nesting costs no stack.
+fn value_end(bytes: &[u8]) -> Option<usize> {
+    use rmp::Marker;
+
+    let mut at = 0usize;
+    let mut pending: u64 = 1;
+    let skip = |at: &mut usize, n: usize| -> Option<()> {
+        *at = at.checked_add(n).filter(|end| *end <= bytes.len())?;
+        Some(())
+    };
+    let length = |at: &mut usize, width: usize| -> Option<usize> {
+        let field = bytes.get(*at..*at + width)?;
+        *at += width;
+        Some(field.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b)))
+    };
+    while pending > 0 {
+        pending -= 1;
+        let marker = Marker::from_u8(*bytes.get(at)?);
+        at += 1;
+        match marker {
+            Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => {
+            }
+            Marker::Reserved => return None,
+            Marker::U8 | Marker::I8 => skip(&mut at, 1)?,
+            Marker::U16 | Marker::I16 => skip(&mut at, 2)?,
+            Marker::U32 | Marker::I32 | Marker::F32 => skip(&mut at, 4)?,
+            Marker::U64 | Marker::I64 | Marker::F64 => skip(&mut at, 8)?,
+            Marker::FixStr(n) => skip(&mut at, usize::from(n))?,
+            Marker::Str8 | Marker::Bin8 => {
+                let n = length(&mut at, 1)?;
+                skip(&mut at, n)?;
+            }
+            Marker::Str16 | Marker::Bin16 => {
+                let n = length(&mut at, 2)?;
+                skip(&mut at, n)?;
+            }
+            Marker::Str32 | Marker::Bin32 => {
+                let n = length(&mut at, 4)?;
+                skip(&mut at, n)?;
+            }
+            Marker::FixExt1 => skip(&mut at, 2)?,
+            Marker::FixExt2 => skip(&mut at, 3)?,
+            Marker::FixExt4 => skip(&mut at, 5)?,
+            Marker::FixExt8 => skip(&mut at, 9)?,
+            Marker::FixExt16 => skip(&mut at, 17)?,
+            Marker::Ext8 => {
+                let n = length(&mut at, 1)?;
+                skip(&mut at, n + 1)?;
+            }
+            Marker::Ext16 => {
+                let n = length(&mut at, 2)?;
+                skip(&mut at, n + 1)?;
+            }
+            Marker::Ext32 => {
+                let n = length(&mut at, 4)?;
+                skip(&mut at, n + 1)?;
+            }
+            Marker::FixArray(n) => pending += u64::from(n),
+            Marker::Array16 => pending += length(&mut at, 2)? as u64,
+            Marker::Array32 => pending += length(&mut at, 4)? as u64,
+            Marker::FixMap(n) => pending += 2 * u64::from(n),
+            Marker::Map16 => pending += 2 * length(&mut at, 2)? as u64,
+            Marker::Map32 => pending += 2 * length(&mut at, 4)? as u64,
+        }
+    }
+    Some(at)
 }
 
 #[cfg(test)]
@@ -326,6 +411,73 @@ mod tests {
             Encoding::MsgPack.decode::<Probe>(&packed),
             Err(DecodeError::TrailingBytes { trailing: 1 })
         ));
+    }
+
+    /// Where rmp-serde's own reader, counting what it reads, says the first value ends.
+    fn end_by_rmp_serde(bytes: &[u8]) -> Option<usize> {
+        let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+        serde::de::IgnoredAny::deserialize(&mut de).ok()?;
+        usize::try_from(de.position()).ok()
+    }
+
+    fn any_msgpack() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(|n| rmp_serde::to_vec(&n).expect("encode")),
+            any::<u64>().prop_map(|n| rmp_serde::to_vec(&n).expect("encode")),
+            any::<f32>().prop_map(|n| rmp_serde::to_vec(&n).expect("encode")),
+            any::<f64>().prop_map(|n| rmp_serde::to_vec(&n).expect("encode")),
+            any::<Option<bool>>().prop_map(|b| rmp_serde::to_vec(&b).expect("encode")),
+            ".{0,40}".prop_map(|s| rmp_serde::to_vec(&s).expect("encode")),
+            (0usize..300).prop_map(|n| rmp_serde::to_vec(&"x".repeat(n * 250)).expect("encode")),
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(|b| {
+                let mut out = Vec::new();
+                rmp::encode::write_bin(&mut out, &b).expect("encode");
+                out
+            }),
+            (any::<i8>(), proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(t, b)| {
+                let mut out = Vec::new();
+                rmp::encode::write_ext_meta(&mut out, b.len() as u32, t).expect("encode");
+                out.extend_from_slice(&b);
+                out
+            }),
+        ];
+        leaf.prop_recursive(4, 64, 20, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..20).prop_map(|items| {
+                    let mut out = Vec::new();
+                    rmp::encode::write_array_len(&mut out, items.len() as u32).expect("encode");
+                    items.iter().for_each(|i| out.extend_from_slice(i));
+                    out
+                }),
+                proptest::collection::vec((inner.clone(), inner), 0..20).prop_map(|entries| {
+                    let mut out = Vec::new();
+                    rmp::encode::write_map_len(&mut out, entries.len() as u32).expect("encode");
+                    for (k, v) in &entries {
+                        out.extend_from_slice(k);
+                        out.extend_from_slice(v);
+                    }
+                    out
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_values_end_is_found_where_rmp_serde_finds_it(
+            value in any_msgpack(),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let mut bytes = value.clone();
+            bytes.extend_from_slice(&tail);
+            proptest::prop_assert_eq!(value_end(&bytes), Some(value.len()));
+            proptest::prop_assert_eq!(end_by_rmp_serde(&bytes), Some(value.len()));
+            // Cut inside the value: no end.
+            let cut = cut.index(value.len());
+            proptest::prop_assert_eq!(value_end(&value[..cut]), None);
+        }
     }
 
     #[test]

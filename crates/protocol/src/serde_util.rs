@@ -7,14 +7,16 @@
 //! `{"kind": 0, ...}` nested in a message would be a `round_opened`. Here a tag must be one of
 //! the variant names, as a string.
 
-use serde::de::{self, DeserializeOwned, MapAccess, SeqAccess, Unexpected, Visitor};
+use std::borrow::Cow;
+
+use serde::de::value::{BorrowedStrDeserializer, MapDeserializer, SeqDeserializer};
+use serde::de::{self, IntoDeserializer, MapAccess, SeqAccess, Unexpected, Visitor};
 use serde::{Deserialize, Deserializer};
-use serde_json::{Map, Value};
 
 /// A UUID as its lowercase hyphenated string, in JSON and MessagePack alike (uuid's own serde
 /// would write 16 raw bytes to MessagePack).
 pub(crate) mod uuid_string {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
     use uuid::Uuid;
 
     pub(crate) fn serialize<S: Serializer>(id: &Uuid, serializer: S) -> Result<S::Ok, S::Error> {
@@ -25,9 +27,21 @@ pub(crate) mod uuid_string {
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Uuid, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Uuid::try_parse(&text)
-            .map_err(|e| serde::de::Error::custom(format_args!("not a UUID: {e}")))
+        deserializer.deserialize_str(UuidVisitor)
+    }
+
+    struct UuidVisitor;
+
+    impl serde::de::Visitor<'_> for UuidVisitor {
+        type Value = Uuid;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Uuid, E> {
+            Uuid::try_parse(text).map_err(|e| E::custom(format_args!("not a UUID: {e}")))
+        }
     }
 }
 
@@ -75,129 +89,318 @@ pub(crate) mod stake {
     }
 }
 
-/// JSON data read strictly from any self-describing format: map keys are strings and unique,
-/// strings are UTF-8, numbers finite, and there are no binary or extension values. MessagePack is
-/// read through it so that it means exactly what the same JSON means (see `codec`), and tagged
-/// messages buffer themselves in it (see [`buffer_object`]).
-pub(crate) struct Strict(pub(crate) Value);
+/// A message's data read strictly from any self-describing format, before any of it is typed:
+/// map keys are strings and unique, strings are UTF-8, numbers finite, and there are no binary or
+/// extension values. MessagePack is read through it so that it means exactly what the same JSON
+/// means (see `codec`), and messages tagged by a field buffer themselves in it (see
+/// [`buffer_object`]).
+///
+/// Strings and keys borrow from the input where the format allows (JSON without escapes,
+/// MessagePack read from a slice), so buffering a message costs one vector per map or array. A
+/// number is kept as JSON keeps it: `U64` for every integer from 0 up, `I64` only below 0.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Raw<'de> {
+    Null,
+    Bool(bool),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    Str(Cow<'de, str>),
+    Seq(Vec<Raw<'de>>),
+    Map(Vec<(Cow<'de, str>, Raw<'de>)>),
+}
 
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(StrictVisitor).map(Strict)
+/// The most items or entries a buffered array or map reserves room for because its length header
+/// says so; more grow as they arrive. Our largest map has 11 entries.
+const PRESIZED: usize = 16;
+
+/// Up to this many keys a map's keys are checked for duplicates as each arrives; a bigger map
+/// (no message of ours has one) is checked once, sorted, so a hostile map costs `n log n`.
+const KEYS_CHECKED_ONE_BY_ONE: usize = 16;
+
+impl<'de> Raw<'de> {
+    /// The value of `key`, if this is a map that has it.
+    pub(crate) fn get(&self, key: &str) -> Option<&Raw<'de>> {
+        match self {
+            Raw::Map(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The string, if this is one.
+    pub(crate) fn as_str(&self) -> Option<&str> {
+        match self {
+            Raw::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn unexpected(&self) -> Unexpected<'_> {
+        match self {
+            Raw::Null => Unexpected::Unit,
+            Raw::Bool(b) => Unexpected::Bool(*b),
+            Raw::U64(u) => Unexpected::Unsigned(*u),
+            Raw::I64(i) => Unexpected::Signed(*i),
+            Raw::F64(f) => Unexpected::Float(*f),
+            Raw::Str(s) => Unexpected::Str(s),
+            Raw::Seq(_) => Unexpected::Seq,
+            Raw::Map(_) => Unexpected::Map,
+        }
     }
 }
 
-pub(crate) struct StrictVisitor;
+impl<'de> Deserialize<'de> for Raw<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RawVisitor)
+    }
+}
 
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
+struct RawVisitor;
+
+impl<'de> Visitor<'de> for RawVisitor {
+    type Value = Raw<'de>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("null, a boolean, a number, a string, an array or a map with string keys")
     }
 
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Raw<'de>, E> {
+        Ok(Raw::Bool(v))
     }
 
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Raw<'de>, E> {
+        Ok(u64::try_from(v).map_or(Raw::I64(v), Raw::U64))
     }
 
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Raw<'de>, E> {
+        Ok(Raw::U64(v))
     }
 
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        serde_json::Number::from_f64(v)
-            .map(Value::Number)
-            .ok_or_else(|| E::custom("a number must be finite"))
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Raw<'de>, E> {
+        if v.is_finite() {
+            Ok(Raw::F64(v))
+        } else {
+            Err(E::custom("a number must be finite"))
+        }
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Raw<'de>, E> {
+        Ok(Raw::Str(Cow::Borrowed(v)))
     }
 
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Raw<'de>, E> {
+        Ok(Raw::Str(Cow::Owned(v.to_owned())))
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Raw<'de>, E> {
+        Ok(Raw::Str(Cow::Owned(v)))
     }
 
-    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_unit<E: de::Error>(self) -> Result<Raw<'de>, E> {
+        Ok(Raw::Null)
     }
 
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+    fn visit_none<E: de::Error>(self) -> Result<Raw<'de>, E> {
+        Ok(Raw::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Raw<'de>, D::Error> {
         d.deserialize_any(self)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        // No capacity from the length header: it is not to be trusted.
-        let mut items = Vec::new();
-        while let Some(Strict(item)) = seq.next_element()? {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Raw<'de>, A::Error> {
+        // The length header is not to be trusted: it sizes the vector only up to a small cap.
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(PRESIZED));
+        while let Some(item) = seq.next_element()? {
             items.push(item);
         }
-        Ok(Value::Array(items))
+        Ok(Raw::Seq(items))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut object = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if object.contains_key(&key) {
-                return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw<'de>, A::Error> {
+        let mut entries: Vec<(Cow<'de, str>, Raw<'de>)> =
+            Vec::with_capacity(map.size_hint().unwrap_or(0).min(PRESIZED));
+        while let Some(Key(key)) = map.next_key()? {
+            if entries.len() < KEYS_CHECKED_ONE_BY_ONE && entries.iter().any(|(k, _)| *k == key) {
+                return Err(duplicate_key(&key));
             }
-            let Strict(value) = map.next_value()?;
-            object.insert(key, value);
+            let value = map.next_value()?;
+            entries.push((key, value));
         }
-        Ok(Value::Object(object))
+        if entries.len() > KEYS_CHECKED_ONE_BY_ONE {
+            let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_ref()).collect();
+            keys.sort_unstable();
+            if let Some(pair) = keys.windows(2).find(|pair| pair[0] == pair[1]) {
+                return Err(duplicate_key(pair[0]));
+            }
+        }
+        Ok(Raw::Map(entries))
     }
 }
 
-/// Reads one object into a buffer, strictly (see [`Strict`]).
-pub(crate) fn buffer_object<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
-    match Strict::deserialize(deserializer)?.0 {
-        object @ Value::Object(_) => Ok(object),
-        other => Err(de::Error::invalid_type(unexpected(&other), &"an object")),
+fn duplicate_key<E: de::Error>(key: &str) -> E {
+    E::custom(format_args!("duplicate key `{key}`"))
+}
+
+/// A map key: a string, borrowed where the input allows.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(KeyVisitor).map(Key)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// Reads typed data out of a buffered [`Raw`], as serde_json reads it out of a `Value`: strings
+/// are lent (so a typed reader copies only what it keeps), `null` is `None`, an enum is its
+/// variant's name, and errors are serde_json's (with no position: the bytes were read already).
+#[derive(Clone, Copy)]
+pub(crate) struct RawDeserializer<'a, 'de>(pub(crate) &'a Raw<'de>);
+
+impl<'a> IntoDeserializer<'a, serde_json::Error> for RawDeserializer<'a, '_> {
+    type Deserializer = Self;
+
+    fn into_deserializer(self) -> Self {
+        self
+    }
+}
+
+impl<'de> Deserializer<'de> for RawDeserializer<'de, '_> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Raw::Null => visitor.visit_unit(),
+            Raw::Bool(b) => visitor.visit_bool(*b),
+            Raw::U64(u) => visitor.visit_u64(*u),
+            Raw::I64(i) => visitor.visit_i64(*i),
+            Raw::F64(f) => visitor.visit_f64(*f),
+            Raw::Str(s) => visitor.visit_borrowed_str(s),
+            Raw::Seq(items) => {
+                let mut seq = SeqDeserializer::new(items.iter().map(RawDeserializer));
+                let value = visitor.visit_seq(&mut seq)?;
+                seq.end()?;
+                Ok(value)
+            }
+            Raw::Map(entries) => {
+                let mut map = MapDeserializer::new(
+                    entries
+                        .iter()
+                        .map(|(k, v)| (BorrowedStrDeserializer::new(k), RawDeserializer(v))),
+                );
+                let value = visitor.visit_map(&mut map)?;
+                map.end()?;
+                Ok(value)
+            }
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Raw::Null => visitor.visit_none(),
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Raw::Str(s) => visitor.visit_enum(BorrowedStrDeserializer::new(s)),
+            other => Err(de::Error::invalid_type(other.unexpected(), &"a string")),
+        }
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Raw::Str(s) => visitor.visit_borrowed_str(s),
+            other => Err(de::Error::invalid_type(other.unexpected(), &visitor)),
+        }
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        self.deserialize_str(visitor)
+    }
+
+    /// A field name or an enum tag must be a string: serde's own readers of identifiers would
+    /// take an integer as a variant's index (`{"kind": 0}` would be the first kind).
+    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_unit()
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char bytes byte_buf unit
+        unit_struct seq tuple tuple_struct map struct
+    }
+}
+
+/// Reads one object into a buffer, strictly (see [`Raw`]).
+pub(crate) fn buffer_object<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Raw<'de>, D::Error> {
+    match Raw::deserialize(deserializer)? {
+        object @ Raw::Map(_) => Ok(object),
+        other => Err(de::Error::invalid_type(other.unexpected(), &"an object")),
     }
 }
 
 /// The tag `field` of a buffered object: present, a string, and one of `variants`.
 pub(crate) fn tag<'a, E: de::Error>(
-    object: &'a Value,
+    object: &'a Raw<'_>,
     field: &'static str,
     variants: &'static [&'static str],
 ) -> Result<&'a str, E> {
     match object.get(field) {
         None => Err(E::missing_field(field)),
-        Some(Value::String(name)) if variants.contains(&name.as_str()) => Ok(name),
-        Some(Value::String(name)) => Err(E::unknown_variant(name, variants)),
-        Some(other) => Err(E::invalid_type(unexpected(other), &"a string")),
+        Some(Raw::Str(name)) if variants.contains(&name.as_ref()) => Ok(name),
+        Some(Raw::Str(name)) => Err(E::unknown_variant(name, variants)),
+        Some(other) => Err(E::invalid_type(other.unexpected(), &"a string")),
     }
 }
 
 /// Reads a message's fields from its buffered object; fields it does not know (the tag among
 /// them) are ignored.
-pub(crate) fn from_buffer<T: DeserializeOwned, E: de::Error>(object: &Value) -> Result<T, E> {
-    T::deserialize(object).map_err(E::custom)
-}
-
-fn unexpected(value: &Value) -> Unexpected<'_> {
-    match value {
-        Value::Null => Unexpected::Unit,
-        Value::Bool(b) => Unexpected::Bool(*b),
-        Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
-            (Some(u), _, _) => Unexpected::Unsigned(u),
-            (None, Some(i), _) => Unexpected::Signed(i),
-            (None, None, Some(f)) => Unexpected::Float(f),
-            (None, None, None) => Unexpected::Other("number"),
-        },
-        Value::String(s) => Unexpected::Str(s),
-        Value::Array(_) => Unexpected::Seq,
-        Value::Object(_) => Unexpected::Map,
-    }
+pub(crate) fn from_buffer<'a, T: Deserialize<'a>, E: de::Error>(
+    object: &'a Raw<'_>,
+) -> Result<T, E> {
+    T::deserialize(RawDeserializer(object)).map_err(E::custom)
 }
 
 /// A field that must be present, as `null` or a value: serde would take a missing `Option`

@@ -325,6 +325,31 @@ pub fn encode_event_message(
     })
 }
 
+/// The MessagePack `event` message for an event whose bus payload is `payload`, written around
+/// the payload's own bytes instead of encoding the event again: the same bytes as
+/// [`encode_event_message`] gives for the decoded event, since the bus payload is that event's
+/// MessagePack (`docs/contract/bus.md`). `payload` must be one MessagePack map: the caller has
+/// decoded it already (as `protocol::decode_event`), and nothing here looks inside it.
+pub fn msgpack_event_message_around(channel: &Channel, seq: u64, payload: &[u8]) -> bytes::Bytes {
+    use std::fmt::Write as _;
+
+    let mut name = String::with_capacity(64);
+    // Writing to a String does not fail.
+    let _ = write!(name, "{channel}");
+    let mut out = Vec::with_capacity(32 + name.len() + payload.len());
+    // Writing to a Vec does not fail either; rmp reports only the writer's errors.
+    let _ = rmp::encode::write_map_len(&mut out, 4);
+    let _ = rmp::encode::write_str(&mut out, "type");
+    let _ = rmp::encode::write_str(&mut out, "event");
+    let _ = rmp::encode::write_str(&mut out, "channel");
+    let _ = rmp::encode::write_str(&mut out, &name);
+    let _ = rmp::encode::write_str(&mut out, "seq");
+    let _ = rmp::encode::write_uint(&mut out, seq);
+    let _ = rmp::encode::write_str(&mut out, "event");
+    out.extend_from_slice(payload);
+    bytes::Bytes::from(out)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Client → server
 

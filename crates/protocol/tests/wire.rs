@@ -414,6 +414,35 @@ fn an_event_message_encoded_without_cloning_matches_the_server_message() {
 }
 
 #[test]
+fn an_event_message_written_around_the_bus_payload_is_the_encoded_message() {
+    for kind in protocol::EventKind::ALL {
+        let kind = kind.as_str();
+        let event = example_event(kind);
+        let payload = protocol::encode_event(&event).expect("encodes");
+        for channel in ["player.alice", "table.roulette-1"] {
+            let channel: Channel = channel.parse().expect("valid");
+            for seq in [
+                0,
+                1,
+                78,
+                127,
+                128,
+                255,
+                256,
+                65_535,
+                65_536,
+                u64::from(u32::MAX) + 1,
+            ] {
+                let around = protocol::msgpack_event_message_around(&channel, seq, &payload);
+                let encoded = encode_event_message(Encoding::MsgPack, &channel, seq, &event)
+                    .expect("encodes");
+                assert_eq!(around, encoded, "{kind} on {channel} at {seq}");
+            }
+        }
+    }
+}
+
+#[test]
 fn a_bet_becomes_a_bus_request_for_the_connections_player_and_its_acceptance_a_bet_result() {
     let Message::Client(ClientMessage::Bet(bet)) = example("ws.client.bet") else {
         panic!("a bet");
