@@ -22,7 +22,9 @@
 //!   Histograms from the services' metrics are Prometheus buckets: their quantiles are
 //!   interpolated within a bucket (as `histogram_quantile` does).
 //! - Floors, in the same run, on the same servers: NATS request/reply with one in flight,
-//!   a one-row Postgres commit with fsync, and a short `bench-store` pass.
+//!   a one-row Postgres commit with fsync, a short `bench-store` pass, and the capacity floor
+//!   (`support/bet_floor.rs`): a bet's bus and store work by bare clients at 5,000 bets/s
+//!   (`BENCH_FLOOR_RATE`), with nats-server's and Postgres's CPU per bet beside the steps'.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -49,6 +51,9 @@ fn main() -> Result<()> {
 
 #[path = "support/up.rs"]
 mod up;
+
+#[path = "support/bet_floor.rs"]
+mod bet_floor;
 
 use up::{Up, bin, root};
 
@@ -706,6 +711,24 @@ async fn run() -> Result<()> {
         let url = endpoints["DATABASE_URL"].clone();
         tokio::task::spawn_blocking(move || bench_store_floor(&url)).await??
     };
+    let floor_rate: u32 = std::env::var("BENCH_FLOOR_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5_000);
+    let floor_s = seconds.min(30);
+    eprintln!("bench-bets: capacity floor, {floor_rate} bets/s for {floor_s} s…");
+    let capacity = bet_floor::run(
+        &endpoints["NATS_URL"],
+        &endpoints["DATABASE_URL"],
+        floor_rate,
+        floor_s,
+        || {
+            let all = processes();
+            let of = |name: &str| up.pid(name).map_or(0.0, |pid| tree_cpu(&all, pid));
+            (of("nats"), of("postgres"))
+        },
+    )
+    .await?;
 
     println!("\n## just bench-bets");
     println!(
@@ -783,6 +806,51 @@ async fn run() -> Result<()> {
             "- at {} bets/s: due→answer p99 / (request/reply p99 + commit p99) = {:.2}",
             s.rate,
             s.p99 / (nats_p99 + pg_p99)
+        );
+    }
+    println!(
+        "- capacity floor (the bus and store work of a bet by bare clients, no croupier logic; \
+         `support/bet_floor.rs`) at {} bets/s: answered {:.0}/s, request→answer p50 {:.2} ms, \
+         p99 {:.2} ms, batch median {}; CPU µs/bet nats {:.0} + postgres {:.0} = {:.0} \
+         (its bare client {:.0}, not counted)",
+        capacity.rate,
+        capacity.answered_per_s,
+        capacity.p50_ms,
+        capacity.p99_ms,
+        capacity.batch_median,
+        capacity.nats_us,
+        capacity.postgres_us,
+        capacity.servers_us(),
+        capacity.client_us,
+    );
+    let cores = |us: f64, rate: f64| us * rate / 1e6;
+    println!(
+        "- at {} bets/s the floor's servers need {:.2} of this machine's 2 cores",
+        capacity.rate,
+        cores(capacity.servers_us(), f64::from(capacity.rate)),
+    );
+    // Per-bet CPU includes what runs whatever the rate (rounds, heartbeats, idle
+    // connections), so only a step at the floor's own rate is compared with it.
+    for s in &steps {
+        let c = s.cpu_us_per_bet;
+        let compared = if s.rate == capacity.rate {
+            format!(
+                "{:.2}× the floor's",
+                (c.postgres + c.nats) / capacity.servers_us()
+            )
+        } else {
+            "not compared (the floor ran at another rate)".to_string()
+        };
+        println!(
+            "- at {} bets/s: postgres + nats {:.0} µs/bet, {compared}; croupier {:.0} + loadgen {:.0} µs/bet on top; all four {:.2} cores",
+            s.rate,
+            c.postgres + c.nats,
+            c.croupier,
+            c.loadgen,
+            cores(
+                c.croupier + c.postgres + c.nats + c.loadgen,
+                s.accepted_per_s
+            ),
         );
     }
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
