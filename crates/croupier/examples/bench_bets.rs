@@ -862,6 +862,21 @@ async fn run() -> Result<()> {
         "target 5,000 accepted bets/s with p99 ≤ 10 ms: {}",
         verdict(five_k)
     );
+    // bench-store's own line judges its own, older target (ADR 0014); issue 18 asks for more.
+    let append_ratio = store_lines
+        .iter()
+        .find(|l| l.starts_with("append / indexed COPY = "))
+        .and_then(|l| {
+            l["append / indexed COPY = ".len()..]
+                .split_whitespace()
+                .next()
+        })
+        .and_then(|r| r.parse::<f64>().ok());
+    println!(
+        "target bench-store batched append ≥ 0.7× the indexed COPY: {} ({})",
+        verdict(append_ratio.is_some_and(|r| r >= 0.7)),
+        append_ratio.map_or("not measured".into(), |r| format!("{r:.2}×, short pass")),
+    );
     let at_5k = steps.iter().find(|s| s.rate == 5_000);
     if let Some(s) = at_5k {
         println!(
