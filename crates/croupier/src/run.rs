@@ -281,14 +281,67 @@ pub async fn run(args: RunArgs, settings: Resolved) -> anyhow::Result<()> {
             let bus = bus::NatsBus::connect(&settings.nats_url, &settings.nats_prefix, options)
                 .await
                 .with_context(|| format!("connect to NATS at {}", settings.nats_url))?;
-            run_roles(bus, args, settings, plan, metrics).await
+            // Under `run all`, GMS gets a connection of its own, made on its own runtime
+            // (`run_gms_apart`), so its timers and publishes never wait behind the bet path.
+            let gms_bus: Option<GmsBus<bus::NatsBus>> = (args.role == Role::All).then(|| {
+                let (url, prefix) = (settings.nats_url.clone(), settings.nats_prefix.clone());
+                Box::new(move || {
+                    Box::pin(async move {
+                        let options = bus::NatsOptions {
+                            connection_name: Some("croupier-all-gms".into()),
+                            ..bus::NatsOptions::default()
+                        };
+                        bus::NatsBus::connect(&url, &prefix, options)
+                            .await
+                            .with_context(|| format!("connect GMS to NATS at {url}"))
+                    }) as GmsBusFuture<bus::NatsBus>
+                }) as GmsBus<bus::NatsBus>
+            });
+            run_roles(bus, gms_bus, args, settings, plan, metrics).await
         }
-        BusKind::Local => run_roles(bus::LocalBus::new(), args, settings, plan, metrics).await,
+        BusKind::Local => {
+            run_roles(bus::LocalBus::new(), None, args, settings, plan, metrics).await
+        }
     }
+}
+
+type GmsBusFuture<B> = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<B>> + Send>>;
+/// Opens GMS's own bus, on GMS's own runtime.
+type GmsBus<B> = Box<dyn FnOnce() -> GmsBusFuture<B> + Send>;
+
+/// Runs GMS on a thread and a current-thread runtime of its own, with a bus opened there:
+/// its round timers and its publishes (and their acknowledgements) are then served by the OS
+/// scheduler as a thread that mostly sleeps, instead of waiting in the shared runtime's queue
+/// behind the bet path. Ends when `shutdown` is cancelled and GMS has stopped.
+fn run_gms_apart<B: Bus>(
+    config: gms::GmsConfig,
+    open: GmsBus<B>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("gms")
+        .build()
+        .context("build GMS's runtime")?;
+    std::thread::Builder::new()
+        .name("gms".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match open().await {
+                    Ok(bus) => gms::Gms::build(config, bus).run(shutdown).await,
+                    Err(error) => tracing::error!(%error, "gms could not start"),
+                }
+            });
+            let _ = done.send(());
+        })
+        .context("start GMS's thread")?;
+    Ok(finished)
 }
 
 async fn run_roles<B: Bus>(
     bus: B,
+    gms_bus: Option<GmsBus<B>>,
     args: RunArgs,
     settings: Resolved,
     plan: Plan,
@@ -347,8 +400,18 @@ async fn run_roles<B: Bus>(
             seed_secret: plan.seed_secret.clone(),
             lease: gms_lease(&args)?,
         };
-        let gms = gms::Gms::build(config, bus.clone());
-        tasks.spawn(gms.run(shutdown.clone()));
+        match gms_bus {
+            Some(open) => {
+                let finished = run_gms_apart(config, open, shutdown.clone())?;
+                tasks.spawn(async move {
+                    let _ = finished.await;
+                });
+            }
+            None => {
+                let gms = gms::Gms::build(config, bus.clone());
+                tasks.spawn(gms.run(shutdown.clone()));
+            }
+        }
     }
     if with(Role::Gateway) {
         let renderer: gateway::MetricsRenderer = {
