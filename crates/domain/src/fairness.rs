@@ -143,21 +143,7 @@ fn parse_hex32(s: &str) -> Result<[u8; 32], FairnessError> {
 }
 
 fn deserialize_hex32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
-    struct Visitor;
-
-    impl serde::de::Visitor<'_> for Visitor {
-        type Value = [u8; 32];
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("64 lowercase hex digits")
-        }
-
-        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<[u8; 32], E> {
-            parse_hex32(s).map_err(E::custom)
-        }
-    }
-
-    deserializer.deserialize_str(Visitor)
+    crate::text::deserialize_parsed(deserializer, "64 lowercase hex digits", parse_hex32)
 }
 
 /// The acceptance limit for roulette: words at or above it are skipped.

@@ -222,21 +222,7 @@ impl Serialize for BetId {
 
 impl<'de> Deserialize<'de> for BetId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = BetId;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a UUID string")
-            }
-
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<BetId, E> {
-                BetId::parse(s).map_err(E::custom)
-            }
-        }
-
-        deserializer.deserialize_str(Visitor)
+        crate::text::deserialize_parsed(deserializer, "a UUID string", BetId::parse)
     }
 }
 

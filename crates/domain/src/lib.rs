@@ -18,6 +18,7 @@ pub mod ids;
 pub mod money;
 pub mod roulette;
 pub mod round;
+pub mod text;
 pub mod time;
 pub mod wallet;
 

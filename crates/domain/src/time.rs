@@ -148,21 +148,9 @@ impl Serialize for Timestamp {
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = Timestamp;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an RFC 3339 timestamp string")
-            }
-
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Timestamp, E> {
-                Timestamp::parse(s).map_err(E::custom)
-            }
-        }
-
-        deserializer.deserialize_str(Visitor)
+        crate::text::deserialize_parsed(deserializer, "an RFC 3339 timestamp string", |s| {
+            Timestamp::parse(s)
+        })
     }
 }
 

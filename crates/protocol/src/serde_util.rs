@@ -27,21 +27,9 @@ pub(crate) mod uuid_string {
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Uuid, D::Error> {
-        deserializer.deserialize_str(UuidVisitor)
-    }
-
-    struct UuidVisitor;
-
-    impl serde::de::Visitor<'_> for UuidVisitor {
-        type Value = Uuid;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a string")
-        }
-
-        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Uuid, E> {
-            Uuid::try_parse(text).map_err(|e| E::custom(format_args!("not a UUID: {e}")))
-        }
+        domain::text::deserialize_parsed(deserializer, "a string", |text| {
+            Uuid::try_parse(text).map_err(|e| format!("not a UUID: {e}"))
+        })
     }
 }
 
@@ -242,40 +230,24 @@ fn duplicate_key<E: de::Error>(key: &str) -> E {
     E::custom(format_args!("duplicate key `{key}`"))
 }
 
-/// A map key: a string, borrowed where the input allows.
+/// A map key: a string, borrowed where the input allows (read as any value is, then refused
+/// unless it is a string).
 struct Key<'de>(Cow<'de, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_str(KeyVisitor).map(Key)
-    }
-}
-
-struct KeyVisitor;
-
-impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = Cow<'de, str>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a string")
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Borrowed(v))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Owned(v.to_owned()))
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Owned(v))
+        match deserializer.deserialize_str(RawVisitor)? {
+            Raw::Str(key) => Ok(Key(key)),
+            other => Err(de::Error::invalid_type(other.unexpected(), &"a string")),
+        }
     }
 }
 
 /// Reads typed data out of a buffered [`Raw`], as serde_json reads it out of a `Value`: strings
 /// are lent (so a typed reader copies only what it keeps), `null` is `None`, an enum is its
 /// variant's name, and errors are serde_json's (with no position: the bytes were read already).
+/// (Its `Deserializer` lifetime is the borrow of the buffer, named `'de` there because serde's
+/// forwarding macro requires that name.)
 #[derive(Clone, Copy)]
 pub(crate) struct RawDeserializer<'a, 'de>(pub(crate) &'a Raw<'de>);
 
