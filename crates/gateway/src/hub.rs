@@ -15,7 +15,7 @@ use std::sync::{Arc, Weak};
 use bus::{Bus, StoredMessage};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use protocol::{Channel, ChannelState, Encoding, encode_event_message, subject};
+use protocol::{Channel, ChannelState, Encoding, event_message_from_bus, subject};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -572,13 +572,13 @@ async fn relay(
             return true;
         }
     };
-    // MessagePack clients get the bus payload itself inside the message (it was just decoded,
-    // strictly); only JSON clients need the event encoded again.
-    let Ok(json) = encode_event_message(Encoding::Json, channel, message.seq, &decoded) else {
+    let encoded = |encoding| {
+        event_message_from_bus(encoding, channel, message.seq, &decoded, &message.payload)
+    };
+    let (Ok(json), Ok(msgpack)) = (encoded(Encoding::Json), encoded(Encoding::MsgPack)) else {
         tracing::warn!(%channel, seq = message.seq, "event could not be encoded");
         return true;
     };
-    let msgpack = protocol::msgpack_event_message_around(channel, message.seq, &message.payload);
     let event = Arc::new(Outgoing {
         seq: message.seq,
         json: frame::message(Encoding::Json, &json),

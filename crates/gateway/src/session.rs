@@ -30,7 +30,6 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use protocol::{
     Channel, ClientMessage, Encoding, ErrorCode, PlaceBetReply, ServerMessage, Subscribed,
-    encode_event_message,
 };
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -705,18 +704,14 @@ async fn replay<B: Bus>(
                     if events.len() >= MAX_REPLAY_EVENTS {
                         return Err("too far behind");
                     }
-                    let bytes = match encoding {
-                        // As the live relay does (`hub::relay`).
-                        Encoding::MsgPack => protocol::msgpack_event_message_around(
-                            channel,
-                            message.seq,
-                            &message.payload,
-                        ),
-                        Encoding::Json => {
-                            encode_event_message(encoding, channel, message.seq, &event)
-                                .map_err(|_| "event could not be encoded")?
-                        }
-                    };
+                    let bytes = protocol::event_message_from_bus(
+                        encoding,
+                        channel,
+                        message.seq,
+                        &event,
+                        &message.payload,
+                    )
+                    .map_err(|_| "event could not be encoded")?;
                     events.push(bytes);
                 }
                 Err(error) => {

@@ -40,5 +40,6 @@ pub use subject::{gms_msg_id, subject_for};
 pub use ws::{
     BetResult, Channel, ChannelError, ChannelState, ClientMessage, ErrorMessage, EventMessage,
     PlaceBet, PlayerState, ServerMessage, StatusMessage, Subscribe, Subscribed, TableState,
-    Unsubscribe, Welcome, encode_event_message, msgpack_event_message_around,
+    Unsubscribe, Welcome, encode_event_message, event_message_from_bus,
+    msgpack_event_message_around,
 };

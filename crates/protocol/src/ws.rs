@@ -331,11 +331,7 @@ pub fn encode_event_message(
 /// MessagePack (`docs/contract/bus.md`). `payload` must be one MessagePack map: the caller has
 /// decoded it already (as `protocol::decode_event`), and nothing here looks inside it.
 pub fn msgpack_event_message_around(channel: &Channel, seq: u64, payload: &[u8]) -> bytes::Bytes {
-    use std::fmt::Write as _;
-
-    let mut name = String::with_capacity(64);
-    // Writing to a String does not fail.
-    let _ = write!(name, "{channel}");
+    let name = channel.to_string();
     let mut out = Vec::with_capacity(32 + name.len() + payload.len());
     // Writing to a Vec does not fail either; rmp reports only the writer's errors.
     let _ = rmp::encode::write_map_len(&mut out, 4);
@@ -348,6 +344,22 @@ pub fn msgpack_event_message_around(channel: &Channel, seq: u64, payload: &[u8])
     let _ = rmp::encode::write_str(&mut out, "event");
     out.extend_from_slice(payload);
     bytes::Bytes::from(out)
+}
+
+/// The `event` message in `encoding` for `event`, read from the bus as `payload`: MessagePack
+/// written around the payload ([`msgpack_event_message_around`]), JSON encoded from the event.
+/// What the gateway sends, live and on a resume alike.
+pub fn event_message_from_bus(
+    encoding: Encoding,
+    channel: &Channel,
+    seq: u64,
+    event: &Event,
+    payload: &[u8],
+) -> Result<bytes::Bytes, EncodeError> {
+    match encoding {
+        Encoding::MsgPack => Ok(msgpack_event_message_around(channel, seq, payload)),
+        Encoding::Json => encode_event_message(encoding, channel, seq, event),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

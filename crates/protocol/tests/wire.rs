@@ -437,6 +437,14 @@ fn an_event_message_written_around_the_bus_payload_is_the_encoded_message() {
                 let encoded = encode_event_message(Encoding::MsgPack, &channel, seq, &event)
                     .expect("encodes");
                 assert_eq!(around, encoded, "{kind} on {channel} at {seq}");
+                for encoding in BOTH {
+                    assert_eq!(
+                        protocol::event_message_from_bus(encoding, &channel, seq, &event, &payload)
+                            .expect("encodes"),
+                        encode_event_message(encoding, &channel, seq, &event).expect("encodes"),
+                        "{kind} on {channel} at {seq} in {encoding:?}"
+                    );
+                }
             }
         }
     }
