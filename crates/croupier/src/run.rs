@@ -283,21 +283,11 @@ pub async fn run(args: RunArgs, settings: Resolved) -> anyhow::Result<()> {
                 .with_context(|| format!("connect to NATS at {}", settings.nats_url))?;
             // Under `run all`, GMS gets a connection of its own, made on its own runtime
             // (`run_gms_apart`), so its timers and publishes never wait behind the bet path.
-            let gms_bus: Option<GmsBus<bus::NatsBus>> = (args.role == Role::All).then(|| {
-                let (url, prefix) = (settings.nats_url.clone(), settings.nats_prefix.clone());
-                Box::new(move || {
-                    Box::pin(async move {
-                        let options = bus::NatsOptions {
-                            connection_name: Some("croupier-all-gms".into()),
-                            ..bus::NatsOptions::default()
-                        };
-                        bus::NatsBus::connect(&url, &prefix, options)
-                            .await
-                            .with_context(|| format!("connect GMS to NATS at {url}"))
-                    }) as GmsBusFuture<bus::NatsBus>
-                }) as GmsBus<bus::NatsBus>
+            let gms_apart = (args.role == Role::All).then(|| NatsEndpoint {
+                url: settings.nats_url.clone(),
+                prefix: settings.nats_prefix.clone(),
             });
-            run_roles(bus, gms_bus, args, settings, plan, metrics).await
+            run_roles(bus, gms_apart, args, settings, plan, metrics).await
         }
         BusKind::Local => {
             run_roles(bus::LocalBus::new(), None, args, settings, plan, metrics).await
@@ -305,19 +295,23 @@ pub async fn run(args: RunArgs, settings: Resolved) -> anyhow::Result<()> {
     }
 }
 
-type GmsBusFuture<B> = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<B>> + Send>>;
-/// Opens GMS's own bus, on GMS's own runtime.
-type GmsBus<B> = Box<dyn FnOnce() -> GmsBusFuture<B> + Send>;
+/// Where GMS's own NATS connection goes under `run all` (the process's own settings).
+struct NatsEndpoint {
+    url: String,
+    prefix: String,
+}
 
-/// Runs GMS on a thread and a current-thread runtime of its own, with a bus opened there:
-/// its round timers and its publishes (and their acknowledgements) are then served by the OS
-/// scheduler as a thread that mostly sleeps, instead of waiting in the shared runtime's queue
-/// behind the bet path. Ends when `shutdown` is cancelled and GMS has stopped.
-fn run_gms_apart<B: Bus>(
+/// Runs GMS on a thread and a current-thread runtime of its own, with a NATS connection opened
+/// there: its round timers and its publishes (and their acknowledgements) are then served by
+/// the OS scheduler as a thread that mostly sleeps, instead of waiting in the shared runtime's
+/// queue behind the bet path. Returns once GMS is connected (an error if it cannot be, as the
+/// process's own connection is), with what resolves when GMS has stopped after `shutdown`.
+async fn run_gms_apart(
     config: gms::GmsConfig,
-    open: GmsBus<B>,
+    nats: NatsEndpoint,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (connected, is_connected) = tokio::sync::oneshot::channel();
     let (done, finished) = tokio::sync::oneshot::channel();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -328,20 +322,33 @@ fn run_gms_apart<B: Bus>(
         .name("gms".into())
         .spawn(move || {
             runtime.block_on(async move {
-                match open().await {
-                    Ok(bus) => gms::Gms::build(config, bus).run(shutdown).await,
-                    Err(error) => tracing::error!(%error, "gms could not start"),
+                let options = bus::NatsOptions {
+                    connection_name: Some("croupier-all-gms".into()),
+                    ..bus::NatsOptions::default()
+                };
+                match bus::NatsBus::connect(&nats.url, &nats.prefix, options).await {
+                    Ok(bus) => {
+                        let _ = connected.send(Ok(()));
+                        gms::Gms::build(config, bus).run(shutdown).await;
+                    }
+                    Err(error) => {
+                        let _ = connected.send(Err(anyhow::Error::new(error)
+                            .context(format!("connect GMS to NATS at {}", nats.url))));
+                    }
                 }
             });
             let _ = done.send(());
         })
         .context("start GMS's thread")?;
+    is_connected
+        .await
+        .context("GMS's thread ended before connecting")??;
     Ok(finished)
 }
 
 async fn run_roles<B: Bus>(
     bus: B,
-    gms_bus: Option<GmsBus<B>>,
+    gms_apart: Option<NatsEndpoint>,
     args: RunArgs,
     settings: Resolved,
     plan: Plan,
@@ -400,9 +407,9 @@ async fn run_roles<B: Bus>(
             seed_secret: plan.seed_secret.clone(),
             lease: gms_lease(&args)?,
         };
-        match gms_bus {
-            Some(open) => {
-                let finished = run_gms_apart(config, open, shutdown.clone())?;
+        match gms_apart {
+            Some(nats) => {
+                let finished = run_gms_apart(config, nats, shutdown.clone()).await?;
                 tasks.spawn(async move {
                     let _ = finished.await;
                 });
