@@ -723,9 +723,8 @@ async fn run() -> Result<()> {
         floor_rate,
         floor_s,
         || {
-            let all = processes();
-            let of = |name: &str| up.pid(name).map_or(0.0, |pid| tree_cpu(&all, pid));
-            (of("nats"), of("postgres"))
+            let now = cpu(&up);
+            (now.nats, now.postgres)
         },
     )
     .await?;
@@ -865,13 +864,8 @@ async fn run() -> Result<()> {
     // bench-store's own line judges its own, older target (ADR 0014); issue 18 asks for more.
     let append_ratio = store_lines
         .iter()
-        .find(|l| l.starts_with("append / indexed COPY = "))
-        .and_then(|l| {
-            l["append / indexed COPY = ".len()..]
-                .split_whitespace()
-                .next()
-        })
-        .and_then(|r| r.parse::<f64>().ok());
+        .find_map(|l| l.strip_prefix("append / indexed COPY = "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok());
     println!(
         "target bench-store batched append ≥ 0.7× the indexed COPY: {} ({})",
         verdict(append_ratio.is_some_and(|r| r >= 0.7)),

@@ -28,7 +28,6 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
 
 /// GS's default linger (ADR 0010): a batch is what arrived within it after the first.
 const LINGER: Duration = Duration::from_millis(2);
@@ -71,7 +70,7 @@ fn own_cpu() -> f64 {
                 .iter()
                 .filter_map(|v| v.parse::<u64>().ok())
                 .sum();
-            Some(ticks as f64 / 100.0)
+            Some(ticks as f64 / super::TICKS_PER_S)
         })
         .unwrap_or(0.0)
 }
@@ -125,12 +124,14 @@ pub async fn run(
         .await?
         .messages()
         .await?;
-    let reader = tokio::spawn(async move {
-        let mut count = 0u64;
-        while let Some(Ok(_)) = delivered.next().await {
-            count += 1;
+    let delivered_count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = tokio::spawn({
+        let count = delivered_count.clone();
+        async move {
+            while let Some(Ok(_)) = delivered.next().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
-        count
     });
 
     let requests = client.subscribe("bench.floor.bet").await?;
@@ -177,23 +178,14 @@ pub async fn run(
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    // Every event delivered (or 10 s), so that the servers' CPU includes it.
+    // Every event delivered to the consumer (or 10 s), so that the servers' CPU includes it.
     let deadline = Instant::now() + Duration::from_secs(10);
     let expected = 2 * spent.len() as u64;
-    loop {
-        let info = js
-            .get_stream("BENCH_FLOOR")
-            .await?
-            .info()
-            .await?
-            .state
-            .messages;
-        if info >= expected || Instant::now() > deadline {
-            break;
-        }
+    while delivered_count.load(std::sync::atomic::Ordering::Relaxed) < expected
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let (nats_after, pg_after) = server_cpu();
     let own_after = own_cpu();
     responder.abort();
@@ -287,16 +279,6 @@ async fn write_batches(
         return;
     };
     let driver = tokio::spawn(connection);
-    let columns = [
-        Type::INT8,
-        Type::UUID,
-        Type::TEXT,
-        Type::INT4,
-        Type::TEXT,
-        Type::BYTEA,
-        Type::BYTEA,
-        Type::BYTEA,
-    ];
     let (event, metadata, hash) = (vec![b'e'; EVENT_BYTES], vec![b'm'; 40], vec![7u8; 32]);
     loop {
         let batch = {
@@ -313,13 +295,14 @@ async fn write_batches(
         let written: Result<(), tokio_postgres::Error> = async {
             let tx = db.transaction().await?;
             let sink = tx
-                .copy_in(
-                    "COPY bench_floor_events (position, event_id, stream, version, type, data, \
-                     metadata, hash) FROM STDIN (FORMAT binary)",
-                )
+                .copy_in(&format!(
+                    "COPY bench_floor_events ({}) FROM STDIN (FORMAT binary)",
+                    store::EVENT_COLUMNS
+                ))
                 .await?;
-            let writer = BinaryCopyInWriter::new(sink, &columns);
+            let writer = BinaryCopyInWriter::new(sink, &store::EVENT_COLUMN_TYPES);
             futures_util::pin_mut!(writer);
+            let now = std::time::SystemTime::now();
             let mut at = first;
             for _ in &batch {
                 let player = format!("floor-{}", (at / 2) % PLAYERS as i64);
@@ -330,7 +313,9 @@ async fn write_batches(
                     let version = i32::try_from(at).unwrap_or(i32::MAX);
                     writer
                         .as_mut()
-                        .write(&[&at, &id, &stream, &version, &kind, &event, &metadata, &hash])
+                        .write(&[
+                            &at, &id, &stream, &version, &kind, &event, &metadata, &now, &hash,
+                        ])
                         .await?;
                 }
                 players.push(player);
