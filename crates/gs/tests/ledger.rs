@@ -738,3 +738,52 @@ async fn bets_are_keyed_by_their_event_id_and_bets_from_before_0005_keep_their_f
     assert_eq!((report.bets, report.legacy_bets), (3, 1));
     assert_eq!(read_models(&client).await, before);
 }
+
+/// Settlement finds the round's players in `round_stakes`; one missing there (it never should
+/// be) still has its wallet locked and paid, and every bet is settled once.
+#[tokio::test]
+async fn a_round_whose_stake_totals_lack_a_player_still_settles_every_bet() {
+    let Open {
+        store,
+        client,
+        t,
+        alice,
+        bob,
+        mut rounds,
+        ..
+    } = alice_and_bob_at_round_1(2, 1_000).await;
+    place(
+        &store,
+        &[
+            bet(&alice, &t, 1, red(), 100),
+            bet(&bob, &t, 1, red(), 200),
+            bet(&bob, &t, 1, straight(7), 10),
+        ],
+    )
+    .await;
+    client
+        .execute("DELETE FROM round_stakes WHERE player = 'bob'", &[])
+        .await
+        .expect("delete");
+    rounds.close(1).await;
+    rounds.declare(1).await;
+    let settled = ledger::settle_round(&store, &t, domain::RoundId::new(1).expect("round"))
+        .await
+        .expect("settle")
+        .expect("settled");
+    assert_eq!(settled.bets, 3);
+    assert_eq!(settled.staked, money(310));
+    let results: i64 = client
+        .query_one(
+            "SELECT count(*) FROM bet_results WHERE status = 'settled'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(results, 3);
+    // Money is conserved: what both wallets hold is what they were given, less the stakes,
+    // plus the payouts.
+    let held = balance(&client, "alice").await + balance(&client, "bob").await;
+    assert_eq!(held, 2_000 - 310 + settled.paid.get());
+}

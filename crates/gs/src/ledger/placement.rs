@@ -516,9 +516,14 @@ async fn transact(
 
     if !accepted.is_empty() {
         // Debits and stake totals, set-based, before the head row is locked. The two
-        // statements are pipelined, and the events are encoded while the database works.
+        // statements are pipelined, and the events and the `bets` rows' selections are
+        // encoded while the database works (not while the head row is held).
         let encode = async {
+            // Let the connection's task send the statements first: woken from this worker, it
+            // would otherwise wait in the worker's slot for the encoding to end.
+            tokio::task::yield_now().await;
             let mut events = Vec::with_capacity(accepted.len());
+            let mut selections = Vec::with_capacity(accepted.len());
             for &(index, balance, version) in &accepted {
                 let bet = &bets[index];
                 let event = Event::new(
@@ -527,8 +532,12 @@ async fn transact(
                     EventBody::BetPlaced(bet.placed(balance)),
                 );
                 events.push(new_event(player_stream(&bet.player), version, &event)?);
+                selections.push(
+                    serde_json::to_string(&bet.selection)
+                        .map_err(|e| LedgerError::Encoding(e.to_string()))?,
+                );
             }
-            Ok::<_, LedgerError>(events)
+            Ok::<_, LedgerError>((events, selections))
         };
         let (debited, staked, events) = tokio::join!(
             write_wallets(
@@ -544,7 +553,7 @@ async fn transact(
         );
         debited?;
         staked?;
-        let events = events?;
+        let (events, selections) = events?;
         stages.mark("writes");
         let appended_at = std::time::Instant::now();
         // Every player stream's version came from its `accounts` row, locked above. A bet id
@@ -568,11 +577,11 @@ async fn transact(
             .await?;
         let writer = BinaryCopyInWriter::new(sink, &BET_COLUMNS);
         futures_util::pin_mut!(writer);
-        for ((index, _, _), appended) in accepted.iter().zip(&appended) {
+        for (((index, _, _), appended), selection) in
+            accepted.iter().zip(&appended).zip(&selections)
+        {
             let bet = &bets[*index];
             let round = bet.round.get() as i64;
-            let selection = serde_json::to_string(&bet.selection)
-                .map_err(|e| LedgerError::Encoding(e.to_string()))?;
             writer
                 .as_mut()
                 .write(&[

@@ -4,13 +4,20 @@
 //! ```text
 //! BEGIN
 //!   UPDATE rounds SET phase = 'settled' … AND phase = 'resulted' RETURNING outcome  -- the claim
-//!   SELECT … FROM bets WHERE table_id = … AND round = …
-//!   SELECT … FROM accounts … ORDER BY player FOR UPDATE     -- wallets in player order
-//!   UPDATE accounts … FROM unnest(…)                        -- payouts, set-based
-//!   store::append(bet_settled × n, round_settled)           -- head row locked last
+//!   SELECT … FROM bets WHERE table_id = … AND round = … ORDER BY placed_position  ┐ one
+//!   SELECT … FROM round_stakes JOIN accounts … ORDER BY player FOR UPDATE OF a    │ round
+//!                                                          -- wallets in player order  │ trip
+//!   SELECT max(version) … round stream                                            ┘
+//!   UPDATE accounts … FROM unnest(…)                        -- payouts, set-based, while the
+//!                                                           -- events are encoded
+//!   store::append_with_locked_versions(bet_settled × n, round_settled)  -- head row last
 //!   COPY bet_results … FROM STDIN (FORMAT binary)           -- one row per bet
 //! COMMIT
 //! ```
+//!
+//! Every stream version the append takes was read under a lock its other writers take too:
+//! a player's from the `accounts` row locked here (ADR 0014, 7), the round's with the round
+//! claimed; `UNIQUE (stream, version)` refuses a version taken twice all the same.
 //!
 //! The claim is the first statement: a second GS racing on the same round blocks on the row,
 //! and when the first commits it finds no `resulted` row and stops. A crash before the commit
@@ -36,7 +43,7 @@ use protocol::{BetRefunded, BetSettled, Event, EventBody, RoundSettled};
 use store::PooledTransaction as Transaction;
 use store::{Store, StoreError};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use super::stages::Stages;
@@ -73,32 +80,61 @@ struct OpenBet {
     amount: Money,
 }
 
-/// The bets of a round without a result yet, in player order. `claimed`: the round was just
-/// claimed for settlement, so none of its bets can have a result (one claim per round), and
-/// the anti-join is skipped.
-async fn open_bets(
+/// What a settlement or refund reads before it writes.
+struct RoundBets {
+    /// The round's bets without a result yet, in the order they were placed.
+    bets: Vec<OpenBet>,
+    /// player → (balance, version) of every player with a bet on the round, locked.
+    wallets: HashMap<String, (Money, i32)>,
+    /// The version the round's next event takes in its stream.
+    round_version: i32,
+}
+
+/// Reads a round's open bets, locks its players' wallets in player order and reads the
+/// round stream's version, in one round trip (the server runs the statements in this order).
+/// The players are found in `round_stakes`, one row per player of the round in player order
+/// (written with the bets, rebuilt with them), not among the round's bets, which would be
+/// read twice; a bet whose player is not there has its wallet locked afterwards.
+/// `claimed`: the round was just claimed for settlement, so none of its bets can have a
+/// result (one claim per round), and the anti-join is skipped.
+///
+/// No bet can join the round meanwhile: placement share-locks the round's row, which the
+/// caller holds (the claim's UPDATE, or a refund's `FOR UPDATE`), so every placement that
+/// saw the round open has committed before it, and every later one finds it closed.
+async fn read_round(
     tx: &Transaction<'_>,
     table: &TableId,
-    round: i64,
+    round: RoundId,
     claimed: bool,
-) -> Result<Vec<OpenBet>, LedgerError> {
-    let query = if claimed {
+) -> Result<RoundBets, LedgerError> {
+    let round_no = round.get() as i64;
+    let bets_query = if claimed {
         "SELECT bet_id, player, selection, amount FROM bets b \
-         WHERE table_id = $1 AND round = $2 ORDER BY player, bet_id"
+         WHERE table_id = $1 AND round = $2 ORDER BY placed_position"
     } else {
         "SELECT bet_id, player, selection, amount FROM bets b \
          WHERE table_id = $1 AND round = $2 \
            AND NOT EXISTS (SELECT 1 FROM bet_results r WHERE r.bet_id = b.bet_id) \
-         ORDER BY player, bet_id"
+         ORDER BY placed_position"
     };
-    let rows = store::prepared::query(
-        tx,
-        query,
-        &[(&table.as_str(), Type::TEXT), (&round, Type::INT8)],
-    )
-    .await?;
-    let mut bets = Vec::with_capacity(rows.len());
-    for row in &rows {
+    let params: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&table.as_str(), Type::TEXT), (&round_no, Type::INT8)];
+    let stream = round_stream(table, round);
+    let (bet_rows, wallet_rows, round_version) = tokio::join!(
+        store::prepared::query(tx, bets_query, &params),
+        store::prepared::query(
+            tx,
+            "SELECT a.player, a.balance, a.version FROM round_stakes s \
+             JOIN accounts a ON a.player = s.player \
+             WHERE s.table_id = $1 AND s.round = $2 \
+             ORDER BY a.player FOR UPDATE OF a",
+            &params,
+        ),
+        store::next_version(&**tx, &stream),
+    );
+    let (bet_rows, wallet_rows, round_version) = (bet_rows?, wallet_rows?, round_version?);
+    let mut bets = Vec::with_capacity(bet_rows.len());
+    for row in &bet_rows {
         bets.push(OpenBet {
             bet_id: row.try_get(0)?,
             player: PlayerId::parse(row.try_get::<_, &str>(1)?)
@@ -108,32 +144,43 @@ async fn open_bets(
             amount: Money::new(row.try_get(3)?).map_err(|e| corrupt(e.to_string()))?,
         });
     }
-    Ok(bets)
+    let mut wallets = HashMap::with_capacity(wallet_rows.len());
+    add_wallets(&mut wallets, wallet_rows)?;
+    // `round_stakes` lacking a player of the round (it never should): lock those wallets too,
+    // out of player order, which can only cost a deadlock the database breaks (and a retry).
+    let missing: BTreeSet<&str> = bets
+        .iter()
+        .map(|b| b.player.as_str())
+        .filter(|p| !wallets.contains_key(*p))
+        .collect();
+    if !missing.is_empty() {
+        tracing::warn!(%table, round = round.get(), players = missing.len(), "round_stakes lacks players of the round; locking their wallets apart");
+        let missing: Vec<&str> = missing.into_iter().collect();
+        let rows = store::prepared::query(
+            tx,
+            "SELECT player, balance, version FROM accounts WHERE player = ANY($1) \
+             ORDER BY player FOR UPDATE",
+            &[(&missing, Type::TEXT_ARRAY)],
+        )
+        .await?;
+        add_wallets(&mut wallets, rows)?;
+    }
+    Ok(RoundBets {
+        bets,
+        wallets,
+        round_version,
+    })
 }
 
-/// Locks the wallets of `bets`' players in player order; player → (balance, version).
-async fn lock_wallets(
-    tx: &Transaction<'_>,
-    bets: &[OpenBet],
-) -> Result<HashMap<String, (Money, i32)>, LedgerError> {
-    let players: BTreeSet<&str> = bets.iter().map(|b| b.player.as_str()).collect();
-    let players: Vec<&str> = players.into_iter().collect();
-    let rows = store::prepared::query(
-        tx,
-        "SELECT player, balance, version FROM accounts WHERE player = ANY($1) \
-             ORDER BY player FOR UPDATE",
-        &[(&players, Type::TEXT_ARRAY)],
-    )
-    .await?;
-    let mut wallets = HashMap::with_capacity(rows.len());
+fn add_wallets(
+    wallets: &mut HashMap<String, (Money, i32)>,
+    rows: Vec<tokio_postgres::Row>,
+) -> Result<(), LedgerError> {
     for row in rows {
         let balance = Money::new(row.try_get(1)?).map_err(|e| corrupt(e.to_string()))?;
         wallets.insert(row.try_get::<_, String>(0)?, (balance, row.try_get(2)?));
     }
-    if wallets.len() != players.len() {
-        return Err(corrupt("a bet's player has no account"));
-    }
-    Ok(wallets)
+    Ok(())
 }
 
 /// Runs `work` in a transaction on a pooled connection under the store's call timeout
@@ -215,14 +262,15 @@ async fn settle_in(
         .and_then(|o| Outcome::new(o).ok())
         .ok_or_else(|| corrupt("a resulted round without an outcome"))?;
     stages.mark("claim");
-    let bets = open_bets(tx, table, round_no, true).await?;
-    stages.mark("read_bets");
-    let mut wallets = lock_wallets(tx, &bets).await?;
-    stages.mark("wallets");
+    let RoundBets {
+        bets,
+        mut wallets,
+        round_version,
+    } = read_round(tx, table, round, true).await?;
+    stages.mark("reads");
 
-    let mut events = Vec::with_capacity(bets.len() + 1);
-    let mut ids = Vec::with_capacity(bets.len());
-    let mut payouts = Vec::with_capacity(bets.len());
+    // Each bet's payout and the balance and version it leaves its player's wallet at.
+    let mut credited = Vec::with_capacity(bets.len());
     let mut staked = Money::ZERO;
     let mut paid = Money::ZERO;
     for bet in &bets {
@@ -230,70 +278,95 @@ async fn settle_in(
             .selection
             .payout(bet.amount, outcome)
             .map_err(|e| corrupt(e.to_string()))?;
-        let Some((balance, version)) = wallets.get_mut(bet.player.as_str()) else {
-            return Err(corrupt("a bet's player has no account"));
-        };
-        *balance = domain::credit(*balance, payout).map_err(|e| corrupt(e.to_string()))?;
-        *version += 1;
+        let (balance, version) = credit(&mut wallets, bet, payout)?;
         staked = staked.checked_add(bet.amount).unwrap_or(Money::MAX);
         paid = paid.checked_add(payout).unwrap_or(Money::MAX);
-        ids.push(bet.bet_id);
-        payouts.push(payout.get());
-        let event = Event::new(
-            Uuid::new_v4(),
-            at,
-            EventBody::BetSettled(BetSettled {
-                table: table.clone(),
-                round,
-                bet_id: domain::BetId::from_uuid(bet.bet_id),
-                player: bet.player.clone(),
-                payout,
-                balance: *balance,
-            }),
-        );
-        events.push(new_event(player_stream(&bet.player), *version, &event)?);
+        credited.push((payout, balance, version));
     }
-    stages.mark("encode");
-    write_wallets(
-        tx,
-        wallets.iter().map(|(p, (b, v))| (p.as_str(), *b, *v)),
-        at,
-    )
-    .await?;
-    stages.mark("credits");
-    let stream = round_stream(table, round);
-    let version = store::next_version(&**tx, &stream).await?;
     let settlement = Settlement {
         bets: bets.len() as u64,
         staked,
         paid,
     };
-    let summary = Event::new(
-        Uuid::new_v4(),
-        at,
-        EventBody::RoundSettled(RoundSettled {
-            table: table.clone(),
-            round,
-            bets: settlement.bets,
-            staked,
-            paid,
-        }),
+    // The events are encoded while the database writes the balances.
+    let encode = async {
+        // Let the connection's task send the UPDATE first: woken from this worker, it would
+        // otherwise wait in the worker's slot for the encoding to end.
+        tokio::task::yield_now().await;
+        let mut events = Vec::with_capacity(bets.len() + 1);
+        for (bet, &(payout, balance, version)) in bets.iter().zip(&credited) {
+            let event = Event::new(
+                Uuid::new_v4(),
+                at,
+                EventBody::BetSettled(BetSettled {
+                    table: table.clone(),
+                    round,
+                    bet_id: domain::BetId::from_uuid(bet.bet_id),
+                    player: bet.player.clone(),
+                    payout,
+                    balance,
+                }),
+            );
+            events.push(new_event(player_stream(&bet.player), version, &event)?);
+        }
+        let summary = Event::new(
+            Uuid::new_v4(),
+            at,
+            EventBody::RoundSettled(RoundSettled {
+                table: table.clone(),
+                round,
+                bets: settlement.bets,
+                staked,
+                paid,
+            }),
+        );
+        events.push(new_event(
+            round_stream(table, round),
+            round_version,
+            &summary,
+        )?);
+        Ok::<_, LedgerError>(events)
+    };
+    let (credits, events) = tokio::join!(
+        write_wallets(
+            tx,
+            wallets.iter().map(|(p, (b, v))| (p.as_str(), *b, *v)),
+            at,
+        ),
+        encode,
     );
-    events.push(new_event(stream, version, &summary)?);
-    stages.mark("summary");
-    let appended = store::append(tx, &events).await?;
+    credits?;
+    let events = events?;
+    stages.mark("credits");
+    let appended = store::append_with_locked_versions(tx, &events).await?;
     stages.mark("append");
     record_results(
         tx,
-        ids.iter()
-            .zip(&payouts)
+        bets.iter()
+            .zip(&credited)
             .zip(&appended)
-            .map(|((id, payout), appended)| (id, Some(*payout), appended.position)),
+            .map(|((bet, (payout, _, _)), appended)| {
+                (&bet.bet_id, Some(payout.get()), appended.position)
+            }),
     )
     .await?;
     stages.mark("results");
-    stages.finish(ids.len());
+    stages.finish(bets.len());
     Ok(Some(settlement))
+}
+
+/// Credits `amount` to `bet`'s player in `wallets`; the wallet's balance and version after it.
+fn credit(
+    wallets: &mut HashMap<String, (Money, i32)>,
+    bet: &OpenBet,
+    amount: Money,
+) -> Result<(Money, i32), LedgerError> {
+    let Some((balance, version)) = wallets.get_mut(bet.player.as_str()) else {
+        return Err(corrupt("a bet's player has no account"));
+    };
+    *balance = domain::credit(*balance, amount).map_err(|e| corrupt(e.to_string()))?;
+    *version += 1;
+    Ok((*balance, *version))
 }
 
 /// Refunds every stake of a voided round once (`bet_refunded` per bet). `None` when the round
@@ -333,22 +406,17 @@ async fn refund_in(
     {
         return Ok(None);
     }
-    let bets = open_bets(tx, table, round_no, false).await?;
+    let RoundBets {
+        bets, mut wallets, ..
+    } = read_round(tx, table, round, false).await?;
     if bets.is_empty() {
         return Ok(None);
     }
-    let mut wallets = lock_wallets(tx, &bets).await?;
     let mut events = Vec::with_capacity(bets.len());
-    let mut ids = Vec::with_capacity(bets.len());
     let mut refunded = Money::ZERO;
     for bet in &bets {
-        let Some((balance, version)) = wallets.get_mut(bet.player.as_str()) else {
-            return Err(corrupt("a bet's player has no account"));
-        };
-        *balance = domain::credit(*balance, bet.amount).map_err(|e| corrupt(e.to_string()))?;
-        *version += 1;
+        let (balance, version) = credit(&mut wallets, bet, bet.amount)?;
         refunded = refunded.checked_add(bet.amount).unwrap_or(Money::MAX);
-        ids.push(bet.bet_id);
         let event = Event::new(
             Uuid::new_v4(),
             at,
@@ -358,10 +426,10 @@ async fn refund_in(
                 bet_id: domain::BetId::from_uuid(bet.bet_id),
                 player: bet.player.clone(),
                 amount: bet.amount,
-                balance: *balance,
+                balance,
             }),
         );
-        events.push(new_event(player_stream(&bet.player), *version, &event)?);
+        events.push(new_event(player_stream(&bet.player), version, &event)?);
     }
     write_wallets(
         tx,
@@ -369,12 +437,12 @@ async fn refund_in(
         at,
     )
     .await?;
-    let appended = store::append(tx, &events).await?;
+    let appended = store::append_with_locked_versions(tx, &events).await?;
     record_results(
         tx,
-        ids.iter()
+        bets.iter()
             .zip(&appended)
-            .map(|(id, appended)| (id, None, appended.position)),
+            .map(|(bet, appended)| (&bet.bet_id, None, appended.position)),
     )
     .await?;
     Ok(Some(Refund {
