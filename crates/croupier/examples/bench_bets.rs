@@ -284,6 +284,24 @@ impl Scrape {
         }
         Some(lower)
     }
+
+    /// The smallest bucket bound that holds every sample of `name` between `before` and
+    /// `self` (the histogram's word for "the slowest was at most this"); `None` without samples.
+    fn ceiling_since(&self, before: &Scrape, name: &str) -> Option<f64> {
+        let now = self.buckets.get(name)?;
+        let then = before.buckets.get(name);
+        let delta: Vec<(f64, f64)> = now
+            .iter()
+            .map(|(le, n)| {
+                let was = then.and_then(|t| t.get(le)).copied().unwrap_or(0.0);
+                (le.0, n - was)
+            })
+            .collect();
+        let total = delta.last()?.1;
+        (total > 0.0)
+            .then(|| delta.iter().find(|(_, n)| *n >= total).map(|(le, _)| *le))
+            .flatten()
+    }
 }
 
 // ---- floors ---------------------------------------------------------------------------------
@@ -396,6 +414,9 @@ struct Step {
     p999: f64,
     batch_median: Option<f64>,
     gms_lag_p99: Option<f64>,
+    /// How many transitions GMS published in the step, and the bucket bound of the slowest.
+    gms_transitions: f64,
+    gms_lag_ceiling: Option<f64>,
     /// The lag floor measured beside the step (`support/lag_probe.rs`).
     probe: lag_probe::Lags,
     /// GS's settlements in the step (`gs_settlement_seconds`, `gs_settlement_bets`): how
@@ -594,6 +615,9 @@ async fn step(
         p999: f(&bets["latency_ms"]["p999"]),
         batch_median: after.quantile_since(&before, "gs_bet_batch_size", 0.5),
         gms_lag_p99: after.quantile_since(&before, "gms_transition_lag_seconds", 0.99),
+        gms_transitions: after.value("gms_transition_lag_seconds_count")
+            - before.value("gms_transition_lag_seconds_count"),
+        gms_lag_ceiling: after.ceiling_since(&before, "gms_transition_lag_seconds"),
         probe,
         settlements,
         settled_bets,
@@ -899,10 +923,13 @@ async fn run() -> Result<()> {
     let at_5k = steps.iter().find(|s| s.rate == 5_000);
     if let Some(s) = at_5k {
         println!(
-            "target GMS transition lag p99 ≤ 5 ms at 5k: {} ({} ms; the lag floor beside it, \
-             `support/lag_probe.rs`: p50 {:.2}, p99 {:.2}, max {:.2} ms over {} publishes{})",
+            "target GMS transition lag p99 ≤ 5 ms at 5k: {} ({} ms over {:.0} transitions, the \
+             slowest ≤ {} ms; the lag floor beside it, `support/lag_probe.rs`: p50 {:.2}, \
+             p99 {:.2}, max {:.2} ms over {} publishes{})",
             verdict(s.gms_lag_p99.is_some_and(|l| l <= 0.005)),
             ms(s.gms_lag_p99),
+            s.gms_transitions,
+            ms(s.gms_lag_ceiling),
             s.probe.quantile_ms(0.5),
             s.probe.quantile_ms(0.99),
             s.probe.max_ms(),

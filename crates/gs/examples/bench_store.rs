@@ -5,10 +5,13 @@
 //!   debits included), batches of 10k bets;
 //! - a binary COPY of the same rows into a table with the same indexes as `events`;
 //! - a bare binary COPY with no indexes;
+//! - placement's writes alone: the same events, `bets` rows, debits and stake totals written by
+//!   bare statements into copies of those tables, with no reads, locks or judging (a ceiling
+//!   on what the batched append can reach);
 //! - a row-at-a-time INSERT baseline (one prepared statement per row);
 //! - settlement of 10k and of 100k bets (events, payouts, balances).
 //!
-//! The four write paths run interleaved batch by batch (15 batches; the row-at-a-time one in
+//! The five write paths run interleaved batch by batch (15 batches; the row-at-a-time one in
 //! the first 5 only, it is slow). The table shows each path's median batch; the verdicts use
 //! the median over batches of ours against the anchor batch that ran right after it, so a
 //! slow drift of a shared machine falls on both sides of each ratio.
@@ -21,6 +24,7 @@
 //! Uses `DATABASE_URL` when set (a fresh database is made there), else a private durable
 //! server from the test harness.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -221,6 +225,184 @@ async fn copy_into(
     Ok(spent)
 }
 
+/// Wallet balance and version per player, and the stake keys already stored, as the bare
+/// writes keep them.
+#[derive(Default)]
+struct Ledger {
+    wallets: HashMap<String, (i64, i32)>,
+    staked: HashSet<String>,
+}
+
+/// The writes a placement batch makes, by bare statements on the anchors' connection, into
+/// copies of `events`, `bets`, `accounts` and `round_stakes` (same columns, indexes, checks and
+/// fill factors): the debits and the stake totals (one set-based statement each, pipelined),
+/// the events by binary COPY, the bets by binary COPY, one commit with fsync. No reads, no
+/// locks, no judging, no chain. `place_bets` writes exactly this and does more, so its rate is
+/// a ceiling on ours.
+async fn writes_into(
+    client: &mut tokio_postgres::Client,
+    rows: &[Row],
+    bets: &[BetRequest],
+    ledger: &mut Ledger,
+) -> Result<Duration> {
+    let mut spent = Duration::ZERO;
+    for (rows, bets) in rows.chunks(BATCH).zip(bets.chunks(BATCH)) {
+        // Per player: what the batch debits and how many bets it adds (computed before the
+        // clock starts, as the anchors' rows are).
+        let mut per_player: BTreeMap<&str, (i64, i32)> = BTreeMap::new();
+        for bet in bets {
+            let entry = per_player.entry(bet.player.as_str()).or_default();
+            entry.0 += bet.amount.get();
+            entry.1 += 1;
+        }
+        let (mut players, mut balances, mut versions) = (vec![], vec![], vec![]);
+        let (mut old, mut new) = (StakeColumns::default(), StakeColumns::default());
+        for (player, (amount, count)) in &per_player {
+            let wallet = ledger
+                .wallets
+                .entry(player.to_string())
+                .or_insert((1_000_000_000, 1));
+            wallet.0 -= amount;
+            wallet.1 += count;
+            players.push(*player);
+            balances.push(wallet.0);
+            versions.push(wallet.1);
+            let to = if ledger.staked.insert(player.to_string()) {
+                &mut new
+            } else {
+                &mut old
+            };
+            to.players.push(*player);
+            to.stakes.push(*amount);
+            to.counts.push(*count);
+        }
+        let selections: Vec<String> = bets
+            .iter()
+            .map(|b| serde_json::to_string(&b.selection))
+            .collect::<std::result::Result<_, _>>()?;
+        let table = bets.first().map_or("bench", |b| b.table.as_str());
+        let round = bets.first().map_or(1, |b| b.round.get() as i64);
+        let (old_tables, new_tables) = (
+            vec![table; old.players.len()],
+            vec![table; new.players.len()],
+        );
+        let (old_rounds, new_rounds) = (
+            vec![round; old.players.len()],
+            vec![round; new.players.len()],
+        );
+        let now = time::OffsetDateTime::now_utc();
+
+        let started = Instant::now();
+        let tx = client.transaction().await?;
+        let debit_params: [&(dyn ToSql + Sync); 4] = [&players, &balances, &versions, &now];
+        let stake_params: [&(dyn ToSql + Sync); 10] = [
+            &old_tables,
+            &old_rounds,
+            &old.players,
+            &old.stakes,
+            &old.counts,
+            &new_tables,
+            &new_rounds,
+            &new.players,
+            &new.stakes,
+            &new.counts,
+        ];
+        let debits = tx.execute(
+            "UPDATE bench_w_accounts SET balance = u.b, version = u.v, updated_at = $4 \
+             FROM unnest($1::text[], $2::int8[], $3::int4[]) AS u(p, b, v) \
+             WHERE bench_w_accounts.player = u.p",
+            &debit_params,
+        );
+        let stakes = tx.execute(
+            "WITH updated AS ( \
+                 UPDATE bench_w_stakes s SET staked = s.staked + u.a, bets = s.bets + u.c \
+                 FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int4[]) \
+                      AS u(t, n, p, a, c) \
+                 WHERE s.table_id = u.t AND s.round = u.n AND s.player = u.p \
+             ) \
+             INSERT INTO bench_w_stakes (table_id, round, player, staked, bets) \
+             SELECT * FROM unnest($6::text[], $7::int8[], $8::text[], $9::int8[], $10::int4[])",
+            &stake_params,
+        );
+        let (debited, staked) = futures_util::join!(debits, stakes);
+        debited?;
+        staked?;
+        let sink = tx
+            .copy_in(&format!(
+                "COPY bench_w_events ({}) FROM STDIN BINARY",
+                store::EVENT_COLUMNS
+            ))
+            .await?;
+        let writer = BinaryCopyInWriter::new(sink, &store::EVENT_COLUMN_TYPES);
+        pin_mut!(writer);
+        for row in rows {
+            let data: &[u8] = &row.data;
+            let values: [&(dyn ToSql + Sync); 9] = [
+                &row.position,
+                &row.event_id,
+                &row.stream,
+                &row.version,
+                &row.kind,
+                &data,
+                &row.metadata,
+                &row.recorded_at,
+                &row.hash,
+            ];
+            writer.as_mut().write(&values).await?;
+        }
+        writer.finish().await?;
+        let sink = tx
+            .copy_in(
+                "COPY bench_w_bets (bet_id, table_id, round, player, selection, amount, \
+                 placed_at, placed_position) FROM STDIN BINARY",
+            )
+            .await?;
+        let writer = BinaryCopyInWriter::new(sink, &BET_COLUMNS);
+        pin_mut!(writer);
+        for ((bet, row), selection) in bets.iter().zip(rows).zip(&selections) {
+            let round = bet.round.get() as i64;
+            let values: [&(dyn ToSql + Sync); 8] = [
+                bet.bet_id.as_uuid(),
+                &bet.table.as_str(),
+                &round,
+                &bet.player.as_str(),
+                selection,
+                &bet.amount.get(),
+                &now,
+                &row.position,
+            ];
+            writer.as_mut().write(&values).await?;
+        }
+        writer.finish().await?;
+        tx.commit().await?;
+        spent += started.elapsed();
+    }
+    Ok(spent)
+}
+
+/// `round_stakes` changes as statement parameters (the table and round are the batch's own).
+#[derive(Default)]
+struct StakeColumns<'a> {
+    players: Vec<&'a str>,
+    stakes: Vec<i64>,
+    counts: Vec<i32>,
+}
+
+/// The columns of a `bets` COPY, in the order `writes_into` names them.
+const BET_COLUMNS: [tokio_postgres::types::Type; 8] = {
+    use tokio_postgres::types::Type;
+    [
+        Type::UUID,
+        Type::TEXT,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::TIMESTAMPTZ,
+        Type::INT8,
+    ]
+};
+
 async fn row_at_a_time(client: &mut tokio_postgres::Client, rows: &[Row]) -> Result<Duration> {
     let mut spent = Duration::ZERO;
     for chunk in rows.chunks(BATCH) {
@@ -351,18 +533,40 @@ async fn main() -> Result<()> {
         .batch_execute(
             "CREATE TABLE bench_indexed (LIKE events INCLUDING ALL);
              CREATE TABLE bench_bare (LIKE events);
-             CREATE TABLE bench_rows (LIKE events INCLUDING ALL);",
+             CREATE TABLE bench_rows (LIKE events INCLUDING ALL);
+             CREATE TABLE bench_w_events (LIKE events INCLUDING ALL);
+             CREATE TABLE bench_w_bets (LIKE bets INCLUDING ALL);
+             CREATE TABLE bench_w_accounts (LIKE accounts INCLUDING ALL) WITH (fillfactor = 50);
+             CREATE TABLE bench_w_stakes (LIKE round_stakes INCLUDING ALL) WITH (fillfactor = 50);",
         )
         .await?;
+    client
+        .execute(
+            "INSERT INTO bench_w_accounts (player, balance, version) \
+             SELECT player, balance, version FROM accounts",
+            &[],
+        )
+        .await?;
+    let mut bare_ledger = Ledger::default();
     let our_bets = bets(&table, 1, appended, 0);
     let anchor_rows = rows(appended, &table)?;
     let (mut ours, mut indexed, mut bare, mut single) = (vec![], vec![], vec![], vec![]);
+    let mut writes = vec![];
     for batch in 0..append_batches {
         eprintln!("batch {} of {append_batches} …", batch + 1);
         let range = batch * BATCH..(batch + 1) * BATCH;
         ours.push(place_all(&store, &our_bets[range.clone()], &limits).await?);
         indexed.push(copy_into(&mut client, "bench_indexed", &anchor_rows[range.clone()]).await?);
         bare.push(copy_into(&mut client, "bench_bare", &anchor_rows[range.clone()]).await?);
+        writes.push(
+            writes_into(
+                &mut client,
+                &anchor_rows[range.clone()],
+                &our_bets[range.clone()],
+                &mut bare_ledger,
+            )
+            .await?,
+        );
         if batch < row_batches {
             single.push(row_at_a_time(&mut client, &anchor_rows[range]).await?);
         }
@@ -406,10 +610,12 @@ async fn main() -> Result<()> {
         ratios.get(ratios.len() / 2).copied().unwrap_or(0.0)
     };
     let vs_copy = paired(&indexed, &ours);
+    let writes_vs_copy = paired(&indexed, &writes);
     let vs_single = paired(&single, &ours);
     let ours_rate = rate(BATCH, median(&mut ours));
     let indexed_rate = rate(BATCH, median(&mut indexed));
     let bare_rate = rate(BATCH, median(&mut bare));
+    let writes_rate = rate(BATCH, median(&mut writes));
     let single_rate = rate(BATCH, median(&mut single));
     println!();
     println!(
@@ -430,6 +636,11 @@ async fn main() -> Result<()> {
         ),
         ("binary COPY, events' indexes", appended, indexed_rate),
         ("binary COPY, no indexes", appended, bare_rate),
+        (
+            "placement's writes alone, bare statements",
+            appended,
+            writes_rate,
+        ),
         (
             "row-at-a-time INSERT (prepared)",
             row_batches * BATCH,
@@ -470,6 +681,10 @@ async fn main() -> Result<()> {
     println!(
         "append / indexed COPY = {vs_copy:.2} (target ≥ 0.5): {}",
         verdict(vs_copy >= 0.5)
+    );
+    println!(
+        "placement's writes alone / indexed COPY = {writes_vs_copy:.2} (a ceiling on the \
+         batched append's ratio: place_bets writes these and does more)"
     );
     if short || ten_k_rounds > 1 {
         println!("10k settlement = {ten_k:.3} s (median of {ten_k_rounds})");
