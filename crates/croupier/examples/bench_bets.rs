@@ -43,6 +43,8 @@ const TABLES: &str = "roulette-1,roulette-2";
 const PLAYERS: usize = 2_000;
 const PLAYER_PREFIX: &str = "bb";
 const DEFAULT_RATES: [u32; 5] = [500, 1_000, 2_000, 5_000, 10_000];
+/// The stages of a settlement (`gs_ledger_stage_seconds{op="settle"}`), in order.
+const SETTLE_STAGES: [&str; 5] = ["claim", "reads", "credits", "append", "results"];
 
 fn main() -> Result<()> {
     tokio::runtime::Builder::new_multi_thread()
@@ -217,6 +219,22 @@ fn parse_metrics(text: &str) -> Scrape {
             }
         } else {
             *scrape.values.entry(name.to_string()).or_default() += value;
+            // The ledger's stages also by operation and stage: `gs_ledger_stage_seconds_sum:settle:append`.
+            if name.starts_with("gs_ledger_stage_seconds_") {
+                let label = |key: &str| {
+                    labels.split(',').find_map(|l| {
+                        l.strip_prefix(key)
+                            .and_then(|v| v.strip_prefix("=\""))
+                            .map(|v| v.trim_end_matches('"'))
+                    })
+                };
+                if let (Some(op), Some(stage)) = (label("op"), label("stage")) {
+                    *scrape
+                        .values
+                        .entry(format!("{name}:{op}:{stage}"))
+                        .or_default() += value;
+                }
+            }
         }
     }
     scrape
@@ -414,6 +432,8 @@ struct Step {
     p999: f64,
     batch_median: Option<f64>,
     gms_lag_p99: Option<f64>,
+    /// Where the step's settlements spent their time: (stage, mean ms per settlement).
+    settle_stages: Vec<(&'static str, f64)>,
     /// How many transitions GMS published in the step, and the bucket bound of the slowest.
     gms_transitions: f64,
     gms_lag_ceiling: Option<f64>,
@@ -615,6 +635,17 @@ async fn step(
         p999: f(&bets["latency_ms"]["p999"]),
         batch_median: after.quantile_since(&before, "gs_bet_batch_size", 0.5),
         gms_lag_p99: after.quantile_since(&before, "gms_transition_lag_seconds", 0.99),
+        settle_stages: SETTLE_STAGES
+            .iter()
+            .map(|&stage| {
+                let of = |s: &Scrape, what: &str| {
+                    s.value(&format!("gs_ledger_stage_seconds_{what}:settle:{stage}"))
+                };
+                let count = of(&after, "count") - of(&before, "count");
+                let sum = of(&after, "sum") - of(&before, "sum");
+                (stage, if count > 0.0 { sum * 1e3 / count } else { 0.0 })
+            })
+            .collect(),
         gms_transitions: after.value("gms_transition_lag_seconds_count")
             - before.value("gms_transition_lag_seconds_count"),
         gms_lag_ceiling: after.ceiling_since(&before, "gms_transition_lag_seconds"),
@@ -947,6 +978,15 @@ async fn run() -> Result<()> {
             s.backlog_second
         );
         let per_10k = s.settle_per_k.map(|v| v * 10.0);
+        let stages: Vec<String> = s
+            .settle_stages
+            .iter()
+            .map(|(stage, ms)| format!("{stage} {ms:.1}"))
+            .collect();
+        println!(
+            "settlements at 5k, mean ms per settlement by stage (commit not included): {}",
+            stages.join(", ")
+        );
         println!(
             "target settlement of 10k bets ≤ 200 ms at 5k: {} ({} ms per 10k bets; {:.0} settlements of {:.0} bets on average, {} ms each)",
             verdict(per_10k.is_some_and(|v| v <= 200.0)),
