@@ -265,18 +265,24 @@ impl Scrape {
         self.values.get(name).copied().unwrap_or(0.0)
     }
 
+    /// `name`'s cumulative bucket counts between `before` and `self`: (bound, samples ≤ it).
+    fn buckets_since(&self, before: &Scrape, name: &str) -> Option<Vec<(f64, f64)>> {
+        let now = self.buckets.get(name)?;
+        let then = before.buckets.get(name);
+        Some(
+            now.iter()
+                .map(|(le, n)| {
+                    let was = then.and_then(|t| t.get(le)).copied().unwrap_or(0.0);
+                    (le.0, n - was)
+                })
+                .collect(),
+        )
+    }
+
     /// The `q` quantile of `name`'s samples between `before` and `self`, interpolated within
     /// its bucket; `None` without samples.
     fn quantile_since(&self, before: &Scrape, name: &str, q: f64) -> Option<f64> {
-        let now = self.buckets.get(name)?;
-        let then = before.buckets.get(name);
-        let delta: Vec<(f64, f64)> = now
-            .iter()
-            .map(|(le, n)| {
-                let was = then.and_then(|t| t.get(le)).copied().unwrap_or(0.0);
-                (le.0, n - was)
-            })
-            .collect();
+        let delta = self.buckets_since(before, name)?;
         let total = delta.last()?.1;
         if total <= 0.0 {
             return None;
@@ -306,15 +312,7 @@ impl Scrape {
     /// The smallest bucket bound that holds every sample of `name` between `before` and
     /// `self` (the histogram's word for "the slowest was at most this"); `None` without samples.
     fn ceiling_since(&self, before: &Scrape, name: &str) -> Option<f64> {
-        let now = self.buckets.get(name)?;
-        let then = before.buckets.get(name);
-        let delta: Vec<(f64, f64)> = now
-            .iter()
-            .map(|(le, n)| {
-                let was = then.and_then(|t| t.get(le)).copied().unwrap_or(0.0);
-                (le.0, n - was)
-            })
-            .collect();
+        let delta = self.buckets_since(before, name)?;
         let total = delta.last()?.1;
         (total > 0.0)
             .then(|| delta.iter().find(|(_, n)| *n >= total).map(|(le, _)| *le))

@@ -27,7 +27,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use domain::{
     BetId, Money, PlayerId, RawSelection, RoundId, Selection, TableId, TableLimits, Timestamp,
 };
@@ -151,10 +150,27 @@ struct Row {
     stream: String,
     version: i32,
     kind: &'static str,
-    data: Bytes,
+    data: Vec<u8>,
     metadata: Vec<u8>,
     recorded_at: time::OffsetDateTime,
     hash: Vec<u8>,
+}
+
+impl Row {
+    /// The row's values in the order of `store::EVENT_COLUMNS`.
+    fn values(&self) -> [&(dyn ToSql + Sync); 9] {
+        [
+            &self.position,
+            &self.event_id,
+            &self.stream,
+            &self.version,
+            &self.kind,
+            &self.data,
+            &self.metadata,
+            &self.recorded_at,
+            &self.hash,
+        ]
+    }
 }
 
 fn rows(n: usize, table: &TableId) -> Result<Vec<Row>> {
@@ -166,7 +182,7 @@ fn rows(n: usize, table: &TableId) -> Result<Vec<Row>> {
             now(),
             EventBody::BetPlaced(bet.placed(Money::new(1_000_000)?)),
         );
-        let data = protocol::encode_event(&event)?;
+        let data = protocol::encode_event(&event)?.to_vec();
         let stream = format!("player-{}", bet.player);
         let position = i as i64 + 1;
         let hash = store::chain_hash(&prev, position, event.id, &stream, "bet_placed", &data, &[]);
@@ -186,6 +202,23 @@ fn rows(n: usize, table: &TableId) -> Result<Vec<Row>> {
     Ok(out)
 }
 
+/// One binary COPY of event rows into `target`, inside the caller's transaction.
+async fn copy_rows(tx: &tokio_postgres::Transaction<'_>, target: &str, rows: &[Row]) -> Result<()> {
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {target} ({}) FROM STDIN BINARY",
+            store::EVENT_COLUMNS
+        ))
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &store::EVENT_COLUMN_TYPES);
+    pin_mut!(writer);
+    for row in rows {
+        writer.as_mut().write(&row.values()).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
 async fn copy_into(
     client: &mut tokio_postgres::Client,
     target: &str,
@@ -195,30 +228,7 @@ async fn copy_into(
     for chunk in rows.chunks(BATCH) {
         let started = Instant::now();
         let tx = client.transaction().await?;
-        let sink = tx
-            .copy_in(&format!(
-                "COPY {target} ({}) FROM STDIN BINARY",
-                store::EVENT_COLUMNS
-            ))
-            .await?;
-        let writer = BinaryCopyInWriter::new(sink, &store::EVENT_COLUMN_TYPES);
-        pin_mut!(writer);
-        for row in chunk {
-            let data: &[u8] = &row.data;
-            let values: [&(dyn ToSql + Sync); 9] = [
-                &row.position,
-                &row.event_id,
-                &row.stream,
-                &row.version,
-                &row.kind,
-                &data,
-                &row.metadata,
-                &row.recorded_at,
-                &row.hash,
-            ];
-            writer.as_mut().write(&values).await?;
-        }
-        writer.finish().await?;
+        copy_rows(&tx, target, chunk).await?;
         tx.commit().await?;
         spent += started.elapsed();
     }
@@ -327,30 +337,7 @@ async fn writes_into(
         let (debited, staked) = futures_util::join!(debits, stakes);
         debited?;
         staked?;
-        let sink = tx
-            .copy_in(&format!(
-                "COPY bench_w_events ({}) FROM STDIN BINARY",
-                store::EVENT_COLUMNS
-            ))
-            .await?;
-        let writer = BinaryCopyInWriter::new(sink, &store::EVENT_COLUMN_TYPES);
-        pin_mut!(writer);
-        for row in rows {
-            let data: &[u8] = &row.data;
-            let values: [&(dyn ToSql + Sync); 9] = [
-                &row.position,
-                &row.event_id,
-                &row.stream,
-                &row.version,
-                &row.kind,
-                &data,
-                &row.metadata,
-                &row.recorded_at,
-                &row.hash,
-            ];
-            writer.as_mut().write(&values).await?;
-        }
-        writer.finish().await?;
+        copy_rows(&tx, "bench_w_events", rows).await?;
         let sink = tx
             .copy_in(
                 "COPY bench_w_bets (bet_id, table_id, round, player, selection, amount, \
@@ -418,22 +405,7 @@ async fn row_at_a_time(client: &mut tokio_postgres::Client, rows: &[Row]) -> Res
             )
             .await?;
         for row in chunk {
-            let data: &[u8] = &row.data;
-            tx.execute(
-                &insert,
-                &[
-                    &row.position,
-                    &row.event_id,
-                    &row.stream,
-                    &row.version,
-                    &row.kind,
-                    &data,
-                    &row.metadata,
-                    &row.recorded_at,
-                    &row.hash,
-                ],
-            )
-            .await?;
+            tx.execute(&insert, &row.values()).await?;
         }
         tx.commit().await?;
         spent += started.elapsed();
