@@ -787,3 +787,49 @@ async fn a_round_whose_stake_totals_lack_a_player_still_settles_every_bet() {
     let held = balance(&client, "alice").await + balance(&client, "bob").await;
     assert_eq!(held, 2_000 - 310 + settled.paid.get());
 }
+
+/// A refund writes back only the wallets it credits: a player of the round whose bets have
+/// their result already is locked with the others but left as it was.
+#[tokio::test]
+async fn a_refund_leaves_the_wallets_it_does_not_credit_untouched() {
+    let Open {
+        store,
+        client,
+        t,
+        alice,
+        bob,
+        mut rounds,
+        ..
+    } = alice_and_bob_at_round_1(2, 1_000).await;
+    let bobs = bet(&bob, &t, 1, red(), 200);
+    place(&store, &[bet(&alice, &t, 1, red(), 100), bobs.clone()]).await;
+    // Bob's bet has its result already (as a refund interrupted halfway would leave it).
+    client
+        .execute(
+            "INSERT INTO bet_results (bet_id, status, payout, position) \
+             VALUES ($1, 'refunded', NULL, 1)",
+            &[bobs.bet_id.as_uuid()],
+        )
+        .await
+        .expect("result");
+    let wallet = async |who: &str| -> (i64, i32, String) {
+        let row = client
+            .query_one(
+                "SELECT balance, version, updated_at::text FROM accounts WHERE player = $1",
+                &[&who],
+            )
+            .await
+            .expect("wallet");
+        (row.get(0), row.get(1), row.get(2))
+    };
+    let bob_before = wallet("bob").await;
+    rounds.void(1).await;
+    let refund = ledger::refund_round(&store, &t, domain::RoundId::new(1).expect("round"))
+        .await
+        .expect("refund")
+        .expect("refunded");
+    assert_eq!(refund.bets, 1);
+    assert_eq!(refund.refunded, money(100));
+    assert_eq!(balance(&client, "alice").await, 1_000);
+    assert_eq!(wallet("bob").await, bob_before, "bob's wallet is not written");
+}

@@ -519,9 +519,7 @@ async fn transact(
         // statements are pipelined, and the events and the `bets` rows' selections are
         // encoded while the database works (not while the head row is held).
         let encode = async {
-            // Let the connection's task send the statements first: woken from this worker, it
-            // would otherwise wait in the worker's slot for the encoding to end.
-            tokio::task::yield_now().await;
+            super::let_statements_go().await;
             let mut events = Vec::with_capacity(accepted.len());
             let mut selections = Vec::with_capacity(accepted.len());
             for &(index, balance, version) in &accepted {

@@ -7,7 +7,7 @@
 //!   SELECT … FROM bets WHERE table_id = … AND round = … ORDER BY placed_position  ┐ one
 //!   SELECT … FROM round_stakes JOIN accounts … ORDER BY player FOR UPDATE OF a    │ round
 //!                                                          -- wallets in player order  │ trip
-//!   SELECT max(version) … round stream                                            ┘
+//!   SELECT max(version) … round stream                     -- settlement only        ┘
 //!   UPDATE accounts … FROM unnest(…)                        -- payouts, set-based, while the
 //!                                                           -- events are encoded
 //!   store::append_with_locked_versions(bet_settled × n, round_settled)  -- head row last
@@ -80,18 +80,27 @@ struct OpenBet {
     amount: Money,
 }
 
+/// A locked wallet: its balance and stream version, and whether this transaction credited it
+/// (only those are written back).
+struct Wallet {
+    balance: Money,
+    version: i32,
+    credited: bool,
+}
+
+/// Every player with a bet on the round → their wallet, locked.
+type Wallets = HashMap<String, Wallet>;
+
 /// What a settlement or refund reads before it writes.
 struct RoundBets {
     /// The round's bets without a result yet, in the order they were placed.
     bets: Vec<OpenBet>,
-    /// player → (balance, version) of every player with a bet on the round, locked.
-    wallets: HashMap<String, (Money, i32)>,
-    /// The version the round's next event takes in its stream.
-    round_version: i32,
+    wallets: Wallets,
 }
 
-/// Reads a round's open bets, locks its players' wallets in player order and reads the
-/// round stream's version, in one round trip (the server runs the statements in this order).
+/// Reads a round's open bets and locks its players' wallets in player order, in one round
+/// trip (the server runs the statements in this order; a settlement pipelines its read of the
+/// round stream's version behind them).
 /// The players are found in `round_stakes`, one row per player of the round in player order
 /// (written with the bets, rebuilt with them), not among the round's bets, which would be
 /// read twice; a bet whose player is not there has its wallet locked afterwards.
@@ -119,8 +128,7 @@ async fn read_round(
     };
     let params: [(&(dyn ToSql + Sync), Type); 2] =
         [(&table.as_str(), Type::TEXT), (&round_no, Type::INT8)];
-    let stream = round_stream(table, round);
-    let (bet_rows, wallet_rows, round_version) = tokio::join!(
+    let (bet_rows, wallet_rows) = tokio::join!(
         store::prepared::query(tx, bets_query, &params),
         store::prepared::query(
             tx,
@@ -130,9 +138,8 @@ async fn read_round(
              ORDER BY a.player FOR UPDATE OF a",
             &params,
         ),
-        store::next_version(&**tx, &stream),
     );
-    let (bet_rows, wallet_rows, round_version) = (bet_rows?, wallet_rows?, round_version?);
+    let (bet_rows, wallet_rows) = (bet_rows?, wallet_rows?);
     let mut bets = Vec::with_capacity(bet_rows.len());
     for row in &bet_rows {
         bets.push(OpenBet {
@@ -165,22 +172,29 @@ async fn read_round(
         .await?;
         add_wallets(&mut wallets, rows)?;
     }
-    Ok(RoundBets {
-        bets,
-        wallets,
-        round_version,
-    })
+    Ok(RoundBets { bets, wallets })
 }
 
-fn add_wallets(
-    wallets: &mut HashMap<String, (Money, i32)>,
-    rows: Vec<tokio_postgres::Row>,
-) -> Result<(), LedgerError> {
+/// Adds locked `accounts` rows (player, balance, version) to `wallets`.
+fn add_wallets(wallets: &mut Wallets, rows: Vec<tokio_postgres::Row>) -> Result<(), LedgerError> {
     for row in rows {
         let balance = Money::new(row.try_get(1)?).map_err(|e| corrupt(e.to_string()))?;
-        wallets.insert(row.try_get::<_, String>(0)?, (balance, row.try_get(2)?));
+        let wallet = Wallet {
+            balance,
+            version: row.try_get(2)?,
+            credited: false,
+        };
+        wallets.insert(row.try_get::<_, String>(0)?, wallet);
     }
     Ok(())
+}
+
+/// The wallets this transaction credited, as `write_wallets` takes them.
+fn credited(wallets: &Wallets) -> impl Iterator<Item = (&str, Money, i32)> {
+    wallets
+        .iter()
+        .filter(|(_, w)| w.credited)
+        .map(|(p, w)| (p.as_str(), w.balance, w.version))
 }
 
 /// Runs `work` in a transaction on a pooled connection under the store's call timeout
@@ -262,15 +276,16 @@ async fn settle_in(
         .and_then(|o| Outcome::new(o).ok())
         .ok_or_else(|| corrupt("a resulted round without an outcome"))?;
     stages.mark("claim");
-    let RoundBets {
-        bets,
-        mut wallets,
-        round_version,
-    } = read_round(tx, table, round, true).await?;
+    let stream = round_stream(table, round);
+    let (read, round_version) = tokio::join!(
+        read_round(tx, table, round, true),
+        store::next_version(&**tx, &stream),
+    );
+    let (RoundBets { bets, mut wallets }, round_version) = (read?, round_version?);
     stages.mark("reads");
 
     // Each bet's payout and the balance and version it leaves its player's wallet at.
-    let mut credited = Vec::with_capacity(bets.len());
+    let mut payouts = Vec::with_capacity(bets.len());
     let mut staked = Money::ZERO;
     let mut paid = Money::ZERO;
     for bet in &bets {
@@ -281,7 +296,7 @@ async fn settle_in(
         let (balance, version) = credit(&mut wallets, bet, payout)?;
         staked = staked.checked_add(bet.amount).unwrap_or(Money::MAX);
         paid = paid.checked_add(payout).unwrap_or(Money::MAX);
-        credited.push((payout, balance, version));
+        payouts.push((payout, balance, version));
     }
     let settlement = Settlement {
         bets: bets.len() as u64,
@@ -290,11 +305,9 @@ async fn settle_in(
     };
     // The events are encoded while the database writes the balances.
     let encode = async {
-        // Let the connection's task send the UPDATE first: woken from this worker, it would
-        // otherwise wait in the worker's slot for the encoding to end.
-        tokio::task::yield_now().await;
+        super::let_statements_go().await;
         let mut events = Vec::with_capacity(bets.len() + 1);
-        for (bet, &(payout, balance, version)) in bets.iter().zip(&credited) {
+        for (bet, &(payout, balance, version)) in bets.iter().zip(&payouts) {
             let event = Event::new(
                 Uuid::new_v4(),
                 at,
@@ -320,21 +333,10 @@ async fn settle_in(
                 paid,
             }),
         );
-        events.push(new_event(
-            round_stream(table, round),
-            round_version,
-            &summary,
-        )?);
+        events.push(new_event(stream, round_version, &summary)?);
         Ok::<_, LedgerError>(events)
     };
-    let (credits, events) = tokio::join!(
-        write_wallets(
-            tx,
-            wallets.iter().map(|(p, (b, v))| (p.as_str(), *b, *v)),
-            at,
-        ),
-        encode,
-    );
+    let (credits, events) = tokio::join!(write_wallets(tx, credited(&wallets), at), encode);
     credits?;
     let events = events?;
     stages.mark("credits");
@@ -343,7 +345,7 @@ async fn settle_in(
     record_results(
         tx,
         bets.iter()
-            .zip(&credited)
+            .zip(&payouts)
             .zip(&appended)
             .map(|((bet, (payout, _, _)), appended)| {
                 (&bet.bet_id, Some(payout.get()), appended.position)
@@ -357,16 +359,17 @@ async fn settle_in(
 
 /// Credits `amount` to `bet`'s player in `wallets`; the wallet's balance and version after it.
 fn credit(
-    wallets: &mut HashMap<String, (Money, i32)>,
+    wallets: &mut Wallets,
     bet: &OpenBet,
     amount: Money,
 ) -> Result<(Money, i32), LedgerError> {
-    let Some((balance, version)) = wallets.get_mut(bet.player.as_str()) else {
+    let Some(wallet) = wallets.get_mut(bet.player.as_str()) else {
         return Err(corrupt("a bet's player has no account"));
     };
-    *balance = domain::credit(*balance, amount).map_err(|e| corrupt(e.to_string()))?;
-    *version += 1;
-    Ok((*balance, *version))
+    wallet.balance = domain::credit(wallet.balance, amount).map_err(|e| corrupt(e.to_string()))?;
+    wallet.version += 1;
+    wallet.credited = true;
+    Ok((wallet.balance, wallet.version))
 }
 
 /// Refunds every stake of a voided round once (`bet_refunded` per bet). `None` when the round
@@ -406,9 +409,7 @@ async fn refund_in(
     {
         return Ok(None);
     }
-    let RoundBets {
-        bets, mut wallets, ..
-    } = read_round(tx, table, round, false).await?;
+    let RoundBets { bets, mut wallets } = read_round(tx, table, round, false).await?;
     if bets.is_empty() {
         return Ok(None);
     }
@@ -431,12 +432,7 @@ async fn refund_in(
         );
         events.push(new_event(player_stream(&bet.player), version, &event)?);
     }
-    write_wallets(
-        tx,
-        wallets.iter().map(|(p, (b, v))| (p.as_str(), *b, *v)),
-        at,
-    )
-    .await?;
+    write_wallets(tx, credited(&wallets), at).await?;
     let appended = store::append_with_locked_versions(tx, &events).await?;
     record_results(
         tx,
