@@ -499,13 +499,7 @@ impl Step {
     }
 }
 
-async fn step(
-    up: &Up,
-    (ws, nats): (&str, &str),
-    rate: u32,
-    seconds: u64,
-    dir: &Path,
-) -> Result<Step> {
+async fn step(up: &Up, ws: &str, nats: &str, rate: u32, seconds: u64, dir: &Path) -> Result<Step> {
     let bets_file = dir.join(format!("bets-{rate}.tsv"));
     let report_file = dir.join(format!("report-{rate}.json"));
     let probe = lag_probe::LagProbe::start(nats)?;
@@ -756,14 +750,7 @@ async fn run() -> Result<()> {
     let mut steps = Vec::new();
     for &rate in &rates {
         eprintln!("bench-bets: {rate} bets/s for {seconds} s…");
-        let step = step(
-            &up,
-            (&ws, &endpoints["NATS_URL"]),
-            rate,
-            seconds,
-            dir.path(),
-        )
-        .await?;
+        let step = step(&up, &ws, &endpoints["NATS_URL"], rate, seconds, dir.path()).await?;
         let stop = step.falls_behind();
         eprintln!(
             "bench-bets: {rate}: accepted {:.0}/s, p99 {:.2} ms",

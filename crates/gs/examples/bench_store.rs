@@ -339,12 +339,12 @@ async fn writes_into(
         staked?;
         copy_rows(&tx, "bench_w_events", rows).await?;
         let sink = tx
-            .copy_in(
-                "COPY bench_w_bets (bet_id, table_id, round, player, selection, amount, \
-                 placed_at, placed_position) FROM STDIN BINARY",
-            )
+            .copy_in(&format!(
+                "COPY bench_w_bets ({}) FROM STDIN BINARY",
+                ledger::BET_COLUMNS
+            ))
             .await?;
-        let writer = BinaryCopyInWriter::new(sink, &BET_COLUMNS);
+        let writer = BinaryCopyInWriter::new(sink, &ledger::BET_COLUMN_TYPES);
         pin_mut!(writer);
         for ((bet, row), selection) in bets.iter().zip(rows).zip(&selections) {
             let round = bet.round.get() as i64;
@@ -374,21 +374,6 @@ struct StakeColumns<'a> {
     stakes: Vec<i64>,
     counts: Vec<i32>,
 }
-
-/// The columns of a `bets` COPY, in the order `writes_into` names them.
-const BET_COLUMNS: [tokio_postgres::types::Type; 8] = {
-    use tokio_postgres::types::Type;
-    [
-        Type::UUID,
-        Type::TEXT,
-        Type::INT8,
-        Type::TEXT,
-        Type::TEXT,
-        Type::INT8,
-        Type::TIMESTAMPTZ,
-        Type::INT8,
-    ]
-};
 
 async fn row_at_a_time(client: &mut tokio_postgres::Client, rows: &[Row]) -> Result<Duration> {
     let mut spent = Duration::ZERO;

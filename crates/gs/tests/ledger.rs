@@ -831,5 +831,9 @@ async fn a_refund_leaves_the_wallets_it_does_not_credit_untouched() {
     assert_eq!(refund.bets, 1);
     assert_eq!(refund.refunded, money(100));
     assert_eq!(balance(&client, "alice").await, 1_000);
-    assert_eq!(wallet("bob").await, bob_before, "bob's wallet is not written");
+    assert_eq!(
+        wallet("bob").await,
+        bob_before,
+        "bob's wallet is not written"
+    );
 }

@@ -26,6 +26,9 @@ pub const EVERY: Duration = Duration::from_millis(50);
 const STREAM: &str = "BENCH_PROBE";
 const SUBJECT: &str = "bench.probe.lag";
 const PAYLOAD_BYTES: usize = 200;
+/// A publish not acknowledged within this ends the probe with an error (the bench says so)
+/// instead of leaving it waiting.
+const ACK_WITHIN: Duration = Duration::from_secs(10);
 
 /// The probe's lags, acknowledgement − deadline.
 #[derive(Debug, Clone, Default)]
@@ -52,10 +55,17 @@ impl Lags {
     }
 }
 
-/// A running probe; [`LagProbe::finish`] stops it and returns what it measured.
+/// A running probe; [`LagProbe::finish`] stops it and returns what it measured. Dropped
+/// without it (a step that failed), it is told to stop all the same.
 pub struct LagProbe {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Result<Vec<Duration>>>,
+    thread: Option<JoinHandle<Result<Vec<Duration>>>>,
+}
+
+impl Drop for LagProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl LagProbe {
@@ -75,16 +85,31 @@ impl LagProbe {
                         .block_on(probe(&url, stop, ready_tx))
                 }
             })?;
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .context("the lag probe did not start")?;
-        Ok(LagProbe { stop, thread })
+        let probe = LagProbe {
+            stop,
+            thread: Some(thread),
+        };
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(()) => Ok(probe),
+            // The thread ended before it was ready: its own error says why.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => probe
+                .finish()
+                .and_then(|_| Err(anyhow::anyhow!("the lag probe ended before it started")))
+                .context("start the lag probe"),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(anyhow::anyhow!("the lag probe did not start within 10 s"))
+            }
+        }
     }
 
-    pub fn finish(self) -> Result<Lags> {
+    /// Stops the probe and waits for its thread (at most one period and one publish).
+    pub fn finish(mut self) -> Result<Lags> {
         self.stop.store(true, Ordering::Relaxed);
-        let mut sorted = self
+        let thread = self
             .thread
+            .take()
+            .context("the lag probe was finished already")?;
+        let mut sorted = thread
             .join()
             .map_err(|_| anyhow::anyhow!("the lag probe panicked"))??;
         sorted.sort();
@@ -122,10 +147,10 @@ async fn probe(
             .payload(payload.clone())
             .message_id(format!("probe-{n}"))
             .expected_last_subject_sequence(last_seq);
-        let ack = js
-            .send_publish(SUBJECT.to_string(), message)
-            .await?
+        let publish = async { js.send_publish(SUBJECT.to_string(), message).await?.await };
+        let ack = tokio::time::timeout(ACK_WITHIN, publish)
             .await
+            .context("probe publish: no acknowledgement")?
             .context("probe publish")?;
         lags.push(Instant::now().saturating_duration_since(deadline));
         last_seq = ack.sequence;

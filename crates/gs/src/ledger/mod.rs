@@ -18,7 +18,7 @@ mod placement;
 mod settlement;
 mod stages;
 
-pub use placement::{BetOutcome, place_bets, place_bets_watched};
+pub use placement::{BET_COLUMN_TYPES, BET_COLUMNS, BetOutcome, place_bets, place_bets_watched};
 pub use settlement::{Refund, Settlement, refund_round, settle_round};
 
 #[derive(Debug, thiserror::Error)]

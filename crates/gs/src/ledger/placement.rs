@@ -269,8 +269,12 @@ fn first_answer(stored: &BetPlaced, retry: &BetRequest) -> BetOutcome {
     }
 }
 
-/// The columns of the `COPY` into `bets`, in the order the statement names them.
-const BET_COLUMNS: [Type; 8] = [
+/// The columns of `bets` placement writes by binary `COPY`, in order; `just bench-store`'s bare
+/// writes copy the same rows with these.
+pub const BET_COLUMNS: &str =
+    "bet_id, table_id, round, player, selection, amount, placed_at, placed_position";
+/// The types of [`BET_COLUMNS`].
+pub const BET_COLUMN_TYPES: [Type; 8] = [
     Type::UUID,
     Type::TEXT,
     Type::INT8,
@@ -567,13 +571,11 @@ async fn transact(
         // The bets, with the positions of their events.
         let at = now.as_offset_datetime();
         let sink = tx
-            .copy_in(
-                "COPY bets (bet_id, table_id, round, player, selection, amount, placed_at, \
-                            placed_position) \
-                 FROM STDIN (FORMAT binary)",
-            )
+            .copy_in(&format!(
+                "COPY bets ({BET_COLUMNS}) FROM STDIN (FORMAT binary)"
+            ))
             .await?;
-        let writer = BinaryCopyInWriter::new(sink, &BET_COLUMNS);
+        let writer = BinaryCopyInWriter::new(sink, &BET_COLUMN_TYPES);
         futures_util::pin_mut!(writer);
         for (((index, _, _), appended), selection) in
             accepted.iter().zip(&appended).zip(&selections)
