@@ -33,8 +33,9 @@ pub enum StoreError {
         position: Option<i64>,
         reason: String,
     },
-    /// Any other database error: a defect, logged where it is handled.
-    #[error("database error: {0}")]
+    /// Any other database error: a defect, logged where it is handled (with the server's
+    /// SQLSTATE and message: tokio-postgres's own text is only "db error").
+    #[error("database error: {}", describe(.0))]
     Database(#[source] tokio_postgres::Error),
     /// The connection settings could not be turned into a pool.
     #[error("invalid pool configuration: {0}")]
@@ -73,7 +74,7 @@ pub enum Unavailable {
     Pool(String),
     /// The connection failed or the server refused work (shutting down, too many clients,
     /// statement timeout).
-    #[error("{0}")]
+    #[error("{}", describe(.0))]
     Connection(#[source] tokio_postgres::Error),
 }
 
@@ -106,6 +107,27 @@ pub enum MigrationError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// A Postgres error as an operator needs it in a log line: the server's SQLSTATE, message,
+/// detail and constraint when the server answered, else tokio-postgres's own text and cause.
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} {}", db.code().code(), db.message());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!(" ({detail})"));
+            }
+            if let Some(constraint) = db.constraint() {
+                text.push_str(&format!(" [constraint {constraint}]"));
+            }
+            text
+        }
+        None => match std::error::Error::source(error) {
+            Some(cause) => format!("{error}: {cause}"),
+            None => error.to_string(),
+        },
+    }
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -173,6 +195,13 @@ impl StoreError {
             | StoreError::Migration(MigrationError::Failed { source: e, .. }) => e.code(),
             _ => None,
         }
+    }
+
+    /// Whether this is only the echo of an earlier failure in the same transaction
+    /// (`25P02`, "current transaction is aborted"): of statements pipelined together, every
+    /// one after the statement that failed gets it, and the cause is that other error.
+    pub fn is_follow_on(&self) -> bool {
+        self.sql_state() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION)
     }
 
     pub(crate) fn corrupt(position: Option<i64>, reason: impl Into<String>) -> Self {

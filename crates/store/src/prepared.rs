@@ -10,6 +10,12 @@
 //!
 //! The SQL must be a fixed text (a literal): every distinct text is one cached statement per
 //! connection.
+//!
+//! Pipelines: a query whose statement is cached is sent when its future is first polled, so
+//! queries joined in one `tokio::join!` reach the server in the order written. A statement
+//! still to be prepared is not: its query waits for the Parse round trip while the queries
+//! after it go ahead. A pipeline whose order matters (a read that must follow a lock) calls
+//! [`prepare_all`] first.
 
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Error, Row, Statement};
@@ -74,4 +80,20 @@ pub async fn execute(
 ) -> Result<u64, Error> {
     let statement = prepared(tx, sql, params).await?;
     tx.execute(&statement, &values(params)).await
+}
+
+/// Prepares, once per connection, every statement of a pipeline (the same texts and parameter
+/// types its queries use), so that its queries then run in the order written. The prepares
+/// themselves go out together: one round trip on a connection's first use, none after.
+pub async fn prepare_all(
+    tx: &PooledTransaction<'_>,
+    statements: &[(&str, &TypedParams<'_>)],
+) -> Result<(), Error> {
+    futures_util::future::try_join_all(
+        statements
+            .iter()
+            .map(|(sql, params)| prepared(tx, sql, params)),
+    )
+    .await?;
+    Ok(())
 }

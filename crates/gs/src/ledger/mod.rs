@@ -47,6 +47,26 @@ impl LedgerError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, LedgerError::Store(e) if e.is_unavailable())
     }
+
+    fn is_follow_on(&self) -> bool {
+        matches!(self, LedgerError::Store(e) if e.is_follow_on())
+    }
+}
+
+/// Two statements pipelined in one transaction, taken together. When one fails, the other
+/// (if it ran after it) is answered "current transaction is aborted" (`25P02`); the error
+/// returned is the cause, whichever of the two it was, so that a conflict is retried as a
+/// conflict and an outage handled as an outage. Nest it for more than two.
+pub(crate) fn pipelined<A, B>(
+    a: Result<A, impl Into<LedgerError>>,
+    b: Result<B, impl Into<LedgerError>>,
+) -> Result<(A, B), LedgerError> {
+    match (a.map_err(Into::into), b.map_err(Into::into)) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (Err(a), Err(b)) if a.is_follow_on() && !b.is_follow_on() => Err(b),
+        (Err(a), _) => Err(a),
+        (_, Err(b)) => Err(b),
+    }
 }
 
 pub(crate) fn placement_code(rejection: &domain::BetRejection) -> protocol::ErrorCode {

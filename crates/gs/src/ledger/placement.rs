@@ -40,7 +40,7 @@ use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use super::stages::Stages;
-use super::{BetRequest, LedgerError, new_event, player_stream, write_wallets};
+use super::{BetRequest, LedgerError, new_event, pipelined, player_stream, write_wallets};
 
 fn conflict() -> BetOutcome {
     metrics::counter!("gs_bets_rejected_total", "code" => ErrorCode::BetIdConflict.as_str())
@@ -285,6 +285,20 @@ pub const BET_COLUMN_TYPES: [Type; 8] = [
     Type::INT8,
 ];
 
+/// The batch's rounds, share-locked in a fixed order.
+const READ_ROUNDS: &str = "SELECT r.table_id, r.round, r.phase, r.closes_at FROM rounds r \
+     JOIN unnest($1::text[], $2::int8[]) AS u(t, n) ON r.table_id = u.t AND r.round = u.n \
+     ORDER BY r.table_id, r.round FOR SHARE OF r";
+/// Whether any bet id is stored under a random event id (see [`RandomIds`]).
+const READ_LEGACY: &str = "SELECT EXISTS (SELECT 1 FROM legacy_bets)";
+/// The batch's wallets, locked in player order (as every writer locks them).
+const LOCK_WALLETS: &str = "SELECT player, balance, version FROM accounts WHERE player = ANY($1) \
+     ORDER BY player FOR UPDATE";
+/// What each player of the batch has staked on each of its rounds so far.
+const READ_STAKES: &str = "SELECT s.table_id, s.round, s.player, s.staked FROM round_stakes s \
+     JOIN unnest($1::text[], $2::int8[], $3::text[]) AS u(t, n, p) \
+       ON s.table_id = u.t AND s.round = u.n AND s.player = u.p";
+
 async fn transact(
     client: &mut store::PooledClient,
     bets: &[BetRequest],
@@ -354,31 +368,30 @@ async fn transact(
         (&kr, Type::INT8_ARRAY),
         (&kp, Type::TEXT_ARRAY),
     ];
+    // The order matters (the stakes are read after the wallet locks), so every statement is
+    // prepared before the four are sent: one still to be prepared would fall behind the
+    // others (`store::prepared`).
+    store::prepared::prepare_all(
+        &tx,
+        &[
+            (READ_ROUNDS, &round_params),
+            (READ_LEGACY, &[]),
+            (LOCK_WALLETS, &wallet_params),
+            (READ_STAKES, &stake_params),
+        ],
+    )
+    .await?;
     let (round_rows, random_ids, wallet_rows, stake_rows) = tokio::join!(
-        store::prepared::query(
-            &tx,
-            "SELECT r.table_id, r.round, r.phase, r.closes_at FROM rounds r \
-             JOIN unnest($1::text[], $2::int8[]) AS u(t, n) ON r.table_id = u.t AND r.round = u.n \
-             ORDER BY r.table_id, r.round FOR SHARE OF r",
-            &round_params,
-        ),
-        store::prepared::query(&tx, "SELECT EXISTS (SELECT 1 FROM legacy_bets)", &[]),
-        store::prepared::query(
-            &tx,
-            "SELECT player, balance, version FROM accounts WHERE player = ANY($1) \
-             ORDER BY player FOR UPDATE",
-            &wallet_params,
-        ),
-        store::prepared::query(
-            &tx,
-            "SELECT s.table_id, s.round, s.player, s.staked FROM round_stakes s \
-             JOIN unnest($1::text[], $2::int8[], $3::text[]) AS u(t, n, p) \
-               ON s.table_id = u.t AND s.round = u.n AND s.player = u.p",
-            &stake_params,
-        ),
+        store::prepared::query(&tx, READ_ROUNDS, &round_params),
+        store::prepared::query(&tx, READ_LEGACY, &[]),
+        store::prepared::query(&tx, LOCK_WALLETS, &wallet_params),
+        store::prepared::query(&tx, READ_STAKES, &stake_params),
     );
-    let (round_rows, wallet_rows, stake_rows) = (round_rows?, wallet_rows?, stake_rows?);
-    let random_ids = if random_ids?
+    let (round_rows, (random_ids, (wallet_rows, stake_rows))) = pipelined(
+        round_rows,
+        pipelined(random_ids, pipelined(wallet_rows, stake_rows)),
+    )?;
+    let random_ids = if random_ids
         .first()
         .map(|row| row.try_get::<_, bool>(0))
         .transpose()?
@@ -553,8 +566,7 @@ async fn transact(
             add_stakes(&tx, &keys, &stakes),
             encode,
         );
-        debited?;
-        staked?;
+        pipelined(debited, staked)?;
         let (events, selections) = events?;
         stages.mark("writes");
         let appended_at = std::time::Instant::now();

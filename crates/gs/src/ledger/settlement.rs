@@ -47,7 +47,7 @@ use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use super::stages::Stages;
-use super::{LedgerError, new_event, player_stream, round_stream, write_wallets};
+use super::{LedgerError, new_event, pipelined, player_stream, round_stream, write_wallets};
 use crate::clock::now;
 
 /// A round this GS settled.
@@ -139,7 +139,7 @@ async fn read_round(
             &params,
         ),
     );
-    let (bet_rows, wallet_rows) = (bet_rows?, wallet_rows?);
+    let (bet_rows, wallet_rows) = pipelined(bet_rows, wallet_rows)?;
     let mut bets = Vec::with_capacity(bet_rows.len());
     for row in &bet_rows {
         bets.push(OpenBet {
@@ -281,7 +281,7 @@ async fn settle_in(
         read_round(tx, table, round, true),
         store::next_version(&**tx, &stream),
     );
-    let (RoundBets { bets, mut wallets }, round_version) = (read?, round_version?);
+    let (RoundBets { bets, mut wallets }, round_version) = pipelined(read, round_version)?;
     stages.mark("reads");
 
     // Each bet's payout and the balance and version it leaves its player's wallet at.
