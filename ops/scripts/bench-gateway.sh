@@ -18,7 +18,8 @@
 #      per table), BENCH_BURST (200 events per table; 0 skips the burst), BENCH_RUNS (1: rounds
 #      of every size and server, interleaved; the summary gives each ratio's median and spread),
 #      BENCH_OUT (artifacts/bench-gateway: one JSON report per run), BENCH_FLOOR (1: the floor
-#      after each plain size; 0 skips it)
+#      after each plain size; 0 skips it), BENCH_BIN (a croupier binary to measure instead of
+#      building one: A/B runs of two builds)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -34,8 +35,12 @@ rm -f "$out"/*.json "$out"/*.txt
 # shellcheck source=ops/scripts/bench-servers.sh
 source ops/scripts/bench-servers.sh
 
-cargo build -q --release -p croupier
-bin=$root/target/release/croupier
+if [ -n "${BENCH_BIN:-}" ]; then
+  bin=$BENCH_BIN
+else
+  cargo build -q --release -p croupier
+  bin=$root/target/release/croupier
+fi
 if [ "${BENCH_FLOOR:-1}" != 0 ]; then
   cargo build -q --release --manifest-path docs/experiments/loopback-floor/Cargo.toml \
     --target-dir target/experiments

@@ -378,6 +378,39 @@ struct Reader {
     checked_at: Instant,
     /// While set, nothing is read (`--burst`'s slow clients).
     paused: Option<Arc<AtomicBool>>,
+    /// The last broadcast events read, by their exact bytes (see [`Seen`]).
+    seen: Vec<Arc<Seen>>,
+    /// Where the next event read afresh goes in `seen`.
+    seen_next: usize,
+}
+
+/// How many distinct event messages a reader keeps read: enough for the events of every table
+/// that arrive interleaved at a time (each table's event reaches its clients one after another).
+const SEEN_EVENTS: usize = 16;
+
+/// An `event` message as loadgen reads it, kept with its bytes. A broadcast reaches every client
+/// of its channel as the same bytes, so the next clients that receive exactly these bytes are
+/// read from here instead of parsing the JSON and the timestamps again: the reader then costs
+/// about what the floor's reader costs per delivery (ADR 0030), and whatever each client
+/// receives is still compared byte for byte. A message that differs in any byte is read afresh.
+struct Seen {
+    payload: Box<[u8]>,
+    channel: Option<Box<str>>,
+    seq: Option<u64>,
+    event: Option<SeenEvent>,
+}
+
+/// The parts of an event's body loadgen reads.
+struct SeenEvent {
+    kind: Box<str>,
+    /// `at`, in µs since the Unix epoch.
+    at: Option<i64>,
+    /// The table's index among `--table`'s.
+    table: Option<usize>,
+    round: Option<u64>,
+    /// `round_opened`'s `closes_at`, in µs since the Unix epoch.
+    closes_at: Option<i64>,
+    bets: Option<u64>,
 }
 
 impl Reader {
@@ -412,6 +445,8 @@ impl Reader {
             backlog: VecDeque::new(),
             retries: std::collections::BinaryHeap::new(),
             caught_up: false,
+            seen: Vec::with_capacity(SEEN_EVENTS),
+            seen_next: 0,
             checked_at: Instant::now(),
             paused: None,
         })
@@ -955,47 +990,24 @@ impl Reader {
     }
 
     fn croupier_message(&mut self, slot: usize, payload: &[u8]) -> Result<(), Ended> {
+        if let Some(seen) = self.seen.iter().find(|s| *s.payload == *payload) {
+            let seen = seen.clone();
+            return self.event(slot, &seen);
+        }
         // Only the few fields measured are read, borrowed.
         let Ok(message) = serde_json::from_slice::<Incoming<'_>>(payload) else {
             return Ok(());
         };
         match message.kind.as_ref() {
             "event" => {
-                if let (Some(channel), Some(seq)) = (message.channel.as_deref(), message.seq) {
-                    self.channel_event(slot, channel, seq);
+                let seen = Arc::new(self.read_event(payload, &message));
+                if self.seen.len() < SEEN_EVENTS {
+                    self.seen.push(seen.clone());
+                } else {
+                    self.seen[self.seen_next] = seen.clone();
                 }
-                let Some(event) = message.event.as_ref() else {
-                    self.delivered(None);
-                    return Ok(());
-                };
-                let at = domain::Timestamp::parse(&event.at)
-                    .ok()
-                    .map(|t| t.unix_micros());
-                self.delivered(at);
-                let table = event
-                    .table
-                    .as_deref()
-                    .and_then(|t| self.config.tables.iter().position(|name| name == t));
-                if let (Some(table), Some(round)) = (table, event.round) {
-                    self.track(table, round, event, at);
-                }
-                if self.config.bet_every.is_some() {
-                    return Ok(());
-                }
-                // Without a rate: each bettor bets once on each round it sees open.
-                let Some(conn) = self.conns[slot].as_mut() else {
-                    return Ok(());
-                };
-                if conn.bettor
-                    && conn.bets_sent.len() < BETS_IN_FLIGHT
-                    && event.kind == "round_opened"
-                {
-                    let Some(round) = event.round else {
-                        return Ok(());
-                    };
-                    let table = conn.table;
-                    self.place(slot, table, round, Instant::now(), false)?;
-                }
+                self.seen_next = (self.seen_next + 1) % SEEN_EVENTS;
+                self.event(slot, &seen)?;
             }
             "subscribed" => {
                 if let (Some(channel), Some(seq)) = (message.channel.as_deref(), message.seq) {
@@ -1053,24 +1065,66 @@ impl Reader {
         Ok(())
     }
 
+    /// What loadgen reads of an `event` message, parsed once per distinct message.
+    fn read_event(&self, payload: &[u8], message: &Incoming<'_>) -> Seen {
+        let micros = |t: &str| domain::Timestamp::parse(t).ok().map(|t| t.unix_micros());
+        Seen {
+            payload: payload.into(),
+            channel: message.channel.as_deref().map(Into::into),
+            seq: message.seq,
+            event: message.event.as_ref().map(|event| SeenEvent {
+                kind: event.kind.as_ref().into(),
+                at: micros(&event.at),
+                table: event
+                    .table
+                    .as_deref()
+                    .and_then(|t| self.config.tables.iter().position(|name| name == t)),
+                round: event.round,
+                closes_at: event.closes_at.as_deref().and_then(micros),
+                bets: event.bets,
+            }),
+        }
+    }
+
+    /// One `event` message received by the client in `slot`.
+    fn event(&mut self, slot: usize, seen: &Seen) -> Result<(), Ended> {
+        if let (Some(channel), Some(seq)) = (seen.channel.as_deref(), seen.seq) {
+            self.channel_event(slot, channel, seq);
+        }
+        let Some(event) = seen.event.as_ref() else {
+            self.delivered(None);
+            return Ok(());
+        };
+        self.delivered(event.at);
+        if let (Some(table), Some(round)) = (event.table, event.round) {
+            self.track(table, round, event);
+        }
+        if self.config.bet_every.is_some() {
+            return Ok(());
+        }
+        // Without a rate: each bettor bets once on each round it sees open.
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return Ok(());
+        };
+        if conn.bettor && conn.bets_sent.len() < BETS_IN_FLIGHT && &*event.kind == "round_opened" {
+            let Some(round) = event.round else {
+                return Ok(());
+            };
+            let table = conn.table;
+            self.place(slot, table, round, Instant::now(), false)?;
+        }
+        Ok(())
+    }
+
     /// Keeps what a table event says about its round: when it is open for bets (and until
     /// when), when its outcome and settlement were stamped; and times a bettor's `bet_settled`
     /// from its round's outcome.
-    fn track(
-        &mut self,
-        table: usize,
-        round: u64,
-        event: &super::IncomingEvent<'_>,
-        at: Option<i64>,
-    ) {
+    fn track(&mut self, table: usize, round: u64, event: &SeenEvent) {
         let now = Instant::now();
-        match event.kind.as_ref() {
+        let at = event.at;
+        match &*event.kind {
             "round_opened" => {
-                let closes_at = event
-                    .closes_at
-                    .as_deref()
-                    .and_then(|c| domain::Timestamp::parse(c).ok())
-                    .map(|t| t.unix_micros());
+                let closes_at = event.closes_at;
                 let state = &mut self.tables[table];
                 if let Some(closes_at) = closes_at
                     && round > state.opened
@@ -1531,6 +1585,47 @@ mod tests {
         assert_eq!(shared.slow_closes.load(Ordering::Relaxed), 1);
         assert!(reader.conns[0].is_none());
         assert_eq!(delivered(&shared), 3);
+    }
+
+    #[test]
+    fn an_event_received_again_as_the_same_bytes_is_counted_and_tracked_like_the_first() {
+        let (mut reader, shared, _server) = connected(&[], false);
+        let opened = |round: u64| {
+            let now = time::OffsetDateTime::now_utc();
+            let at = domain::Timestamp::from_offset_datetime(now).expect("now");
+            let closes = domain::Timestamp::from_offset_datetime(now + time::Duration::seconds(1))
+                .expect("closes");
+            let event = format!(
+                r#"{{"type":"event","channel":"table.t","seq":{round},"event":{{"kind":"round_opened","at":"{at}","table":"t","round":{round},"closes_at":"{closes}"}}}}"#
+            );
+            (
+                server_frame(OpCode::Data(Data::Text), event.as_bytes()),
+                closes.unix_micros(),
+            )
+        };
+        let (first, closes) = opened(1);
+        for delivered_so_far in 1..=3 {
+            assert!(reader.take(0, &first).is_ok());
+            assert_eq!(delivered(&shared), delivered_so_far);
+            assert_eq!(reader.tally.latency.len(), delivered_so_far);
+            assert_eq!(reader.tables[0].open, Some((1, closes)));
+        }
+        assert_eq!(reader.seen.len(), 1, "read once, then recognised");
+
+        // Any other bytes are read afresh, also once the first has left the kept ones.
+        for round in 2..=SEEN_EVENTS as u64 + 2 {
+            let (next, closes) = opened(round);
+            assert!(reader.take(0, &next).is_ok());
+            assert_eq!(reader.tables[0].open, Some((round, closes)));
+        }
+        assert_eq!(reader.seen.len(), SEEN_EVENTS);
+        assert!(reader.take(0, &first).is_ok());
+        assert_eq!(delivered(&shared), 3 + (SEEN_EVENTS as u64 + 1) + 1);
+        // An older round does not reopen betting, whichever way it was read.
+        assert_eq!(
+            reader.tables[0].open.map(|(r, _)| r),
+            Some(SEEN_EVENTS as u64 + 2)
+        );
     }
 
     #[test]
