@@ -4,6 +4,7 @@
 //!
 //! Unique violations are told apart by constraint name, never by message text.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
@@ -116,10 +117,10 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
         Some(db) => {
             let mut text = format!("{} {}", db.code().code(), db.message());
             if let Some(detail) = db.detail() {
-                text.push_str(&format!(" ({detail})"));
+                let _ = write!(text, " ({detail})");
             }
             if let Some(constraint) = db.constraint() {
-                text.push_str(&format!(" [constraint {constraint}]"));
+                let _ = write!(text, " [constraint {constraint}]");
             }
             text
         }

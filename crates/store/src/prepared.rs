@@ -14,8 +14,9 @@
 //! Pipelines: a query whose statement is cached is sent when its future is first polled, so
 //! queries joined in one `tokio::join!` reach the server in the order written. A statement
 //! still to be prepared is not: its query waits for the Parse round trip while the queries
-//! after it go ahead. A pipeline whose order matters (a read that must follow a lock) calls
-//! [`prepare_all`] first.
+//! after it go ahead. A pipeline whose order matters (a read that must follow a lock) takes
+//! its statements from [`prepare_all`] and runs them with [`query_prepared`], which sends at
+//! the first poll by construction.
 
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Error, Row, Statement};
@@ -82,18 +83,27 @@ pub async fn execute(
     tx.execute(&statement, &values(params)).await
 }
 
-/// Prepares, once per connection, every statement of a pipeline (the same texts and parameter
-/// types its queries use), so that its queries then run in the order written. The prepares
-/// themselves go out together: one round trip on a connection's first use, none after.
+/// The statements of a pipeline, each prepared once per connection, in the order given. The
+/// prepares go out together: one round trip on a connection's first use, none after. Run them
+/// with [`query_prepared`]: each query is then sent when first polled, so joined queries run
+/// in the order written.
 pub async fn prepare_all(
     tx: &PooledTransaction<'_>,
     statements: &[(&str, &TypedParams<'_>)],
-) -> Result<(), Error> {
+) -> Result<Vec<Statement>, Error> {
     futures_util::future::try_join_all(
         statements
             .iter()
             .map(|(sql, params)| prepared(tx, sql, params)),
     )
-    .await?;
-    Ok(())
+    .await
+}
+
+/// `query_typed` with a statement from [`prepare_all`] (its parameters' types as prepared).
+pub async fn query_prepared(
+    tx: &PooledTransaction<'_>,
+    statement: &Statement,
+    params: &TypedParams<'_>,
+) -> Result<Vec<Row>, Error> {
+    tx.query(statement, &values(params)).await
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::{TestResult, migrated_db, store};
 use store::StoreError;
-use store::prepared::{prepare_all, query};
+use store::prepared::{prepare_all, query, query_prepared};
 use tokio_postgres::types::{ToSql, Type};
 
 /// Fails when run with 0, not when prepared.
@@ -38,7 +38,7 @@ async fn a_pipeline_runs_in_the_order_written_once_its_statements_are_prepared()
 
     // The remedy: both prepared first, they run as written.
     query(&tx, "SELECT nextval('drawn'), 'd'", &[]).await?;
-    prepare_all(
+    let statements = prepare_all(
         &tx,
         &[
             ("SELECT nextval('drawn'), 'c'", &[]),
@@ -47,8 +47,8 @@ async fn a_pipeline_runs_in_the_order_written_once_its_statements_are_prepared()
     )
     .await?;
     let (first, second) = tokio::join!(
-        query(&tx, "SELECT nextval('drawn'), 'c'", &[]),
-        query(&tx, "SELECT nextval('drawn'), 'd'", &[]),
+        query_prepared(&tx, &statements[0], &[]),
+        query_prepared(&tx, &statements[1], &[]),
     );
     assert!(drawn(first) < drawn(second));
     Ok(())
@@ -61,8 +61,11 @@ async fn a_statement_after_the_one_that_failed_is_told_apart_as_its_echo() -> Te
     let mut client = store.client().await?;
     let tx = client.transaction().await?;
     let zero: [(&(dyn ToSql + Sync), Type); 1] = [(&0_i32, Type::INT4)];
-    prepare_all(&tx, &[(DIVIDE, &zero), ("SELECT 1", &[])]).await?;
-    let (failed, after) = tokio::join!(query(&tx, DIVIDE, &zero), query(&tx, "SELECT 1", &[]));
+    let statements = prepare_all(&tx, &[(DIVIDE, &zero), ("SELECT 1", &[])]).await?;
+    let (failed, after) = tokio::join!(
+        query_prepared(&tx, &statements[0], &zero),
+        query_prepared(&tx, &statements[1], &[]),
+    );
     let failed = StoreError::from(failed.expect_err("division by zero"));
     let after = StoreError::from(after.expect_err("the transaction is aborted"));
     assert!(!failed.is_follow_on(), "{failed}");

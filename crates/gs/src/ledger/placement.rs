@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use domain::{BettingWindow, Money, Phase, TableLimits, Timestamp};
 use protocol::{BetPlaced, ErrorCode, Event, EventBody};
 use store::PooledTransaction as Transaction;
+use store::prepared::{self, TypedParams};
 use store::{Store, StoreError};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
@@ -371,22 +372,16 @@ async fn transact(
     // The order matters (the stakes are read after the wallet locks), so every statement is
     // prepared before the four are sent: one still to be prepared would fall behind the
     // others (`store::prepared`).
-    store::prepared::prepare_all(
-        &tx,
-        &[
-            (READ_ROUNDS, &round_params),
-            (READ_LEGACY, &[]),
-            (LOCK_WALLETS, &wallet_params),
-            (READ_STAKES, &stake_params),
-        ],
-    )
-    .await?;
-    let (round_rows, random_ids, wallet_rows, stake_rows) = tokio::join!(
-        store::prepared::query(&tx, READ_ROUNDS, &round_params),
-        store::prepared::query(&tx, READ_LEGACY, &[]),
-        store::prepared::query(&tx, LOCK_WALLETS, &wallet_params),
-        store::prepared::query(&tx, READ_STAKES, &stake_params),
-    );
+    let reads: [(&str, &TypedParams<'_>); 4] = [
+        (READ_ROUNDS, &round_params),
+        (READ_LEGACY, &[]),
+        (LOCK_WALLETS, &wallet_params),
+        (READ_STAKES, &stake_params),
+    ];
+    let statements = prepared::prepare_all(&tx, &reads).await?;
+    let run = |i: usize| prepared::query_prepared(&tx, &statements[i], reads[i].1);
+    let (round_rows, random_ids, wallet_rows, stake_rows) =
+        tokio::join!(run(0), run(1), run(2), run(3));
     let (round_rows, (random_ids, (wallet_rows, stake_rows))) = pipelined(
         round_rows,
         pipelined(random_ids, pipelined(wallet_rows, stake_rows)),
