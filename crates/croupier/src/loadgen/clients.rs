@@ -22,6 +22,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{Cursor, ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -378,10 +379,8 @@ struct Reader {
     checked_at: Instant,
     /// While set, nothing is read (`--burst`'s slow clients).
     paused: Option<Arc<AtomicBool>>,
-    /// The last broadcast events read, by their exact bytes (see [`Seen`]).
-    seen: Vec<Arc<Seen>>,
-    /// Where the next event read afresh goes in `seen`.
-    seen_next: usize,
+    /// The last broadcast events read, by their exact bytes, oldest first (see [`Seen`]).
+    seen: VecDeque<Rc<Seen>>,
 }
 
 /// How many distinct event messages a reader keeps read: enough for the events of every table
@@ -445,8 +444,7 @@ impl Reader {
             backlog: VecDeque::new(),
             retries: std::collections::BinaryHeap::new(),
             caught_up: false,
-            seen: Vec::with_capacity(SEEN_EVENTS),
-            seen_next: 0,
+            seen: VecDeque::with_capacity(SEEN_EVENTS),
             checked_at: Instant::now(),
             paused: None,
         })
@@ -1000,13 +998,11 @@ impl Reader {
         };
         match message.kind.as_ref() {
             "event" => {
-                let seen = Arc::new(self.read_event(payload, &message));
-                if self.seen.len() < SEEN_EVENTS {
-                    self.seen.push(seen.clone());
-                } else {
-                    self.seen[self.seen_next] = seen.clone();
+                let seen = Rc::new(self.read_event(payload, &message));
+                if self.seen.len() == SEEN_EVENTS {
+                    self.seen.pop_front();
                 }
-                self.seen_next = (self.seen_next + 1) % SEEN_EVENTS;
+                self.seen.push_back(seen.clone());
                 self.event(slot, &seen)?;
             }
             "subscribed" => {
