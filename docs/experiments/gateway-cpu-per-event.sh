@@ -11,8 +11,9 @@
 #
 # usage: gateway-cpu-per-event.sh <croupier binary to run as gateway> <label>
 # env: LOADGEN (croupier binary for loadgen; default: the first argument, use one for every run),
-#      LOADGEN_ARGS (more loadgen flags), N (clients, 10000), DUR (20s), PERF_DELAY (15 s: after the ramp-up), PERF_RECORD=1 (also
-#      `perf record -g` for 10 s), OUT (/tmp/gateway-cpu-results).
+#      LOADGEN_ARGS (more loadgen flags), N (clients, 10000), DUR (20s), PERF_DELAY (15 s: after the ramp-up), PERF_RECORD=1 (instead
+#      `perf record -g` of the gateway for 10 s; PERF_RECORD=loadgen: of loadgen, as ADR 0030's
+#      session 16 did), OUT (/tmp/gateway-cpu-results).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 gw=$1; label=$2
@@ -25,10 +26,12 @@ bench_start_servers "$gw"
 run="$out/$label-$(date +%H%M%S)"
 (
   sleep "${PERF_DELAY:-15}"
-  if [ -n "${PERF_RECORD:-}" ]; then
+  lg_pid=$(pgrep -f "loadgen --quiet --url ws://127.0.0.1:$http_port/" | head -1)
+  if [ "${PERF_RECORD:-}" = loadgen ]; then
+    perf record -F 999 -g -o "$run.data" -p "$lg_pid" -- sleep 10 >/dev/null 2>&1
+  elif [ -n "${PERF_RECORD:-}" ]; then
     perf record -F 999 -g -o "$run.data" -p "$gw_pid" -- sleep 10 >/dev/null 2>&1
   else
-    lg_pid=$(pgrep -f "loadgen --quiet --url ws://127.0.0.1:$http_port/" | head -1)
     perf stat -e task-clock -x, -o "$run.perf" -p "$gw_pid" -- sleep 10 &
     perf stat -e task-clock -x, -o "$run.lg.perf" -p "$lg_pid" -- sleep 10
     wait
