@@ -29,9 +29,11 @@ use std::collections::{HashMap, HashSet};
 
 use crate::PooledTransaction as Transaction;
 use bytes::Bytes;
+use std::future::Future;
 use time::OffsetDateTime;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
+
+use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use crate::error::{Conflict, StoreError};
@@ -109,12 +111,70 @@ pub async fn append_with_locked_versions(
     write(tx, events).await
 }
 
-/// Locks the head, copies the events in with their positions and hashes, moves the head
+/// [`append_with_locked_versions`], and the caller's own writes that need the events'
+/// positions: `also` is given where each event will land, and its statements are pipelined
+/// with the events' own (a batch of at most [`PIPELINED_MAX`]), or run after them (a larger
+/// one). Its statements must not depend on the order they run in among the events' insert
+/// and the head's move; errors from either side are reported by their cause ([`cause`]).
+pub async fn append_with_locked_versions_then<T, F, Fut>(
+    tx: &Transaction<'_>,
+    events: &[NewEvent],
+    also: F,
+) -> Result<(Vec<Appended>, T), StoreError>
+where
+    F: FnOnce(&[Appended]) -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    check_batch(events)?;
+    write_then(tx, events, also).await
+}
+
+/// A batch of at most this many events is written by one `INSERT … SELECT FROM unnest(…)`,
+/// pipelined with the head's move and the caller's own writes: one round trip while the head
+/// is held, where a binary `COPY` takes two (start, then rows and end) before the head can
+/// move. Larger batches are copied: `COPY` moves thousands of rows faster than a statement's
+/// arrays (ADR 0032). GS's bet batches are at most 256 by default (`CROUPIER_BET_BATCH`).
+pub const PIPELINED_MAX: usize = 256;
+
+/// The events of a small batch, as arrays (see [`PIPELINED_MAX`]).
+const INSERT_EVENTS: &str = "INSERT INTO public.events (position, event_id, stream, version, \
+     type, data, metadata, recorded_at, hash) \
+     SELECT p, i, s, v, t, d, m, $8, h \
+     FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::bytea[], \
+                 $7::bytea[], $9::bytea[]) AS u(p, i, s, v, t, d, m, h)";
+
+/// Moves the head and notifies tailers (delivered on commit).
+const MOVE_HEAD: &str = "WITH moved AS ( \
+         UPDATE public.event_head SET position = $1, hash = $2 WHERE id RETURNING position \
+     ) SELECT pg_notify($3, moved.position::text) FROM moved";
+
+/// Locks the head, writes the events with their positions and hashes, moves the head
 /// (nothing at all for an empty batch).
 async fn write(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Appended>, StoreError> {
+    let (appended, ()) = write_then(tx, events, |_| async { Ok(()) }).await?;
+    Ok(appended)
+}
+
+/// [`write`], and the caller's own writes that need the events' positions (`also`, given
+/// where each event landed before anything is written). For a batch of at most
+/// [`PIPELINED_MAX`] events, `also`'s statements go out in the same pipeline as the events'
+/// insert and the head's move, so the head is held for two round trips and the commit; for a
+/// larger one, `also` runs after the `COPY`.
+async fn write_then<T, F, Fut>(
+    tx: &Transaction<'_>,
+    events: &[NewEvent],
+    also: F,
+) -> Result<(Vec<Appended>, T), StoreError>
+where
+    F: FnOnce(&[Appended]) -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
     if events.is_empty() {
-        return Ok(Vec::new());
+        let extra = also(&[]).await?;
+        return Ok((Vec::new(), extra));
     }
+    let count = i64::try_from(events.len())
+        .map_err(|_| StoreError::InvalidBatch("too many events in one batch".into()))?;
     // The clock is read after the lock is granted (the CTE is materialized first), so
     // `recorded_at` grows with the position across transactions.
     let head = crate::prepared::query_opt(
@@ -129,15 +189,7 @@ async fn write(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Appended
     let (head_position, mut prev) = parse_head(&head)?;
     let recorded_at: OffsetDateTime = head.try_get(2)?;
 
-    let count = i64::try_from(events.len())
-        .map_err(|_| StoreError::InvalidBatch("too many events in one batch".into()))?;
-    let sink = tx
-        .copy_in(&format!(
-            "COPY public.events ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)"
-        ))
-        .await?;
-    let writer = BinaryCopyInWriter::new(sink, &EVENT_COLUMN_TYPES);
-    futures_util::pin_mut!(writer);
+    // Positions and the chain, before anything is written.
     let mut appended = Vec::with_capacity(events.len());
     for (offset, event) in (1..=count).zip(events) {
         let position = head_position + offset;
@@ -150,12 +202,105 @@ async fn write(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Appended
             &event.data,
             &event.metadata,
         );
+        appended.push(Appended {
+            position,
+            event_id: event.event_id,
+            hash,
+        });
+        prev = hash;
+    }
+    let new_head = head_position + count;
+    let head_hash = prev.as_slice();
+    let move_params: [(&(dyn ToSql + Sync), Type); 3] = [
+        (&new_head, Type::INT8),
+        (&head_hash, Type::BYTEA),
+        (&EVENTS_CHANNEL, Type::TEXT),
+    ];
+
+    if events.len() > PIPELINED_MAX {
+        copy_events(tx, events, &appended, recorded_at).await?;
+        crate::prepared::query_one(tx, MOVE_HEAD, &move_params).await?;
+        let extra = also(&appended).await?;
+        return Ok((appended, extra));
+    }
+
+    let positions: Vec<i64> = appended.iter().map(|a| a.position).collect();
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();
+    let versions: Vec<i32> = events.iter().map(|e| e.version).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let data: Vec<&[u8]> = events.iter().map(|e| e.data.as_ref()).collect();
+    let metadata: Vec<&[u8]> = events.iter().map(|e| e.metadata.as_ref()).collect();
+    let hashes: Vec<&[u8]> = appended.iter().map(|a| a.hash.as_slice()).collect();
+    let insert_params: [(&(dyn ToSql + Sync), Type); 9] = [
+        (&positions, Type::INT8_ARRAY),
+        (&ids, Type::UUID_ARRAY),
+        (&streams, Type::TEXT_ARRAY),
+        (&versions, Type::INT4_ARRAY),
+        (&kinds, Type::TEXT_ARRAY),
+        (&data, Type::BYTEA_ARRAY),
+        (&metadata, Type::BYTEA_ARRAY),
+        (&recorded_at, Type::TIMESTAMPTZ),
+        (&hashes, Type::BYTEA_ARRAY),
+    ];
+    let statements = crate::prepared::prepare_all(
+        tx,
+        &[(INSERT_EVENTS, &insert_params), (MOVE_HEAD, &move_params)],
+    )
+    .await?;
+    let (inserted, moved, extra) = tokio::join!(
+        crate::prepared::execute_prepared(tx, &statements[0], &insert_params),
+        crate::prepared::query_prepared(tx, &statements[1], &move_params),
+        also(&appended),
+    );
+    let (inserted, (_, extra)) = cause(
+        inserted.map_err(StoreError::from),
+        cause(moved.map_err(StoreError::from), extra),
+    )?;
+    if inserted != count as u64 {
+        return Err(StoreError::corrupt(
+            None,
+            format!("inserted {inserted} events of a batch of {count}"),
+        ));
+    }
+    Ok((appended, extra))
+}
+
+/// Two results of statements pipelined together: the error that is the cause, not the
+/// "current transaction is aborted" every statement after the failed one gets.
+pub fn cause<A, B>(
+    a: Result<A, StoreError>,
+    b: Result<B, StoreError>,
+) -> Result<(A, B), StoreError> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (Err(a), Err(b)) if a.is_follow_on() && !b.is_follow_on() => Err(b),
+        (Err(a), _) => Err(a),
+        (_, Err(b)) => Err(b),
+    }
+}
+
+/// One binary `COPY` of a large batch's rows, with the positions and hashes chained for them.
+async fn copy_events(
+    tx: &Transaction<'_>,
+    events: &[NewEvent],
+    appended: &[Appended],
+    recorded_at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let sink = tx
+        .copy_in(&format!(
+            "COPY public.events ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &EVENT_COLUMN_TYPES);
+    futures_util::pin_mut!(writer);
+    for (event, landed) in events.iter().zip(appended) {
         let (data, metadata, hash_bytes): (&[u8], &[u8], &[u8]) =
-            (&event.data, &event.metadata, &hash);
+            (&event.data, &event.metadata, &landed.hash);
         writer
             .as_mut()
             .write(&[
-                &position,
+                &landed.position,
                 &event.event_id,
                 &event.stream,
                 &event.version,
@@ -166,37 +311,15 @@ async fn write(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Appended
                 &hash_bytes,
             ])
             .await?;
-        appended.push(Appended {
-            position,
-            event_id: event.event_id,
-            hash,
-        });
-        prev = hash;
     }
     let inserted = writer.finish().await?;
-    if inserted != count as u64 {
+    if inserted != events.len() as u64 {
         return Err(StoreError::corrupt(
             None,
-            format!("inserted {inserted} events of a batch of {count}"),
+            format!("inserted {inserted} events of a batch of {}", events.len()),
         ));
     }
-
-    // Move the head and notify tailers (delivered on commit).
-    let new_head = head_position + count;
-    let head_hash = prev.as_slice();
-    crate::prepared::query_one(
-        tx,
-        "WITH moved AS ( \
-             UPDATE public.event_head SET position = $1, hash = $2 WHERE id RETURNING position \
-         ) SELECT pg_notify($3, moved.position::text) FROM moved",
-        &[
-            (&new_head, Type::INT8),
-            (&head_hash, Type::BYTEA),
-            (&EVENTS_CHANNEL, Type::TEXT),
-        ],
-    )
-    .await?;
-    Ok(appended)
+    Ok(())
 }
 
 /// The columns of `events` a `COPY` writes, in order (every column:

@@ -26,8 +26,8 @@ mod tail;
 mod verify;
 
 pub use append::{
-    Appended, EVENT_COLUMN_TYPES, EVENT_COLUMNS, EVENTS_CHANNEL, NewEvent, append,
-    append_with_locked_versions,
+    Appended, EVENT_COLUMN_TYPES, EVENT_COLUMNS, EVENTS_CHANNEL, NewEvent, PIPELINED_MAX, append,
+    append_with_locked_versions, append_with_locked_versions_then, cause,
 };
 pub use error::{Conflict, MigrationError, StoreError, Unavailable};
 pub use hash::{GENESIS_HASH, chain_hash};

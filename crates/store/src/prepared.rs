@@ -107,3 +107,12 @@ pub async fn query_prepared(
 ) -> Result<Vec<Row>, Error> {
     tx.query(statement, &values(params)).await
 }
+
+/// `execute_typed` with a statement from [`prepare_all`]: the rows it changed.
+pub async fn execute_prepared(
+    tx: &PooledTransaction<'_>,
+    statement: &Statement,
+    params: &TypedParams<'_>,
+) -> Result<u64, Error> {
+    tx.execute(statement, &values(params)).await
+}

@@ -5,8 +5,11 @@ mod common;
 
 use common::{TestResult, connect, event, migrated_db, store};
 use store::{
-    ChainFault, Conflict, GENESIS_HASH, StoreError, VerifyError, append, chain_hash, read_from,
+    ChainFault, Conflict, GENESIS_HASH, PIPELINED_MAX, StoreError, VerifyError, append, chain_hash,
+    read_from,
 };
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 
 #[tokio::test]
 async fn appends_are_gapless_and_chained_and_the_chain_verifies() -> TestResult {
@@ -14,21 +17,25 @@ async fn appends_are_gapless_and_chained_and_the_chain_verifies() -> TestResult 
     let store = store(&db.url, 4);
     let mut all = Vec::new();
     let mut versions = [0, 0];
-    for batch_size in [1u8, 7, 3, 50, 2] {
+    // Both ways a batch is written: one pipelined INSERT up to PIPELINED_MAX events, a
+    // binary COPY beyond.
+    let sizes = [1, 7, 3, 50, 2, PIPELINED_MAX, PIPELINED_MAX + 1, 2];
+    for batch_size in sizes {
         let batch: Vec<_> = (0..batch_size)
             .map(|i| {
-                let which = usize::from(i % 2);
+                let which = i % 2;
                 versions[which] += 1;
                 let stream = ["player-alice", "player-bob"][which];
-                event(stream, versions[which], "funds_deposited", &[0x80, i])
+                event(stream, versions[which], "funds_deposited", &[0x80, i as u8])
             })
             .collect();
         let appended = store.append_batch(&batch).await?;
         assert_eq!(appended.len(), batch.len());
         all.extend(appended);
     }
+    let total = sizes.iter().sum::<usize>() as i64;
     let positions: Vec<i64> = all.iter().map(|a| a.position).collect();
-    let expected: Vec<i64> = (1..=63).collect();
+    let expected: Vec<i64> = (1..=total).collect();
     assert_eq!(positions, expected, "positions are 1..N with no gap");
 
     // Each stored hash is the chain hash of its fields and the previous stored hash.
@@ -50,17 +57,21 @@ async fn appends_are_gapless_and_chained_and_the_chain_verifies() -> TestResult 
         prev = hash;
     }
 
+    assert_eq!(stored.len() as i64, total);
     let mut pages = 0;
     let report = store.verify_chain(1, |_| pages += 1).await?;
-    assert_eq!(report.events, 63);
-    assert_eq!(report.last_position, 63);
+    assert_eq!(report.events as i64, total);
+    assert_eq!(report.last_position, total);
     assert_eq!(report.last_hash, prev);
     assert_eq!(pages, 1);
-    assert_eq!(store.head().await?, (63, prev));
+    assert_eq!(store.head().await?, (total, prev));
 
     // Resuming from the middle trusts the hash before it and checks the rest.
     let report = store.verify_chain(40, |_| {}).await?;
-    assert_eq!((report.events, report.last_position), (24, 63));
+    assert_eq!(
+        (report.events as i64, report.last_position),
+        (total - 39, total)
+    );
     Ok(())
 }
 
@@ -270,18 +281,77 @@ async fn a_duplicate_event_id_is_refused_as_a_duplicate_event() -> TestResult {
     let first = event("player-dave", 1, "funds_deposited", b"\x80");
     store.append_batch(std::slice::from_ref(&first)).await?;
 
-    let mut again = event("player-erin", 1, "funds_deposited", b"\x80");
-    again.event_id = first.event_id;
-    let result = store.append_batch(&[again]).await;
+    // The stored id last in a batch written by INSERT, then in one written by COPY.
+    for size in [1, PIPELINED_MAX + 1] {
+        let mut batch: Vec<_> = (1..=size)
+            .map(|version| event("player-erin", version as i32, "funds_deposited", b"\x80"))
+            .collect();
+        batch[size - 1].event_id = first.event_id;
+        let result = store.append_batch(&batch).await;
+        assert!(
+            matches!(result, Err(StoreError::Conflict(Conflict::DuplicateEvent))),
+            "a batch of {size}: {result:?}"
+        );
+        assert_eq!(
+            store.last_position().await?,
+            1,
+            "the failed batch took no position"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_callers_writes_in_the_append_pipeline_are_reported_by_their_cause() -> TestResult {
+    let db = migrated_db().await;
+    let store = store(&db.url, 1);
+    let stored = event("player-gina", 1, "funds_deposited", b"\x80");
+    store.append_batch(std::slice::from_ref(&stored)).await?;
+
+    // The caller's statement fails after the events' insert and the head's move succeeded:
+    // its own error, and the transaction rolls back with the positions.
+    let mut client = store.client().await?;
+    let tx = client.transaction().await?;
+    let events = [event("player-gina", 2, "bet_placed", b"\x80")];
+    let result = store::append_with_locked_versions_then(&tx, &events, |appended| {
+        assert_eq!(appended[0].position, 2, "given where the event will land");
+        let tx = &tx;
+        async move {
+            store::prepared::query(tx, "SELECT 1 / $1", &[(&0i32, Type::INT4)]).await?;
+            Ok(())
+        }
+    })
+    .await;
+    match &result {
+        Err(error) => assert_eq!(
+            error.sql_state(),
+            Some(&SqlState::DIVISION_BY_ZERO),
+            "{error}"
+        ),
+        Ok(_) => panic!("the caller's failing statement passed"),
+    }
+    drop(tx);
+
+    // The events' insert fails (a stored id) and the caller's statement after it is only the
+    // echo of that: the cause is reported.
+    let tx = client.transaction().await?;
+    let mut events = [event("player-gina", 2, "bet_placed", b"\x80")];
+    events[0].event_id = stored.event_id;
+    let result = store::append_with_locked_versions_then(&tx, &events, |_| {
+        let tx = &tx;
+        async move {
+            store::prepared::query(tx, "SELECT 1", &[]).await?;
+            Ok(())
+        }
+    })
+    .await;
     assert!(
         matches!(result, Err(StoreError::Conflict(Conflict::DuplicateEvent))),
         "{result:?}"
     );
-    assert_eq!(
-        store.last_position().await?,
-        1,
-        "the failed batch took no position"
-    );
+    drop(tx);
+    drop(client);
+    assert_eq!(store.last_position().await?, 1);
     Ok(())
 }
 

@@ -10,8 +10,9 @@
 //!   -- judge every bet in Rust, in arrival order, against running balances and stakes;
 //!   -- look up the refused ones (a retry of an accepted bet gets its first answer)
 //!   UPDATE accounts … ; UPDATE/INSERT round_stakes …   -- pipelined, set-based
-//!   store::append_with_locked_versions(bet_placed × n) -- head row locked last, binary COPY
-//!   COPY bets … FROM STDIN (FORMAT binary)      -- with their events' positions
+//!   SELECT … FROM event_head … FOR UPDATE       -- the head row, locked last
+//!   INSERT INTO events …; UPDATE event_head …;  -- pipelined: one round trip (a batch of more
+//!   INSERT INTO bets …                          -- than 256: a binary COPY each, ADR 0032)
 //! COMMIT
 //! ```
 //!
@@ -568,43 +569,19 @@ async fn transact(
         // Every player stream's version came from its `accounts` row, locked above. A bet id
         // stored already (a retry judged as new by the optimistic attempt, or another player's
         // bet reusing the id that committed first) has its derived event id stored already:
-        // the COPY fails on `events_event_id_key`, the whole transaction goes, and the batch
+        // the append fails on `events_event_id_key`, the whole transaction goes, and the batch
         // is judged again.
-        let appended = store::append_with_locked_versions(&tx, &events)
-            .await
-            .map_err(raced_on_event_id)?;
-        stages.mark("append");
-
-        // The bets, with the positions of their events.
+        // The bets go with their events: pipelined with the events' insert and the head's
+        // move for a batch of at most `store::PIPELINED_MAX`, copied after them for a larger
+        // one (`store::append_with_locked_versions_then`).
         let at = now.as_offset_datetime();
-        let sink = tx
-            .copy_in(&format!(
-                "COPY bets ({BET_COLUMNS}) FROM STDIN (FORMAT binary)"
-            ))
-            .await?;
-        let writer = BinaryCopyInWriter::new(sink, &BET_COLUMN_TYPES);
-        futures_util::pin_mut!(writer);
-        for (((index, _, _), appended), selection) in
-            accepted.iter().zip(&appended).zip(&selections)
-        {
-            let bet = &bets[*index];
-            let round = bet.round.get() as i64;
-            writer
-                .as_mut()
-                .write(&[
-                    bet.bet_id.as_uuid(),
-                    &bet.table.as_str(),
-                    &round,
-                    &bet.player.as_str(),
-                    &selection,
-                    &bet.amount.get(),
-                    &at,
-                    &appended.position,
-                ])
-                .await?;
-        }
-        writer.finish().await?;
-        stages.mark("bets");
+        store::append_with_locked_versions_then(&tx, &events, |appended| {
+            let positions: Vec<i64> = appended.iter().map(|a| a.position).collect();
+            write_bets(&tx, bets, &accepted, selections, positions, at)
+        })
+        .await
+        .map_err(raced_on_event_id)?;
+        stages.mark("append");
         commit_sent.store(true, Ordering::Release);
         tx.commit().await?;
         stages.mark("commit");
@@ -629,6 +606,72 @@ async fn transact(
             o.unwrap_or_else(|| BetOutcome::rejected(ErrorCode::BettingUnavailable, "unanswered"))
         })
         .collect())
+}
+
+/// The `bets` rows of the accepted bets, with their events' positions: one `INSERT … SELECT
+/// FROM unnest(…)` for a batch of at most [`store::PIPELINED_MAX`] (sent in the events'
+/// pipeline), a binary `COPY` for a larger one.
+async fn write_bets(
+    tx: &Transaction<'_>,
+    bets: &[BetRequest],
+    accepted: &[(usize, Money, i32)],
+    selections: Vec<String>,
+    positions: Vec<i64>,
+    at: time::OffsetDateTime,
+) -> Result<(), StoreError> {
+    let placed = || accepted.iter().map(|(index, _, _)| &bets[*index]);
+    if accepted.len() <= store::PIPELINED_MAX {
+        let ids: Vec<Uuid> = placed().map(|b| *b.bet_id.as_uuid()).collect();
+        let tables: Vec<&str> = placed().map(|b| b.table.as_str()).collect();
+        let rounds: Vec<i64> = placed().map(|b| b.round.get() as i64).collect();
+        let players: Vec<&str> = placed().map(|b| b.player.as_str()).collect();
+        let amounts: Vec<i64> = placed().map(|b| b.amount.get()).collect();
+        prepared::execute(
+            tx,
+            "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, placed_at, \
+                               placed_position) \
+             SELECT i, t, n, p, s, a, $7, pos \
+             FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[], \
+                         $8::int8[]) AS u(i, t, n, p, s, a, pos)",
+            &[
+                (&ids, Type::UUID_ARRAY),
+                (&tables, Type::TEXT_ARRAY),
+                (&rounds, Type::INT8_ARRAY),
+                (&players, Type::TEXT_ARRAY),
+                (&selections, Type::TEXT_ARRAY),
+                (&amounts, Type::INT8_ARRAY),
+                (&at, Type::TIMESTAMPTZ),
+                (&positions, Type::INT8_ARRAY),
+            ],
+        )
+        .await?;
+        return Ok(());
+    }
+    let sink = tx
+        .copy_in(&format!(
+            "COPY bets ({BET_COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &BET_COLUMN_TYPES);
+    futures_util::pin_mut!(writer);
+    for ((bet, position), selection) in placed().zip(&positions).zip(&selections) {
+        let round = bet.round.get() as i64;
+        writer
+            .as_mut()
+            .write(&[
+                bet.bet_id.as_uuid(),
+                &bet.table.as_str(),
+                &round,
+                &bet.player.as_str(),
+                selection,
+                &bet.amount.get(),
+                &at,
+                position,
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(())
 }
 
 /// An event id or version stored already: a concurrent writer got there first; the batch is
