@@ -1,5 +1,6 @@
-//! Appending events: one binary `COPY` per batch, positions taken from the head row, hashes
-//! chained in Rust (`docs/contract/event-store.md`).
+//! Appending events: one pipelined `INSERT` (at most [`PIPELINED_MAX`] events) or one binary
+//! `COPY` (more) per batch, positions taken from the head row, hashes
+//! chained in Rust (`docs/contract/event-store.md`, ADR 0032).
 //!
 //! # How a write transaction is shaped
 //!
@@ -9,7 +10,8 @@
 //!   SELECT … FROM accounts … ORDER BY player FOR UPDATE
 //!   UPDATE accounts … ;
 //!   append(&tx, events)   -- locks the head row LAST, copies the rows in, moves the head
-//!   COPY bets … ;         -- read models that need the positions
+//!   INSERT/COPY bets … ;  -- read models that need the positions (pipelined with the
+//!                         -- events' own statements: `append_with_locked_versions_then`)
 //! COMMIT
 //! ```
 //!
@@ -74,10 +76,12 @@ pub struct Appended {
 /// Appends `events`, in order, inside the caller's transaction (nothing is visible before the
 /// caller commits; a rollback gives the positions back).
 ///
-/// Takes the head row lock, so call it *last* in the transaction and commit soon after. Four
-/// round trips: the streams' current versions (before the lock), the head lock (which also reads
-/// the database clock, after the lock, for `recorded_at`), one binary `COPY` of the rows, and one
-/// statement that moves the head and notifies [`EVENTS_CHANNEL`].
+/// Takes the head row lock, so call it *last* in the transaction and commit soon after. Round
+/// trips: the streams' current versions (before the lock); the head lock (which also reads the
+/// database clock, after the lock, for `recorded_at`); then, for at most [`PIPELINED_MAX`]
+/// events, one `INSERT` of the rows pipelined with the statement that moves the head and
+/// notifies [`EVENTS_CHANNEL`] (one round trip), or for more, a binary `COPY` of the rows (two)
+/// and that statement (one).
 ///
 /// Errors: [`Conflict::DuplicateEvent`] when an `event_id` is stored already (or repeated in the
 /// batch), [`Conflict::VersionConflict`] when a version is not the next of its stream;
