@@ -1,11 +1,13 @@
 //! Degraded mode (ADR 0020) with faults on GS's own database connections while Postgres stays
 //! up: each GS under test is a `croupier run gs` process whose `DATABASE_URL` points at a
 //! [`testkit::PgProxy`], which cuts a connection at a chosen point of the Postgres protocol
-//! (mid-`COPY`, before or right after `COMMIT`), cuts every connection, or refuses new ones.
+//! (mid-pipeline at an `Execute`, mid-`COPY`, before or right after `COMMIT`), cuts every
+//! connection, or refuses new ones.
 //! GMS runs as a process; bets are NATS requests on `bets.place.roulette-1` built by hand, so
 //! every answer GS gives is seen as it is (no responders included).
 //!
-//! - a batch cut mid-`COPY` (or before its `COMMIT`) in an outage: its bets are answered
+//! - a batch cut mid-write (at the `Execute` of its `bets` insert, pipelined after its events'
+//!   insert: ADR 0032) or before its `COMMIT` in an outage: its bets are answered
 //!   `BETTING_UNAVAILABLE` or `TIMEOUT`, never accepted unless stored; after recovery the
 //!   same bets retried are accepted once (one debit each);
 //! - a batch cut right after its `COMMIT` went out: its bets stand and are not answered
@@ -391,14 +393,20 @@ async fn retry_all(drill: &Drill, bets: &[PlaceBetRequest]) {
 
 const PLAYERS: usize = 10;
 
-/// (a) One GS; the batch is cut at `at` (mid-`COPY` of its bets, or before its `COMMIT`),
+/// Every statement that writes a batch's `bets` rows (`INSERT INTO bets (bet_id, …` for a batch
+/// of at most 256, `COPY bets (bet_id, …` beyond): the proxy's triggers fire in its
+/// transaction.
+const BETS_WRITE: &str = "bets (bet_id";
+
+/// (a) One GS; the batch is cut at `at` (mid-write at its bets' `Execute`, or before its
+/// `COMMIT`),
 /// and at that moment the database goes away for GS (every connection cut, new ones refused)
 /// for a while.
 async fn outage_cuts_a_batch(at: CutAt) {
     let drill = Drill::start(PLAYERS, &[true], 20_000).await;
     let round = drill.open_round(Duration::from_secs(15)).await;
     let bets: Vec<PlaceBetRequest> = (0..PLAYERS).map(|i| drill.bet(round, i)).collect();
-    let armed = drill.proxy.arm(at, "COPY bets");
+    let armed = drill.proxy.arm(at, BETS_WRITE);
     let outage = async {
         assert!(armed.fired(WAIT).await, "no batch reached {at:?}");
         drill.proxy.refuse(true);
@@ -436,8 +444,8 @@ async fn outage_cuts_a_batch(at: CutAt) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_cut_mid_copy_in_an_outage_is_refused_then_accepted_once_on_retry() {
-    outage_cuts_a_batch(CutAt::CopyData).await;
+async fn a_batch_cut_mid_write_in_an_outage_is_refused_then_accepted_once_on_retry() {
+    outage_cuts_a_batch(CutAt::Execute).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,7 +459,7 @@ async fn a_batch_cut_right_after_its_commit_stands_and_retries_get_the_first_ans
     let drill = Drill::start(PLAYERS, &[true], 10_000).await;
     let round = drill.open_round(Duration::from_secs(7)).await;
     let bets: Vec<PlaceBetRequest> = (0..PLAYERS).map(|i| drill.bet(round, i)).collect();
-    let armed = drill.proxy.arm(CutAt::AfterCommit, "COPY bets");
+    let armed = drill.proxy.arm(CutAt::AfterCommit, BETS_WRITE);
     let answers = join_all(
         bets.iter()
             .map(|bet| drill.place(bet, Duration::from_secs(10))),

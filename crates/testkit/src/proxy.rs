@@ -52,6 +52,9 @@ const REMEMBERED_STATEMENTS: usize = 64;
 pub enum CutAt {
     /// At a `CopyData` message from the client (mid-`COPY … FROM STDIN`); not forwarded.
     CopyData,
+    /// At an `Execute` message (extended protocol); not forwarded. Statements pipelined
+    /// before it reach the server; it and those after it do not (mid-pipeline).
+    Execute,
     /// At the simple query `COMMIT`, before forwarding it: nothing of the transaction commits.
     BeforeCommit,
     /// Right after forwarding the simple query `COMMIT`; the server's answer is not forwarded:
@@ -417,6 +420,7 @@ impl Session {
                 None
             }
             Some(b'd') => Some([CutAt::CopyData, CutAt::CopyData]),
+            Some(b'E') => Some([CutAt::Execute, CutAt::Execute]),
             _ => None,
         };
         let mut verdict = Verdict::Forward;
@@ -429,7 +433,7 @@ impl Session {
                 trigger.fired.send_replace(true);
                 verdict = match trigger.at {
                     CutAt::AfterCommit => Verdict::ForwardThenCut,
-                    CutAt::CopyData | CutAt::BeforeCommit => Verdict::CutBefore,
+                    CutAt::CopyData | CutAt::Execute | CutAt::BeforeCommit => Verdict::CutBefore,
                 };
             }
         }
@@ -610,6 +614,21 @@ mod tests {
         // Fired once: the same placement again passes.
         let frames = run(&placement(), 64, &mut vec![]);
         assert!(frames.iter().all(|(_, v)| *v == Verdict::Forward));
+    }
+
+    #[test]
+    fn an_execute_trigger_cuts_at_the_execute_of_its_statement() {
+        let (armed, fired) = trigger(CutAt::Execute, "bets (bet_id");
+        let mut triggers = vec![armed];
+        let frames = run(&placement(), 3, &mut triggers);
+        let cut: Vec<_> = frames
+            .iter()
+            .filter(|(_, v)| *v != Verdict::Forward)
+            .collect();
+        assert_eq!(cut.len(), 1, "{cut:?}");
+        assert_eq!(cut[0].0.tag, Some(b'E'));
+        assert_eq!(cut[0].1, Verdict::CutBefore);
+        assert!(*fired.borrow());
     }
 
     #[test]
