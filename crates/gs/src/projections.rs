@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use crate::ledger::{LedgerError, TransitionMetadata};
+use crate::ledger::{BetColumns, LedgerError, TransitionMetadata, insert_bets};
 
 /// Rows written per statement when the read models are refilled.
 const PAGE: i64 = 5_000;
@@ -340,34 +340,20 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
     // bets and their results, in pages so one statement's arrays stay moderate
     let all: Vec<(&Uuid, &BetRow)> = bets.iter().collect();
     for chunk in all.chunks(PAGE as usize) {
-        let ids: Vec<Uuid> = chunk.iter().map(|(id, _)| **id).collect();
-        let tables: Vec<&str> = chunk.iter().map(|(_, b)| b.table.as_str()).collect();
-        let rounds: Vec<i64> = chunk.iter().map(|(_, b)| b.round).collect();
-        let players: Vec<&str> = chunk.iter().map(|(_, b)| b.player.as_str()).collect();
-        let selections: Vec<&str> = chunk.iter().map(|(_, b)| b.selection.as_str()).collect();
-        let amounts: Vec<i64> = chunk.iter().map(|(_, b)| b.amount).collect();
-        let placed: Vec<i64> = chunk.iter().map(|(_, b)| b.placed_position).collect();
-        let placed_at: Vec<OffsetDateTime> = chunk.iter().map(|(_, b)| b.placed_at).collect();
-        report.bets += tx
-            .execute_typed(
-                "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, \
-                                   placed_position, placed_at) \
-                 SELECT i, t, n, p, s, a, pp, pa \
-                 FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], \
-                             $6::int8[], $7::int8[], $8::timestamptz[]) \
-                      AS u(i, t, n, p, s, a, pp, pa)",
-                &[
-                    (&ids, Type::UUID_ARRAY),
-                    (&tables, Type::TEXT_ARRAY),
-                    (&rounds, Type::INT8_ARRAY),
-                    (&players, Type::TEXT_ARRAY),
-                    (&selections, Type::TEXT_ARRAY),
-                    (&amounts, Type::INT8_ARRAY),
-                    (&placed, Type::INT8_ARRAY),
-                    (&placed_at, Type::TIMESTAMPTZ_ARRAY),
-                ],
-            )
-            .await?;
+        report.bets += insert_bets(
+            &tx,
+            &BetColumns {
+                ids: chunk.iter().map(|(id, _)| **id).collect(),
+                tables: chunk.iter().map(|(_, b)| b.table.as_str()).collect(),
+                rounds: chunk.iter().map(|(_, b)| b.round).collect(),
+                players: chunk.iter().map(|(_, b)| b.player.as_str()).collect(),
+                selections: chunk.iter().map(|(_, b)| b.selection.as_str()).collect(),
+                amounts: chunk.iter().map(|(_, b)| b.amount).collect(),
+                placed_at: chunk.iter().map(|(_, b)| b.placed_at).collect(),
+                positions: chunk.iter().map(|(_, b)| b.placed_position).collect(),
+            },
+        )
+        .await?;
     }
     // bets placed before migration 0005, by bet id (ADR 0016)
     let (legacy_ids, legacy_positions): (Vec<Uuid>, Vec<i64>) = bets

@@ -19,6 +19,7 @@ mod settlement;
 mod stages;
 
 pub use placement::{BET_COLUMN_TYPES, BET_COLUMNS, BetOutcome, place_bets, place_bets_watched};
+pub(crate) use placement::{BetColumns, insert_bets};
 pub use settlement::{Refund, Settlement, refund_round, settle_round};
 
 #[derive(Debug, thiserror::Error)]

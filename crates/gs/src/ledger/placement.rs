@@ -287,6 +287,44 @@ pub const BET_COLUMN_TYPES: [Type; 8] = [
     Type::INT8,
 ];
 
+/// `bets` rows as columns, in [`BET_COLUMNS`]' order.
+pub(crate) struct BetColumns<'a> {
+    pub ids: Vec<Uuid>,
+    pub tables: Vec<&'a str>,
+    pub rounds: Vec<i64>,
+    pub players: Vec<&'a str>,
+    pub selections: Vec<&'a str>,
+    pub amounts: Vec<i64>,
+    pub placed_at: Vec<time::OffsetDateTime>,
+    pub positions: Vec<i64>,
+}
+
+/// Writes `bets` rows in one `INSERT … SELECT FROM unnest(…)`: a small batch's (placement)
+/// and each page of a rebuild's ([`crate::projections`]). The rows written.
+pub(crate) async fn insert_bets(
+    tx: &Transaction<'_>,
+    rows: &BetColumns<'_>,
+) -> Result<u64, tokio_postgres::Error> {
+    prepared::execute(
+        tx,
+        "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, placed_at, \
+                           placed_position) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], \
+                              $6::int8[], $7::timestamptz[], $8::int8[])",
+        &[
+            (&rows.ids, Type::UUID_ARRAY),
+            (&rows.tables, Type::TEXT_ARRAY),
+            (&rows.rounds, Type::INT8_ARRAY),
+            (&rows.players, Type::TEXT_ARRAY),
+            (&rows.selections, Type::TEXT_ARRAY),
+            (&rows.amounts, Type::INT8_ARRAY),
+            (&rows.placed_at, Type::TIMESTAMPTZ_ARRAY),
+            (&rows.positions, Type::INT8_ARRAY),
+        ],
+    )
+    .await
+}
+
 /// The batch's rounds, share-locked in a fixed order.
 const READ_ROUNDS: &str = "SELECT r.table_id, r.round, r.phase, r.closes_at FROM rounds r \
      JOIN unnest($1::text[], $2::int8[]) AS u(t, n) ON r.table_id = u.t AND r.round = u.n \
@@ -621,28 +659,18 @@ async fn write_bets(
 ) -> Result<(), StoreError> {
     let placed = || accepted.iter().map(|(index, _, _)| &bets[*index]);
     if accepted.len() <= store::PIPELINED_MAX {
-        let ids: Vec<Uuid> = placed().map(|b| *b.bet_id.as_uuid()).collect();
-        let tables: Vec<&str> = placed().map(|b| b.table.as_str()).collect();
-        let rounds: Vec<i64> = placed().map(|b| b.round.get() as i64).collect();
-        let players: Vec<&str> = placed().map(|b| b.player.as_str()).collect();
-        let amounts: Vec<i64> = placed().map(|b| b.amount.get()).collect();
-        prepared::execute(
+        insert_bets(
             tx,
-            "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, placed_at, \
-                               placed_position) \
-             SELECT i, t, n, p, s, a, $7, pos \
-             FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[], \
-                         $8::int8[]) AS u(i, t, n, p, s, a, pos)",
-            &[
-                (&ids, Type::UUID_ARRAY),
-                (&tables, Type::TEXT_ARRAY),
-                (&rounds, Type::INT8_ARRAY),
-                (&players, Type::TEXT_ARRAY),
-                (&selections, Type::TEXT_ARRAY),
-                (&amounts, Type::INT8_ARRAY),
-                (&at, Type::TIMESTAMPTZ),
-                (&positions, Type::INT8_ARRAY),
-            ],
+            &BetColumns {
+                ids: placed().map(|b| *b.bet_id.as_uuid()).collect(),
+                tables: placed().map(|b| b.table.as_str()).collect(),
+                rounds: placed().map(|b| b.round.get() as i64).collect(),
+                players: placed().map(|b| b.player.as_str()).collect(),
+                selections: selections.iter().map(String::as_str).collect(),
+                amounts: placed().map(|b| b.amount.get()).collect(),
+                placed_at: vec![at; accepted.len()],
+                positions,
+            },
         )
         .await?;
         return Ok(());
