@@ -473,20 +473,39 @@ async fn run() -> Result<()> {
         .filter(|(_, a, _, _)| *a == Answer::Accepted)
         .filter_map(|(_, _, id, _)| uuid::Uuid::parse_str(id).ok())
         .collect();
-    let row = db
-        .query_one(
-            "SELECT count(*) FILTER (WHERE b.bet_id IS NULL),
-                    count(*) FILTER (WHERE r.phase = 'settled' AND NOT EXISTS
-                        (SELECT 1 FROM bet_results x WHERE x.bet_id = a.id))
-             FROM unnest($1::uuid[]) AS a(id)
-             LEFT JOIN bets b ON b.bet_id = a.id
-             LEFT JOIN rounds r ON r.table_id = b.table_id AND r.round = b.round",
-            &[&accepted],
+    // Each accepted bet's `bet_placed` event (by the event id derived from its bet id), the
+    // phase of its round, and whether it has a result.
+    let event_ids: Vec<uuid::Uuid> = accepted
+        .iter()
+        .map(|id| gs::ledger::bet_placed_id(&domain::BetId::from_uuid(*id)))
+        .collect();
+    let rows = db
+        .query(
+            "SELECT e.data, EXISTS (SELECT 1 FROM bet_results x WHERE x.bet_id = a.bet_id)
+             FROM unnest($1::uuid[], $2::uuid[]) AS a(event_id, bet_id)
+             JOIN events e ON e.event_id = a.event_id",
+            &[&event_ids, &accepted],
         )
         .await
         .context("look the accepted bets up")?;
-    let lost: i64 = row.get(0);
-    let unsettled: i64 = row.get(1);
+    let lost = (accepted.len() - rows.len()) as i64;
+    let mut unsettled = 0i64;
+    for row in rows {
+        let event = protocol::decode_event(row.get::<_, &[u8]>(0)).context("a stored bet")?;
+        let protocol::EventBody::BetPlaced(placed) = event.body else {
+            anyhow::bail!("an accepted bet's event is not a bet_placed");
+        };
+        let phase: Option<String> = db
+            .query_opt(
+                "SELECT phase FROM rounds WHERE table_id = $1 AND round = $2",
+                &[&placed.table.as_str(), &(placed.round.get() as i64)],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if phase.as_deref() == Some("settled") && !row.get::<_, bool>(1) {
+            unsettled += 1;
+        }
+    }
     let replay = up.croupier().arg("replay").stdout(Stdio::null()).status()?;
 
     println!("\n## just bench-degraded");

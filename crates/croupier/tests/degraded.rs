@@ -450,12 +450,21 @@ async fn an_operator_switches_betting_off_and_on_and_voids_a_round() {
     let opened_round = {
         // The round the bet went to: the last round_opened the client saw.
         let db = testkit::pg_connect(&stack.db.url).await.expect("connect");
-        let id = uuid::Uuid::parse_str(&bet_id).expect("uuid");
+        let id = domain::BetId::parse(&bet_id).expect("bet id");
         let row = db
-            .query_one("SELECT round FROM bets WHERE bet_id = $1", &[&id])
+            .query_one(
+                "SELECT data FROM events WHERE event_id = $1",
+                &[&gs::ledger::bet_placed_id(&id)],
+            )
             .await
             .expect("the bet is stored");
-        row.get::<_, i64>(0)
+        match protocol::decode_event(row.get::<_, &[u8]>(0))
+            .expect("event")
+            .body
+        {
+            protocol::EventBody::BetPlaced(placed) => placed.round.get() as i64,
+            other => panic!("not a bet_placed: {other:?}"),
+        }
     };
     let round = opened_round.to_string();
     stack.env.croupier(&[

@@ -6,8 +6,8 @@
 //! GMS runs as a process; bets are NATS requests on `bets.place.roulette-1` built by hand, so
 //! every answer GS gives is seen as it is (no responders included).
 //!
-//! - a batch cut mid-write (at the `Execute` of its `bets` insert, pipelined after its events'
-//!   insert: ADR 0032) or before its `COMMIT` in an outage: its bets are answered
+//! - a batch cut mid-write (at the `Execute` of its `round_stakes` write, pipelined after its
+//!   debits) or before its `COMMIT` in an outage: its bets are answered
 //!   `BETTING_UNAVAILABLE` or `TIMEOUT`, never accepted unless stored; after recovery the
 //!   same bets retried are accepted once (one debit each);
 //! - a batch cut right after its `COMMIT` went out: its bets stand and are not answered
@@ -195,18 +195,27 @@ impl Drill {
         }
     }
 
-    /// How many `bets` rows each of `ids` has (absent: none).
+    /// How many `bet_placed` events each of `ids` has (absent: none), found by the event id
+    /// derived from the bet id.
     async fn stored(&self, ids: &[Uuid]) -> HashMap<Uuid, i64> {
-        let ids = ids.to_vec();
+        let by_event: HashMap<Uuid, Uuid> = ids
+            .iter()
+            .map(|id| {
+                let bet = domain::BetId::from_uuid(*id);
+                (gs::ledger::bet_placed_id(&bet), *id)
+            })
+            .collect();
+        let event_ids: Vec<Uuid> = by_event.keys().copied().collect();
         self.client
             .query(
-                "SELECT bet_id, count(*) FROM bets WHERE bet_id = ANY($1) GROUP BY bet_id",
-                &[&ids],
+                "SELECT event_id, count(*) FROM events \
+                 WHERE event_id = ANY($1) AND type = 'bet_placed' GROUP BY event_id",
+                &[&event_ids],
             )
             .await
-            .expect("bets")
+            .expect("bet_placed events")
             .into_iter()
-            .map(|row| (row.get(0), row.get(1)))
+            .map(|row| (by_event[&row.get::<_, Uuid>(0)], row.get(1)))
             .collect()
     }
 
@@ -296,13 +305,17 @@ impl Drill {
             accounts, wallets,
             "each wallet is deposits − stakes + payouts"
         );
-        let rows: i64 = self
+        let counted: i64 = self
             .client
-            .query_one("SELECT count(*) FROM bets", &[])
+            .query_one("SELECT coalesce(sum(bets), 0)::int8 FROM round_stakes", &[])
             .await
-            .expect("bets")
+            .expect("round_stakes")
             .get(0);
-        assert_eq!(rows as usize, ledger.placed.len(), "one `bets` row per bet");
+        assert_eq!(
+            counted as usize,
+            ledger.placed.len(),
+            "`round_stakes` counts every bet once"
+        );
         let results: i64 = self
             .client
             .query_one("SELECT count(*) FROM bet_results", &[])
@@ -393,12 +406,12 @@ async fn retry_all(drill: &Drill, bets: &[PlaceBetRequest]) {
 
 const PLAYERS: usize = 10;
 
-/// Every statement that writes a batch's `bets` rows (`INSERT INTO bets (bet_id, …` for a batch
-/// of at most 256, `COPY bets (bet_id, …` beyond): the proxy's triggers fire in its
-/// transaction.
-const BETS_WRITE: &str = "bets (bet_id";
+/// The statement that adds a batch's stakes to `round_stakes` (placement alone writes it, after
+/// the debits it is pipelined with and before the head row is locked): the proxy's triggers
+/// fire in its transaction.
+const STAKES_WRITE: &str = "INSERT INTO round_stakes (table_id";
 
-/// (a) One GS; the batch is cut at `at` (mid-write at its bets' `Execute`, or before its
+/// (a) One GS; the batch is cut at `at` (mid-write at its stakes' `Execute`, or before its
 /// `COMMIT`),
 /// and at that moment the database goes away for GS (every connection cut, new ones refused)
 /// for a while.
@@ -406,7 +419,7 @@ async fn outage_cuts_a_batch(at: CutAt) {
     let drill = Drill::start(PLAYERS, &[true], 20_000).await;
     let round = drill.open_round(Duration::from_secs(15)).await;
     let bets: Vec<PlaceBetRequest> = (0..PLAYERS).map(|i| drill.bet(round, i)).collect();
-    let armed = drill.proxy.arm(at, BETS_WRITE);
+    let armed = drill.proxy.arm(at, STAKES_WRITE);
     let outage = async {
         assert!(armed.fired(WAIT).await, "no batch reached {at:?}");
         drill.proxy.refuse(true);
@@ -459,7 +472,7 @@ async fn a_batch_cut_right_after_its_commit_stands_and_retries_get_the_first_ans
     let drill = Drill::start(PLAYERS, &[true], 10_000).await;
     let round = drill.open_round(Duration::from_secs(7)).await;
     let bets: Vec<PlaceBetRequest> = (0..PLAYERS).map(|i| drill.bet(round, i)).collect();
-    let armed = drill.proxy.arm(CutAt::AfterCommit, BETS_WRITE);
+    let armed = drill.proxy.arm(CutAt::AfterCommit, STAKES_WRITE);
     let answers = join_all(
         bets.iter()
             .map(|bet| drill.place(bet, Duration::from_secs(10))),

@@ -5,8 +5,8 @@
 //!   debits included), batches of 10k bets;
 //! - a binary COPY of the same rows into a table with the same indexes as `events`;
 //! - a bare binary COPY with no indexes;
-//! - placement's writes alone: the same events, `bets` rows, debits and stake totals written by
-//!   bare statements into copies of those tables, with no reads, locks or judging (a ceiling
+//! - placement's writes alone: the same events, debits and stake totals written by bare
+//!   statements into copies of those tables, with no reads, locks or judging (a ceiling
 //!   on what the batched append can reach);
 //! - a row-at-a-time INSERT baseline (one prepared statement per row);
 //! - settlement of 10k and of 100k bets (events, payouts, balances).
@@ -244,9 +244,9 @@ struct Ledger {
 }
 
 /// The writes a placement batch makes, by bare statements on the anchors' connection, into
-/// copies of `events`, `bets`, `accounts` and `round_stakes` (same columns, indexes, checks and
-/// fill factors): the debits and the stake totals (one set-based statement each, pipelined),
-/// the events by binary COPY, the bets by binary COPY, one commit with fsync. No reads, no
+/// copies of `events`, `accounts` and `round_stakes` (same columns, indexes, checks and fill
+/// factors): the debits and the stake totals with each player's stream versions (one
+/// set-based statement each, pipelined), the events by binary COPY, one commit with fsync. No reads, no
 /// locks, no judging, no chain. `place_bets` writes exactly this and does more, so its rate is
 /// a ceiling on ours.
 async fn writes_into(
@@ -285,11 +285,9 @@ async fn writes_into(
             to.players.push(*player);
             to.stakes.push(*amount);
             to.counts.push(*count);
+            to.firsts.push(wallet.1 - count + 1);
+            to.lasts.push(wallet.1);
         }
-        let selections: Vec<String> = bets
-            .iter()
-            .map(|b| serde_json::to_string(&b.selection))
-            .collect::<std::result::Result<_, _>>()?;
         let table = bets.first().map_or("bench", |b| b.table.as_str());
         let round = bets.first().map_or(1, |b| b.round.get() as i64);
         let (old_tables, new_tables) = (
@@ -305,17 +303,20 @@ async fn writes_into(
         let started = Instant::now();
         let tx = client.transaction().await?;
         let debit_params: [&(dyn ToSql + Sync); 4] = [&players, &balances, &versions, &now];
-        let stake_params: [&(dyn ToSql + Sync); 10] = [
+        let stake_params: [&(dyn ToSql + Sync); 13] = [
             &old_tables,
             &old_rounds,
             &old.players,
             &old.stakes,
             &old.counts,
+            &old.lasts,
             &new_tables,
             &new_rounds,
             &new.players,
             &new.stakes,
             &new.counts,
+            &new.firsts,
+            &new.lasts,
         ];
         let debits = tx.execute(
             "UPDATE bench_w_accounts SET balance = u.b, version = u.v, updated_at = $4 \
@@ -325,42 +326,22 @@ async fn writes_into(
         );
         let stakes = tx.execute(
             "WITH updated AS ( \
-                 UPDATE bench_w_stakes s SET staked = s.staked + u.a, bets = s.bets + u.c \
-                 FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int4[]) \
-                      AS u(t, n, p, a, c) \
+                 UPDATE bench_w_stakes s \
+                 SET staked = s.staked + u.a, bets = s.bets + u.c, last_version = u.l \
+                 FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int4[], \
+                             $6::int4[]) AS u(t, n, p, a, c, l) \
                  WHERE s.table_id = u.t AND s.round = u.n AND s.player = u.p \
              ) \
-             INSERT INTO bench_w_stakes (table_id, round, player, staked, bets) \
-             SELECT * FROM unnest($6::text[], $7::int8[], $8::text[], $9::int8[], $10::int4[])",
+             INSERT INTO bench_w_stakes (table_id, round, player, staked, bets, first_version, \
+                                         last_version) \
+             SELECT * FROM unnest($7::text[], $8::int8[], $9::text[], $10::int8[], \
+                                  $11::int4[], $12::int4[], $13::int4[])",
             &stake_params,
         );
         let (debited, staked) = futures_util::join!(debits, stakes);
         debited?;
         staked?;
         copy_rows(&tx, "bench_w_events", rows).await?;
-        let sink = tx
-            .copy_in(&format!(
-                "COPY bench_w_bets ({}) FROM STDIN BINARY",
-                ledger::BET_COLUMNS
-            ))
-            .await?;
-        let writer = BinaryCopyInWriter::new(sink, &ledger::BET_COLUMN_TYPES);
-        pin_mut!(writer);
-        for ((bet, row), selection) in bets.iter().zip(rows).zip(&selections) {
-            let round = bet.round.get() as i64;
-            let values: [&(dyn ToSql + Sync); 8] = [
-                bet.bet_id.as_uuid(),
-                &bet.table.as_str(),
-                &round,
-                &bet.player.as_str(),
-                selection,
-                &bet.amount.get(),
-                &now,
-                &row.position,
-            ];
-            writer.as_mut().write(&values).await?;
-        }
-        writer.finish().await?;
         tx.commit().await?;
         spent += started.elapsed();
     }
@@ -373,6 +354,8 @@ struct StakeColumns<'a> {
     players: Vec<&'a str>,
     stakes: Vec<i64>,
     counts: Vec<i32>,
+    firsts: Vec<i32>,
+    lasts: Vec<i32>,
 }
 
 async fn row_at_a_time(client: &mut tokio_postgres::Client, rows: &[Row]) -> Result<Duration> {
@@ -492,7 +475,6 @@ async fn main() -> Result<()> {
              CREATE TABLE bench_bare (LIKE events);
              CREATE TABLE bench_rows (LIKE events INCLUDING ALL);
              CREATE TABLE bench_w_events (LIKE events INCLUDING ALL);
-             CREATE TABLE bench_w_bets (LIKE bets INCLUDING ALL);
              CREATE TABLE bench_w_accounts (LIKE accounts INCLUDING ALL) WITH (fillfactor = 50);
              CREATE TABLE bench_w_stakes (LIKE round_stakes INCLUDING ALL) WITH (fillfactor = 50);",
         )

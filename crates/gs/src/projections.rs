@@ -1,4 +1,4 @@
-//! Rebuilding the read models (`rounds`, `bets`, `legacy_bets`, `bet_results`,
+//! Rebuilding the read models (`rounds`, `legacy_bets`, `bet_results`,
 //! `round_stakes`, `accounts`, `deposits`) from the events alone (`docs/contract/event-store.md`):
 //! `croupier projections rebuild`.
 //!
@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use crate::ledger::{BetColumns, LedgerError, TransitionMetadata, insert_bets};
+use crate::ledger::{LedgerError, TransitionMetadata};
 
 /// Rows written per statement when the read models are refilled.
 const PAGE: i64 = 5_000;
@@ -32,6 +32,7 @@ const PAGE: i64 = 5_000;
 pub struct RebuildReport {
     pub events: u64,
     pub rounds: u64,
+    /// Bets placed (`bet_placed` events, one per bet id); their stakes are in `round_stakes`.
     pub bets: u64,
     /// Of them, placed before migration 0005 (`legacy_bets`).
     pub legacy_bets: u64,
@@ -56,17 +57,21 @@ struct RoundRow {
 /// A bet's result: status, payout (none for a refund), position of its event.
 type BetResult = (&'static str, Option<i64>, i64);
 
-#[derive(Debug)]
+/// A placed bet: the position of its `bet_placed` event, and whether that event's id is not
+/// derived from the bet id (placed before migration 0005: `legacy_bets`).
 struct BetRow {
-    table: String,
-    round: i64,
-    player: String,
-    selection: String,
-    amount: i64,
     placed_position: i64,
-    placed_at: OffsetDateTime,
-    /// Whether the `bet_placed` event's id is not derived from the bet id (`legacy_bets`).
     legacy: bool,
+}
+
+/// A (table, round, player)'s `round_stakes` row: staked, bets, and the first and last version
+/// of the player's stream that holds one of those bets.
+#[derive(Clone, Copy)]
+struct StakeRow {
+    staked: i64,
+    bets: i32,
+    first_version: i32,
+    last_version: i32,
 }
 
 fn at(t: Timestamp) -> OffsetDateTime {
@@ -79,7 +84,7 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
     let tx = client.transaction().await?;
     tx.batch_execute(
         "SET LOCAL statement_timeout = 0; \
-         LOCK TABLE rounds, bets, legacy_bets, bet_results, round_stakes, accounts, deposits \
+         LOCK TABLE rounds, legacy_bets, bet_results, round_stakes, accounts, deposits \
          IN EXCLUSIVE MODE",
     )
     .await?;
@@ -87,8 +92,7 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
     let mut rounds: BTreeMap<(String, i64), RoundRow> = BTreeMap::new();
     let mut bets: HashMap<Uuid, BetRow> = HashMap::new();
     let mut results: HashMap<Uuid, BetResult> = HashMap::new();
-    // (table, round, player) → (staked, bets)
-    let mut stakes: BTreeMap<(String, i64, String), (i64, i32)> = BTreeMap::new();
+    let mut stakes: BTreeMap<(String, i64, String), StakeRow> = BTreeMap::new();
     let mut accounts: BTreeMap<String, (i64, i32, OffsetDateTime)> = BTreeMap::new();
     let mut deposits: Vec<(String, String, i64, i64, OffsetDateTime)> = Vec::new();
     let mut report = RebuildReport::default();
@@ -181,8 +185,15 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
                             e.round.get() as i64,
                             e.player.to_string(),
                         ))
-                        .or_insert((0, 0));
-                    *stake = (stake.0.saturating_add(e.amount.get()), stake.1 + 1);
+                        .or_insert(StakeRow {
+                            staked: 0,
+                            bets: 0,
+                            first_version: stored.version,
+                            last_version: stored.version,
+                        });
+                    stake.staked = stake.staked.saturating_add(e.amount.get());
+                    stake.bets += 1;
+                    stake.last_version = stored.version;
                     accounts.insert(
                         e.player.to_string(),
                         (e.balance.get(), stored.version, when),
@@ -190,14 +201,7 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
                     bets.insert(
                         *e.bet_id.as_uuid(),
                         BetRow {
-                            table: e.table.to_string(),
-                            round: e.round.get() as i64,
-                            player: e.player.to_string(),
-                            selection: serde_json::to_string(&e.selection)
-                                .map_err(|e| LedgerError::Encoding(e.to_string()))?,
-                            amount: e.amount.get(),
                             placed_position: stored.position,
-                            placed_at: when,
                             // Placed before migration 0005 (ADR 0016).
                             legacy: stored.event_id != crate::ledger::bet_placed_id(&e.bet_id),
                         },
@@ -228,7 +232,7 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
     }
 
     tx.batch_execute(
-        "DELETE FROM bet_results; DELETE FROM bets; DELETE FROM legacy_bets; \
+        "DELETE FROM bet_results; DELETE FROM legacy_bets; \
          DELETE FROM round_stakes; DELETE FROM deposits; DELETE FROM accounts; DELETE FROM rounds",
     )
     .await?;
@@ -272,26 +276,28 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
             .await?;
     }
     // round_stakes
-    {
-        let mut c = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for ((table, round, player), (staked, count)) in &stakes {
-            c.0.push(table.as_str());
-            c.1.push(*round);
-            c.2.push(player.as_str());
-            c.3.push(*staked);
-            c.4.push(*count);
-        }
-        report.round_stakes = tx
+    for chunk in stakes.iter().collect::<Vec<_>>().chunks(PAGE as usize) {
+        let tables: Vec<&str> = chunk.iter().map(|((t, _, _), _)| t.as_str()).collect();
+        let rounds: Vec<i64> = chunk.iter().map(|((_, n, _), _)| *n).collect();
+        let players: Vec<&str> = chunk.iter().map(|((_, _, p), _)| p.as_str()).collect();
+        let staked: Vec<i64> = chunk.iter().map(|(_, s)| s.staked).collect();
+        let counts: Vec<i32> = chunk.iter().map(|(_, s)| s.bets).collect();
+        let firsts: Vec<i32> = chunk.iter().map(|(_, s)| s.first_version).collect();
+        let lasts: Vec<i32> = chunk.iter().map(|(_, s)| s.last_version).collect();
+        report.round_stakes += tx
             .execute_typed(
-                "INSERT INTO round_stakes (table_id, round, player, staked, bets) \
+                "INSERT INTO round_stakes (table_id, round, player, staked, bets, \
+                                           first_version, last_version) \
                  SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], \
-                                      $5::int4[])",
+                                      $5::int4[], $6::int4[], $7::int4[])",
                 &[
-                    (&c.0, Type::TEXT_ARRAY),
-                    (&c.1, Type::INT8_ARRAY),
-                    (&c.2, Type::TEXT_ARRAY),
-                    (&c.3, Type::INT8_ARRAY),
-                    (&c.4, Type::INT4_ARRAY),
+                    (&tables, Type::TEXT_ARRAY),
+                    (&rounds, Type::INT8_ARRAY),
+                    (&players, Type::TEXT_ARRAY),
+                    (&staked, Type::INT8_ARRAY),
+                    (&counts, Type::INT4_ARRAY),
+                    (&firsts, Type::INT4_ARRAY),
+                    (&lasts, Type::INT4_ARRAY),
                 ],
             )
             .await?;
@@ -337,24 +343,7 @@ pub async fn rebuild(store: &Store) -> Result<RebuildReport, LedgerError> {
             )
             .await?;
     }
-    // bets and their results, in pages so one statement's arrays stay moderate
-    let all: Vec<(&Uuid, &BetRow)> = bets.iter().collect();
-    for chunk in all.chunks(PAGE as usize) {
-        report.bets += insert_bets(
-            &tx,
-            &BetColumns {
-                ids: chunk.iter().map(|(id, _)| **id).collect(),
-                tables: chunk.iter().map(|(_, b)| b.table.as_str()).collect(),
-                rounds: chunk.iter().map(|(_, b)| b.round).collect(),
-                players: chunk.iter().map(|(_, b)| b.player.as_str()).collect(),
-                selections: chunk.iter().map(|(_, b)| b.selection.as_str()).collect(),
-                amounts: chunk.iter().map(|(_, b)| b.amount).collect(),
-                placed_at: chunk.iter().map(|(_, b)| b.placed_at).collect(),
-                positions: chunk.iter().map(|(_, b)| b.placed_position).collect(),
-            },
-        )
-        .await?;
-    }
+    report.bets = bets.len() as u64;
     // bets placed before migration 0005, by bet id (ADR 0016)
     let (legacy_ids, legacy_positions): (Vec<Uuid>, Vec<i64>) = bets
         .iter()

@@ -65,7 +65,6 @@ async fn read_models(client: &tokio_postgres::Client) -> Vec<String> {
     let mut rows = Vec::new();
     for query in [
         "SELECT r::text FROM rounds r ORDER BY table_id, round",
-        "SELECT b::text FROM bets b ORDER BY bet_id",
         "SELECT l::text FROM legacy_bets l ORDER BY bet_id",
         "SELECT r::text FROM bet_results r ORDER BY bet_id",
         "SELECT s::text FROM round_stakes s ORDER BY table_id, round, player",
@@ -183,12 +182,12 @@ async fn money_is_conserved_over_many_random_rounds_and_the_read_models_rebuild_
         placed, accepted_ids,
         "exactly the accepted bets were recorded"
     );
-    let bet_rows: i64 = client
-        .query_one("SELECT count(*) FROM bets", &[])
+    let staked_bets: i64 = client
+        .query_one("SELECT coalesce(sum(bets), 0)::int8 FROM round_stakes", &[])
         .await
         .expect("count")
         .get(0);
-    assert_eq!(bet_rows as usize, accepted);
+    assert_eq!(staked_bets as usize, accepted);
     let from_events: i64 = last_balance.values().sum();
     let from_accounts: i64 = client
         .query_one("SELECT coalesce(sum(balance), 0)::int8 FROM accounts", &[])
@@ -593,7 +592,7 @@ async fn two_players_racing_with_one_bet_id_get_one_acceptance_and_one_conflict(
     assert_eq!(balance(&client, "alice").await, 100_000 - alice_spent);
     assert_eq!(balance(&client, "bob").await, 100_000 - bob_spent);
     let bets: i64 = client
-        .query_one("SELECT count(*) FROM bets", &[])
+        .query_one("SELECT count(*) FROM events WHERE type = 'bet_placed'", &[])
         .await
         .expect("count")
         .get(0);
@@ -642,25 +641,15 @@ async fn place_as_before_0005(store: &store::Store, bet: &gs::ledger::BetRequest
     .await
     .expect("debit");
     tx.execute(
-        "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, placed_at, \
-                           placed_position) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO round_stakes (table_id, round, player, staked, bets, first_version, \
+                                   last_version) VALUES ($1, $2, $3, $4, 1, $5, $5)",
         &[
-            bet.bet_id.as_uuid(),
             &bet.table.as_str(),
             &round,
             &player,
-            &serde_json::to_string(&bet.selection).expect("selection"),
             &amount,
-            &when,
-            &position,
+            &(version + 1),
         ],
-    )
-    .await
-    .expect("bet");
-    tx.execute(
-        "INSERT INTO round_stakes (table_id, round, player, staked, bets) VALUES ($1, $2, $3, $4, 1)",
-        &[&bet.table.as_str(), &round, &player, &amount],
     )
     .await
     .expect("stake");
@@ -739,10 +728,12 @@ async fn bets_are_keyed_by_their_event_id_and_bets_from_before_0005_keep_their_f
     assert_eq!(read_models(&client).await, before);
 }
 
-/// Settlement finds the round's players in `round_stakes`; one missing there (it never should
-/// be) still has its wallet locked and paid, and every bet is settled once.
+/// Settlement finds the round's bets through `round_stakes` (ADR 0033). A row that disagrees
+/// with the events (here Bob's version range cut short by hand) stops the settlement before
+/// anything is paid, and the round stays resulted; once `croupier projections rebuild` has
+/// recreated the rows from the events, every bet is settled once.
 #[tokio::test]
-async fn a_round_whose_stake_totals_lack_a_player_still_settles_every_bet() {
+async fn a_round_whose_stake_totals_disagree_with_its_events_settles_only_once_rebuilt() {
     let Open {
         store,
         client,
@@ -752,22 +743,43 @@ async fn a_round_whose_stake_totals_lack_a_player_still_settles_every_bet() {
         mut rounds,
         ..
     } = alice_and_bob_at_round_1(2, 1_000).await;
-    place(
-        &store,
-        &[
-            bet(&alice, &t, 1, red(), 100),
-            bet(&bob, &t, 1, red(), 200),
-            bet(&bob, &t, 1, straight(7), 10),
-        ],
-    )
-    .await;
+    place(&store, &[bet(&alice, &t, 1, red(), 100)]).await;
+    place(&store, &[bet(&bob, &t, 1, red(), 200)]).await;
+    place(&store, &[bet(&bob, &t, 1, straight(7), 10)]).await;
     client
-        .execute("DELETE FROM round_stakes WHERE player = 'bob'", &[])
+        .execute(
+            "UPDATE round_stakes SET last_version = first_version WHERE player = 'bob'",
+            &[],
+        )
         .await
-        .expect("delete");
+        .expect("cut bob's range");
     rounds.close(1).await;
     rounds.declare(1).await;
-    let settled = ledger::settle_round(&store, &t, domain::RoundId::new(1).expect("round"))
+    let round_1 = domain::RoundId::new(1).expect("round");
+    let refused = ledger::settle_round(&store, &t, round_1).await;
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("round_stakes counts 2 bets of bob")),
+        "{refused:?}"
+    );
+    let (phase, results): (String, i64) = {
+        let row = client
+            .query_one(
+                "SELECT (SELECT phase FROM rounds WHERE table_id = 't1' AND round = 1), \
+                        (SELECT count(*) FROM bet_results)",
+                &[],
+            )
+            .await
+            .expect("state");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        (phase.as_str(), results),
+        ("resulted", 0),
+        "nothing was settled"
+    );
+
+    gs::projections::rebuild(&store).await.expect("rebuild");
+    let settled = ledger::settle_round(&store, &t, round_1)
         .await
         .expect("settle")
         .expect("settled");
@@ -840,8 +852,8 @@ async fn a_refund_leaves_the_wallets_it_does_not_credit_untouched() {
 
 /// A batch of more than `store::PIPELINED_MAX` accepted bets is written by binary COPY, a
 /// smaller one by pipelined INSERTs: both leave the same rows (the rebuild from the events
-/// writes them a third way), every `bets` row points at its own event, and the round settles
-/// every bet once.
+/// writes them a third way), every `round_stakes` row's versions bracket its player's bets on
+/// the round, and the round settles every bet once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_written_by_copy_and_one_by_insert_leave_the_same_rows() {
     let db = migrated_db().await;
@@ -875,23 +887,23 @@ async fn a_batch_written_by_copy_and_one_by_insert_leave_the_same_rows() {
     }
     let total = (large.len() + small.len()) as i64;
 
-    // Each row's position is its own bet's event.
-    let mismatched: i64 = client
-        .query_one(
-            "SELECT count(*) FROM bets b JOIN events e ON e.position = b.placed_position \
-             WHERE e.type <> 'bet_placed' OR e.stream <> 'player-' || b.player",
-            &[],
-        )
-        .await
-        .expect("join")
-        .get(0);
-    assert_eq!(mismatched, 0);
-    let rows: i64 = client
-        .query_one("SELECT count(*) FROM bets", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(rows, total);
+    // Each row's first and last version are bets, and between them are all its bets.
+    let (ends_not_bets, bracketed): (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE e.version IN (s.first_version, s.last_version) \
+                                           AND e.type <> 'bet_placed'), \
+                        count(*) FILTER (WHERE e.type = 'bet_placed') \
+                 FROM round_stakes s JOIN events e ON e.stream = 'player-' || s.player \
+                  AND e.version BETWEEN s.first_version AND s.last_version",
+                &[],
+            )
+            .await
+            .expect("join");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(ends_not_bets, 0);
+    assert_eq!(bracketed, total);
     store
         .verify_chain(1, |_| {})
         .await
@@ -908,4 +920,149 @@ async fn a_batch_written_by_copy_and_one_by_insert_leave_the_same_rows() {
         .expect("settle")
         .expect("settled");
     assert_eq!(settled.bets as i64, total);
+}
+
+/// A round's bets are read from the player streams between the versions `round_stakes` keeps
+/// (ADR 0033): a player who bet on another table between two bets on this round has that bet
+/// in the range too. Settlement and refunds take only their own round's bets.
+#[tokio::test]
+async fn a_round_settles_only_its_own_bets_when_its_players_bet_elsewhere_between() {
+    let Open {
+        _db,
+        store,
+        client,
+        t,
+        alice,
+        bob,
+        mut rounds,
+    } = alice_and_bob_at_round_1(2, 1_000).await;
+    let t2 = table("t2");
+    let mut rounds_t2 = Rounds::new(&store, &t2);
+    rounds_t2.open(1, OPEN).await;
+
+    // Alice: t1, then t2, then t1 again (three batches: versions 2, 3, 4); Bob: t1 only.
+    let first = bet(&alice, &t, 1, red(), 10);
+    let elsewhere = bet(&alice, &t2, 1, red(), 20);
+    let second = bet(&alice, &t, 1, straight(17), 30);
+    let bobs = bet(&bob, &t, 1, red(), 15);
+    for batch in [
+        vec![first.clone(), bobs.clone()],
+        vec![elsewhere.clone()],
+        vec![second.clone()],
+    ] {
+        let outcomes = place(&store, &batch).await;
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, BetOutcome::Accepted { .. })),
+            "{outcomes:?}"
+        );
+    }
+    let range: (i32, i32) = {
+        let row = client
+            .query_one(
+                "SELECT first_version, last_version FROM round_stakes \
+                 WHERE table_id = 't1' AND round = 1 AND player = 'alice'",
+                &[],
+            )
+            .await
+            .expect("alice's stakes on t1");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(range, (2, 4), "alice's t1 bets span her t2 bet");
+
+    // t2's round is voided: only its own bet is refunded.
+    rounds_t2.void(1).await;
+    let round_1 = domain::RoundId::new(1).expect("round");
+    let refund = ledger::refund_round(&store, &t2, round_1)
+        .await
+        .expect("refund")
+        .expect("refunded");
+    assert_eq!((refund.bets, refund.refunded), (1, money(20)));
+    assert_eq!(
+        ledger::refund_round(&store, &t2, round_1)
+            .await
+            .expect("again"),
+        None,
+        "nothing is refunded twice"
+    );
+
+    // t1's round settles its three bets, not alice's t2 bet in between.
+    rounds.close(1).await;
+    rounds.declare(1).await;
+    let settled = ledger::settle_round(&store, &t, round_1)
+        .await
+        .expect("settle")
+        .expect("settled");
+    assert_eq!((settled.bets, settled.staked), (3, money(55)));
+    let mut settled_ids = Vec::new();
+    for row in client
+        .query(
+            "SELECT data FROM events WHERE type = 'bet_settled' ORDER BY position",
+            &[],
+        )
+        .await
+        .expect("events")
+    {
+        let event = protocol::decode_event(row.get::<_, &[u8]>(0)).expect("decodable");
+        if let EventBody::BetSettled(e) = event.body {
+            settled_ids.push(e.bet_id);
+        }
+    }
+    assert_eq!(settled_ids, vec![first.bet_id, bobs.bet_id, second.bet_id]);
+}
+
+/// Settlement reads a round's bets by the events' key on (stream, version), one range per
+/// player (ADR 0033), not by a scan of the whole log: with 400k events (20 rounds of 2,000
+/// players, five bets and five results each), the plan Postgres makes for a round, with the
+/// custom plans GS's sessions use, scans `events_stream_version_key` and never `events` itself.
+/// (Flattened into a join, the same query was planned as a sorted sequential scan of `events`
+/// on this very data.)
+#[tokio::test]
+async fn a_rounds_bets_are_read_by_the_events_key() {
+    let db = migrated_db().await;
+    let client = connect(&db.url).await;
+    client
+        .batch_execute(
+            "INSERT INTO events (position, event_id, stream, version, type, data, metadata, hash)
+             SELECT row_number() OVER (ORDER BY r, k, p), gen_random_uuid(), 'player-p' || p,
+                    (r - 1) * 10 + k,
+                    CASE WHEN k <= 5 THEN 'bet_placed' ELSE 'bet_settled' END,
+                    decode(repeat('ab', 180), 'hex'), '', decode(repeat('00', 32), 'hex')
+             FROM generate_series(1, 20) r, generate_series(1, 10) k,
+                  generate_series(1, 2000) p;
+             INSERT INTO round_stakes (table_id, round, player, staked, bets, first_version,
+                                       last_version)
+             SELECT 't1', r, 'p' || p, 50, 5, (r - 1) * 10 + 1, (r - 1) * 10 + 5
+             FROM generate_series(1, 20) r, generate_series(1, 2000) p;
+             ANALYZE events; ANALYZE round_stakes;
+             SET plan_cache_mode = force_custom_plan;",
+        )
+        .await
+        .expect("a log of 400k events");
+    client
+        .batch_execute(&format!(
+            "PREPARE round_bets (text, int8) AS {}",
+            ledger::ROUND_BETS
+        ))
+        .await
+        .expect("prepare");
+    let plan: Vec<String> = client
+        .query("EXPLAIN EXECUTE round_bets ('t1', 17)", &[])
+        .await
+        .expect("explain")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Scan using events_stream_version_key")
+            && !plan.contains("Seq Scan on events"),
+        "{plan}"
+    );
+    let rows = client
+        .query("EXECUTE round_bets ('t1', 17)", &[])
+        .await
+        .expect("execute");
+    assert_eq!(rows.len(), 10_000);
 }

@@ -101,7 +101,7 @@ pub enum MigrationError {
         expected: String,
     },
     /// A migration's SQL failed.
-    #[error("migration {version} ({name}) failed: {source}")]
+    #[error("migration {version} ({name}) failed: {}", describe(source))]
     Failed {
         version: i32,
         name: String,

@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "write_path_keys",
         sql: include_str!("../../../migrations/0005_write_path_keys.sql"),
     },
+    Migration {
+        version: 6,
+        name: "bets_found_through_round_stakes",
+        sql: include_str!("../../../migrations/0006_bets_found_through_round_stakes.sql"),
+    },
 ];
 
 /// The key of the advisory lock that serialises migrators ("croupier" in ASCII, minus one,

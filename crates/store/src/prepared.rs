@@ -19,7 +19,7 @@
 //! the first poll by construction.
 
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Error, Row, Statement};
+use tokio_postgres::{Error, Row, RowStream, Statement};
 
 /// A transaction on a pooled connection, which carries the connection's statement cache.
 pub type PooledTransaction<'a> = deadpool_postgres::Transaction<'a>;
@@ -81,6 +81,18 @@ pub async fn execute(
 ) -> Result<u64, Error> {
     let statement = prepared(tx, sql, params).await?;
     tx.execute(&statement, &values(params)).await
+}
+
+/// `query_raw`, with the statement prepared once per connection: the rows as the server sends
+/// them, so the caller can work on the first while later ones are still being read (a query
+/// without `ORDER BY` streams as its plan produces rows).
+pub async fn query_stream(
+    tx: &PooledTransaction<'_>,
+    sql: &str,
+    params: &TypedParams<'_>,
+) -> Result<RowStream, Error> {
+    let statement = prepared(tx, sql, params).await?;
+    tx.query_raw(&statement, values(params)).await
 }
 
 /// The statements of a pipeline, each prepared once per connection, in the order given. The

@@ -511,12 +511,12 @@ async fn read_models_are_mutable_and_refuse_invalid_money() -> TestResult {
              UPDATE accounts SET balance = 40, version = 2 WHERE player = 'alice';
              INSERT INTO rounds (table_id, round, phase) VALUES ('roulette-1', 1, 'open');
              UPDATE rounds SET phase = 'closed' WHERE table_id = 'roulette-1' AND round = 1;
-             INSERT INTO bets (bet_id, table_id, round, player, selection, amount, placed_position)
-                 VALUES (gen_random_uuid(), 'roulette-1', 1, 'alice', '{\"kind\":\"red\"}', 60, 1);
+             INSERT INTO round_stakes (table_id, round, player, staked, bets, first_version, last_version)
+                 VALUES ('roulette-1', 1, 'alice', 60, 1, 2, 2);
              INSERT INTO deposits (deposit_id, player, amount, position) VALUES ('d1', 'alice', 100, 1);
              INSERT INTO gs_cursor (consumer, stream_seq) VALUES ('gs-1', 17);
              INSERT INTO outbox_cursor (name, position) VALUES ('results', 0);
-             DELETE FROM bets;",
+             DELETE FROM round_stakes;",
         )
         .await?;
     for (statement, constraint) in [
@@ -533,9 +533,14 @@ async fn read_models_are_mutable_and_refuse_invalid_money() -> TestResult {
             "rounds_phase",
         ),
         (
-            "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, placed_position)
-                 VALUES (gen_random_uuid(), 'roulette-1', 1, 'alice', '{}', 0, 2)",
-            "bets_amount_range",
+            "INSERT INTO round_stakes (table_id, round, player, staked, bets, first_version, last_version)
+                 VALUES ('roulette-1', 1, 'bob', 0, 1, 1, 1)",
+            "round_stakes_staked_range",
+        ),
+        (
+            "INSERT INTO round_stakes (table_id, round, player, staked, bets, first_version, last_version)
+                 VALUES ('roulette-1', 1, 'bob', 10, 1, 3, 2)",
+            "round_stakes_versions",
         ),
     ] {
         let error = client.batch_execute(statement).await.expect_err(statement);

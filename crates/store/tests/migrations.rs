@@ -15,6 +15,41 @@ async fn empty_db() -> testkit::TestDb {
         .expect("an empty test database")
 }
 
+/// Applies and records (as `migrate` does) every migration up to `version` not applied yet, so
+/// a test can put rows where a later migration will find them.
+async fn apply_up_to(client: &mut tokio_postgres::Client, version: i32) -> TestResult {
+    let tx = client.transaction().await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS public.schema_migrations (version integer NOT NULL PRIMARY KEY, \
+         name text NOT NULL, checksum bytea NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let applied: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await?
+        .get(0);
+    for migration in MIGRATIONS
+        .iter()
+        .filter(|m| m.version > applied && m.version <= version)
+    {
+        tx.batch_execute(migration.sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &[
+                &migration.version,
+                &migration.name,
+                &migration.checksum().as_slice(),
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 fn all_versions() -> Vec<i32> {
     MIGRATIONS.iter().map(|m| m.version).collect()
 }
@@ -47,7 +82,9 @@ async fn migrations_are_applied_once_and_a_second_run_does_nothing() -> TestResu
         "event_head",
         "accounts",
         "rounds",
-        "bets",
+        "round_stakes",
+        "bet_results",
+        "legacy_bets",
         "deposits",
         "gs_cursor",
         "outbox_cursor",
@@ -117,24 +154,8 @@ async fn migration_5_keeps_bets_placed_before_it_findable_and_their_selections_c
     let db = empty_db().await;
     let mut client = connect(&db.url).await;
     // The schema as migration 4 left it, recorded as `migrate` records it, with two bets.
+    apply_up_to(&mut client, 4).await?;
     let tx = client.transaction().await?;
-    tx.batch_execute(
-        "CREATE TABLE public.schema_migrations (version integer NOT NULL PRIMARY KEY, \
-         name text NOT NULL, checksum bytea NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
-    )
-    .await?;
-    for migration in MIGRATIONS.iter().filter(|m| m.version <= 4) {
-        tx.batch_execute(migration.sql).await?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-            &[
-                &migration.version,
-                &migration.name,
-                &migration.checksum().as_slice(),
-            ],
-        )
-        .await?;
-    }
     tx.batch_execute(
         "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, placed_position)
          VALUES ('00000000-0000-4000-8000-000000000001', 't1', 1, 'alice',
@@ -147,8 +168,7 @@ async fn migration_5_keeps_bets_placed_before_it_findable_and_their_selections_c
     .await?;
     tx.commit().await?;
 
-    let report = store::migrate_url(&db.url).await?;
-    assert!(report.applied.contains(&5), "{report:?}");
+    apply_up_to(&mut client, 5).await?;
     let rows: Vec<(String, String, Option<i64>)> = client
         .query(
             "SELECT b.player, b.selection, b.payout FROM bets_with_results b ORDER BY player",
@@ -189,5 +209,104 @@ async fn migration_5_keeps_bets_placed_before_it_findable_and_their_selections_c
             (uuid::Uuid::from_u128(0x4000_8000_0000_0000_0002), 9),
         ]
     );
+    Ok(())
+}
+
+/// Migration 6 (ADR 0033) gives every `round_stakes` row the first and last version of its
+/// player's stream that holds one of its bets, from the `bets` rows it then drops.
+#[tokio::test]
+async fn migration_6_finds_each_rounds_bets_by_stream_versions_and_drops_bets() -> TestResult {
+    let db = empty_db().await;
+    let mut client = connect(&db.url).await;
+    apply_up_to(&mut client, 5).await?;
+    // Alice bets on t1, t2, t1 (her stream's versions 2, 3, 4), Bob on t1 (his version 1).
+    client
+        .batch_execute(&format!(
+            "INSERT INTO events (position, event_id, stream, version, type, data, metadata, hash)
+             VALUES (1, gen_random_uuid(), 'player-alice', 1, 'funds_deposited', '', '', {h}),
+                    (2, gen_random_uuid(), 'player-alice', 2, 'bet_placed', '', '', {h}),
+                    (3, gen_random_uuid(), 'player-alice', 3, 'bet_placed', '', '', {h}),
+                    (4, gen_random_uuid(), 'player-alice', 4, 'bet_placed', '', '', {h}),
+                    (5, gen_random_uuid(), 'player-bob', 1, 'bet_placed', '', '', {h});
+             INSERT INTO bets (bet_id, table_id, round, player, selection, amount, placed_position)
+             VALUES (gen_random_uuid(), 't1', 1, 'alice', '{{\"kind\":\"red\"}}', 10, 2),
+                    (gen_random_uuid(), 't2', 1, 'alice', '{{\"kind\":\"red\"}}', 20, 3),
+                    (gen_random_uuid(), 't1', 1, 'alice', '{{\"kind\":\"red\"}}', 30, 4),
+                    (gen_random_uuid(), 't1', 1, 'bob', '{{\"kind\":\"red\"}}', 15, 5);
+             INSERT INTO round_stakes (table_id, round, player, staked, bets)
+             VALUES ('t1', 1, 'alice', 40, 2), ('t2', 1, 'alice', 20, 1), ('t1', 1, 'bob', 15, 1);",
+            h = "decode(repeat('00', 32), 'hex')"
+        ))
+        .await?;
+
+    let report = store::migrate_url(&db.url).await?;
+    assert_eq!(report.applied, vec![6]);
+    let rows: Vec<(String, String, i32, i32)> = client
+        .query(
+            "SELECT table_id, player, first_version, last_version FROM round_stakes \
+             ORDER BY table_id, player",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let row = |t: &str, p: &str, first, last| (t.to_string(), p.to_string(), first, last);
+    assert_eq!(
+        rows,
+        vec![
+            row("t1", "alice", 2, 4),
+            row("t1", "bob", 1, 1),
+            row("t2", "alice", 3, 3)
+        ]
+    );
+    let gone: (Option<String>, Option<String>) = {
+        let r = client
+            .query_one(
+                "SELECT to_regclass('public.bets')::text, \
+                        to_regclass('public.bets_with_results')::text",
+                &[],
+            )
+            .await?;
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(gone, (None, None));
+    Ok(())
+}
+
+/// A `round_stakes` row with no bet behind it (it cannot be written so) stops migration 6, and
+/// the database is left as it was: `bets` is still there and 6 is not recorded.
+#[tokio::test]
+async fn migration_6_refuses_a_stake_row_without_bets_and_changes_nothing() -> TestResult {
+    let db = empty_db().await;
+    let mut client = connect(&db.url).await;
+    apply_up_to(&mut client, 5).await?;
+    client
+        .batch_execute(
+            "INSERT INTO round_stakes (table_id, round, player, staked, bets) \
+             VALUES ('t1', 1, 'alice', 40, 2)",
+        )
+        .await?;
+    let error = store::migrate_url(&db.url)
+        .await
+        .expect_err("a stake row without bets");
+    assert!(
+        matches!(
+            &error,
+            StoreError::Migration(MigrationError::Failed { version: 6, .. })
+        ) && error.to_string().contains("first_version"),
+        "{error}"
+    );
+    let (bets, applied): (Option<String>, i32) = {
+        let r = client
+            .query_one(
+                "SELECT to_regclass('public.bets')::text, \
+                        (SELECT max(version) FROM schema_migrations)",
+                &[],
+            )
+            .await?;
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((bets.as_deref(), applied), (Some("bets"), 5));
     Ok(())
 }

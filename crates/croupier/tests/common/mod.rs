@@ -955,7 +955,8 @@ pub async fn wait_bets_settled(client: &tokio_postgres::Client, wait: Duration) 
     loop {
         let open: i64 = client
             .query_one(
-                "SELECT count(*) FROM bets_with_results WHERE status = 'accepted'",
+                "SELECT (SELECT count(*) FROM events WHERE type = 'bet_placed') \
+                      - (SELECT count(*) FROM bet_results)",
                 &[],
             )
             .await

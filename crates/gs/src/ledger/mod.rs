@@ -18,9 +18,8 @@ mod placement;
 mod settlement;
 mod stages;
 
-pub use placement::{BET_COLUMN_TYPES, BET_COLUMNS, BetOutcome, place_bets, place_bets_watched};
-pub(crate) use placement::{BetColumns, insert_bets};
-pub use settlement::{Refund, Settlement, refund_round, settle_round};
+pub use placement::{BetOutcome, place_bets, place_bets_watched};
+pub use settlement::{ROUND_BETS, Refund, Settlement, refund_round, settle_round};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {

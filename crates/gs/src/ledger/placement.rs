@@ -11,10 +11,14 @@
 //!   -- look up the refused ones (a retry of an accepted bet gets its first answer)
 //!   UPDATE accounts … ; UPDATE/INSERT round_stakes …   -- pipelined, set-based
 //!   SELECT … FROM event_head … FOR UPDATE       -- the head row, locked last
-//!   INSERT INTO events …; UPDATE event_head …;  -- pipelined: one round trip (a batch of more
-//!   INSERT INTO bets …                          -- than 256: a binary COPY each, ADR 0032)
+//!   INSERT INTO events …; UPDATE event_head …   -- pipelined: one round trip (a batch of more
+//!                                               -- than 256: a binary COPY, ADR 0032)
 //! COMMIT
 //! ```
+//!
+//! A bet is written once, as its `bet_placed` event (ADR 0033). `round_stakes`, one row per
+//! (table, round, player), keeps the first and last version of the player's stream that holds
+//! a bet on the round: settlement reads the round's bets from the events through it.
 //!
 //! The round rows are share-locked so that a settlement (which claims its round with an
 //! `UPDATE`) waits for a batch that saw the round open, and then sees its bets; a batch that
@@ -37,7 +41,6 @@ use protocol::{BetPlaced, ErrorCode, Event, EventBody};
 use store::PooledTransaction as Transaction;
 use store::prepared::{self, TypedParams};
 use store::{Store, StoreError};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
@@ -271,60 +274,6 @@ fn first_answer(stored: &BetPlaced, retry: &BetRequest) -> BetOutcome {
     }
 }
 
-/// The columns of `bets` placement writes by binary `COPY`, in order; `just bench-store`'s bare
-/// writes copy the same rows with these.
-pub const BET_COLUMNS: &str =
-    "bet_id, table_id, round, player, selection, amount, placed_at, placed_position";
-/// The types of [`BET_COLUMNS`].
-pub const BET_COLUMN_TYPES: [Type; 8] = [
-    Type::UUID,
-    Type::TEXT,
-    Type::INT8,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT8,
-    Type::TIMESTAMPTZ,
-    Type::INT8,
-];
-
-/// `bets` rows as columns, in [`BET_COLUMNS`]' order.
-pub(crate) struct BetColumns<'a> {
-    pub ids: Vec<Uuid>,
-    pub tables: Vec<&'a str>,
-    pub rounds: Vec<i64>,
-    pub players: Vec<&'a str>,
-    pub selections: Vec<&'a str>,
-    pub amounts: Vec<i64>,
-    pub placed_at: Vec<time::OffsetDateTime>,
-    pub positions: Vec<i64>,
-}
-
-/// Writes `bets` rows in one `INSERT … SELECT FROM unnest(…)`: a small batch's (placement)
-/// and each page of a rebuild's ([`crate::projections`]). The rows written.
-pub(crate) async fn insert_bets(
-    tx: &Transaction<'_>,
-    rows: &BetColumns<'_>,
-) -> Result<u64, tokio_postgres::Error> {
-    prepared::execute(
-        tx,
-        "INSERT INTO bets (bet_id, table_id, round, player, selection, amount, placed_at, \
-                           placed_position) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], \
-                              $6::int8[], $7::timestamptz[], $8::int8[])",
-        &[
-            (&rows.ids, Type::UUID_ARRAY),
-            (&rows.tables, Type::TEXT_ARRAY),
-            (&rows.rounds, Type::INT8_ARRAY),
-            (&rows.players, Type::TEXT_ARRAY),
-            (&rows.selections, Type::TEXT_ARRAY),
-            (&rows.amounts, Type::INT8_ARRAY),
-            (&rows.placed_at, Type::TIMESTAMPTZ_ARRAY),
-            (&rows.positions, Type::INT8_ARRAY),
-        ],
-    )
-    .await
-}
-
 /// The batch's rounds, share-locked in a fixed order.
 const READ_ROUNDS: &str = "SELECT r.table_id, r.round, r.phase, r.closes_at FROM rounds r \
      JOIN unnest($1::text[], $2::int8[]) AS u(t, n) ON r.table_id = u.t AND r.round = u.n \
@@ -523,6 +472,10 @@ async fn transact(
                 stake.staked = already.checked_add(bet.amount).unwrap_or(Money::MAX);
                 stake.added = stake.added.checked_add(bet.amount).unwrap_or(Money::MAX);
                 stake.bets += 1;
+                if stake.first_version == 0 {
+                    stake.first_version = wallet.1;
+                }
+                stake.last_version = wallet.1;
                 outcomes[index] = Some(BetOutcome::Accepted {
                     balance: new_balance,
                 });
@@ -567,12 +520,11 @@ async fn transact(
 
     if !accepted.is_empty() {
         // Debits and stake totals, set-based, before the head row is locked. The two
-        // statements are pipelined, and the events and the `bets` rows' selections are
-        // encoded while the database works (not while the head row is held).
+        // statements are pipelined, and the events are encoded while the database works (not
+        // while the head row is held).
         let encode = async {
             super::let_statements_go().await;
             let mut events = Vec::with_capacity(accepted.len());
-            let mut selections = Vec::with_capacity(accepted.len());
             for &(index, balance, version) in &accepted {
                 let bet = &bets[index];
                 let event = Event::new(
@@ -581,12 +533,8 @@ async fn transact(
                     EventBody::BetPlaced(bet.placed(balance)),
                 );
                 events.push(new_event(player_stream(&bet.player), version, &event)?);
-                selections.push(
-                    serde_json::to_string(&bet.selection)
-                        .map_err(|e| LedgerError::Encoding(e.to_string()))?,
-                );
             }
-            Ok::<_, LedgerError>((events, selections))
+            Ok::<_, LedgerError>(events)
         };
         let (debited, staked, events) = tokio::join!(
             write_wallets(
@@ -601,7 +549,7 @@ async fn transact(
             encode,
         );
         pipelined(debited, staked)?;
-        let (events, selections) = events?;
+        let events = events?;
         stages.mark("writes");
         let appended_at = std::time::Instant::now();
         // Every player stream's version came from its `accounts` row, locked above. A bet id
@@ -609,16 +557,9 @@ async fn transact(
         // bet reusing the id that committed first) has its derived event id stored already:
         // the append fails on `events_event_id_key`, the whole transaction goes, and the batch
         // is judged again.
-        // The bets go with their events: pipelined with the events' insert and the head's
-        // move for a batch of at most `store::PIPELINED_MAX`, copied after them for a larger
-        // one (`store::append_with_locked_versions_then`).
-        let at = now.as_offset_datetime();
-        store::append_with_locked_versions_then(&tx, &events, |appended| {
-            let positions: Vec<i64> = appended.iter().map(|a| a.position).collect();
-            write_bets(&tx, bets, &accepted, selections, positions, at)
-        })
-        .await
-        .map_err(raced_on_event_id)?;
+        store::append_with_locked_versions(&tx, &events)
+            .await
+            .map_err(raced_on_event_id)?;
         stages.mark("append");
         commit_sent.store(true, Ordering::Release);
         tx.commit().await?;
@@ -646,62 +587,6 @@ async fn transact(
         .collect())
 }
 
-/// The `bets` rows of the accepted bets, with their events' positions: one `INSERT … SELECT
-/// FROM unnest(…)` for a batch of at most [`store::PIPELINED_MAX`] (sent in the events'
-/// pipeline), a binary `COPY` for a larger one.
-async fn write_bets(
-    tx: &Transaction<'_>,
-    bets: &[BetRequest],
-    accepted: &[(usize, Money, i32)],
-    selections: Vec<String>,
-    positions: Vec<i64>,
-    at: time::OffsetDateTime,
-) -> Result<(), StoreError> {
-    let placed = || accepted.iter().map(|(index, _, _)| &bets[*index]);
-    if accepted.len() <= store::PIPELINED_MAX {
-        insert_bets(
-            tx,
-            &BetColumns {
-                ids: placed().map(|b| *b.bet_id.as_uuid()).collect(),
-                tables: placed().map(|b| b.table.as_str()).collect(),
-                rounds: placed().map(|b| b.round.get() as i64).collect(),
-                players: placed().map(|b| b.player.as_str()).collect(),
-                selections: selections.iter().map(String::as_str).collect(),
-                amounts: placed().map(|b| b.amount.get()).collect(),
-                placed_at: vec![at; accepted.len()],
-                positions,
-            },
-        )
-        .await?;
-        return Ok(());
-    }
-    let sink = tx
-        .copy_in(&format!(
-            "COPY bets ({BET_COLUMNS}) FROM STDIN (FORMAT binary)"
-        ))
-        .await?;
-    let writer = BinaryCopyInWriter::new(sink, &BET_COLUMN_TYPES);
-    futures_util::pin_mut!(writer);
-    for ((bet, position), selection) in placed().zip(&positions).zip(&selections) {
-        let round = bet.round.get() as i64;
-        writer
-            .as_mut()
-            .write(&[
-                bet.bet_id.as_uuid(),
-                &bet.table.as_str(),
-                &round,
-                &bet.player.as_str(),
-                selection,
-                &bet.amount.get(),
-                &at,
-                position,
-            ])
-            .await?;
-    }
-    writer.finish().await?;
-    Ok(())
-}
-
 /// An event id or version stored already: a concurrent writer got there first; the batch is
 /// judged again.
 fn raced_on_event_id(error: StoreError) -> LedgerError {
@@ -720,13 +605,17 @@ struct StakeTotal {
     staked: Money,
     /// Whether `round_stakes` has a row for it already.
     stored: bool,
-    /// What this batch adds: stake and bets.
+    /// What this batch adds: stake and bets, and the first and last version of the player's
+    /// stream among them (0 while none).
     added: Money,
     bets: i32,
+    first_version: i32,
+    last_version: i32,
 }
 
-/// Adds this batch's stakes to each (table, round, player)'s total: rows that exist are
-/// updated, new ones inserted, in one statement.
+/// Adds this batch's stakes to each (table, round, player)'s total and moves its last stream
+/// version to this batch's last bet: rows that exist are updated, new ones inserted (with the
+/// batch's first version as theirs), in one statement.
 async fn add_stakes(
     tx: &Transaction<'_>,
     keys: &[(&str, i64, &str)],
@@ -740,28 +629,36 @@ async fn add_stakes(
         to.players.push(key.2);
         to.stakes.push(stake.added.get());
         to.counts.push(stake.bets);
+        to.firsts.push(stake.first_version);
+        to.lasts.push(stake.last_version);
     }
     store::prepared::execute(
         tx,
         "WITH updated AS ( \
-             UPDATE round_stakes s SET staked = s.staked + u.a, bets = s.bets + u.c \
-             FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int4[]) \
-                  AS u(t, n, p, a, c) \
+             UPDATE round_stakes s \
+             SET staked = s.staked + u.a, bets = s.bets + u.c, last_version = u.l \
+             FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int4[], \
+                         $6::int4[]) AS u(t, n, p, a, c, l) \
              WHERE s.table_id = u.t AND s.round = u.n AND s.player = u.p \
          ) \
-         INSERT INTO round_stakes (table_id, round, player, staked, bets) \
-         SELECT * FROM unnest($6::text[], $7::int8[], $8::text[], $9::int8[], $10::int4[])",
+         INSERT INTO round_stakes (table_id, round, player, staked, bets, first_version, \
+                                   last_version) \
+         SELECT * FROM unnest($7::text[], $8::int8[], $9::text[], $10::int8[], $11::int4[], \
+                              $12::int4[], $13::int4[])",
         &[
             (&old.tables, Type::TEXT_ARRAY),
             (&old.rounds, Type::INT8_ARRAY),
             (&old.players, Type::TEXT_ARRAY),
             (&old.stakes, Type::INT8_ARRAY),
             (&old.counts, Type::INT4_ARRAY),
+            (&old.lasts, Type::INT4_ARRAY),
             (&new.tables, Type::TEXT_ARRAY),
             (&new.rounds, Type::INT8_ARRAY),
             (&new.players, Type::TEXT_ARRAY),
             (&new.stakes, Type::INT8_ARRAY),
             (&new.counts, Type::INT4_ARRAY),
+            (&new.firsts, Type::INT4_ARRAY),
+            (&new.lasts, Type::INT4_ARRAY),
         ],
     )
     .await?;
@@ -776,4 +673,6 @@ struct Columns<'a> {
     players: Vec<&'a str>,
     stakes: Vec<i64>,
     counts: Vec<i32>,
+    firsts: Vec<i32>,
+    lasts: Vec<i32>,
 }
