@@ -6,8 +6,9 @@ use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectionsCommand {
-    /// Recreate `rounds`, `bets`, `accounts` and `deposits` from the events, in one
-    /// transaction. Best run with GS stopped: its writes wait meanwhile.
+    /// Recreate the read models (`rounds`, `legacy_bets`, `bet_results`, `round_stakes`,
+    /// `accounts`, `deposits`) from the events, in one transaction. Best run with GS stopped:
+    /// its writes wait meanwhile.
     Rebuild,
 }
 

@@ -4,7 +4,7 @@
 //! ```text
 //! BEGIN
 //!   UPDATE rounds SET phase = 'settled' … AND phase = 'resulted' RETURNING outcome  -- the claim
-//!   SELECT … FROM round_stakes JOIN events … ORDER BY position  -- the round's bets  ┐ one
+//!   SELECT … FROM round_stakes, LATERAL (… events …)  -- the round's bets, ADR 0033 ┐ one
 //!   SELECT … FROM round_stakes JOIN accounts … ORDER BY player FOR UPDATE OF a    │ round
 //!                                                          -- wallets in player order  │ trip
 //!   SELECT max(version) … round stream                     -- settlement only        ┘
