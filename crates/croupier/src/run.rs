@@ -91,7 +91,8 @@ pub struct RunArgs {
     /// GS: most bets written in one transaction.
     #[arg(long, env = "CROUPIER_BET_BATCH", default_value_t = gs::GsConfig::DEFAULT_BATCH_SIZE)]
     pub bet_batch: usize,
-    /// GS: how long the first bet of a batch waits for more, in milliseconds.
+    /// GS: how long the first bet of a batch waits for more while another batch is being
+    /// written, in milliseconds (with none in flight, a batch is written at once).
     #[arg(long, env = "CROUPIER_BET_LINGER_MS", default_value_t = 2)]
     pub bet_linger_ms: u64,
     /// GS degraded mode (ADR 0020): pause between two probes of the event store, in

@@ -2,8 +2,10 @@
 //! accepted with the new balance or rejected with a code — a malformed request included.
 //!
 //! Micro-batching: this one task collects decoded requests into a pending batch and flushes it
-//! when it holds [`crate::GsConfig::batch_size`] bets or when the oldest has waited
-//! [`crate::GsConfig::linger`]; each flush is one transaction ([`ledger::place_bets`]). Up to
+//! when it holds [`crate::GsConfig::batch_size`] bets, when the oldest has waited
+//! [`crate::GsConfig::linger`], or at once when no batch is in flight (ADR 0034: the linger
+//! only gathers bets behind a batch being written); each flush is one transaction
+//! ([`ledger::place_bets`]). Up to
 //! [`MAX_BATCHES_IN_FLIGHT`] flushes run at once inside this task (no task per request). The
 //! queue is bounded: at most `batch_size` pending plus `MAX_BATCHES_IN_FLIGHT × batch_size`
 //! in flight; beyond that the task stops reading the bus subscription (itself bounded), and
@@ -231,7 +233,11 @@ pub(crate) async fn run<B: Bus>(
         }
         let full = pending.len() >= batch_size;
         let lingered = linger_until.is_some_and(|t| t <= Instant::now());
-        if (full || lingered || (!open && !pending.is_empty()))
+        // No batch in flight: the database has nothing of ours to finish, so waiting for more
+        // bets would only add the linger to these (ADR 0034). Bets that arrive while this one
+        // is written gather behind it, as before.
+        let idle = in_flight.is_empty() && !pending.is_empty();
+        if (full || lingered || idle || (!open && !pending.is_empty()))
             && in_flight.len() < MAX_BATCHES_IN_FLIGHT
         {
             let batch = std::mem::replace(&mut pending, Vec::with_capacity(batch_size));

@@ -33,8 +33,9 @@ pub struct GsConfig {
     pub catch_up_wait: Duration,
     /// Bets written in one transaction at most (`CROUPIER_BET_BATCH`).
     pub batch_size: usize,
-    /// How long the first bet of a batch waits for more before the batch is written
-    /// (`CROUPIER_BET_LINGER_MS`).
+    /// How long the first bet of a batch waits for more before the batch is written, while
+    /// another batch is in flight; with none in flight a batch is written at once
+    /// (`CROUPIER_BET_LINGER_MS`, ADR 0034).
     pub linger: Duration,
     /// How the store's health is judged (degraded mode, ADR 0020).
     pub health: health::HealthConfig,
