@@ -293,9 +293,9 @@ pub(super) async fn replay(
 
 /// Feeds a range read in batches until its last sequence, or until the stream holds no
 /// further message matching the filter within the range. A consumer lost or interrupted
-/// (reconnect, missed heartbeats, a pull that ends, or one that delivers nothing for two of
-/// [`RANGE_QUIET`] while the stream holds more) is re-established from the first sequence not
-/// yet handed over.
+/// (reconnect, missed heartbeats, a pull that ends, one that delivers nothing for two of
+/// [`RANGE_QUIET`] while the stream holds more, or a delivery missing from its own sequence)
+/// is re-established from the first sequence not yet handed over.
 pub(super) async fn read_range(
     bus: NatsBus,
     mut spec: RangeSpec,
@@ -314,6 +314,9 @@ pub(super) async fn read_range(
         loop {
             let mut seen_at_tick = spec.next_seq;
             let mut suspect = false;
+            // The consumer's own sequence of the last delivery read: each delivery of this
+            // consumer is the one after (it acknowledges nothing, so it never redelivers).
+            let mut delivered: u64 = 0;
             loop {
                 let item = tokio::select! {
                     () = cancel.cancelled() => return,
@@ -342,6 +345,23 @@ pub(super) async fn read_range(
                     }
                     item = pull.next() => item,
                 };
+                // A delivery the server sent and this read never got (lost with a connection
+                // cut mid-batch): the consumer has moved past it, so start again from the
+                // first sequence not handed over, or the range would have a gap.
+                if let Some(Ok(message)) = &item
+                    && let Ok(info) = message.info()
+                {
+                    if info.consumer_sequence != delivered + 1 {
+                        tracing::warn!(
+                            next_seq = spec.next_seq,
+                            expected = delivered + 1,
+                            got = info.consumer_sequence,
+                            "range read lost deliveries; re-establishing"
+                        );
+                        break;
+                    }
+                    delivered = info.consumer_sequence;
+                }
                 let (message, seq) = match in_order(item, spec.next_seq, "range read") {
                     Ok(next) => next,
                     Err(Passed::Skip) => continue,
