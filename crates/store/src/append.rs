@@ -10,8 +10,8 @@
 //!   SELECT … FROM accounts … ORDER BY player FOR UPDATE
 //!   UPDATE accounts … ;
 //!   append(&tx, events)   -- locks the head row LAST, copies the rows in, moves the head
-//!   INSERT/COPY bets … ;  -- read models that need the positions (pipelined with the
-//!                         -- events' own statements: `append_with_locked_versions_then`)
+//!   INSERT … ;            -- read models that need the positions, if any (pipelined with
+//!                         -- the events' own statements: `append_with_locked_versions_then`)
 //! COMMIT
 //! ```
 //!
@@ -22,8 +22,8 @@
 //! "Append if not already there": the store does not skip duplicates silently, because an
 //! event whose `event_id` is stored already is either a retry (answer with the first answer)
 //! or a defect. Idempotent callers decide which events are new in the same transaction — GS
-//! looks bets up by id, or lets the unique index of `bets` trip and judges the batch again
-//! (ADR 0014) — and append only those. A [`Conflict::DuplicateEvent`] from `append` therefore
+//! looks bets up by id, or lets the events' unique `event_id` (derived from the bet id) trip
+//! and judges the batch again (ADR 0014, 0016) — and append only those. A [`Conflict::DuplicateEvent`] from `append` therefore
 //! means a concurrent duplicate slipped past that check: roll back and retry, and the retry
 //! finds the row.
 
