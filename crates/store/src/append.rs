@@ -23,9 +23,9 @@
 //! event whose `event_id` is stored already is either a retry (answer with the first answer)
 //! or a defect. Idempotent callers decide which events are new in the same transaction — GS
 //! looks bets up by id, or lets the events' unique `event_id` (derived from the bet id) trip
-//! and judges the batch again (ADR 0014, 0016) — and append only those. A [`Conflict::DuplicateEvent`] from `append` therefore
-//! means a concurrent duplicate slipped past that check: roll back and retry, and the retry
-//! finds the row.
+//! and judges the batch again (ADR 0014, 0016) — and append only those. A
+//! [`Conflict::DuplicateEvent`] from `append` therefore means a concurrent duplicate slipped
+//! past that check: roll back and retry, and the retry finds the row.
 
 use std::collections::{HashMap, HashSet};
 
