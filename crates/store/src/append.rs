@@ -10,8 +10,6 @@
 //!   SELECT … FROM accounts … ORDER BY player FOR UPDATE
 //!   UPDATE accounts … ;
 //!   append(&tx, events)   -- locks the head row LAST, copies the rows in, moves the head
-//!   INSERT … ;            -- read models that need the positions, if any (pipelined with
-//!                         -- the events' own statements: `append_with_locked_versions_then`)
 //! COMMIT
 //! ```
 //!
@@ -31,7 +29,6 @@ use std::collections::{HashMap, HashSet};
 
 use crate::PooledTransaction as Transaction;
 use bytes::Bytes;
-use std::future::Future;
 use time::OffsetDateTime;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
@@ -115,26 +112,8 @@ pub async fn append_with_locked_versions(
     write(tx, events).await
 }
 
-/// [`append_with_locked_versions`], and the caller's own writes that need the events'
-/// positions: `also` is given where each event will land, and its statements are pipelined
-/// with the events' own (a batch of at most [`PIPELINED_MAX`]), or run after them (a larger
-/// one). Its statements must not depend on the order they run in among the events' insert
-/// and the head's move; errors from either side are reported by their cause ([`cause`]).
-pub async fn append_with_locked_versions_then<T, F, Fut>(
-    tx: &Transaction<'_>,
-    events: &[NewEvent],
-    also: F,
-) -> Result<(Vec<Appended>, T), StoreError>
-where
-    F: FnOnce(&[Appended]) -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
-{
-    check_batch(events)?;
-    write_then(tx, events, also).await
-}
-
 /// A batch of at most this many events is written by one `INSERT … SELECT FROM unnest(…)`,
-/// pipelined with the head's move and the caller's own writes: one round trip while the head
+/// pipelined with the head's move: one round trip while the head
 /// is held, where a binary `COPY` takes two (start, then rows and end) before the head can
 /// move. Larger batches are copied: `COPY` moves thousands of rows faster than a statement's
 /// arrays (ADR 0032). GS's bet batches are at most 256 by default (`CROUPIER_BET_BATCH`).
@@ -153,29 +132,12 @@ const MOVE_HEAD: &str = "WITH moved AS ( \
      ) SELECT pg_notify($3, moved.position::text) FROM moved";
 
 /// Locks the head, writes the events with their positions and hashes, moves the head
-/// (nothing at all for an empty batch).
+/// (nothing at all for an empty batch). For a batch of at most [`PIPELINED_MAX`] events, the
+/// insert and the head's move go out in one pipeline, so the head is held for two round trips
+/// and the commit.
 async fn write(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Appended>, StoreError> {
-    let (appended, ()) = write_then(tx, events, |_| async { Ok(()) }).await?;
-    Ok(appended)
-}
-
-/// [`write`], and the caller's own writes that need the events' positions (`also`, given
-/// where each event landed before anything is written). For a batch of at most
-/// [`PIPELINED_MAX`] events, `also`'s statements go out in the same pipeline as the events'
-/// insert and the head's move, so the head is held for two round trips and the commit; for a
-/// larger one, `also` runs after the `COPY`.
-async fn write_then<T, F, Fut>(
-    tx: &Transaction<'_>,
-    events: &[NewEvent],
-    also: F,
-) -> Result<(Vec<Appended>, T), StoreError>
-where
-    F: FnOnce(&[Appended]) -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
-{
     if events.is_empty() {
-        let extra = also(&[]).await?;
-        return Ok((Vec::new(), extra));
+        return Ok(Vec::new());
     }
     let count = i64::try_from(events.len())
         .map_err(|_| StoreError::InvalidBatch("too many events in one batch".into()))?;
@@ -224,8 +186,7 @@ where
     if events.len() > PIPELINED_MAX {
         copy_events(tx, events, &appended, recorded_at).await?;
         crate::prepared::query_one(tx, MOVE_HEAD, &move_params).await?;
-        let extra = also(&appended).await?;
-        return Ok((appended, extra));
+        return Ok(appended);
     }
 
     let positions: Vec<i64> = appended.iter().map(|a| a.position).collect();
@@ -252,14 +213,13 @@ where
         &[(INSERT_EVENTS, &insert_params), (MOVE_HEAD, &move_params)],
     )
     .await?;
-    let (inserted, moved, extra) = tokio::join!(
+    let (inserted, moved) = tokio::join!(
         crate::prepared::execute_prepared(tx, &statements[0], &insert_params),
         crate::prepared::query_prepared(tx, &statements[1], &move_params),
-        also(&appended),
     );
-    let (inserted, (_, extra)) = cause(
+    let (inserted, _) = cause(
         inserted.map_err(StoreError::from),
-        cause(moved.map_err(StoreError::from), extra),
+        moved.map_err(StoreError::from),
     )?;
     if inserted != count as u64 {
         return Err(StoreError::corrupt(
@@ -267,15 +227,12 @@ where
             format!("inserted {inserted} events of a batch of {count}"),
         ));
     }
-    Ok((appended, extra))
+    Ok(appended)
 }
 
 /// Two results of statements pipelined together: the error that is the cause, not the
 /// "current transaction is aborted" every statement after the failed one gets.
-pub fn cause<A, B>(
-    a: Result<A, StoreError>,
-    b: Result<B, StoreError>,
-) -> Result<(A, B), StoreError> {
+fn cause<A, B>(a: Result<A, StoreError>, b: Result<B, StoreError>) -> Result<(A, B), StoreError> {
     match (a, b) {
         (Ok(a), Ok(b)) => Ok((a, b)),
         (Err(a), Err(b)) if a.is_follow_on() && !b.is_follow_on() => Err(b),

@@ -27,7 +27,7 @@ mod verify;
 
 pub use append::{
     Appended, EVENT_COLUMN_TYPES, EVENT_COLUMNS, EVENTS_CHANNEL, NewEvent, PIPELINED_MAX, append,
-    append_with_locked_versions, append_with_locked_versions_then, cause,
+    append_with_locked_versions,
 };
 pub use error::{Conflict, MigrationError, StoreError, Unavailable};
 pub use hash::{GENESIS_HASH, chain_hash};

@@ -8,8 +8,6 @@ use store::{
     ChainFault, Conflict, GENESIS_HASH, PIPELINED_MAX, StoreError, VerifyError, append, chain_hash,
     read_from,
 };
-use tokio_postgres::error::SqlState;
-use tokio_postgres::types::Type;
 
 #[tokio::test]
 async fn appends_are_gapless_and_chained_and_the_chain_verifies() -> TestResult {
@@ -298,60 +296,6 @@ async fn a_duplicate_event_id_is_refused_as_a_duplicate_event() -> TestResult {
             "the failed batch took no position"
         );
     }
-    Ok(())
-}
-
-#[tokio::test]
-async fn the_callers_writes_in_the_append_pipeline_are_reported_by_their_cause() -> TestResult {
-    let db = migrated_db().await;
-    let store = store(&db.url, 1);
-    let stored = event("player-gina", 1, "funds_deposited", b"\x80");
-    store.append_batch(std::slice::from_ref(&stored)).await?;
-
-    // The caller's statement fails after the events' insert and the head's move succeeded:
-    // its own error, and the transaction rolls back with the positions.
-    let mut client = store.client().await?;
-    let tx = client.transaction().await?;
-    let events = [event("player-gina", 2, "bet_placed", b"\x80")];
-    let result = store::append_with_locked_versions_then(&tx, &events, |appended| {
-        assert_eq!(appended[0].position, 2, "given where the event will land");
-        let tx = &tx;
-        async move {
-            store::prepared::query(tx, "SELECT 1 / $1", &[(&0i32, Type::INT4)]).await?;
-            Ok(())
-        }
-    })
-    .await;
-    match &result {
-        Err(error) => assert_eq!(
-            error.sql_state(),
-            Some(&SqlState::DIVISION_BY_ZERO),
-            "{error}"
-        ),
-        Ok(_) => panic!("the caller's failing statement passed"),
-    }
-    drop(tx);
-
-    // The events' insert fails (a stored id) and the caller's statement after it is only the
-    // echo of that: the cause is reported.
-    let tx = client.transaction().await?;
-    let mut events = [event("player-gina", 2, "bet_placed", b"\x80")];
-    events[0].event_id = stored.event_id;
-    let result = store::append_with_locked_versions_then(&tx, &events, |_| {
-        let tx = &tx;
-        async move {
-            store::prepared::query(tx, "SELECT 1", &[]).await?;
-            Ok(())
-        }
-    })
-    .await;
-    assert!(
-        matches!(result, Err(StoreError::Conflict(Conflict::DuplicateEvent))),
-        "{result:?}"
-    );
-    drop(tx);
-    drop(client);
-    assert_eq!(store.last_position().await?, 1);
     Ok(())
 }
 
