@@ -489,20 +489,24 @@ async fn run() -> Result<()> {
         .await
         .context("look the accepted bets up")?;
     let lost = (accepted.len() - rows.len()) as i64;
+    // The rounds' phases, read once for all the bets.
+    let settled: std::collections::HashSet<(String, i64)> = db
+        .query(
+            "SELECT table_id, round FROM rounds WHERE phase = 'settled'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     let mut unsettled = 0i64;
     for row in rows {
         let event = protocol::decode_event(row.get::<_, &[u8]>(0)).context("a stored bet")?;
         let protocol::EventBody::BetPlaced(placed) = event.body else {
             anyhow::bail!("an accepted bet's event is not a bet_placed");
         };
-        let phase: Option<String> = db
-            .query_opt(
-                "SELECT phase FROM rounds WHERE table_id = $1 AND round = $2",
-                &[&placed.table.as_str(), &(placed.round.get() as i64)],
-            )
-            .await?
-            .map(|r| r.get(0));
-        if phase.as_deref() == Some("settled") && !row.get::<_, bool>(1) {
+        let round = (placed.table.to_string(), placed.round.get() as i64);
+        if settled.contains(&round) && !row.get::<_, bool>(1) {
             unsettled += 1;
         }
     }
