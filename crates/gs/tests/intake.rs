@@ -58,7 +58,10 @@ async fn concurrent_bets_are_batched_each_gets_its_own_answer_and_garbage_gets_b
 
     let config = gs::GsConfig {
         batch_size: 16,
-        linger: Duration::from_millis(5),
+        // Past the requests' deadline: a bet that waited for it would time out. With no batch
+        // in flight a batch is written at once; the linger only gathers bets behind one
+        // (ADR 0034).
+        linger: Duration::from_secs(30),
         ..gs::GsConfig::new("gs-test")
     };
     let shutdown = CancellationToken::new();
@@ -135,6 +138,13 @@ async fn concurrent_bets_are_batched_each_gets_its_own_answer_and_garbage_gets_b
         batches < 80,
         "80 bets were written in fewer transactions ({batches})"
     );
+
+    // A bet alone, with nothing in flight, is written at once, not after the linger.
+    let alone = bet(&players[0], &t, 1, red(), 100);
+    match request(&bus, encode(&alone)).await {
+        PlaceBetReply::Accepted(a) => assert_eq!(a.bet_id, alone.bet_id),
+        other => panic!("a bet alone: {other:?}"),
+    }
 
     // Still serving after all that.
     match request(&bus, b"not msgpack"[..].into()).await {
