@@ -82,6 +82,60 @@ async fn loadgen_connects_200_clients_and_reports_what_they_received() {
     assert!((1..=answered).contains(&timed), "{report}");
 }
 
+/// A table with more clients than one fan-out chunk (256): the gateway's writers share each
+/// event's fan-out, chunk by chunk (ADR 0035), and a burst published faster than they write it
+/// must still reach every client whole and in order — an event sent to a connection after a
+/// later one of its channel would be skipped there, and show as missed. A tenth of the clients
+/// stop reading during the burst, so their events also go through the connections' queues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_to_more_clients_than_one_fan_out_chunk_reaches_each_whole_and_in_order() {
+    let nats = testkit::nats().expect("nats");
+    let env = Env {
+        nats_url: nats.url.clone(),
+        prefix: nats.prefix.clone(),
+        database_url: "postgres://unused@127.0.0.1:1/unused".into(),
+        http_addr: free_addr(),
+    };
+    let _gateway = env.spawn(&["run", "gateway"]);
+    wait_ready(&env.http_addr).await;
+
+    let url = format!("ws://{}/ws", env.http_addr);
+    let (_, report) = run_loadgen(
+        &env,
+        &[
+            "--url",
+            &url,
+            "--table",
+            "chunks",
+            "--clients",
+            "700",
+            "--duration",
+            "1s",
+            "--publish-rate",
+            "5",
+            "--burst",
+            "300",
+            "--slow-share",
+            "0.1",
+            "--check-delivery",
+        ],
+    )
+    .await;
+    assert_eq!(report["connected"], 700, "{report}");
+    assert_eq!(report["drops"], 0, "{report}");
+    assert_eq!(report["delivery_followed"], 700, "{report}");
+    assert_eq!(report["missed"], 0, "{report}");
+    assert_eq!(report["doubled"], 0, "{report}");
+    assert_eq!(report["burst"]["events_per_table"], 300, "{report}");
+    let catch_up = report["burst"]["catch_up_ms"]
+        .as_f64()
+        .expect("catch_up_ms");
+    assert!(
+        catch_up < 30_000.0,
+        "the slow clients never caught up: {report}"
+    );
+}
+
 /// `--target nats` (the other half of `just bench-gateway`): loadgen speaks the NATS protocol
 /// over nats-server's own WebSocket listener and measures the same events there. A server of
 /// this test's own, because the listener needs a config block and subjects without a prefix.

@@ -3,8 +3,10 @@
 //! `player.*.wallet` once and hands each event to its player's connections, instead of a
 //! JetStream consumer per connected player (thousands of them cost nats-server most of its
 //! CPU under betting load: `just bench-bets`). Each event is decoded once and built once per
-//! encoding into a whole WebSocket frame; a few writer tasks (one per runtime worker, each serving its share of the connections) write
-//! those same bytes to every subscriber's socket without waking its session (ADR 0015). A
+//! encoding into a whole WebSocket frame; a few writer tasks (one per runtime worker) write those
+//! same bytes to every subscriber's socket without waking its session (ADR 0015), sharing a
+//! large channel's fan-out chunk by chunk so that whichever has the CPU does the work, in the
+//! channel's order (ADR 0035). A
 //! connection whose socket would block gets the event on its own bounded queue instead
 //! (`outbox`), and one over its bounds is closed (4008) instead of slowing anyone else.
 
@@ -30,10 +32,12 @@ use crate::state::Standing;
 /// node holds for its writers to a few hundred KiB.
 const WRITER_QUEUE: usize = 1024;
 
-/// Deliveries a writer makes before it lets its worker run other tasks: a few milliseconds of
-/// socket writes, so that sessions, the bus client and the listener are not held up for the
-/// whole of a 10k-subscriber fan-out.
-const DELIVERIES_PER_TURN: usize = 256;
+/// The connections of one chunk of a fan-out: what a writer claims at a time, and writes
+/// before it lets its worker run other tasks (a few milliseconds of socket writes, so that
+/// sessions, the bus client and the listener are not held up for the whole of a 10k-subscriber
+/// fan-out). A channel with more connections is written by every writer that is free, chunk by
+/// chunk; one with fewer by one writer.
+const CHUNK: usize = 256;
 
 /// How far back (in stream sequences) a new table feed looks for recent outcomes: a round is
 /// about five messages of `TABLES` per table, so this is dozens of rounds for one table and
@@ -66,16 +70,22 @@ impl Outgoing {
     }
 }
 
-/// The connections receiving a channel, one list per fan-out writer. A writer iterates a
-/// snapshot (the `Arc`) without holding the lock, so a connection joining or leaving never waits
-/// for a fan-out in progress; it copies the list instead when a writer holds it.
+/// The connections receiving a channel, in a few shares (one per writer) so that a join or
+/// leave copies only a share. A fan-out iterates a snapshot (the `Arc`s) without holding the
+/// locks, so a connection joining or leaving never waits for a fan-out in progress; it copies
+/// the share instead when a fan-out holds it.
 #[derive(Debug)]
 pub(crate) struct Members {
     id: FeedId,
     shards: Box<[Share]>,
+    /// How the channel's last fan-out is getting on: the next one waits for it to be written
+    /// unless both are one chunk (then one writer, the channel's own, writes them in order).
+    /// Not the fan-out itself, whose snapshot of the lists would make every later join copy
+    /// its share.
+    last: std::sync::Mutex<Option<Arc<Progress>>>,
 }
 
-/// One writer's share of a channel's connections.
+/// One share of a channel's connections.
 type Share = std::sync::Mutex<Arc<Vec<Arc<Conn>>>>;
 
 impl Members {
@@ -84,6 +94,7 @@ impl Members {
         Self {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             shards: (0..shards).map(|_| Default::default()).collect(),
+            last: std::sync::Mutex::new(None),
         }
     }
 
@@ -177,10 +188,96 @@ pub(crate) struct Subscription {
     pub seq: u64,
 }
 
-/// One event for one writer: the connections of its share in `members`.
-struct Delivery {
-    members: Arc<Members>,
+/// One event of a channel for its connections, as they were when the channel's position moved
+/// past it: cut into chunks of [`CHUNK`] connections that any writer holding the fan-out may
+/// claim, so that the writers whose threads have the CPU do the work, however the OS shares
+/// it out among them.
+struct FanOut {
+    feed: FeedId,
     event: Arc<Outgoing>,
+    /// The channel's members, one list per share (see [`Members`]).
+    lists: Box<[Arc<Vec<Arc<Conn>>>]>,
+    /// The next chunk to claim.
+    next: AtomicUsize,
+    progress: Arc<Progress>,
+    /// When the feed made it, and `table` or `player` (`gateway_fanout_seconds`).
+    started: std::time::Instant,
+    kind: &'static str,
+}
+
+/// How far a fan-out is: its chunks, those not yet written, and a wake-up for its channel's
+/// feed when none is left.
+#[derive(Debug)]
+struct Progress {
+    chunks: usize,
+    left: AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+impl Progress {
+    fn is_done(&self) -> bool {
+        self.left.load(Ordering::Acquire) == 0
+    }
+
+    /// Returns once every chunk has been written.
+    async fn written(&self) {
+        let done = self.done.notified();
+        if !self.is_done() {
+            done.await;
+        }
+    }
+}
+
+impl FanOut {
+    fn new(members: &Members, event: Arc<Outgoing>, channel: &Channel) -> Self {
+        let lists: Box<[_]> = (0..members.shards.len())
+            .map(|shard| members.list(shard).clone())
+            .collect();
+        let chunks = lists.iter().map(|list| list.len().div_ceil(CHUNK)).sum();
+        Self {
+            feed: members.id,
+            event,
+            lists,
+            next: AtomicUsize::new(0),
+            progress: Arc::new(Progress {
+                chunks,
+                left: AtomicUsize::new(chunks),
+                done: tokio::sync::Notify::new(),
+            }),
+            started: std::time::Instant::now(),
+            kind: match channel {
+                Channel::Table(_) => "table",
+                Channel::Player(_) => "player",
+            },
+        }
+    }
+
+    /// The connections of the next unclaimed chunk, if any is left.
+    fn claim(&self) -> Option<&[Arc<Conn>]> {
+        let mut chunk = self.next.fetch_add(1, Ordering::Relaxed);
+        for list in &self.lists {
+            let here = list.len().div_ceil(CHUNK);
+            if chunk < here {
+                let start = chunk * CHUNK;
+                return Some(&list[start..(start + CHUNK).min(list.len())]);
+            }
+            chunk -= here;
+        }
+        None
+    }
+
+    /// A claimed chunk has been written; the last one wakes whoever waits for the fan-out.
+    fn written(&self) {
+        if self.progress.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            metrics::histogram!("gateway_fanout_seconds", "channel" => self.kind)
+                .record(self.started.elapsed());
+            self.progress.done.notify_one();
+        }
+    }
+
+    fn chunks(&self) -> usize {
+        self.progress.chunks
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,8 +302,8 @@ pub(crate) fn channel_subjects(channel: &Channel) -> Vec<String> {
 pub(crate) struct Hub<B> {
     bus: B,
     feeds: Mutex<HashMap<Channel, Weak<Feed>>>,
-    writers: Vec<mpsc::Sender<Delivery>>,
-    /// Connections handed out so far, which spreads them over the writers.
+    writers: Vec<mpsc::Sender<Arc<FanOut>>>,
+    /// Connections handed out so far, which spreads them over the member shares.
     connections: AtomicUsize,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -229,10 +326,11 @@ struct PlayerSubscription {
     seen: Arc<AtomicU64>,
 }
 
-impl std::fmt::Debug for Delivery {
+impl std::fmt::Debug for FanOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery")
+        f.debug_struct("FanOut")
             .field("seq", &self.event.seq)
+            .field("chunks", &self.chunks())
             .finish_non_exhaustive()
     }
 }
@@ -245,9 +343,9 @@ impl<B: Bus> Hub<B> {
             .num_workers()
             .max(1);
         let writers = (0..count)
-            .map(|shard| {
+            .map(|_| {
                 let (sender, receiver) = mpsc::channel(WRITER_QUEUE);
-                tasks.spawn(write_events(shard, receiver, shutdown.clone()));
+                tasks.spawn(write_events(receiver, shutdown.clone()));
                 sender
             })
             .collect();
@@ -263,7 +361,8 @@ impl<B: Bus> Hub<B> {
         }
     }
 
-    /// The writer shard for a new connection.
+    /// The share of every channel's members a new connection is listed in (spread evenly, so
+    /// that a join or leave copies a share, not the whole list).
     pub fn next_shard(&self) -> usize {
         self.connections.fetch_add(1, Ordering::Relaxed) % self.writers.len()
     }
@@ -556,7 +655,7 @@ async fn relay(
     message: &StoredMessage,
     position: &std::sync::Mutex<Position>,
     members: &Arc<Members>,
-    writers: &[mpsc::Sender<Delivery>],
+    writers: &[mpsc::Sender<Arc<FanOut>>],
     stop: &CancellationToken,
 ) -> bool {
     let current = position.lock().unwrap_or_else(|e| e.into_inner()).seq;
@@ -593,20 +692,39 @@ async fn relay(
         position.standing.apply(&decoded);
     }
     metrics::counter!("gateway_events_relayed_total").increment(1);
-    // After the position moved (see `Hub::subscribe`). A writer with none of the channel's
-    // connections is not woken; one that joins after this look was counted in the position
-    // already.
-    for (shard, writer) in writers.iter().enumerate() {
-        if members.list(shard).is_empty() {
-            continue;
+    // After the position moved (see `Hub::subscribe`): a connection that joins after this
+    // snapshot was counted in the position already.
+    let fan_out = Arc::new(FanOut::new(members, event, channel));
+    if fan_out.chunks() == 0 {
+        return true;
+    }
+    // A connection's events of a channel must reach it in order. One-chunk fan-outs of the
+    // channel all go to its own writer, whose queue keeps them in order; a larger one is
+    // shared by the writers, so it starts only after the channel's previous fan-out was
+    // written, and the next one waits for it.
+    let previous = members
+        .last
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(fan_out.progress.clone());
+    if let Some(previous) = previous
+        && (previous.chunks > 1 || fan_out.chunks() > 1)
+    {
+        tokio::select! {
+            () = stop.cancelled() => return false,
+            () = previous.written() => {}
         }
-        let delivery = Delivery {
-            members: members.clone(),
-            event: event.clone(),
-        };
+    }
+    let home = members.id as usize % writers.len();
+    for writer in writers
+        .iter()
+        .cycle()
+        .skip(home)
+        .take(fan_out.chunks().min(writers.len()))
+    {
         let sent = tokio::select! {
             () = stop.cancelled() => return false,
-            sent = writer.send(delivery) => sent,
+            sent = writer.send(fan_out.clone()) => sent,
         };
         if sent.is_err() {
             return false;
@@ -615,29 +733,28 @@ async fn relay(
     true
 }
 
-/// One fan-out writer: for each event, the frame of each of its connections' encodings goes to
-/// each of its connections (`Conn::deliver`: a non-blocking write, or the connection's queue).
-async fn write_events(
-    shard: usize,
-    mut deliveries: mpsc::Receiver<Delivery>,
-    stop: CancellationToken,
-) {
+/// One fan-out writer: for each fan-out handed to it, claims chunks until none is left and
+/// writes the frame of each connection's encoding to each connection of the chunk
+/// (`Conn::deliver`: a non-blocking write, or the connection's queue).
+async fn write_events(mut fan_outs: mpsc::Receiver<Arc<FanOut>>, stop: CancellationToken) {
     loop {
-        let delivery = tokio::select! {
+        let fan_out = tokio::select! {
             () = stop.cancelled() => return,
-            delivery = deliveries.recv() => match delivery {
-                Some(delivery) => delivery,
+            fan_out = fan_outs.recv() => match fan_out {
+                Some(fan_out) => fan_out,
                 None => return,
             },
         };
-        let conns = delivery.members.list(shard).clone();
-        metrics::counter!("gateway_events_delivered_total").increment(conns.len() as u64);
-        let (id, seq) = (delivery.members.id, delivery.event.seq);
-        for (i, conn) in conns.iter().enumerate() {
-            if i > 0 && i % DELIVERIES_PER_TURN == 0 {
+        let (feed, event) = (fan_out.feed, &fan_out.event);
+        while let Some(conns) = fan_out.claim() {
+            metrics::counter!("gateway_events_delivered_total").increment(conns.len() as u64);
+            for conn in conns {
+                conn.deliver(feed, event.seq, event.frame(conn.encoding()));
+            }
+            fan_out.written();
+            if fan_out.next.load(Ordering::Relaxed) < fan_out.chunks() {
                 tokio::task::yield_now().await;
             }
-            conn.deliver(id, seq, delivery.event.frame(conn.encoding()));
         }
     }
 }

@@ -14,7 +14,8 @@
 //!   `handshake_rate`);
 //! - events: `gateway_events_relayed_total` (events taken from the bus, once per node),
 //!   `gateway_events_delivered_total` (those events handed to connections, one per connection),
-//!   `gateway_events_undecodable_total`;
+//!   `gateway_events_undecodable_total`, `gateway_fanout_seconds{channel}` (an event's arrival
+//!   at its feed → its last connection written or queued; `table`, `player`);
 //! - bets: `gateway_bets_forwarded_total` (bets sent to GS: bets/s),
 //!   `gateway_bet_answer_seconds{outcome}` (bet forwarded → answer; `accepted`, `rejected`,
 //!   `timeout`, `unavailable`), `gateway_overloaded_total`;

@@ -1,6 +1,6 @@
 //! A connection's write side, shared by its session and the hub's fan-out writers (ADR 0015).
 //!
-//! A broadcast event is written by the writer shard that serves the connection, straight to the
+//! A broadcast event is written by a fan-out writer (ADR 0015, ADR 0035), straight to the
 //! socket with one non-blocking write, as long as nothing waits before it: no task is woken for
 //! it. When the socket would block, or frames already wait, the event goes on the connection's
 //! own queue instead, bounded in events and bytes (ADR 0012), and the session is woken to write
@@ -72,7 +72,7 @@ pub(crate) struct Gone;
 pub(crate) struct Conn {
     socket: OwnedWriteHalf,
     encoding: Encoding,
-    /// The fan-out writer that delivers this connection's broadcast events.
+    /// The share of each channel's members this connection is listed in (`hub::Members`).
     shard: usize,
     bounds: Bounds,
     outbox: Mutex<Outbox>,
@@ -228,7 +228,7 @@ impl Conn {
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// One broadcast event of channel `feed` (the writer shards' path): written now when nothing
+    /// One broadcast event of channel `feed` (the fan-out writers' path): written now when nothing
     /// waits and the socket takes it whole, else queued (or held, during a `subscribe`) within
     /// the bounds. Never waits.
     pub fn deliver(&self, feed: FeedId, seq: u64, frame: &Bytes) {
@@ -373,7 +373,7 @@ impl Conn {
         Ok(outbox.queued)
     }
 
-    /// The session ended: shards skip the connection from now on.
+    /// The session ended: fan-outs skip the connection from now on.
     pub fn abandon(&self) {
         let mut outbox = self.lock();
         outbox.state = Some(State::Broken);
@@ -449,7 +449,7 @@ impl Conn {
         self.socket.writable().await
     }
 
-    /// Waits until a shard wakes the session (see [`Conn::deliver`]).
+    /// Waits until a fan-out writer wakes the session (see [`Conn::deliver`]).
     pub async fn woken(&self) {
         self.wake.notified().await;
     }
