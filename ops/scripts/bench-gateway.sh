@@ -19,7 +19,9 @@
 #      of every size and server, interleaved; the summary gives each ratio's median and spread),
 #      BENCH_OUT (artifacts/bench-gateway: one JSON report per run), BENCH_FLOOR (1: the floor
 #      after each plain size; 0 skips it), BENCH_BIN (a croupier binary to measure instead of
-#      building one: A/B runs of two builds)
+#      building one: A/B runs of two builds), BENCH_AFFINITY (the gateway's
+#      CROUPIER_WORKER_AFFINITY: `spread`, as on a node with its CPUs to itself, or `off`;
+#      ADR 0035)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -51,7 +53,8 @@ fi
 measure() {
   local server=$1 url=$2 pid=$3
   shift 3
-  echo "== $size ($n clients), $server, run $run"
+  local affinity=""; [ "$server" = croupier ] && affinity=", worker affinity ${BENCH_AFFINITY:-spread}"
+  echo "== $size ($n clients), $server, run $run$affinity"
   "$bin" loadgen --quiet --url "$url" --target "$server" --table "$tables" \
     --clients "$n" --duration "$duration" --publish-rate "$rate" --source-addrs 4 \
     --burst "$burst" --server-pid "$pid" --json "$out/$size-$server-$run.json" "$@"

@@ -34,7 +34,7 @@ bench_start_servers() {
   nats_pid=$!; bench_pids+=("$nats_pid")
   wait_port "$nats_port"; wait_port "$ws_port"
   export NATS_URL="nats://127.0.0.1:$nats_port" CROUPIER_HTTP_ADDR="127.0.0.1:$http_port"
-  "$gateway" run gateway >>"$bench_work/gateway.log" 2>&1 &
+  CROUPIER_WORKER_AFFINITY=${BENCH_AFFINITY:-spread} "$gateway" run gateway >>"$bench_work/gateway.log" 2>&1 &
   gw_pid=$!; bench_pids+=("$gw_pid")
   wait_port "$http_port"
 }

@@ -31,6 +31,62 @@ pub enum BusKind {
     Local,
 }
 
+/// Where the runtime's worker threads may run (`CROUPIER_WORKER_AFFINITY`, ADR 0035).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum WorkerAffinity {
+    /// Wherever the OS puts them.
+    #[default]
+    Off,
+    /// Worker `k` on the `k`-th CPU this process may use (round robin): for a node that has
+    /// its CPUs to itself. Without it, two workers can share one CPU for a whole fan-out while
+    /// another sits nearly idle; with other busy processes on the node, a pinned worker cannot
+    /// move away from them.
+    Spread,
+}
+
+/// The runtime `croupier run` serves on: tokio's multi-threaded runtime, one worker per CPU
+/// this process may use (tokio's default), placed as `affinity` says.
+pub fn runtime(affinity: WorkerAffinity) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if affinity == WorkerAffinity::Spread {
+        let allowed = rustix::thread::sched_getaffinity(None)
+            .context("read the CPUs this process may use")?;
+        let cpus: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&cpu| allowed.is_set(cpu))
+            .collect();
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The runtime names its threads as it creates them, in order, and creates its workers
+        // first (when it is built, before any blocking task can be spawned): the name carries
+        // the creation index, and a thread that starts with an index below `workers` is one.
+        let created = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        builder
+            .worker_threads(workers)
+            .thread_name_fn(move || {
+                let index = created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("croupier-rt-{index}")
+            })
+            .on_thread_start(move || {
+                let index = std::thread::current()
+                    .name()
+                    .and_then(|name| name.strip_prefix("croupier-rt-"))
+                    .and_then(|index| index.parse::<usize>().ok());
+                let Some(index) = index.filter(|&index| index < workers) else {
+                    return;
+                };
+                let Some(&cpu) = cpus.get(index % cpus.len().max(1)) else {
+                    return;
+                };
+                let mut only = rustix::thread::CpuSet::new();
+                only.set(cpu);
+                if let Err(error) = rustix::thread::sched_setaffinity(None, &only) {
+                    tracing::warn!(worker = index, cpu, %error, "worker thread not pinned");
+                }
+            });
+    }
+    builder.build().context("start the async runtime")
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Which role to run; `all` runs every role in this process.
@@ -125,6 +181,15 @@ pub struct RunArgs {
     /// again, in milliseconds.
     #[arg(long, env = "CROUPIER_WS_IDLE_MS", default_value_t = 30_000)]
     pub ws_idle_ms: u64,
+    /// Where the runtime's worker threads run: `off` (the OS decides) or `spread` (worker `k`
+    /// on the `k`-th CPU this process may use; for a node with its CPUs to itself).
+    #[arg(
+        long,
+        value_enum,
+        env = "CROUPIER_WORKER_AFFINITY",
+        default_value = "off"
+    )]
+    pub worker_affinity: WorkerAffinity,
     /// Gateway: serve `GET /dev/token?player=P` (development only, ADR 0011).
     #[arg(
         long,
@@ -554,5 +619,78 @@ fn default_gs_instance() -> String {
         format!("gs-{pid}")
     } else {
         format!("gs-{host}-{pid}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpus_allowed() -> usize {
+        let set = rustix::thread::sched_getaffinity(None).expect("affinity");
+        (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&cpu| set.is_set(cpu))
+            .count()
+    }
+
+    /// `spread` pins each worker to one CPU, a different one per worker as far as there are
+    /// CPUs, and leaves blocking threads where the process may run.
+    #[test]
+    fn spread_pins_each_worker_to_its_own_cpu_and_leaves_blocking_threads_free() {
+        let allowed = cpus_allowed();
+        let runtime = runtime(WorkerAffinity::Spread).expect("runtime");
+        let workers = runtime.metrics().num_workers();
+        let placed = runtime.block_on(async {
+            // Enough tasks, each holding its worker briefly, that every worker takes some.
+            let mut seen = std::collections::HashMap::new();
+            for _ in 0..50 {
+                let tasks: Vec<_> = (0..workers * 4)
+                    .map(|_| {
+                        tokio::spawn(async {
+                            std::thread::sleep(Duration::from_millis(2));
+                            let set = rustix::thread::sched_getaffinity(None).expect("affinity");
+                            let cpus: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
+                                .filter(|&cpu| set.is_set(cpu))
+                                .collect();
+                            (std::thread::current().name().map(String::from), cpus)
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    let (name, cpus) = task.await.expect("task");
+                    seen.insert(name, cpus);
+                }
+                if seen.len() == workers {
+                    break;
+                }
+            }
+            seen
+        });
+        assert_eq!(placed.len(), workers, "{placed:?}");
+        let mut pinned: Vec<usize> = placed
+            .values()
+            .map(|cpus| {
+                assert_eq!(cpus.len(), 1, "a worker on more than one CPU: {placed:?}");
+                cpus[0]
+            })
+            .collect();
+        pinned.sort_unstable();
+        pinned.dedup();
+        assert_eq!(pinned.len(), workers.min(allowed), "{placed:?}");
+
+        let blocking = runtime
+            .block_on(runtime.spawn_blocking(cpus_allowed))
+            .expect("blocking task");
+        assert_eq!(blocking, allowed);
+    }
+
+    #[test]
+    fn off_leaves_workers_where_the_process_may_run() {
+        let allowed = cpus_allowed();
+        let runtime = runtime(WorkerAffinity::Off).expect("runtime");
+        let on_worker = runtime
+            .block_on(runtime.spawn(async { cpus_allowed() }))
+            .expect("task");
+        assert_eq!(on_worker, allowed);
     }
 }
