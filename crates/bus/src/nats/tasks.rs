@@ -115,32 +115,29 @@ async fn hand_over<T>(sender: &mpsc::Sender<T>, cancel: &CancellationToken, item
     }
 }
 
-/// The stream sequence of a JetStream message, or `None` (logged) for one without metadata.
-fn stream_sequence(message: &async_nats::jetstream::Message) -> Option<u64> {
-    match message.info() {
-        Ok(info) => Some(info.stream_sequence),
-        Err(error) => {
-            tracing::warn!(%error, "message without JetStream metadata");
-            None
-        }
-    }
-}
-
 /// Why a replay or range read does not hand over its consumer's next item.
 enum Passed {
     /// A message handed over already (a re-established consumer starts a little early).
     Skip,
-    /// The consumer ended, failed or sent a message without metadata: re-establish it.
+    /// The consumer ended, failed, sent a message without metadata or lost a delivery:
+    /// re-establish it.
     Reopen,
 }
 
 /// Sorts the consumer's next `item` against `next_seq` (the first sequence not yet handed
 /// over): the message to hand over with its sequence, or why not. So a re-established consumer
 /// causes no duplicate and no gap.
+///
+/// `delivered`, for a consumer that acknowledges nothing and so never redelivers (a range
+/// read): the consumer's own sequence of the last delivery read. A delivery that is not the
+/// one after it means the server sent some this read never got (lost with a connection cut
+/// mid-batch): the consumer has moved past them, so it is re-established from `next_seq`, or
+/// the range would have a gap.
 fn in_order<E: std::fmt::Display>(
     item: Option<Result<async_nats::jetstream::Message, E>>,
     next_seq: u64,
     what: &str,
+    delivered: Option<&mut u64>,
 ) -> Result<(async_nats::jetstream::Message, u64), Passed> {
     let message = match item {
         Some(Ok(message)) => message,
@@ -150,10 +147,29 @@ fn in_order<E: std::fmt::Display>(
         }
         None => return Err(Passed::Reopen),
     };
-    match stream_sequence(&message) {
-        None => Err(Passed::Reopen),
-        Some(seq) if seq < next_seq => Err(Passed::Skip),
-        Some(seq) => Ok((message, seq)),
+    let (seq, delivery) = match message.info() {
+        Ok(info) => (info.stream_sequence, info.consumer_sequence),
+        Err(error) => {
+            tracing::warn!(%error, "message without JetStream metadata");
+            return Err(Passed::Reopen);
+        }
+    };
+    if let Some(delivered) = delivered {
+        if delivery != *delivered + 1 {
+            tracing::warn!(
+                next_seq,
+                expected = *delivered + 1,
+                got = delivery,
+                "{what} lost deliveries; re-establishing"
+            );
+            return Err(Passed::Reopen);
+        }
+        *delivered = delivery;
+    }
+    if seq < next_seq {
+        Err(Passed::Skip)
+    } else {
+        Ok((message, seq))
     }
 }
 
@@ -266,7 +282,7 @@ pub(super) async fn replay(
                     }
                     item = ordered.next() => item,
                 };
-                let (message, seq) = match in_order(item, spec.next_seq, "replay") {
+                let (message, seq) = match in_order(item, spec.next_seq, "replay", None) {
                     Ok(next) => next,
                     Err(Passed::Skip) => continue,
                     Err(Passed::Reopen) => break,
@@ -314,8 +330,7 @@ pub(super) async fn read_range(
         loop {
             let mut seen_at_tick = spec.next_seq;
             let mut suspect = false;
-            // The consumer's own sequence of the last delivery read: each delivery of this
-            // consumer is the one after (it acknowledges nothing, so it never redelivers).
+            // The consumer's own sequence of the last delivery read (see `in_order`).
             let mut delivered: u64 = 0;
             loop {
                 let item = tokio::select! {
@@ -345,24 +360,8 @@ pub(super) async fn read_range(
                     }
                     item = pull.next() => item,
                 };
-                // A delivery the server sent and this read never got (lost with a connection
-                // cut mid-batch): the consumer has moved past it, so start again from the
-                // first sequence not handed over, or the range would have a gap.
-                if let Some(Ok(message)) = &item
-                    && let Ok(info) = message.info()
-                {
-                    if info.consumer_sequence != delivered + 1 {
-                        tracing::warn!(
-                            next_seq = spec.next_seq,
-                            expected = delivered + 1,
-                            got = info.consumer_sequence,
-                            "range read lost deliveries; re-establishing"
-                        );
-                        break;
-                    }
-                    delivered = info.consumer_sequence;
-                }
-                let (message, seq) = match in_order(item, spec.next_seq, "range read") {
+                let next = in_order(item, spec.next_seq, "range read", Some(&mut delivered));
+                let (message, seq) = match next {
                     Ok(next) => next,
                     Err(Passed::Skip) => continue,
                     Err(Passed::Reopen) => break,
