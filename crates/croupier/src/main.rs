@@ -120,11 +120,12 @@ fn main_with_code() -> anyhow::Result<ExitCode> {
             telemetry::init_logs();
             let runtime = match &command {
                 // Sized for a benchmark that shares the machine with the server it measures.
-                Command::Loadgen(_) => loadgen::runtime().context("start the async runtime"),
-                Command::Replay(_) => replay::runtime().context("start the async runtime"),
+                Command::Loadgen(_) => loadgen::runtime(),
+                Command::Replay(_) => replay::runtime(),
                 Command::Run(args) => run::runtime(args.worker_affinity),
-                _ => tokio::runtime::Runtime::new().context("start the async runtime"),
-            }?;
+                _ => tokio::runtime::Runtime::new(),
+            }
+            .context("start the async runtime")?;
             runtime.block_on(async_main(command, settings))
         }
     }

@@ -44,17 +44,21 @@ pub enum WorkerAffinity {
     Spread,
 }
 
+/// The CPUs the calling thread may run on (at start, those of the whole process).
+fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    let allowed = rustix::thread::sched_getaffinity(None)?;
+    Ok((0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&cpu| allowed.is_set(cpu))
+        .collect())
+}
+
 /// The runtime `croupier run` serves on: tokio's multi-threaded runtime, one worker per CPU
 /// this process may use (tokio's default), placed as `affinity` says.
-pub fn runtime(affinity: WorkerAffinity) -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn runtime(affinity: WorkerAffinity) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if affinity == WorkerAffinity::Spread {
-        let allowed = rustix::thread::sched_getaffinity(None)
-            .context("read the CPUs this process may use")?;
-        let cpus: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
-            .filter(|&cpu| allowed.is_set(cpu))
-            .collect();
+        let cpus = allowed_cpus()?;
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         // The runtime names its threads as it creates them, in order, and creates its workers
         // first (when it is built, before any blocking task can be spawned): the name carries
@@ -75,7 +79,7 @@ pub fn runtime(affinity: WorkerAffinity) -> anyhow::Result<tokio::runtime::Runti
                     return;
                 };
                 let Some(&cpu) = cpus.get(index % cpus.len().max(1)) else {
-                    return;
+                    return; // no CPU at all: nothing to pin to
                 };
                 let mut only = rustix::thread::CpuSet::new();
                 only.set(cpu);
@@ -84,7 +88,7 @@ pub fn runtime(affinity: WorkerAffinity) -> anyhow::Result<tokio::runtime::Runti
                 }
             });
     }
-    builder.build().context("start the async runtime")
+    builder.build()
 }
 
 #[derive(Debug, Clone, Args)]
@@ -627,10 +631,7 @@ mod tests {
     use super::*;
 
     fn cpus_allowed() -> usize {
-        let set = rustix::thread::sched_getaffinity(None).expect("affinity");
-        (0..rustix::thread::CpuSet::MAX_CPU)
-            .filter(|&cpu| set.is_set(cpu))
-            .count()
+        allowed_cpus().expect("affinity").len()
     }
 
     /// `spread` pins each worker to one CPU, a different one per worker as far as there are
@@ -648,10 +649,7 @@ mod tests {
                     .map(|_| {
                         tokio::spawn(async {
                             std::thread::sleep(Duration::from_millis(2));
-                            let set = rustix::thread::sched_getaffinity(None).expect("affinity");
-                            let cpus: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
-                                .filter(|&cpu| set.is_set(cpu))
-                                .collect();
+                            let cpus = allowed_cpus().expect("affinity");
                             (std::thread::current().name().map(String::from), cpus)
                         })
                     })
