@@ -5,8 +5,10 @@
 # loadgen's and the gateway's CPU per event.
 #
 # usage: bench-gateway-ab.sh <croupier binary A> <croupier binary B>
-# env: PAIRS (5), SIZE (10000), OUT (/tmp/bench-gateway-ab), and bench-gateway.sh's BENCH_*
-#      (BENCH_BURST defaults to 0 here).
+# env: PAIRS (5), SIZE (10000), OUT (/tmp/bench-gateway-ab), AFFINITY_A / AFFINITY_B (each
+#      side's BENCH_AFFINITY, default BENCH_AFFINITY or `spread`: one binary given twice with
+#      AFFINITY_A=off AFFINITY_B=spread is ADR 0035's comparison), and bench-gateway.sh's
+#      BENCH_* (BENCH_BURST defaults to 0 here).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 a=$1; b=$2
@@ -14,8 +16,9 @@ pairs=${PAIRS:-5}; size=${SIZE:-10000}; out=${OUT:-/tmp/bench-gateway-ab}
 mkdir -p "$out"
 for i in $(seq 1 "$pairs"); do
   for side in a b; do
-    bin=$a; [ "$side" = b ] && bin=$b
-    BENCH_BIN=$bin BENCH_OUT="$out/$side-$i" BENCH_RUNS=1 BENCH_SIZES=$size \
+    bin=$a; affinity=${AFFINITY_A:-${BENCH_AFFINITY:-spread}}
+    if [ "$side" = b ]; then bin=$b; affinity=${AFFINITY_B:-${BENCH_AFFINITY:-spread}}; fi
+    BENCH_AFFINITY=$affinity BENCH_BIN=$bin BENCH_OUT="$out/$side-$i" BENCH_RUNS=1 BENCH_SIZES=$size \
       BENCH_SERVERS=croupier BENCH_BURST=${BENCH_BURST:-0} \
       "$root/ops/scripts/bench-gateway.sh" >"$out/$side-$i.log" 2>&1
     echo "pair $i, build $side: done"

@@ -66,21 +66,14 @@ impl Gms {
     }
 }
 
-fn env() -> (Env, testkit::TestNats) {
+/// GMS never touches Postgres.
+fn env() -> Env {
     testkit::init_logging();
-    let nats = testkit::nats().expect("nats");
-    let env = Env {
-        nats_url: nats.url.clone(),
-        prefix: nats.prefix.clone(),
-        // GMS never touches Postgres.
-        database_url: "postgres://unused@127.0.0.1:1/unused".into(),
-        http_addr: free_addr(),
-    };
-    (env, nats)
+    Env::without_database()
 }
 
-async fn bus(nats: &testkit::TestNats) -> NatsBus {
-    let bus = NatsBus::connect(&nats.url, &nats.prefix, bus::NatsOptions::default())
+async fn bus(env: &Env) -> NatsBus {
+    let bus = NatsBus::connect(&env.nats_url, &env.prefix, bus::NatsOptions::default())
         .await
         .expect("connect");
     bus.setup(&bus::Definitions::croupier())
@@ -209,8 +202,8 @@ fn check_stream(transitions: &[Transition]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_leader_is_killed_the_standby_goes_on_with_no_gap_and_no_duplicate() {
-    let (env, nats) = env();
-    let bus = bus(&nats).await;
+    let env = env();
+    let bus = bus(&env).await;
     let a = Gms::start(&env);
     let b = Gms::start(&env);
     rounds_ended_after(&bus, 0, 2).await;
@@ -237,8 +230,8 @@ async fn when_the_leader_is_killed_the_standby_goes_on_with_no_gap_and_no_duplic
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_that_wakes_after_a_takeover_does_not_fork_the_table() {
-    let (env, nats) = env();
-    let bus = bus(&nats).await;
+    let env = env();
+    let bus = bus(&env).await;
     let a = Gms::start(&env);
     let b = Gms::start(&env);
     rounds_ended_after(&bus, 0, 1).await;

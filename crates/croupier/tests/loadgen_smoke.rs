@@ -27,19 +27,18 @@ async fn run_loadgen(env: &Env, args: &[&str]) -> (String, serde_json::Value) {
     (output, report)
 }
 
+/// A gateway on the harness's NATS, ready, with its WebSocket URL.
+async fn gateway() -> (Env, Running, String) {
+    let env = Env::without_database();
+    let gateway = env.spawn(&["run", "gateway"]);
+    wait_ready(&env.http_addr).await;
+    let url = format!("ws://{}/ws", env.http_addr);
+    (env, gateway, url)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_connects_200_clients_and_reports_what_they_received() {
-    let nats = testkit::nats().expect("nats");
-    let env = Env {
-        nats_url: nats.url.clone(),
-        prefix: nats.prefix.clone(),
-        database_url: "postgres://unused@127.0.0.1:1/unused".into(),
-        http_addr: free_addr(),
-    };
-    let _gateway = env.spawn(&["run", "gateway"]);
-    wait_ready(&env.http_addr).await;
-
-    let url = format!("ws://{}/ws", env.http_addr);
+    let (env, _gateway, url) = gateway().await;
     let (output, report) = run_loadgen(
         &env,
         &[
@@ -89,17 +88,7 @@ async fn loadgen_connects_200_clients_and_reports_what_they_received() {
 /// stop reading during the burst, so their events also go through the connections' queues.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_to_more_clients_than_one_fan_out_chunk_reaches_each_whole_and_in_order() {
-    let nats = testkit::nats().expect("nats");
-    let env = Env {
-        nats_url: nats.url.clone(),
-        prefix: nats.prefix.clone(),
-        database_url: "postgres://unused@127.0.0.1:1/unused".into(),
-        http_addr: free_addr(),
-    };
-    let _gateway = env.spawn(&["run", "gateway"]);
-    wait_ready(&env.http_addr).await;
-
-    let url = format!("ws://{}/ws", env.http_addr);
+    let (env, _gateway, url) = gateway().await;
     let (_, report) = run_loadgen(
         &env,
         &[

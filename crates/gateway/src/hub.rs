@@ -266,9 +266,12 @@ impl FanOut {
         None
     }
 
-    /// A claimed chunk has been written; the last one wakes whoever waits for the fan-out.
+    /// A claimed chunk has been written; the last one counts the fan-out (once per event, not
+    /// per chunk) and wakes whoever waits for it.
     fn written(&self) {
         if self.progress.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let connections: usize = self.lists.iter().map(|list| list.len()).sum();
+            metrics::counter!("gateway_events_delivered_total").increment(connections as u64);
             metrics::histogram!("gateway_fanout_seconds", "channel" => self.kind)
                 .record(self.started.elapsed());
             self.progress.done.notify_one();
@@ -747,7 +750,6 @@ async fn write_events(mut fan_outs: mpsc::Receiver<Arc<FanOut>>, stop: Cancellat
         };
         let (feed, event) = (fan_out.feed, &fan_out.event);
         while let Some(conns) = fan_out.claim() {
-            metrics::counter!("gateway_events_delivered_total").increment(conns.len() as u64);
             for conn in conns {
                 conn.deliver(feed, event.seq, event.frame(conn.encoding()));
             }

@@ -233,13 +233,11 @@ pub(crate) async fn run<B: Bus>(
         }
         let full = pending.len() >= batch_size;
         let lingered = linger_until.is_some_and(|t| t <= Instant::now());
-        // No batch in flight: the database has nothing of ours to finish, so waiting for more
-        // bets would only add the linger to these (ADR 0034). Bets that arrive while this one
-        // is written gather behind it, as before.
-        let idle = in_flight.is_empty() && !pending.is_empty();
-        if (full || lingered || idle || (!open && !pending.is_empty()))
-            && in_flight.len() < MAX_BATCHES_IN_FLIGHT
-        {
+        // With no batch in flight the database has nothing of ours to finish, so waiting for
+        // more bets would only add the linger to these (ADR 0034); bets that arrive while one
+        // is written gather behind it.
+        let flush = !pending.is_empty() && (full || lingered || in_flight.is_empty() || !open);
+        if flush && in_flight.len() < MAX_BATCHES_IN_FLIGHT {
             let batch = std::mem::replace(&mut pending, Vec::with_capacity(batch_size));
             linger_until = None;
             in_flight.push(run_job(ctx.clone(), Job::Flush(batch)));

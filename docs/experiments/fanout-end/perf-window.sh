@@ -2,7 +2,8 @@
 # ADR 0035 part two: one 10k-client run against a gateway built with instrument-chunks.py,
 # with `perf record -a` on the realtime clock for 10 s mid-measurement, then per event window
 # the samples by thread and, for the fastest and slowest events, by CPU in 10 ms steps
-# (windows.py). BENCH_AFFINITY as in ops/scripts/bench-servers.sh (spread unless set).
+# (windows.py). BENCH_AFFINITY as in ops/scripts/bench-servers.sh (spread unless set): the
+# slow events with both workers on one CPU show with BENCH_AFFINITY=off.
 #
 # usage: perf-window.sh <instrumented croupier>
 set -euo pipefail

@@ -6,6 +6,11 @@
 # mid-measurement (threads.py, from /proc/<pid>/task/*/schedstat).
 #
 # usage: run.sh <instrumented croupier> <label>   (then: python3 ends.py a|c <log>)
+# The gateway's workers are placed as BENCH_AFFINITY says (ops/scripts/bench-servers.sh:
+# `spread` unless set). ADR 0035's unpinned runs: BENCH_AFFINITY=off; its run "pinned by
+# hand" (then with `taskset`) is BENCH_AFFINITY=spread on a build of ADR 0035 instrumented
+# with instrument-chunks.py.
+#
 # env: DELAY (28 s: past the clients' ramp-up), OUT (/tmp/exp/out; the instrumented builds
 #      append to /tmp/exp/out/fanout.log (instrument-shards.py) or fanout2.log
 #      (instrument-chunks.py)).

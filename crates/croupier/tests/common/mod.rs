@@ -37,6 +37,19 @@ impl Env {
         (env, db)
     }
 
+    /// The environment of a test that needs no Postgres (a gateway or GMS alone): the
+    /// harness's NATS with a fresh prefix, a database URL nothing answers, and a free gateway
+    /// address.
+    pub fn without_database() -> Env {
+        let nats = testkit::nats().expect("nats");
+        Env {
+            nats_url: nats.url,
+            prefix: nats.prefix,
+            database_url: "postgres://unused@127.0.0.1:1/unused".into(),
+            http_addr: free_addr(),
+        }
+    }
+
     pub fn apply<'a>(&self, command: &'a mut Command) -> &'a mut Command {
         command
             .env("NATS_URL", &self.nats_url)
